@@ -1,0 +1,331 @@
+// Package main is the one small unsafe corner of cuebe: a C ABI over cuelang.org/go.
+//
+// Responsibilities: load a CUE module from in-memory files, keep the built value behind an
+// integer handle, evaluate it with JSON values filled at paths, validate and export JSON.
+//
+// Protocol: every call takes and returns JSON (C strings). Returned strings are allocated with
+// C.malloc and must be released with cuebe_string_free. Every exported function recovers from Go
+// panics and turns them into an error response, so a panic never crosses into Rust.
+//
+// Safety rules: a CUE value is not safe for concurrent use, so each handle carries a mutex and
+// every evaluation holds it. An evaluation that exceeds its wall-clock limit returns an error at
+// once; the evaluation goroutine cannot be interrupted, so the handle is marked poisoned (its
+// mutex stays held until that goroutine finishes) and every later call on it fails fast.
+package main
+
+/*
+#include <stdlib.h>
+*/
+import "C"
+
+import (
+	"encoding/json"
+	"fmt"
+	"io/fs"
+	"path"
+	"runtime/debug"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing/fstest"
+	"time"
+	"unsafe"
+
+	"cuelang.org/go/cue"
+	"cuelang.org/go/cue/cuecontext"
+	"cuelang.org/go/cue/errors"
+	"cuelang.org/go/cue/load"
+)
+
+type module struct {
+	mu       sync.Mutex
+	ctx      *cue.Context
+	value    cue.Value
+	poisoned atomic.Bool
+}
+
+var (
+	handlesMu sync.Mutex
+	handles   = map[uint64]*module{}
+	nextID    uint64
+)
+
+// Position is a file:line:col inside the module.
+type Position struct {
+	File string `json:"file"`
+	Line int    `json:"line"`
+	Col  int    `json:"col"`
+}
+
+// Error is one CUE error, structured.
+type Error struct {
+	Message   string     `json:"message"`
+	Path      string     `json:"path,omitempty"`
+	Positions []Position `json:"positions,omitempty"`
+	// Kind is "eval", "incomplete", "load", "timeout", "panic" or "request".
+	Kind string `json:"kind"`
+}
+
+type loadRequest struct {
+	Files   map[string]string `json:"files"`
+	Package string            `json:"package"`
+}
+
+type loadResponse struct {
+	Handle uint64  `json:"handle,omitempty"`
+	Errors []Error `json:"errors,omitempty"`
+}
+
+type fill struct {
+	Path  string          `json:"path"`
+	Value json.RawMessage `json:"value"`
+}
+
+type exportSpec struct {
+	Path string `json:"path"`
+	// Split exports the struct at Path field by field down to this many levels, so that one
+	// non-concrete field is reported on its own instead of failing the whole export.
+	Split int `json:"split"`
+	// Optional: a missing path yields no result instead of an error.
+	Optional bool `json:"optional"`
+}
+
+type evalRequest struct {
+	Fills     []fill       `json:"fills"`
+	Exports   []exportSpec `json:"exports"`
+	TimeoutMs int64        `json:"timeoutMs"`
+}
+
+// Exported is a tree mirroring the split structure: either a concrete JSON value, or the errors
+// that kept it from being concrete, or (for a split level) its fields in order.
+type Exported struct {
+	Value  json.RawMessage `json:"value,omitempty"`
+	Errors []Error         `json:"errors,omitempty"`
+	Fields []Field         `json:"fields,omitempty"`
+	Absent bool            `json:"absent,omitempty"`
+}
+
+// Field is one named member of a split struct.
+type Field struct {
+	Name string   `json:"name"`
+	Item Exported `json:"item"`
+}
+
+type evalResponse struct {
+	Results []Exported `json:"results,omitempty"`
+	Errors  []Error    `json:"errors,omitempty"`
+}
+
+func toErrors(err error, kind string) []Error {
+	var out []Error
+	for _, e := range errors.Errors(err) {
+		format, args := e.Msg()
+		msg := fmt.Sprintf(format, args...)
+		k := kind
+		if strings.Contains(msg, "incomplete value") || strings.Contains(msg, "non-concrete value") {
+			k = "incomplete"
+		}
+		item := Error{Message: msg, Path: strings.Join(e.Path(), "."), Kind: k}
+		for _, p := range errors.Positions(e) {
+			if !p.IsValid() {
+				continue
+			}
+			item.Positions = append(item.Positions, Position{File: strings.TrimPrefix(p.Filename(), "/"), Line: p.Line(), Col: p.Column()})
+		}
+		out = append(out, item)
+	}
+	if len(out) == 0 && err != nil {
+		out = append(out, Error{Message: err.Error(), Kind: kind})
+	}
+	return out
+}
+
+func respond(v any) *C.char {
+	b, err := json.Marshal(v)
+	if err != nil {
+		b = []byte(fmt.Sprintf(`{"errors":[{"message":%q,"kind":"panic"}]}`, err.Error()))
+	}
+	return C.CString(string(b))
+}
+
+func panicResponse(r any) *C.char {
+	msg := fmt.Sprintf("CUE bridge panic: %v\n%s", r, debug.Stack())
+	return respond(evalResponse{Errors: []Error{{Message: msg, Kind: "panic"}}})
+}
+
+func loadModule(req loadRequest) (cue.Value, *cue.Context, []Error) {
+	mapfs := fstest.MapFS{}
+	for name, content := range req.Files {
+		clean := path.Clean(strings.TrimPrefix(name, "/"))
+		mapfs[clean] = &fstest.MapFile{Data: []byte(content), Mode: 0o444}
+	}
+	if _, err := fs.Stat(mapfs, "cue.mod/module.cue"); err != nil {
+		return cue.Value{}, nil, []Error{{Message: "module has no cue.mod/module.cue", Kind: "load"}}
+	}
+	pkg := req.Package
+	if pkg == "" {
+		pkg = "."
+	}
+	cfg := &load.Config{FS: mapfs, Dir: "/", ModuleRoot: "/"}
+	insts := load.Instances([]string{pkg}, cfg)
+	if len(insts) != 1 {
+		return cue.Value{}, nil, []Error{{Message: fmt.Sprintf("expected one instance for %q, got %d", pkg, len(insts)), Kind: "load"}}
+	}
+	if err := insts[0].Err; err != nil {
+		return cue.Value{}, nil, toErrors(err, "load")
+	}
+	ctx := cuecontext.New()
+	v := ctx.BuildInstance(insts[0])
+	if err := v.Err(); err != nil {
+		return cue.Value{}, nil, toErrors(err, "load")
+	}
+	return v, ctx, nil
+}
+
+//export cuebe_module_load
+func cuebe_module_load(reqJSON *C.char) (out *C.char) {
+	defer func() {
+		if r := recover(); r != nil {
+			out = panicResponse(r)
+		}
+	}()
+	var req loadRequest
+	if err := json.Unmarshal([]byte(C.GoString(reqJSON)), &req); err != nil {
+		return respond(loadResponse{Errors: []Error{{Message: "bad load request: " + err.Error(), Kind: "request"}}})
+	}
+	v, ctx, errs := loadModule(req)
+	if errs != nil {
+		return respond(loadResponse{Errors: errs})
+	}
+	handlesMu.Lock()
+	nextID++
+	id := nextID
+	handles[id] = &module{ctx: ctx, value: v}
+	handlesMu.Unlock()
+	return respond(loadResponse{Handle: id})
+}
+
+//export cuebe_module_free
+func cuebe_module_free(handle C.ulonglong) {
+	handlesMu.Lock()
+	delete(handles, uint64(handle))
+	handlesMu.Unlock()
+}
+
+//export cuebe_string_free
+func cuebe_string_free(s *C.char) {
+	C.free(unsafe.Pointer(s))
+}
+
+func exportValue(v cue.Value, split int) Exported {
+	if !v.Exists() {
+		return Exported{Absent: true}
+	}
+	if split > 0 {
+		if err := v.Err(); err != nil {
+			return Exported{Errors: toErrors(err, "eval")}
+		}
+		it, err := v.Fields()
+		if err != nil {
+			// Not a struct: export it whole.
+			return exportValue(v, 0)
+		}
+		out := Exported{Fields: []Field{}}
+		for it.Next() {
+			out.Fields = append(out.Fields, Field{Name: it.Selector().Unquoted(), Item: exportValue(it.Value(), split-1)})
+		}
+		return out
+	}
+	if err := v.Validate(cue.Concrete(true), cue.Final()); err != nil {
+		return Exported{Errors: toErrors(err, "eval")}
+	}
+	b, err := v.MarshalJSON()
+	if err != nil {
+		return Exported{Errors: toErrors(err, "eval")}
+	}
+	return Exported{Value: b}
+}
+
+func evaluate(m *module, req evalRequest) evalResponse {
+	v := m.value
+	for _, f := range req.Fills {
+		x := m.ctx.CompileBytes(f.Value, cue.Filename("input:"+f.Path))
+		if err := x.Err(); err != nil {
+			return evalResponse{Errors: toErrors(err, "request")}
+		}
+		v = v.FillPath(cue.ParsePath(f.Path), x)
+	}
+	resp := evalResponse{}
+	for _, e := range req.Exports {
+		sel := v
+		if e.Path != "" {
+			sel = v.LookupPath(cue.ParsePath(e.Path))
+		}
+		if !sel.Exists() {
+			if e.Optional {
+				resp.Results = append(resp.Results, Exported{Absent: true})
+				continue
+			}
+			// Report why it does not exist: often the whole value is in error.
+			if err := v.Err(); err != nil {
+				resp.Results = append(resp.Results, Exported{Errors: toErrors(err, "eval")})
+				continue
+			}
+			resp.Results = append(resp.Results, Exported{Errors: []Error{{Message: "the module has no value at " + e.Path, Path: e.Path, Kind: "eval"}}})
+			continue
+		}
+		resp.Results = append(resp.Results, exportValue(sel, e.Split))
+	}
+	return resp
+}
+
+//export cuebe_module_eval
+func cuebe_module_eval(handle C.ulonglong, reqJSON *C.char) (out *C.char) {
+	defer func() {
+		if r := recover(); r != nil {
+			out = panicResponse(r)
+		}
+	}()
+	var req evalRequest
+	if err := json.Unmarshal([]byte(C.GoString(reqJSON)), &req); err != nil {
+		return respond(evalResponse{Errors: []Error{{Message: "bad eval request: " + err.Error(), Kind: "request"}}})
+	}
+	handlesMu.Lock()
+	m := handles[uint64(handle)]
+	handlesMu.Unlock()
+	if m == nil {
+		return respond(evalResponse{Errors: []Error{{Message: fmt.Sprintf("unknown module handle %d", handle), Kind: "request"}}})
+	}
+	if m.poisoned.Load() {
+		return respond(evalResponse{Errors: []Error{{Message: "module handle is unusable: an earlier evaluation exceeded its time limit and is still running", Kind: "timeout"}}})
+	}
+	done := make(chan evalResponse, 1)
+	go func() {
+		defer func() {
+			if r := recover(); r != nil {
+				done <- evalResponse{Errors: []Error{{Message: fmt.Sprintf("CUE evaluation panic: %v", r), Kind: "panic"}}}
+			}
+		}()
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		done <- evaluate(m, req)
+	}()
+	if req.TimeoutMs <= 0 {
+		return respond(<-done)
+	}
+	timer := time.NewTimer(time.Duration(req.TimeoutMs) * time.Millisecond)
+	defer timer.Stop()
+	select {
+	case r := <-done:
+		return respond(r)
+	case <-timer.C:
+		m.poisoned.Store(true)
+		return respond(evalResponse{Errors: []Error{{
+			Message: fmt.Sprintf("CUE evaluation did not finish within %dms; the module may not terminate", req.TimeoutMs),
+			Kind:    "timeout",
+		}}})
+	}
+}
+
+
+func main() {}

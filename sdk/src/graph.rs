@@ -1,0 +1,760 @@
+//! The Graph artifact: the contract between the compiler (CUE) and the executor.
+//!
+//! Owns: the serde types (with a published JSON Schema), [`Graph::validate`] and drawing the DAG
+//! as DOT or Mermaid. No cluster client and no CUE here.
+//!
+//! Invariants checked by [`Graph::validate`] before anything runs: node ids are unique,
+//! dependencies exist, the dependencies form no cycle (the error shows the cycle's path),
+//! readiness predicates are known and well-formed, every object has `apiVersion`, `kind` and
+//! `metadata.name`, and a namespaced object lives in the instance's namespace.
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The version of the Graph artifact format.
+pub const GRAPH_VERSION: &str = "cuebe.dev/v1alpha1";
+
+/// A compiled instance: the objects to apply, in which order, and when each is ready.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Graph {
+    /// Always [`GRAPH_VERSION`].
+    pub graph_version: String,
+    /// Where the graph comes from.
+    pub metadata: GraphMetadata,
+    /// The nodes, in the module's order.
+    pub nodes: Vec<Node>,
+    /// Values read from live objects and fed back into the render.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exports: Vec<Export>,
+    /// Policy violations; when any has severity `Error`, nothing may be applied.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub violations: Vec<Violation>,
+}
+
+/// Provenance of a graph.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GraphMetadata {
+    /// Digest of the platform module that rendered it (`sha256:…`).
+    pub platform_ref_resolved: String,
+    /// The module's declared name and version, e.g. `webservice@1.0.0`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub module: String,
+    /// `sha256:` of the module digest, the canonical input and the canonical output.
+    pub render_hash: String,
+}
+
+/// One object in the graph and the rules for applying it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Node {
+    /// Stable id, unique in the graph (e.g. `deployment`).
+    pub id: String,
+    /// The Kubernetes object; absent while the node is pending on an export.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<Value>,
+    /// How the object is applied.
+    #[serde(default)]
+    pub apply_policy: ApplyPolicy,
+    /// Ids of nodes that must be Ready before this one is applied.
+    #[serde(default)]
+    pub depends_on: Vec<String>,
+    /// All must pass for the node to be Ready; empty means "exists".
+    #[serde(default)]
+    pub ready_when: Vec<ReadinessPredicate>,
+    /// What happens to the object when it leaves the graph or the instance is deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_policy: Option<DeletionPolicy>,
+    /// Exports this node's object needs that are not observed yet (its own or an upstream
+    /// node's). A pending node is not applied.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending_on: Vec<String>,
+}
+
+impl Node {
+    /// True while the node waits for an export.
+    pub fn is_pending(&self) -> bool {
+        !self.pending_on.is_empty()
+    }
+}
+
+/// How a node's object is written.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApplyPolicy {
+    /// Create and keep up to date, only create, or only take over an existing object.
+    #[serde(default)]
+    pub mode: ApplyMode,
+    /// What to do when another field manager owns a field we set.
+    #[serde(default)]
+    pub conflict_policy: ConflictPolicy,
+}
+
+/// Apply mode of a node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum ApplyMode {
+    /// Server-Side Apply on every reconcile.
+    #[default]
+    CreateOrUpdate,
+    /// Create when missing, never update.
+    CreateOnly,
+    /// Never create; take over an existing object.
+    AdoptOnly,
+}
+
+/// Conflict policy of a node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum ConflictPolicy {
+    /// Stop and report the other manager and the fields.
+    #[default]
+    Fail,
+    /// Take the fields over (revert the other manager's change).
+    Force,
+}
+
+/// What happens to an object when it leaves the graph or its instance is deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum DeletionPolicy {
+    /// Delete it.
+    #[default]
+    Delete,
+    /// Leave it in place, unmanaged.
+    Orphan,
+}
+
+/// A readiness predicate. Every predicate also requires the object's controller to have observed
+/// its current generation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", deny_unknown_fields)]
+pub enum ReadinessPredicate {
+    /// The object exists.
+    Exists {
+        /// Give up after this long (`30s`, `5m`, `1h`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout: Option<String>,
+    },
+    /// `status.conditions[type]` has this status (and reason, if given).
+    ConditionMatch {
+        /// Condition type, e.g. `ACK.ResourceSynced`.
+        #[serde(rename = "conditionType", alias = "condition")]
+        condition_type: String,
+        /// `True`, `False` or `Unknown`.
+        status: String,
+        /// Required reason, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        /// Give up after this long.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout: Option<String>,
+    },
+    /// A Deployment's `Available` condition is `True` and its rollout is complete.
+    DeploymentAvailable {
+        /// Give up after this long.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout: Option<String>,
+    },
+    /// A Service of type LoadBalancer has an ingress address.
+    ServiceLoadBalancerReady {
+        /// Give up after this long.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout: Option<String>,
+    },
+    /// kstatus-style: reconciled (observedGeneration current), `Ready` true when present, not
+    /// `Stalled`.
+    Current {
+        /// Give up after this long.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout: Option<String>,
+    },
+    /// A CEL expression over the live object (bound as `self`) is true.
+    Cel {
+        /// The expression, e.g. `self.status.phase == "Bound"`.
+        expression: String,
+        /// Give up after this long.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout: Option<String>,
+    },
+}
+
+/// The predicate type names the Graph accepts.
+pub const PREDICATE_TYPES: &[&str] = &[
+    "Exists",
+    "ConditionMatch",
+    "DeploymentAvailable",
+    "ServiceLoadBalancerReady",
+    "Current",
+    "Cel",
+];
+
+impl ReadinessPredicate {
+    /// The predicate's type name.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Self::Exists { .. } => "Exists",
+            Self::ConditionMatch { .. } => "ConditionMatch",
+            Self::DeploymentAvailable { .. } => "DeploymentAvailable",
+            Self::ServiceLoadBalancerReady { .. } => "ServiceLoadBalancerReady",
+            Self::Current { .. } => "Current",
+            Self::Cel { .. } => "Cel",
+        }
+    }
+
+    /// The predicate's timeout, parsed.
+    pub fn timeout(&self) -> Result<Option<Duration>, String> {
+        let raw = match self {
+            Self::Exists { timeout }
+            | Self::ConditionMatch { timeout, .. }
+            | Self::DeploymentAvailable { timeout }
+            | Self::ServiceLoadBalancerReady { timeout }
+            | Self::Current { timeout }
+            | Self::Cel { timeout, .. } => timeout,
+        };
+        raw.as_deref().map(parse_duration).transpose()
+    }
+
+    /// A short human label, used in drawings and status.
+    pub fn label(&self) -> String {
+        let base = match self {
+            Self::ConditionMatch {
+                condition_type,
+                status,
+                reason,
+                ..
+            } => match reason {
+                Some(r) => format!("{condition_type}={status} ({r})"),
+                None => format!("{condition_type}={status}"),
+            },
+            Self::Cel { expression, .. } => format!("cel: {expression}"),
+            other => other.type_name().to_string(),
+        };
+        match self.timeout() {
+            Ok(Some(_)) => {
+                let t = match self {
+                    Self::Exists { timeout }
+                    | Self::ConditionMatch { timeout, .. }
+                    | Self::DeploymentAvailable { timeout }
+                    | Self::ServiceLoadBalancerReady { timeout }
+                    | Self::Current { timeout }
+                    | Self::Cel { timeout, .. } => timeout.clone().unwrap_or_default(),
+                };
+                format!("{base} within {t}")
+            }
+            _ => base,
+        }
+    }
+}
+
+/// Parses `90s`, `5m`, `1h30m`, `250ms`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("invalid duration {s:?}: use a number with a unit, e.g. 30s, 5m, 1h30m");
+    if s.is_empty() {
+        return Err(bad());
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        if digits == 0 {
+            return Err(bad());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n * 60),
+            "h" => Duration::from_secs(n * 3600),
+            _ => return Err(bad()),
+        };
+        total += unit;
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
+}
+
+/// A value read from a node's live object and fed back into the render.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Export {
+    /// Name the module uses (`input.exports.<name>`).
+    pub name: String,
+    /// Node whose live object holds it.
+    pub node: String,
+    /// Dotted path inside that object, e.g. `status.ackResourceMetadata.arn`.
+    pub path: String,
+    /// The observed value, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<Value>,
+}
+
+/// How serious a violation is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum Severity {
+    /// Blocks the apply.
+    #[default]
+    Error,
+    /// Reported, not blocking.
+    Warning,
+}
+
+/// One policy failure, naming the field and the rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Violation {
+    /// The field at fault, e.g. `spec.image` or `nodes.deployment.object.spec.template.spec.hostNetwork`.
+    pub path: String,
+    /// The rule's stable name, e.g. `allowed-registries`.
+    pub rule: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+    /// `Error` blocks the apply.
+    #[serde(default)]
+    pub severity: Severity,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} [{}]: {}", self.path, self.rule, self.message)
+    }
+}
+
+/// Why a graph is not valid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GraphError {
+    /// Two nodes share an id.
+    #[error("nodes: id {0:?} is used by more than one node")]
+    DuplicateId(String),
+    /// `dependsOn` names a node that is not in the graph.
+    #[error("nodes.{node}.dependsOn: unknown node {missing:?}")]
+    UnknownDependency {
+        /// The node with the bad edge.
+        node: String,
+        /// The id it names.
+        missing: String,
+    },
+    /// The dependencies form a cycle.
+    #[error("nodes: dependency cycle {}", path.join(" -> "))]
+    Cycle {
+        /// The cycle, first node repeated at the end.
+        path: Vec<String>,
+    },
+    /// A predicate is malformed (bad timeout, empty expression).
+    #[error("nodes.{node}.readyWhen[{index}]: {message}")]
+    InvalidPredicate {
+        /// The node.
+        node: String,
+        /// Index in `readyWhen`.
+        index: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// An object lacks `apiVersion`, `kind` or `metadata.name`.
+    #[error("nodes.{node}.object.{field}: required, and missing or not a non-empty string")]
+    MissingObjectField {
+        /// The node.
+        node: String,
+        /// The missing field.
+        field: &'static str,
+    },
+    /// A namespaced object outside the instance's namespace.
+    #[error(
+        "nodes.{node}.object.metadata.namespace: {found:?} is outside the instance's namespace {expected:?}"
+    )]
+    WrongNamespace {
+        /// The node.
+        node: String,
+        /// Its namespace.
+        found: String,
+        /// The instance's namespace.
+        expected: String,
+    },
+    /// A pending node waits for an export whose source node is not in the graph.
+    #[error("exports.{export}.node: a node waits for this export, but its source node {node:?} is not in the graph")]
+    UnknownExportNode {
+        /// The export.
+        export: String,
+        /// The node it names.
+        node: String,
+    },
+}
+
+impl Graph {
+    /// The node with this id.
+    pub fn node(&self, id: &str) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.id == id)
+    }
+
+    /// True when a violation of severity `Error` is present.
+    pub fn has_blocking_violations(&self) -> bool {
+        self.violations
+            .iter()
+            .any(|v| v.severity == Severity::Error)
+    }
+
+    /// Checks the invariants listed in the module doc. `namespace` is the instance's namespace.
+    pub fn validate(&self, namespace: &str) -> Result<(), Vec<GraphError>> {
+        let mut errors = Vec::new();
+        let mut seen = BTreeSet::new();
+        for n in &self.nodes {
+            if !seen.insert(n.id.as_str()) {
+                errors.push(GraphError::DuplicateId(n.id.clone()));
+            }
+        }
+        for n in &self.nodes {
+            for d in &n.depends_on {
+                if !seen.contains(d.as_str()) {
+                    errors.push(GraphError::UnknownDependency {
+                        node: n.id.clone(),
+                        missing: d.clone(),
+                    });
+                }
+            }
+            for (index, p) in n.ready_when.iter().enumerate() {
+                let invalid = |message: String| GraphError::InvalidPredicate {
+                    node: n.id.clone(),
+                    index,
+                    message,
+                };
+                if let Err(e) = p.timeout() {
+                    errors.push(invalid(format!("timeout: {e}")));
+                }
+                if let ReadinessPredicate::Cel { expression, .. } = p
+                    && expression.trim().is_empty()
+                {
+                    errors.push(invalid("expression: must not be empty".into()));
+                }
+                if let ReadinessPredicate::ConditionMatch {
+                    condition_type,
+                    status,
+                    ..
+                } = p
+                {
+                    if condition_type.is_empty() {
+                        errors.push(invalid("conditionType: must not be empty".into()));
+                    }
+                    if !matches!(status.as_str(), "True" | "False" | "Unknown") {
+                        errors.push(invalid(format!(
+                            "status: {status:?} is not one of True, False, Unknown"
+                        )));
+                    }
+                }
+            }
+            if let Some(obj) = &n.object {
+                check_object(&n.id, obj, namespace, &mut errors);
+            }
+        }
+        // A node may only wait for an export whose source node is in this graph; otherwise it
+        // would stay pending forever.
+        for n in &self.nodes {
+            for waiting in &n.pending_on {
+                if let Some(e) = self.exports.iter().find(|e| &e.name == waiting)
+                    && !seen.contains(e.node.as_str())
+                {
+                    errors.push(GraphError::UnknownExportNode {
+                        export: e.name.clone(),
+                        node: e.node.clone(),
+                    });
+                }
+            }
+        }
+        if let Some(path) = find_cycle(&self.nodes) {
+            errors.push(GraphError::Cycle { path });
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// Node ids in waves: every node comes after all of its dependencies; nodes of one wave are
+    /// independent. Assumes a valid (acyclic) graph.
+    pub fn waves(&self) -> Vec<Vec<String>> {
+        let mut level: HashMap<&str, usize> = HashMap::new();
+        let by_id: HashMap<&str, &Node> = self.nodes.iter().map(|n| (n.id.as_str(), n)).collect();
+        fn depth<'a>(
+            id: &'a str,
+            by_id: &HashMap<&'a str, &'a Node>,
+            level: &mut HashMap<&'a str, usize>,
+            guard: usize,
+        ) -> usize {
+            if let Some(l) = level.get(id) {
+                return *l;
+            }
+            let l = match by_id.get(id) {
+                Some(n) if guard > 0 => n
+                    .depends_on
+                    .iter()
+                    .map(|d| depth(d, by_id, level, guard - 1) + 1)
+                    .max()
+                    .unwrap_or(0),
+                _ => 0,
+            };
+            level.insert(id, l);
+            l
+        }
+        let mut waves: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+        for n in &self.nodes {
+            let l = depth(&n.id, &by_id, &mut level, self.nodes.len());
+            waves.entry(l).or_default().push(n.id.clone());
+        }
+        waves.into_values().collect()
+    }
+
+    /// The DAG in Graphviz DOT, each node labelled with its kind and readiness gate.
+    pub fn to_dot(&self) -> String {
+        let mut out = String::from("digraph graph {\n  rankdir=LR;\n  node [shape=box, fontname=\"Helvetica\"];\n");
+        for n in &self.nodes {
+            let _ = writeln!(
+                out,
+                "  {} [label=\"{}\\n{}\\nready: {}\"{}];",
+                dot_id(&n.id),
+                n.id,
+                kind_of(n),
+                gate_label(n).replace('"', "\\\""),
+                if n.is_pending() { ", style=dashed" } else { "" }
+            );
+        }
+        for n in &self.nodes {
+            for d in &n.depends_on {
+                let _ = writeln!(out, "  {} -> {};", dot_id(d), dot_id(&n.id));
+            }
+        }
+        out.push_str("}\n");
+        out
+    }
+
+    /// The DAG as a Mermaid flowchart, each node labelled with its kind and readiness gate.
+    pub fn to_mermaid(&self) -> String {
+        let mut out = String::from("flowchart LR\n");
+        for n in &self.nodes {
+            let pending = if n.is_pending() {
+                format!("<br/>pending on: {}", n.pending_on.join(", "))
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                out,
+                "  {}[\"{}<br/>{}<br/>ready: {}{}\"]",
+                dot_id(&n.id),
+                n.id,
+                kind_of(n),
+                gate_label(n).replace('"', "#quot;"),
+                pending
+            );
+        }
+        for n in &self.nodes {
+            for d in &n.depends_on {
+                let _ = writeln!(out, "  {} --> {}", dot_id(d), dot_id(&n.id));
+            }
+        }
+        out
+    }
+}
+
+fn dot_id(id: &str) -> String {
+    id.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
+}
+
+fn kind_of(n: &Node) -> String {
+    n.object
+        .as_ref()
+        .and_then(|o| o.get("kind"))
+        .and_then(Value::as_str)
+        .unwrap_or("(pending)")
+        .to_string()
+}
+
+fn gate_label(n: &Node) -> String {
+    if n.ready_when.is_empty() {
+        "Exists".to_string()
+    } else {
+        n.ready_when
+            .iter()
+            .map(ReadinessPredicate::label)
+            .collect::<Vec<_>>()
+            .join(" and ")
+    }
+}
+
+fn non_empty_str<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
+    let mut cur = v;
+    for p in path {
+        cur = cur.get(p)?;
+    }
+    cur.as_str().filter(|s| !s.is_empty())
+}
+
+fn check_object(id: &str, obj: &Value, namespace: &str, errors: &mut Vec<GraphError>) {
+    for (field, path) in [
+        ("apiVersion", &["apiVersion"][..]),
+        ("kind", &["kind"][..]),
+        ("metadata.name", &["metadata", "name"][..]),
+    ] {
+        if non_empty_str(obj, path).is_none() {
+            errors.push(GraphError::MissingObjectField {
+                node: id.to_string(),
+                field,
+            });
+        }
+    }
+    if let Some(ns) = obj.pointer("/metadata/namespace").and_then(Value::as_str)
+        && ns != namespace
+    {
+        errors.push(GraphError::WrongNamespace {
+            node: id.to_string(),
+            found: ns.to_string(),
+            expected: namespace.to_string(),
+        });
+    }
+}
+
+/// Finds one dependency cycle and returns its path (first node repeated at the end).
+fn find_cycle(nodes: &[Node]) -> Option<Vec<String>> {
+    use petgraph::graph::DiGraph;
+    let mut g: DiGraph<&str, ()> = DiGraph::new();
+    let idx: HashMap<&str, _> = nodes
+        .iter()
+        .map(|n| (n.id.as_str(), g.add_node(n.id.as_str())))
+        .collect();
+    for n in nodes {
+        for d in &n.depends_on {
+            if let (Some(&from), Some(&to)) = (idx.get(d.as_str()), idx.get(n.id.as_str())) {
+                g.add_edge(from, to, ());
+            }
+        }
+    }
+    // Strongly connected components with more than one node (or a self-loop) are cycles; walk
+    // one of them to print a concrete path.
+    for scc in petgraph::algo::tarjan_scc(&g) {
+        let is_cycle = scc.len() > 1 || g.contains_edge(scc[0], scc[0]);
+        if !is_cycle {
+            continue;
+        }
+        let members: BTreeSet<_> = scc.iter().copied().collect();
+        let start = *scc.iter().min_by_key(|i| g[**i]).unwrap_or(&scc[0]);
+        let mut path = vec![g[start].to_string()];
+        let mut cur = start;
+        let mut visited = BTreeSet::from([start]);
+        loop {
+            let next = g
+                .neighbors(cur)
+                .filter(|n| members.contains(n))
+                .min_by_key(|n| (visited.contains(n) && *n != start, g[*n]));
+            let Some(next) = next else { break };
+            path.push(g[next].to_string());
+            if next == start || !visited.insert(next) {
+                break;
+            }
+            cur = next;
+        }
+        return Some(path);
+    }
+    None
+}
+
+/// The JSON Schema of the Graph artifact.
+pub fn json_schema() -> Value {
+    serde_json::to_value(schemars::schema_for!(Graph)).unwrap_or(Value::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn node(id: &str, deps: &[&str]) -> Node {
+        Node {
+            id: id.into(),
+            object: Some(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": id}})),
+            apply_policy: ApplyPolicy::default(),
+            depends_on: deps.iter().map(|s| s.to_string()).collect(),
+            ready_when: vec![],
+            deletion_policy: None,
+            pending_on: vec![],
+        }
+    }
+
+    fn graph(nodes: Vec<Node>) -> Graph {
+        Graph {
+            graph_version: GRAPH_VERSION.into(),
+            metadata: GraphMetadata {
+                platform_ref_resolved: "sha256:0".into(),
+                module: String::new(),
+                render_hash: "sha256:0".into(),
+            },
+            nodes,
+            exports: vec![],
+            violations: vec![],
+        }
+    }
+
+    #[test]
+    fn cycle_is_reported_with_its_path() {
+        let g = graph(vec![node("a", &["c"]), node("b", &["a"]), node("c", &["b"]), node("d", &[])]);
+        let errs = g.validate("ns").unwrap_err();
+        assert_eq!(
+            errs,
+            vec![GraphError::Cycle {
+                path: vec!["a".into(), "b".into(), "c".into(), "a".into()]
+            }]
+        );
+        assert_eq!(errs[0].to_string(), "nodes: dependency cycle a -> b -> c -> a");
+    }
+
+    #[test]
+    fn self_loop_is_a_cycle() {
+        let g = graph(vec![node("a", &["a"])]);
+        assert!(matches!(&g.validate("ns").unwrap_err()[0], GraphError::Cycle { path } if path == &["a", "a"]));
+    }
+
+    #[test]
+    fn duplicate_ids_unknown_deps_and_bad_objects_are_all_reported() {
+        let mut bad = node("b", &["nope"]);
+        bad.object = Some(json!({"apiVersion": "v1", "metadata": {"name": "x", "namespace": "other"}}));
+        let g = graph(vec![node("a", &[]), node("a", &[]), bad]);
+        let errs: Vec<String> = g.validate("ns").unwrap_err().iter().map(|e| e.to_string()).collect();
+        assert_eq!(
+            errs,
+            vec![
+                "nodes: id \"a\" is used by more than one node",
+                "nodes.b.dependsOn: unknown node \"nope\"",
+                "nodes.b.object.kind: required, and missing or not a non-empty string",
+                "nodes.b.object.metadata.namespace: \"other\" is outside the instance's namespace \"ns\"",
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_predicate_type_is_rejected_by_name() {
+        let err = serde_json::from_value::<ReadinessPredicate>(json!({"type": "Eventually"})).unwrap_err();
+        assert!(err.to_string().contains("unknown variant `Eventually`"), "{err}");
+    }
+
+    #[test]
+    fn predicate_timeouts_are_parsed_and_checked() {
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("5 minutes").is_err());
+        let mut n = node("a", &[]);
+        n.ready_when = vec![ReadinessPredicate::Exists { timeout: Some("soon".into()) }];
+        let errs = graph(vec![n]).validate("ns").unwrap_err();
+        assert!(errs[0].to_string().starts_with("nodes.a.readyWhen[0]: timeout: invalid duration \"soon\""));
+    }
+
+    #[test]
+    fn waves_follow_dependencies() {
+        let g = graph(vec![node("deploy", &["sa"]), node("sa", &["role"]), node("role", &[]), node("svc", &[])]);
+        assert_eq!(g.waves(), vec![vec!["role", "svc"], vec!["sa"], vec!["deploy"]]);
+    }
+}

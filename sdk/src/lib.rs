@@ -1,0 +1,23 @@
+//! # cuebe
+//!
+//! A Rust SDK for Kubernetes operators whose platform logic is written in CUE.
+//!
+//! Start with [`compiler::CueCompiler`]: give it a platform module ([`module::ModuleSet`]) and an
+//! instance ([`compiler::CompileInput`]) and it returns a [`graph::Graph`], the artifact the
+//! executor applies. Every part is usable on its own:
+//!
+//! - [`module`]: platform modules as in-memory files with an immutable digest.
+//! - [`cue`]: the in-process CUE evaluator (a pool of built modules, time limits, structured errors).
+//! - [`compiler`]: the module protocol, caching and the `renderHash`.
+//! - [`graph`]: the Graph artifact, its validation and its drawings (DOT, Mermaid).
+#![deny(unsafe_code)]
+
+#[allow(unsafe_code)]
+pub mod cue;
+pub mod compiler;
+pub mod graph;
+pub mod module;
+
+pub use compiler::{CompileError, CompileInput, Compiler, CueCompiler, InstanceMeta};
+pub use graph::{Graph, Node, ReadinessPredicate, Violation};
+pub use module::{ModuleSet, ModuleSource, PlatformRef};
