@@ -511,7 +511,7 @@ impl Graph {
 
     /// The DAG in Graphviz DOT, each node labelled with its kind and readiness gate.
     pub fn to_dot(&self) -> String {
-        let mut out = String::from("digraph graph {\n  rankdir=LR;\n  node [shape=box, fontname=\"Helvetica\"];\n");
+        let mut out = String::from("digraph cuebe {\n  rankdir=LR;\n  node [shape=box, fontname=\"Helvetica\"];\n");
         for n in &self.nodes {
             let _ = writeln!(
                 out,
@@ -536,19 +536,13 @@ impl Graph {
     pub fn to_mermaid(&self) -> String {
         let mut out = String::from("flowchart LR\n");
         for n in &self.nodes {
-            let pending = if n.is_pending() {
-                format!("<br/>pending on: {}", n.pending_on.join(", "))
-            } else {
-                String::new()
-            };
             let _ = writeln!(
                 out,
-                "  {}[\"{}<br/>{}<br/>ready: {}{}\"]",
+                "  {}[\"{}<br/>{}<br/>ready: {}\"]",
                 dot_id(&n.id),
                 n.id,
                 kind_of(n),
                 gate_label(n).replace('"', "#quot;"),
-                pending
             );
         }
         for n in &self.nodes {
@@ -567,12 +561,11 @@ fn dot_id(id: &str) -> String {
 }
 
 fn kind_of(n: &Node) -> String {
-    n.object
-        .as_ref()
-        .and_then(|o| o.get("kind"))
-        .and_then(Value::as_str)
-        .unwrap_or("(pending)")
-        .to_string()
+    match n.object.as_ref().and_then(|o| o.get("kind")).and_then(Value::as_str) {
+        Some(kind) if n.is_pending() => format!("{kind} (pending on {})", n.pending_on.join(", ")),
+        Some(kind) => kind.to_string(),
+        None => format!("(pending on {})", n.pending_on.join(", ")),
+    }
 }
 
 fn gate_label(n: &Node) -> String {

@@ -1,0 +1,70 @@
+//! The official `cue` command at the same version as the in-process bridge, built from the Go
+//! module proxy into a cache outside the clone the first time it is needed.
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The cuelang.org/go version the bridge (`cue-sys/go/go.mod`) pins.
+pub const CUE_VERSION: &str = "v0.17.1";
+
+/// Why the CLI is not available.
+#[derive(Debug, thiserror::Error)]
+pub enum CueCliError {
+    /// `go` could not be run.
+    #[error("cannot run `go` to install cue {version}: {source}")]
+    NoGo {
+        /// The version wanted.
+        version: &'static str,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// `go install` failed.
+    #[error("`go install cuelang.org/go/cmd/cue@{version}` failed: {stderr}")]
+    Install {
+        /// The version wanted.
+        version: &'static str,
+        /// What go printed.
+        stderr: String,
+    },
+}
+
+fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CUEBE_CACHE_DIR") {
+        return PathBuf::from(dir);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("cuebe")
+}
+
+/// Path to `cue` [`CUE_VERSION`], installing it on first use.
+///
+/// ```no_run
+/// let cue = cuebe_testkit::cue_cli::cue_binary()?;
+/// let out = std::process::Command::new(cue).arg("version").output()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn cue_binary() -> Result<PathBuf, CueCliError> {
+    let bin_dir = cache_dir().join(format!("cue-{CUE_VERSION}"));
+    let bin = bin_dir.join("cue");
+    if bin.is_file() {
+        return Ok(bin);
+    }
+    let out = Command::new(std::env::var("GO").unwrap_or_else(|_| "go".into()))
+        .args(["install", &format!("cuelang.org/go/cmd/cue@{CUE_VERSION}")])
+        .env("GOBIN", &bin_dir)
+        .env("CGO_ENABLED", "0")
+        .output()
+        .map_err(|source| CueCliError::NoGo {
+            version: CUE_VERSION,
+            source,
+        })?;
+    if !out.status.success() || !bin.is_file() {
+        return Err(CueCliError::Install {
+            version: CUE_VERSION,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
+    }
+    Ok(bin)
+}
