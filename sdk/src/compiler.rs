@@ -338,6 +338,12 @@ impl CueCompiler {
         self.inner.render(prepared)
     }
 
+    /// The exact value filled at `input` for this instance (after resolving observed exports):
+    /// what to hand the `cue` CLI to reproduce a render outside the operator.
+    pub fn module_input(&self, input: &CompileInput) -> Result<Value, CompileError> {
+        Ok(self.inner.prepare(input)?.input_value)
+    }
+
     /// Drops every cached render (not the built modules).
     pub fn clear_render_cache(&self) {
         let mut cache = self.inner.cache.lock().unwrap_or_else(PoisonError::into_inner);

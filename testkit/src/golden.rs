@@ -215,6 +215,7 @@ impl GoldenSuite {
             // Digests change with any edit of the module; the objects are what reviewers read.
             settings.add_redaction(".graph.metadata.platformRefResolved", "[module digest]");
             settings.add_redaction(".graph.metadata.renderHash", "[render hash]");
+            settings.add_filter(r"sha256:[0-9a-f]{64}", "[digest]");
             // As plain JSON data, so the redaction selectors see maps rather than enum variants.
             let outcome = serde_json::to_value(&outcome).unwrap_or(Value::Null);
             settings.bind(|| insta::assert_yaml_snapshot!(name, outcome));

@@ -11,3 +11,25 @@ fn platform_module_golden_cases() {
         .expect("golden cases run");
     assert!(count >= 17, "expected every golden case to run, ran {count}");
 }
+
+/// `renderHash` is byte-stable across runs and machines: this snapshot is checked on every CI
+/// machine, so a hash that depended on map order, the host or the time would fail here. It
+/// changes, by design, whenever the module or the examples change.
+#[test]
+fn render_hashes_are_stable() {
+    use cuebe::compiler::Capabilities;
+    use std::collections::BTreeMap;
+    use webservice_operator::render::{compile_input, parse_webservice};
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/webservices");
+    let compiler = cuebe::CueCompiler::new(webservice_operator::platform_modules());
+    let mut hashes = BTreeMap::new();
+    for (file, caps) in [("simple.yaml", vec![]), ("public.yaml", vec!["gateway-api"]), ("irsa.yaml", vec!["ack-iam"])] {
+        let text = std::fs::read_to_string(format!("{dir}/{file}")).unwrap();
+        let ws = parse_webservice(file, &text).unwrap();
+        let g = compiler
+            .compile_blocking(&compile_input(&ws, Capabilities::from_names(caps), BTreeMap::new()))
+            .unwrap();
+        hashes.insert(file, g.metadata.render_hash.clone());
+    }
+    insta::assert_yaml_snapshot!("render-hashes", hashes);
+}

@@ -1,0 +1,121 @@
+//! The `render` command as a user runs it: exit codes, formats, and errors that name the field.
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+fn examples(name: &str) -> String {
+    format!("{}/../examples/webservices/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn render(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_webservice-operator"))
+        .arg("render")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    if let Some(input) = stdin {
+        child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
+    }
+    drop(child.stdin.take());
+    child.wait_with_output().expect("the binary finishes")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn simple_service_prints_the_graph_as_yaml_and_json() {
+    let out = render(&["-f", &examples("simple.yaml")], None);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let graph: serde_json::Value = serde_norway::from_slice(&out.stdout).expect("YAML graph");
+    assert_eq!(graph["graphVersion"], "cuebe.dev/v1alpha1");
+    let out = render(&["-f", &examples("simple.yaml"), "-o", "json"], None);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON graph");
+    assert_eq!(json, graph, "yaml and json carry the same graph");
+}
+
+#[test]
+fn dot_and_mermaid_draw_edges_and_gates() {
+    let out = render(&["-f", &examples("irsa.yaml"), "--capabilities", "ack-iam", "-o", "dot"], None);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let dot = text(&out.stdout);
+    assert!(dot.starts_with("digraph cuebe {"), "{dot}");
+    assert!(dot.contains("iamRole -> serviceAccount;"), "{dot}");
+    assert!(dot.contains("ready: ACK.ResourceSynced=True within 10m"), "{dot}");
+    assert!(dot.contains("(pending on roleArn)"), "{dot}");
+    let out = render(&["-f", &examples("public.yaml"), "-o", "mermaid"], None);
+    let mermaid = text(&out.stdout);
+    assert!(mermaid.starts_with("flowchart LR"), "{mermaid}");
+    assert!(mermaid.contains("deployment --> hpa"), "{mermaid}");
+    assert!(mermaid.contains("service --> ingress"), "{mermaid}");
+}
+
+#[test]
+fn observe_file_resolves_the_pending_service_account() {
+    let out = render(
+        &["-f", &examples("irsa.yaml"), "--capabilities", "ack-iam", "--observe", &examples("irsa-observed.yaml"), "-o", "json"],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let g: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON graph");
+    let sa = g["nodes"].as_array().unwrap().iter().find(|n| n["id"] == "serviceAccount").unwrap();
+    assert_eq!(sa["object"]["metadata"]["annotations"]["eks.amazonaws.com/role-arn"], "arn:aws:iam::111122223333:role/apps-reports");
+    assert!(sa.get("pendingOn").is_none());
+}
+
+#[test]
+fn policy_violations_exit_3_as_json() {
+    let out = render(&["-f", &examples("irsa.yaml"), "-o", "json"], None);
+    assert_eq!(out.status.code(), Some(3));
+    let body: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON violations");
+    assert_eq!(body["violations"][0]["path"], "spec.iam");
+    assert_eq!(body["violations"][0]["rule"], "ack-iam-required");
+    assert!(text(&out.stderr).contains("nothing would be applied"));
+}
+
+#[test]
+fn malformed_yaml_exits_2_naming_the_line() {
+    let doc = "apiVersion: platform.example.com/v1alpha1\nkind: WebService\nmetadata: {name: x}\nspec:\n  image: [\n";
+    let out = render(&["-f", "-"], Some(doc));
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(err.contains("line 6"), "{err}");
+}
+
+#[test]
+fn unknown_field_exits_2_naming_the_field_and_line() {
+    let doc = "apiVersion: platform.example.com/v1alpha1\nkind: WebService\nmetadata: {name: x}\nspec:\n  image: registry.example.com/x:1\n  replica: 3\n";
+    let out = render(&["-f", "-"], Some(doc));
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(err.contains("spec.replica") && err.contains("unknown field `replica`") && err.contains("line 6"), "{err}");
+}
+
+#[test]
+fn wrong_type_exits_2_naming_the_field() {
+    let doc = "apiVersion: platform.example.com/v1alpha1\nkind: WebService\nmetadata: {name: x}\nspec:\n  image: registry.example.com/x:1\n  replicas: two\n";
+    let out = render(&["-f", "-"], Some(doc));
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(err.contains("spec.replicas") && err.contains("invalid type"), "{err}");
+}
+
+#[test]
+fn wrong_kind_and_unknown_capability_exit_2() {
+    let out = render(&["-f", "-"], Some("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n"));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("kind: WebService"));
+    let out = render(&["-f", &examples("simple.yaml"), "--capabilities", "istio"], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("unknown capability \"istio\""));
+}
+
+#[test]
+fn missing_file_exits_2() {
+    let out = render(&["-f", "/nonexistent/ws.yaml"], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("/nonexistent/ws.yaml"));
+}

@@ -1,0 +1,81 @@
+//! The in-process render agrees with the official `cue` CLI (same pinned version) exporting the
+//! same module and input.
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use cuebe::compiler::Capabilities;
+use cuebe::CueCompiler;
+use webservice_operator::render::{compile_input, parse_webservice};
+
+fn example(name: &str) -> String {
+    std::fs::read_to_string(format!("{}/../examples/webservices/{name}", env!("CARGO_MANIFEST_DIR")))
+        .expect("example exists")
+}
+
+fn cue_export(dir: &std::path::Path, input: &serde_json::Value, expr: &str) -> serde_json::Value {
+    let cue = cuebe_testkit::cue_cli::cue_binary().expect("cue CLI available");
+    std::fs::write(dir.join("input.json"), serde_json::to_vec(&serde_json::json!({"input": input})).unwrap()).unwrap();
+    let out = Command::new(cue)
+        .current_dir(dir)
+        .args(["export", "./webservice", "input.json", "-e", expr, "--out", "json"])
+        .output()
+        .expect("cue runs");
+    assert!(out.status.success(), "cue export failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("cue prints JSON")
+}
+
+#[test]
+fn in_process_render_matches_the_cue_cli() {
+    let module = webservice_operator::platform_module();
+    let dir = tempfile::tempdir().unwrap();
+    for (path, content) in module.files() {
+        let p = dir.path().join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    }
+    let compiler = CueCompiler::new(webservice_operator::platform_modules());
+    let observed: BTreeMap<String, serde_json::Value> =
+        serde_norway::from_str(&example("irsa-observed.yaml")).unwrap();
+    let scenarios = [
+        ("simple.yaml", vec![], BTreeMap::new()),
+        ("public.yaml", vec!["gateway-api"], BTreeMap::new()),
+        ("public.yaml", vec![], BTreeMap::new()),
+        ("irsa.yaml", vec!["ack-iam"], observed),
+    ];
+    for (file, caps, observed) in scenarios {
+        let ws = parse_webservice(file, &example(file)).unwrap();
+        let input = compile_input(&ws, Capabilities::from_names(caps), observed);
+        let graph = compiler.compile_blocking(&input).unwrap();
+        let cli_nodes = cue_export(dir.path(), &compiler.module_input(&input).unwrap(), "nodes");
+        let cli_violations = cue_export(dir.path(), &compiler.module_input(&input).unwrap(), "violations");
+        assert_eq!(cli_violations, serde_json::json!([]), "{file}");
+        let cli_ids: Vec<&String> = cli_nodes.as_object().unwrap().keys().collect();
+        let ids: Vec<&String> = graph.nodes.iter().map(|n| &n.id).collect();
+        assert_eq!(cli_ids, ids, "{file}: same nodes in the same order");
+        for node in &graph.nodes {
+            assert_eq!(
+                Some(&cli_nodes[&node.id]["object"]),
+                node.object.as_ref(),
+                "{file}: node {} differs from the CLI",
+                node.id
+            );
+        }
+    }
+}
+
+#[test]
+fn violations_match_the_cue_cli() {
+    let module = webservice_operator::platform_module();
+    let dir = tempfile::tempdir().unwrap();
+    for (path, content) in module.files() {
+        let p = dir.path().join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    }
+    let compiler = CueCompiler::new(webservice_operator::platform_modules());
+    let ws = parse_webservice("irsa.yaml", &example("irsa.yaml")).unwrap();
+    let input = compile_input(&ws, Capabilities::default(), BTreeMap::new());
+    let graph = compiler.compile_blocking(&input).unwrap();
+    let cli = cue_export(dir.path(), &compiler.module_input(&input).unwrap(), "violations");
+    assert_eq!(cli, serde_json::to_value(&graph.violations).unwrap());
+}
