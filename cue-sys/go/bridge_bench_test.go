@@ -1,0 +1,92 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"cuelang.org/go/cue"
+)
+
+func loadPlatform(b *testing.B) *module {
+	root := "../../cue/platform"
+	if r := os.Getenv("CUEBE_BENCH_MODULE"); r != "" {
+		root = r
+	}
+	files := map[string]string{}
+	filepath.Walk(root, func(p string, info os.FileInfo, err error) error {
+		if err == nil && strings.HasSuffix(p, ".cue") {
+			data, _ := os.ReadFile(p)
+			rel, _ := filepath.Rel(root, p)
+			files[rel] = string(data)
+		}
+		return nil
+	})
+	v, ctx, errs := loadModule(loadRequest{Files: files, Package: "./webservice"})
+	if errs != nil {
+		b.Fatal(errs)
+	}
+	return &module{ctx: ctx, value: v}
+}
+
+const benchInput = `{"metadata":{"name":"web","namespace":"apps","labels":{}},"spec":{"image":"registry.example.com/web:1.4.2","resources":{"cpu":"250m","memory":"256Mi"}},"capabilities":{},"exports":{}}`
+
+func BenchmarkFillOnly(b *testing.B) {
+	m := loadPlatform(b)
+	for i := 0; i < b.N; i++ {
+		x := m.ctx.CompileString(benchInput)
+		v := m.value.FillPath(cue.ParsePath("input"), x)
+		_ = v
+	}
+}
+
+func BenchmarkFillValidate(b *testing.B) {
+	m := loadPlatform(b)
+	for i := 0; i < b.N; i++ {
+		x := m.ctx.CompileString(benchInput)
+		v := m.value.FillPath(cue.ParsePath("input"), x)
+		if err := v.LookupPath(cue.ParsePath("nodes")).Validate(cue.Concrete(true)); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkNodesOnly(b *testing.B) {
+	m := loadPlatform(b)
+	for i := 0; i < b.N; i++ {
+		x := m.ctx.CompileString(benchInput)
+		v := m.value.FillPath(cue.ParsePath("input"), x)
+		_, err := v.LookupPath(cue.ParsePath("nodes")).MarshalJSON()
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkViolationsOnly(b *testing.B) {
+	m := loadPlatform(b)
+	for i := 0; i < b.N; i++ {
+		x := m.ctx.CompileString(benchInput)
+		v := m.value.FillPath(cue.ParsePath("input"), x)
+		_, err := v.LookupPath(cue.ParsePath("violations")).MarshalJSON()
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkFullRequest(b *testing.B) {
+	m := loadPlatform(b)
+	req := evalRequest{
+		Fills:   []fill{{Path: "input", Value: json.RawMessage(benchInput)}},
+		Exports: []exportSpec{{Path: "input"}, {Path: "violations", Optional: true}, {Path: "nodes", Split: 2}},
+	}
+	for i := 0; i < b.N; i++ {
+		r := evaluate(m, req)
+		if len(r.Errors) > 0 {
+			b.Fatal(r.Errors)
+		}
+	}
+}
