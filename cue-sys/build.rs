@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn main() {
-    let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let manifest =
+        PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     let go_dir = manifest.join("go");
     for f in ["bridge.go", "go.mod", "go.sum"] {
@@ -24,7 +25,9 @@ fn main() {
         .status();
     match status {
         Ok(s) if s.success() => {}
-        Ok(s) => panic!("`go build -buildmode=c-archive` of the CUE bridge failed ({s}); see the Go error above"),
+        Ok(s) => panic!(
+            "`go build -buildmode=c-archive` of the CUE bridge failed ({s}); see the Go error above"
+        ),
         Err(e) => panic!(
             "cannot run `{go}` to build the CUE bridge: {e}. Install Go 1.26+ (or set GO=/path/to/go)"
         ),

@@ -16,11 +16,17 @@ impl Parse for EmbedArgs {
     fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
         let dir: LitStr = input.parse()?;
         input.parse::<Token![,]>().map_err(|e| {
-            syn::Error::new(e.span(), "expected `embed_module!(\"path/to/module\", package = \"./pkg\")`")
+            syn::Error::new(
+                e.span(),
+                "expected `embed_module!(\"path/to/module\", package = \"./pkg\")`",
+            )
         })?;
         let key: syn::Ident = input.parse()?;
         if key != "package" {
-            return Err(syn::Error::new(key.span(), "expected `package = \"./pkg\"` (the entry package)"));
+            return Err(syn::Error::new(
+                key.span(),
+                "expected `package = \"./pkg\"` (the entry package)",
+            ));
         }
         input.parse::<Token![=]>()?;
         let package: LitStr = input.parse()?;
@@ -48,16 +54,26 @@ pub fn embed_module(input: TokenStream) -> TokenStream {
 }
 
 fn expand(args: &EmbedArgs) -> syn::Result<proc_macro2::TokenStream> {
-    let manifest = std::env::var("CARGO_MANIFEST_DIR")
-        .map_err(|_| syn::Error::new(args.dir.span(), "CARGO_MANIFEST_DIR is not set; build with cargo"))?;
+    let manifest = std::env::var("CARGO_MANIFEST_DIR").map_err(|_| {
+        syn::Error::new(
+            args.dir.span(),
+            "CARGO_MANIFEST_DIR is not set; build with cargo",
+        )
+    })?;
     let root = std::path::Path::new(&manifest).join(args.dir.value());
     let root = root.canonicalize().map_err(|e| {
-        syn::Error::new(args.dir.span(), format!("cannot read CUE module directory {}: {e}", root.display()))
+        syn::Error::new(
+            args.dir.span(),
+            format!("cannot read CUE module directory {}: {e}", root.display()),
+        )
     })?;
     if !root.join("cue.mod/module.cue").is_file() {
         return Err(syn::Error::new(
             args.dir.span(),
-            format!("{} is not a CUE module: it has no cue.mod/module.cue", root.display()),
+            format!(
+                "{} is not a CUE module: it has no cue.mod/module.cue",
+                root.display()
+            ),
         ));
     }
     let mut files = Vec::new();
@@ -82,7 +98,9 @@ fn expand(args: &EmbedArgs) -> syn::Result<proc_macro2::TokenStream> {
         }
     }
     files.sort();
-    let entries = files.iter().map(|(rel, abs)| quote! { (#rel, include_str!(#abs)) });
+    let entries = files
+        .iter()
+        .map(|(rel, abs)| quote! { (#rel, include_str!(#abs)) });
     let package = &args.package;
     Ok(quote! {
         ::cuebe::module::ModuleSource::new([#(#entries),*], #package)

@@ -17,12 +17,19 @@ use cuebe::{CueCompiler, ModuleSet, ModuleSource};
 use serde_json::json;
 
 fn platform() -> ModuleSource {
-    ModuleSource::from_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../cue/platform"), "./webservice")
-        .expect("cue/platform is readable")
+    ModuleSource::from_dir(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../cue/platform"),
+        "./webservice",
+    )
+    .expect("cue/platform is readable")
 }
 
 fn scenarios() -> Vec<(&'static str, CompileInput)> {
-    let meta = InstanceMeta { name: "web".into(), namespace: "apps".into(), labels: BTreeMap::new() };
+    let meta = InstanceMeta {
+        name: "web".into(),
+        namespace: "apps".into(),
+        labels: BTreeMap::new(),
+    };
     let base = json!({"image": "registry.example.com/web:1.4.2", "resources": {"cpu": "250m", "memory": "256Mi"}});
     let mut public = base.clone();
     public["exposure"] = json!({"type": "Public", "host": "web.example.com"});
@@ -34,7 +41,14 @@ fn scenarios() -> Vec<(&'static str, CompileInput)> {
         json!({"status": {"ackResourceMetadata": {"arn": "arn:aws:iam::111122223333:role/apps-web"}}}),
     )]);
     vec![
-        ("simple", CompileInput { instance: meta.clone(), spec: base, ..Default::default() }),
+        (
+            "simple",
+            CompileInput {
+                instance: meta.clone(),
+                spec: base,
+                ..Default::default()
+            },
+        ),
         (
             "public",
             CompileInput {
@@ -65,20 +79,27 @@ fn benches(c: &mut Criterion) {
 
     let uncached = CueCompiler::with_options(
         ModuleSet::single("1.0.0", module.clone()),
-        CueCompilerOptions { render_cache_capacity: 0, ..Default::default() },
+        CueCompilerOptions {
+            render_cache_capacity: 0,
+            ..Default::default()
+        },
     );
     let cached = CueCompiler::new(ModuleSet::single("1.0.0", module.clone()));
     let mut warm = c.benchmark_group("warm_render");
     for (name, input) in scenarios() {
         uncached.compile_blocking(&input).expect("renders");
-        warm.bench_function(name, |b| b.iter(|| black_box(uncached.compile_blocking(&input).expect("renders"))));
+        warm.bench_function(name, |b| {
+            b.iter(|| black_box(uncached.compile_blocking(&input).expect("renders")))
+        });
     }
     warm.finish();
 
     let mut hit = c.benchmark_group("cached_hit");
     for (name, input) in scenarios() {
         cached.compile_blocking(&input).expect("renders");
-        hit.bench_function(name, |b| b.iter(|| black_box(cached.compile_blocking(&input).expect("renders"))));
+        hit.bench_function(name, |b| {
+            b.iter(|| black_box(cached.compile_blocking(&input).expect("renders")))
+        });
     }
     hit.finish();
 
@@ -90,11 +111,16 @@ fn benches(c: &mut Criterion) {
         std::fs::write(p, content).expect("write module file");
     }
     let mut cli = c.benchmark_group("cue_cli_export");
-    cli.sample_size(20).measurement_time(Duration::from_secs(10));
+    cli.sample_size(20)
+        .measurement_time(Duration::from_secs(10));
     for (name, input) in scenarios() {
         let value = uncached.module_input(&input).expect("input");
         let file = dir.join(format!("{name}.json"));
-        std::fs::write(&file, serde_json::to_vec(&json!({"input": value})).expect("json")).expect("write input");
+        std::fs::write(
+            &file,
+            serde_json::to_vec(&json!({"input": value})).expect("json"),
+        )
+        .expect("write input");
         cli.bench_function(name, |b| {
             b.iter(|| {
                 let out = Command::new(&cue)
@@ -104,7 +130,11 @@ fn benches(c: &mut Criterion) {
                     .args(["-e", "nodes", "--out", "json"])
                     .output()
                     .expect("cue runs");
-                assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
                 black_box(out.stdout)
             })
         });

@@ -346,7 +346,11 @@ impl CueCompiler {
 
     /// Drops every cached render (not the built modules).
     pub fn clear_render_cache(&self) {
-        let mut cache = self.inner.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut cache = self
+            .inner
+            .cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         cache.map.clear();
         cache.order.clear();
     }
@@ -358,7 +362,11 @@ impl Compiler for CueCompiler {
         let inner = self.inner.clone();
         // Module resolution and export extraction are cheap; a cache hit never leaves this thread
         // unless the module must still be built.
-        let source = inner.modules.resolve(input.platform_ref.as_ref())?.source.clone();
+        let source = inner
+            .modules
+            .resolve(input.platform_ref.as_ref())?
+            .source
+            .clone();
         let built_now = inner
             .built
             .lock()
@@ -453,7 +461,11 @@ impl Inner {
     }
 
     fn prepare(&self, input: &CompileInput) -> Result<Prepared, CompileError> {
-        let source = self.modules.resolve(input.platform_ref.as_ref())?.source.clone();
+        let source = self
+            .modules
+            .resolve(input.platform_ref.as_ref())?
+            .source
+            .clone();
         let built = self.built_module(&source)?;
         self.prepare_with(input, source, built)
     }
@@ -552,7 +564,9 @@ impl Inner {
         let (Some(input), Some(violations), Some(nodes)) =
             (results.next(), results.next(), results.next())
         else {
-            return Err(CompileError::Task("the CUE bridge returned too few results".into()));
+            return Err(CompileError::Task(
+                "the CUE bridge returned too few results".into(),
+            ));
         };
         if let Exported::Errors(errors) = input {
             return Err(input_errors(errors));
@@ -560,7 +574,10 @@ impl Inner {
         let violations: Vec<Violation> = match violations {
             Exported::Absent => vec![],
             Exported::Value(v) => serde_json::from_value(v).map_err(|e| {
-                module_error("violations", format!("not a list of {{path, rule, message, severity?}}: {e}"))
+                module_error(
+                    "violations",
+                    format!("not a list of {{path, rule, message, severity?}}: {e}"),
+                )
             })?,
             Exported::Errors(errors) => return Err(CompileError::Module(CueErrors(errors))),
             Exported::Fields(_) => return Err(module_error("violations", "must be a list".into())),
@@ -570,7 +587,11 @@ impl Inner {
             .any(|v| v.severity == crate::graph::Severity::Error);
         let nodes = assemble_nodes(nodes, &p.exports, blocked)?;
         for n in &nodes {
-            if let Some(unknown) = n.pending_on.iter().find(|e| !p.exports.iter().any(|x| &x.name == *e)) {
+            if let Some(unknown) = n
+                .pending_on
+                .iter()
+                .find(|e| !p.exports.iter().any(|x| &x.name == *e))
+            {
                 return Err(module_error(
                     &format!("nodes.{}.needs", n.id),
                     format!("names {unknown:?}, which is not declared under `exports`"),
@@ -645,11 +666,7 @@ fn input_errors(errors: Vec<CueError>) -> CompileError {
         if e.message.contains("errors in empty disjunction") {
             continue;
         }
-        let field = e
-            .path
-            .strip_prefix("input.")
-            .unwrap_or(&e.path)
-            .to_string();
+        let field = e.path.strip_prefix("input.").unwrap_or(&e.path).to_string();
         let message = if e.kind == CueErrorKind::Incomplete {
             "required field is missing".to_string()
         } else if e.message.contains("field not allowed") {
@@ -680,8 +697,15 @@ fn assemble_nodes(
     let fields = match nodes {
         Exported::Fields(f) => f,
         Exported::Errors(errors) => return Err(CompileError::Module(CueErrors(errors))),
-        Exported::Absent => return Err(module_error("nodes", "the module defines no nodes".into())),
-        Exported::Value(_) => return Err(module_error("nodes", "must be a struct keyed by node id".into())),
+        Exported::Absent => {
+            return Err(module_error("nodes", "the module defines no nodes".into()));
+        }
+        Exported::Value(_) => {
+            return Err(module_error(
+                "nodes",
+                "must be a struct keyed by node id".into(),
+            ));
+        }
     };
     let missing_exports: BTreeSet<&str> = exports
         .iter()
@@ -694,7 +718,10 @@ fn assemble_nodes(
             if let Exported::Errors(errors) = node {
                 return Err(CompileError::Module(CueErrors(errors)));
             }
-            return Err(module_error(&format!("nodes.{id}"), "must be a struct".into()));
+            return Err(module_error(
+                &format!("nodes.{id}"),
+                "must be a struct".into(),
+            ));
         };
         let mut body = Map::new();
         let mut object_errors = None;
@@ -704,7 +731,10 @@ fn assemble_nodes(
                 ("object", Exported::Errors(errors)) => object_errors = Some(errors),
                 ("needs", Exported::Value(v)) => {
                     needs = serde_json::from_value(v).map_err(|e| {
-                        module_error(&format!("nodes.{id}.needs"), format!("must be a list of export names: {e}"))
+                        module_error(
+                            &format!("nodes.{id}.needs"),
+                            format!("must be a list of export names: {e}"),
+                        )
                     })?;
                 }
                 (_, Exported::Value(v)) => {
@@ -778,7 +808,8 @@ fn render_hash(digest: &str, input_hash: &[u8; 32], graph: &Graph) -> String {
     h.update([0]);
     h.update(input_hash);
     h.update([0]);
-    let output = json!({"nodes": graph.nodes, "violations": graph.violations, "exports": graph.exports});
+    let output =
+        json!({"nodes": graph.nodes, "violations": graph.violations, "exports": graph.exports});
     h.update(canonical_json(&output));
     format!("sha256:{}", hex::encode(h.finalize()))
 }

@@ -257,7 +257,8 @@ fn build_handle(source: &ModuleSource) -> Result<Handle, CueErrors> {
         package: source.package(),
     };
     // SAFETY: the pointer is a valid NUL-terminated string for the duration of the call.
-    let resp: LoadResponse = call_bridge(&request, |p| unsafe { cuebe_cue_sys::cuebe_module_load(p) })?;
+    let resp: LoadResponse =
+        call_bridge(&request, |p| unsafe { cuebe_cue_sys::cuebe_module_load(p) })?;
     if !resp.errors.is_empty() {
         return Err(CueErrors(resp.errors));
     }
@@ -348,7 +349,10 @@ impl LoadedModule {
                     self.freed.notify_one();
                 });
             }
-            pool = self.freed.wait(pool).unwrap_or_else(PoisonError::into_inner);
+            pool = self
+                .freed
+                .wait(pool)
+                .unwrap_or_else(PoisonError::into_inner);
         }
     }
 
@@ -375,13 +379,16 @@ impl LoadedModule {
         let request = EvalRequest {
             fills,
             exports,
-            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX).max(1),
+            timeout_ms: u64::try_from(timeout.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1),
         };
         let id = handle.0;
         // SAFETY: the pointer is a valid NUL-terminated string for the duration of the call, and
         // this thread holds the handle exclusively.
-        let result: Result<EvalResponse, CueErrors> =
-            call_bridge(&request, |p| unsafe { cuebe_cue_sys::cuebe_module_eval(id, p) });
+        let result: Result<EvalResponse, CueErrors> = call_bridge(&request, |p| unsafe {
+            cuebe_cue_sys::cuebe_module_eval(id, p)
+        });
         match result {
             Ok(resp) if !resp.errors.is_empty() => {
                 let errors = CueErrors(resp.errors);

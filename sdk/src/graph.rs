@@ -377,7 +377,9 @@ pub enum GraphError {
         expected: String,
     },
     /// A pending node waits for an export whose source node is not in the graph.
-    #[error("exports.{export}.node: a node waits for this export, but its source node {node:?} is not in the graph")]
+    #[error(
+        "exports.{export}.node: a node waits for this export, but its source node {node:?} is not in the graph"
+    )]
     UnknownExportNode {
         /// The export.
         export: String,
@@ -511,7 +513,9 @@ impl Graph {
 
     /// The DAG in Graphviz DOT, each node labelled with its kind and readiness gate.
     pub fn to_dot(&self) -> String {
-        let mut out = String::from("digraph cuebe {\n  rankdir=LR;\n  node [shape=box, fontname=\"Helvetica\"];\n");
+        let mut out = String::from(
+            "digraph cuebe {\n  rankdir=LR;\n  node [shape=box, fontname=\"Helvetica\"];\n",
+        );
         for n in &self.nodes {
             let _ = writeln!(
                 out,
@@ -561,7 +565,12 @@ fn dot_id(id: &str) -> String {
 }
 
 fn kind_of(n: &Node) -> String {
-    match n.object.as_ref().and_then(|o| o.get("kind")).and_then(Value::as_str) {
+    match n
+        .object
+        .as_ref()
+        .and_then(|o| o.get("kind"))
+        .and_then(Value::as_str)
+    {
         Some(kind) if n.is_pending() => format!("{kind} (pending on {})", n.pending_on.join(", ")),
         Some(kind) => kind.to_string(),
         None => format!("(pending on {})", n.pending_on.join(", ")),
@@ -669,7 +678,9 @@ mod tests {
     fn node(id: &str, deps: &[&str]) -> Node {
         Node {
             id: id.into(),
-            object: Some(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": id}})),
+            object: Some(
+                json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": id}}),
+            ),
             apply_policy: ApplyPolicy::default(),
             depends_on: deps.iter().map(|s| s.to_string()).collect(),
             ready_when: vec![],
@@ -694,7 +705,12 @@ mod tests {
 
     #[test]
     fn cycle_is_reported_with_its_path() {
-        let g = graph(vec![node("a", &["c"]), node("b", &["a"]), node("c", &["b"]), node("d", &[])]);
+        let g = graph(vec![
+            node("a", &["c"]),
+            node("b", &["a"]),
+            node("c", &["b"]),
+            node("d", &[]),
+        ]);
         let errs = g.validate("ns").unwrap_err();
         assert_eq!(
             errs,
@@ -702,21 +718,32 @@ mod tests {
                 path: vec!["a".into(), "b".into(), "c".into(), "a".into()]
             }]
         );
-        assert_eq!(errs[0].to_string(), "nodes: dependency cycle a -> b -> c -> a");
+        assert_eq!(
+            errs[0].to_string(),
+            "nodes: dependency cycle a -> b -> c -> a"
+        );
     }
 
     #[test]
     fn self_loop_is_a_cycle() {
         let g = graph(vec![node("a", &["a"])]);
-        assert!(matches!(&g.validate("ns").unwrap_err()[0], GraphError::Cycle { path } if path == &["a", "a"]));
+        assert!(
+            matches!(&g.validate("ns").unwrap_err()[0], GraphError::Cycle { path } if path == &["a", "a"])
+        );
     }
 
     #[test]
     fn duplicate_ids_unknown_deps_and_bad_objects_are_all_reported() {
         let mut bad = node("b", &["nope"]);
-        bad.object = Some(json!({"apiVersion": "v1", "metadata": {"name": "x", "namespace": "other"}}));
+        bad.object =
+            Some(json!({"apiVersion": "v1", "metadata": {"name": "x", "namespace": "other"}}));
         let g = graph(vec![node("a", &[]), node("a", &[]), bad]);
-        let errs: Vec<String> = g.validate("ns").unwrap_err().iter().map(|e| e.to_string()).collect();
+        let errs: Vec<String> = g
+            .validate("ns")
+            .unwrap_err()
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
         assert_eq!(
             errs,
             vec![
@@ -730,8 +757,12 @@ mod tests {
 
     #[test]
     fn unknown_predicate_type_is_rejected_by_name() {
-        let err = serde_json::from_value::<ReadinessPredicate>(json!({"type": "Eventually"})).unwrap_err();
-        assert!(err.to_string().contains("unknown variant `Eventually`"), "{err}");
+        let err = serde_json::from_value::<ReadinessPredicate>(json!({"type": "Eventually"}))
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("unknown variant `Eventually`"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -740,14 +771,28 @@ mod tests {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert!(parse_duration("5 minutes").is_err());
         let mut n = node("a", &[]);
-        n.ready_when = vec![ReadinessPredicate::Exists { timeout: Some("soon".into()) }];
+        n.ready_when = vec![ReadinessPredicate::Exists {
+            timeout: Some("soon".into()),
+        }];
         let errs = graph(vec![n]).validate("ns").unwrap_err();
-        assert!(errs[0].to_string().starts_with("nodes.a.readyWhen[0]: timeout: invalid duration \"soon\""));
+        assert!(
+            errs[0]
+                .to_string()
+                .starts_with("nodes.a.readyWhen[0]: timeout: invalid duration \"soon\"")
+        );
     }
 
     #[test]
     fn waves_follow_dependencies() {
-        let g = graph(vec![node("deploy", &["sa"]), node("sa", &["role"]), node("role", &[]), node("svc", &[])]);
-        assert_eq!(g.waves(), vec![vec!["role", "svc"], vec!["sa"], vec!["deploy"]]);
+        let g = graph(vec![
+            node("deploy", &["sa"]),
+            node("sa", &["role"]),
+            node("role", &[]),
+            node("svc", &[]),
+        ]);
+        assert_eq!(
+            g.waves(),
+            vec![vec!["role", "svc"], vec!["sa"], vec!["deploy"]]
+        );
     }
 }

@@ -12,9 +12,9 @@
 //! - [`graph`]: the Graph artifact, its validation and its drawings (DOT, Mermaid).
 #![deny(unsafe_code)]
 
+pub mod compiler;
 #[allow(unsafe_code)]
 pub mod cue;
-pub mod compiler;
 pub mod graph;
 pub mod module;
 

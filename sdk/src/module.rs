@@ -154,8 +154,7 @@ impl ModuleSet {
             version: version.into(),
             source: Arc::new(source),
         });
-        self.modules
-            .sort_by(|a, b| version_key(&a.version).cmp(&version_key(&b.version)));
+        self.modules.sort_by_key(|m| version_key(&m.version));
         self
     }
 

@@ -1,4 +1,6 @@
 //! The CUE compiler against the real platform module in `cue/platform`.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -7,13 +9,20 @@ use cuebe::{CueCompiler, ModuleSet, ModuleSource};
 use serde_json::json;
 
 fn platform() -> ModuleSource {
-    ModuleSource::from_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../cue/platform"), "./webservice")
-        .expect("cue/platform is readable")
+    ModuleSource::from_dir(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../cue/platform"),
+        "./webservice",
+    )
+    .expect("cue/platform is readable")
 }
 
 fn input(spec: serde_json::Value) -> CompileInput {
     CompileInput {
-        instance: InstanceMeta { name: "web".into(), namespace: "apps".into(), labels: BTreeMap::new() },
+        instance: InstanceMeta {
+            name: "web".into(),
+            namespace: "apps".into(),
+            labels: BTreeMap::new(),
+        },
         spec,
         ..Default::default()
     }
@@ -30,14 +39,19 @@ fn simple_service_renders_and_is_byte_stable() {
     // A fresh compiler (no cache) gives the same bytes and hash.
     let c2 = CueCompiler::new(ModuleSet::single("1.0.0", platform()));
     let g2 = c2.compile_blocking(&input(spec)).unwrap();
-    assert_eq!(serde_json::to_string(&*g).unwrap(), serde_json::to_string(&*g2).unwrap());
+    assert_eq!(
+        serde_json::to_string(&*g).unwrap(),
+        serde_json::to_string(&*g2).unwrap()
+    );
     assert!(g.metadata.render_hash.starts_with("sha256:"));
 }
 
 #[test]
 fn irsa_is_pending_until_the_arn_is_observed() {
     let c = CueCompiler::new(ModuleSet::single("1.0.0", platform()));
-    let mut i = input(json!({"image": "registry.example.com/web:1.4.2", "resources": {"cpu": "250m", "memory": "256Mi"}, "iam": {"policyARNs": []}}));
+    let mut i = input(
+        json!({"image": "registry.example.com/web:1.4.2", "resources": {"cpu": "250m", "memory": "256Mi"}, "iam": {"policyARNs": []}}),
+    );
     i.capabilities = Capabilities::from_names(["ack-iam"]);
     let before = c.compile_blocking(&i).unwrap();
     let sa = before.node("serviceAccount").unwrap();
@@ -52,7 +66,10 @@ fn irsa_is_pending_until_the_arn_is_observed() {
     let sa = after.node("serviceAccount").unwrap();
     assert!(sa.pending_on.is_empty());
     assert_eq!(
-        sa.object.as_ref().unwrap().pointer("/metadata/annotations/eks.amazonaws.com~1role-arn"),
+        sa.object
+            .as_ref()
+            .unwrap()
+            .pointer("/metadata/annotations/eks.amazonaws.com~1role-arn"),
         Some(&json!("arn:aws:iam::111122223333:role/apps-web"))
     );
     assert_ne!(before.metadata.render_hash, after.metadata.render_hash);
@@ -62,18 +79,31 @@ fn irsa_is_pending_until_the_arn_is_observed() {
 fn unknown_field_and_wrong_type_name_the_field() {
     let c = CueCompiler::new(ModuleSet::single("1.0.0", platform()));
     let err = c
-        .compile_blocking(&input(json!({"image": "registry.example.com/web:1", "colour": "red"})))
+        .compile_blocking(&input(
+            json!({"image": "registry.example.com/web:1", "colour": "red"}),
+        ))
         .unwrap_err();
-    let CompileError::InvalidInput { errors } = &err else { panic!("{err}") };
+    let CompileError::InvalidInput { errors } = &err else {
+        panic!("{err}")
+    };
     assert_eq!(errors[0].field, "spec.colour", "{err}");
     assert_eq!(errors[0].message, "unknown field (not in the schema)");
     let err = c
-        .compile_blocking(&input(json!({"image": "registry.example.com/web:1", "replicas": "two"})))
+        .compile_blocking(&input(
+            json!({"image": "registry.example.com/web:1", "replicas": "two"}),
+        ))
         .unwrap_err();
-    let CompileError::InvalidInput { errors } = &err else { panic!("{err}") };
+    let CompileError::InvalidInput { errors } = &err else {
+        panic!("{err}")
+    };
     assert_eq!(errors.len(), 1, "{err}");
     assert_eq!(errors[0].field, "spec.replicas");
-    assert!(errors[0].message.contains("mismatched types string and int"), "{err}");
+    assert!(
+        errors[0]
+            .message
+            .contains("mismatched types string and int"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -84,13 +114,20 @@ fn a_module_that_does_not_terminate_times_out() {
     )]);
     let c = CueCompiler::with_options(
         ModuleSet::single("1.0.0", looping),
-        CueCompilerOptions { eval_timeout: Duration::from_millis(1500), ..Default::default() },
+        CueCompilerOptions {
+            eval_timeout: Duration::from_millis(1500),
+            ..Default::default()
+        },
     );
-    let err = c.compile_blocking(&input(json!({"image": "registry.example.com/web:1"}))).unwrap_err();
+    let err = c
+        .compile_blocking(&input(json!({"image": "registry.example.com/web:1"})))
+        .unwrap_err();
     assert!(matches!(err, CompileError::Timeout(_)), "{err}");
     assert!(err.to_string().contains("may not terminate"));
     // The timed-out evaluator is discarded: the next render builds a fresh one and times out
     // again rather than hanging.
-    let again = c.compile_blocking(&input(json!({"image": "registry.example.com/web:2"}))).unwrap_err();
+    let again = c
+        .compile_blocking(&input(json!({"image": "registry.example.com/web:2"})))
+        .unwrap_err();
     assert!(matches!(again, CompileError::Timeout(_)), "{again}");
 }

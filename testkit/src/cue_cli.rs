@@ -48,7 +48,9 @@ fn cache_dir() -> PathBuf {
 pub fn cue_binary() -> Result<PathBuf, CueCliError> {
     // One install per process even when tests ask concurrently.
     static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _guard = INSTALL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _guard = INSTALL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let bin_dir = cache_dir().join(format!("cue-{CUE_VERSION}"));
     let bin = bin_dir.join("cue");
     if bin.is_file() {

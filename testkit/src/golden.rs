@@ -155,7 +155,11 @@ impl GoldenSuite {
         } else {
             self.module.with_files(case.module_overlay.clone())
         };
-        let meta = case.resource.get("metadata").cloned().unwrap_or(Value::Null);
+        let meta = case
+            .resource
+            .get("metadata")
+            .cloned()
+            .unwrap_or(Value::Null);
         let spec = case.resource.get("spec").cloned().unwrap_or(Value::Null);
         let platform_ref: Option<PlatformRef> = spec
             .get("platformRef")
@@ -165,7 +169,11 @@ impl GoldenSuite {
             .map_err(|e| bad(format!("resource.spec.platformRef: {e}")))?;
         let input = CompileInput {
             instance: InstanceMeta {
-                name: meta.get("name").and_then(Value::as_str).unwrap_or_default().to_string(),
+                name: meta
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
                 namespace: meta
                     .get("namespace")
                     .and_then(Value::as_str)
@@ -184,7 +192,9 @@ impl GoldenSuite {
             capabilities: Capabilities::from_names(&case.capabilities),
             observed: case.observed,
         };
-        let version = platform_ref.map(|r| r.embedded).unwrap_or_else(|| "0.0.0".into());
+        let version = platform_ref
+            .map(|r| r.embedded)
+            .unwrap_or_else(|| "0.0.0".into());
         let compiler = CueCompiler::new(ModuleSet::single(version, module));
         Ok(match compiler.compile_blocking(&input) {
             Ok(g) if g.has_blocking_violations() => GoldenOutcome::Violations(g.violations.clone()),

@@ -154,7 +154,11 @@ pub struct Autoscaling {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Iam {
     /// Managed policy ARNs to attach.
-    #[serde(default, rename = "policyARNs", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "policyARNs",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub policy_arns: Option<Vec<String>>,
     /// An IAM policy document (JSON), created as its own ACK Policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]

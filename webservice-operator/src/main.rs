@@ -10,7 +10,11 @@ use cuebe::compiler::{Capabilities, CompileError};
 use webservice_operator::render::{self, Format, RenderFailure};
 
 #[derive(Parser, Debug)]
-#[command(name = "webservice-operator", version, about = "The WebService operator, built on cuebe")]
+#[command(
+    name = "webservice-operator",
+    version,
+    about = "The WebService operator, built on cuebe"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -60,13 +64,21 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Render { file, capabilities, observe, output } => {
-            run_render(&file, &capabilities, observe.as_ref(), output)
-        }
+        Command::Render {
+            file,
+            capabilities,
+            observe,
+            output,
+        } => run_render(&file, &capabilities, observe.as_ref(), output),
     }
 }
 
-fn run_render(file: &PathBuf, capabilities: &[String], observe: Option<&PathBuf>, output: Format) -> ExitCode {
+fn run_render(
+    file: &PathBuf,
+    capabilities: &[String],
+    observe: Option<&PathBuf>,
+    output: Format,
+) -> ExitCode {
     let mut stdout = std::io::stdout().lock();
     let text = match read(file) {
         Ok(t) => t,
@@ -77,7 +89,11 @@ fn run_render(file: &PathBuf, capabilities: &[String], observe: Option<&PathBuf>
     };
     let observed: BTreeMap<String, serde_json::Value> = match observe {
         None => BTreeMap::new(),
-        Some(path) => match read(path).map_err(|e| RenderFailure::Input { file: path.display().to_string(), message: e })
+        Some(path) => match read(path)
+            .map_err(|e| RenderFailure::Input {
+                file: path.display().to_string(),
+                message: e,
+            })
             .and_then(|t| render::parse_yaml(&path.display().to_string(), &t))
         {
             Ok(o) => o,
@@ -88,23 +104,42 @@ fn run_render(file: &PathBuf, capabilities: &[String], observe: Option<&PathBuf>
         },
     };
     let known = [Capabilities::GATEWAY_API, Capabilities::ACK_IAM];
-    if let Some(bad) = capabilities.iter().find(|c| !c.is_empty() && !known.contains(&c.as_str())) {
-        eprintln!("error: --capabilities: unknown capability {bad:?} (known: {})", known.join(", "));
+    if let Some(bad) = capabilities
+        .iter()
+        .find(|c| !c.is_empty() && !known.contains(&c.as_str()))
+    {
+        eprintln!(
+            "error: --capabilities: unknown capability {bad:?} (known: {})",
+            known.join(", ")
+        );
         return ExitCode::from(2);
     }
     let compiler = CueCompiler::new(webservice_operator::platform_modules());
     let name = file.display().to_string();
-    match render::render(&compiler, &name, &text, Capabilities::from_names(capabilities), observed) {
+    match render::render(
+        &compiler,
+        &name,
+        &text,
+        Capabilities::from_names(capabilities),
+        observed,
+    ) {
         Ok(graph) if graph.has_blocking_violations() => {
             if output == Format::Json {
                 let body = serde_json::json!({"violations": graph.violations});
-                let _ = writeln!(stdout, "{}", serde_json::to_string_pretty(&body).unwrap_or_default());
+                let _ = writeln!(
+                    stdout,
+                    "{}",
+                    serde_json::to_string_pretty(&body).unwrap_or_default()
+                );
             } else {
                 for v in &graph.violations {
                     let _ = writeln!(stdout, "{v}");
                 }
             }
-            eprintln!("error: policy failed with {} violation(s); nothing would be applied", graph.violations.len());
+            eprintln!(
+                "error: policy failed with {} violation(s); nothing would be applied",
+                graph.violations.len()
+            );
             ExitCode::from(3)
         }
         Ok(graph) => {

@@ -38,14 +38,20 @@ pub fn parse_yaml<T: DeserializeOwned>(file: &str, text: &str) -> Result<T, Rend
         } else {
             format!("{path}: {inner}")
         };
-        RenderFailure::Input { file: file.to_string(), message }
+        RenderFailure::Input {
+            file: file.to_string(),
+            message,
+        }
     })
 }
 
 /// Reads a WebService manifest and checks its apiVersion and kind.
 pub fn parse_webservice(file: &str, text: &str) -> Result<WebService, RenderFailure> {
     let raw: serde_json::Value = parse_yaml(file, text)?;
-    let api_version = raw.get("apiVersion").and_then(|v| v.as_str()).unwrap_or_default();
+    let api_version = raw
+        .get("apiVersion")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default();
     let kind = raw.get("kind").and_then(|v| v.as_str()).unwrap_or_default();
     if api_version != "platform.example.com/v1alpha1" || kind != "WebService" {
         return Err(RenderFailure::Input {
@@ -67,7 +73,11 @@ pub fn compile_input(
     CompileInput {
         instance: InstanceMeta {
             name: ws.metadata.name.clone().unwrap_or_default(),
-            namespace: ws.metadata.namespace.clone().unwrap_or_else(|| "default".to_string()),
+            namespace: ws
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".to_string()),
             labels: ws.metadata.labels.clone().unwrap_or_default(),
         },
         spec: serde_json::to_value(&ws.spec).unwrap_or_default(),

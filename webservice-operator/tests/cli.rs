@@ -1,9 +1,14 @@
 //! The `render` command as a user runs it: exit codes, formats, and errors that name the field.
+#![allow(clippy::unwrap_used)]
+
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
 fn examples(name: &str) -> String {
-    format!("{}/../examples/webservices/{name}", env!("CARGO_MANIFEST_DIR"))
+    format!(
+        "{}/../examples/webservices/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    )
 }
 
 fn render(args: &[&str], stdin: Option<&str>) -> Output {
@@ -16,7 +21,12 @@ fn render(args: &[&str], stdin: Option<&str>) -> Output {
         .spawn()
         .expect("the binary starts");
     if let Some(input) = stdin {
-        child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write stdin");
     }
     drop(child.stdin.take());
     child.wait_with_output().expect("the binary finishes")
@@ -39,12 +49,25 @@ fn simple_service_prints_the_graph_as_yaml_and_json() {
 
 #[test]
 fn dot_and_mermaid_draw_edges_and_gates() {
-    let out = render(&["-f", &examples("irsa.yaml"), "--capabilities", "ack-iam", "-o", "dot"], None);
+    let out = render(
+        &[
+            "-f",
+            &examples("irsa.yaml"),
+            "--capabilities",
+            "ack-iam",
+            "-o",
+            "dot",
+        ],
+        None,
+    );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let dot = text(&out.stdout);
     assert!(dot.starts_with("digraph cuebe {"), "{dot}");
     assert!(dot.contains("iamRole -> serviceAccount;"), "{dot}");
-    assert!(dot.contains("ready: ACK.ResourceSynced=True within 10m"), "{dot}");
+    assert!(
+        dot.contains("ready: ACK.ResourceSynced=True within 10m"),
+        "{dot}"
+    );
     assert!(dot.contains("(pending on roleArn)"), "{dot}");
     let out = render(&["-f", &examples("public.yaml"), "-o", "mermaid"], None);
     let mermaid = text(&out.stdout);
@@ -56,13 +79,30 @@ fn dot_and_mermaid_draw_edges_and_gates() {
 #[test]
 fn observe_file_resolves_the_pending_service_account() {
     let out = render(
-        &["-f", &examples("irsa.yaml"), "--capabilities", "ack-iam", "--observe", &examples("irsa-observed.yaml"), "-o", "json"],
+        &[
+            "-f",
+            &examples("irsa.yaml"),
+            "--capabilities",
+            "ack-iam",
+            "--observe",
+            &examples("irsa-observed.yaml"),
+            "-o",
+            "json",
+        ],
         None,
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let g: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON graph");
-    let sa = g["nodes"].as_array().unwrap().iter().find(|n| n["id"] == "serviceAccount").unwrap();
-    assert_eq!(sa["object"]["metadata"]["annotations"]["eks.amazonaws.com/role-arn"], "arn:aws:iam::111122223333:role/apps-reports");
+    let sa = g["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == "serviceAccount")
+        .unwrap();
+    assert_eq!(
+        sa["object"]["metadata"]["annotations"]["eks.amazonaws.com/role-arn"],
+        "arn:aws:iam::111122223333:role/apps-reports"
+    );
     assert!(sa.get("pendingOn").is_none());
 }
 
@@ -91,7 +131,12 @@ fn unknown_field_exits_2_naming_the_field_and_line() {
     let out = render(&["-f", "-"], Some(doc));
     assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
-    assert!(err.contains("spec.replica") && err.contains("unknown field `replica`") && err.contains("line 6"), "{err}");
+    assert!(
+        err.contains("spec.replica")
+            && err.contains("unknown field `replica`")
+            && err.contains("line 6"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -100,15 +145,24 @@ fn wrong_type_exits_2_naming_the_field() {
     let out = render(&["-f", "-"], Some(doc));
     assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
-    assert!(err.contains("spec.replicas") && err.contains("invalid type"), "{err}");
+    assert!(
+        err.contains("spec.replicas") && err.contains("invalid type"),
+        "{err}"
+    );
 }
 
 #[test]
 fn wrong_kind_and_unknown_capability_exit_2() {
-    let out = render(&["-f", "-"], Some("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n"));
+    let out = render(
+        &["-f", "-"],
+        Some("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n"),
+    );
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("kind: WebService"));
-    let out = render(&["-f", &examples("simple.yaml"), "--capabilities", "istio"], None);
+    let out = render(
+        &["-f", &examples("simple.yaml"), "--capabilities", "istio"],
+        None,
+    );
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("unknown capability \"istio\""));
 }

@@ -1,26 +1,47 @@
 //! The in-process render agrees with the official `cue` CLI (same pinned version) exporting the
 //! same module and input.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeMap;
 use std::process::Command;
 
-use cuebe::compiler::Capabilities;
 use cuebe::CueCompiler;
+use cuebe::compiler::Capabilities;
 use webservice_operator::render::{compile_input, parse_webservice};
 
 fn example(name: &str) -> String {
-    std::fs::read_to_string(format!("{}/../examples/webservices/{name}", env!("CARGO_MANIFEST_DIR")))
-        .expect("example exists")
+    std::fs::read_to_string(format!(
+        "{}/../examples/webservices/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .expect("example exists")
 }
 
 fn cue_export(dir: &std::path::Path, input: &serde_json::Value, expr: &str) -> serde_json::Value {
     let cue = cuebe_testkit::cue_cli::cue_binary().expect("cue CLI available");
-    std::fs::write(dir.join("input.json"), serde_json::to_vec(&serde_json::json!({"input": input})).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("input.json"),
+        serde_json::to_vec(&serde_json::json!({"input": input})).unwrap(),
+    )
+    .unwrap();
     let out = Command::new(cue)
         .current_dir(dir)
-        .args(["export", "./webservice", "input.json", "-e", expr, "--out", "json"])
+        .args([
+            "export",
+            "./webservice",
+            "input.json",
+            "-e",
+            expr,
+            "--out",
+            "json",
+        ])
         .output()
         .expect("cue runs");
-    assert!(out.status.success(), "cue export failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "cue export failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("cue prints JSON")
 }
 
@@ -47,7 +68,11 @@ fn in_process_render_matches_the_cue_cli() {
         let input = compile_input(&ws, Capabilities::from_names(caps), observed);
         let graph = compiler.compile_blocking(&input).unwrap();
         let cli_nodes = cue_export(dir.path(), &compiler.module_input(&input).unwrap(), "nodes");
-        let cli_violations = cue_export(dir.path(), &compiler.module_input(&input).unwrap(), "violations");
+        let cli_violations = cue_export(
+            dir.path(),
+            &compiler.module_input(&input).unwrap(),
+            "violations",
+        );
         assert_eq!(cli_violations, serde_json::json!([]), "{file}");
         let cli_ids: Vec<&String> = cli_nodes.as_object().unwrap().keys().collect();
         let ids: Vec<&String> = graph.nodes.iter().map(|n| &n.id).collect();
@@ -76,6 +101,10 @@ fn violations_match_the_cue_cli() {
     let ws = parse_webservice("irsa.yaml", &example("irsa.yaml")).unwrap();
     let input = compile_input(&ws, Capabilities::default(), BTreeMap::new());
     let graph = compiler.compile_blocking(&input).unwrap();
-    let cli = cue_export(dir.path(), &compiler.module_input(&input).unwrap(), "violations");
+    let cli = cue_export(
+        dir.path(),
+        &compiler.module_input(&input).unwrap(),
+        "violations",
+    );
     assert_eq!(cli, serde_json::to_value(&graph.violations).unwrap());
 }

@@ -1,15 +1,23 @@
 //! Golden tests of the embedded platform module: every file in `tests/golden/cases` is rendered
 //! and its Graph, violations or error compared with `tests/golden/snapshots`.
+#![allow(clippy::unwrap_used)]
+
 use cuebe_testkit::golden::GoldenSuite;
 
 #[test]
 fn platform_module_golden_cases() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden");
-    let count = GoldenSuite::new(webservice_operator::platform_module(), format!("{dir}/cases"))
-        .snapshots(format!("{dir}/snapshots"))
-        .run()
-        .expect("golden cases run");
-    assert!(count >= 17, "expected every golden case to run, ran {count}");
+    let count = GoldenSuite::new(
+        webservice_operator::platform_module(),
+        format!("{dir}/cases"),
+    )
+    .snapshots(format!("{dir}/snapshots"))
+    .run()
+    .expect("golden cases run");
+    assert!(
+        count >= 17,
+        "expected every golden case to run, ran {count}"
+    );
 }
 
 /// `renderHash` is byte-stable across runs and machines: this snapshot is checked on every CI
@@ -23,11 +31,19 @@ fn render_hashes_are_stable() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/webservices");
     let compiler = cuebe::CueCompiler::new(webservice_operator::platform_modules());
     let mut hashes = BTreeMap::new();
-    for (file, caps) in [("simple.yaml", vec![]), ("public.yaml", vec!["gateway-api"]), ("irsa.yaml", vec!["ack-iam"])] {
+    for (file, caps) in [
+        ("simple.yaml", vec![]),
+        ("public.yaml", vec!["gateway-api"]),
+        ("irsa.yaml", vec!["ack-iam"]),
+    ] {
         let text = std::fs::read_to_string(format!("{dir}/{file}")).unwrap();
         let ws = parse_webservice(file, &text).unwrap();
         let g = compiler
-            .compile_blocking(&compile_input(&ws, Capabilities::from_names(caps), BTreeMap::new()))
+            .compile_blocking(&compile_input(
+                &ws,
+                Capabilities::from_names(caps),
+                BTreeMap::new(),
+            ))
             .unwrap();
         hashes.insert(file, g.metadata.render_hash.clone());
     }
