@@ -19,6 +19,7 @@ package main
 import "C"
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io/fs"
@@ -88,6 +89,8 @@ type exportSpec struct {
 	Split int `json:"split"`
 	// Optional: a missing path yields no result instead of an error.
 	Optional bool `json:"optional"`
+	// ValidateOnly checks the value is concrete without encoding it (the result has no value).
+	ValidateOnly bool `json:"validateOnly"`
 }
 
 type evalRequest struct {
@@ -217,33 +220,68 @@ func cuebe_string_free(s *C.char) {
 	C.free(unsafe.Pointer(s))
 }
 
-func exportValue(v cue.Value, split int) Exported {
+func exportValue(v cue.Value, split int, validateOnly bool) Exported {
 	if !v.Exists() {
 		return Exported{Absent: true}
 	}
 	if split > 0 {
+		// Most renders are fully concrete: one whole export is much cheaper than one per field.
+		if whole := exportValue(v, 0, validateOnly); whole.Errors == nil {
+			return splitJSON(whole.Value, split)
+		}
 		if err := v.Err(); err != nil {
 			return Exported{Errors: toErrors(err, "eval")}
 		}
 		it, err := v.Fields()
 		if err != nil {
 			// Not a struct: export it whole.
-			return exportValue(v, 0)
+			return exportValue(v, 0, validateOnly)
 		}
 		out := Exported{Fields: []Field{}}
 		for it.Next() {
-			out.Fields = append(out.Fields, Field{Name: it.Selector().Unquoted(), Item: exportValue(it.Value(), split-1)})
+			out.Fields = append(out.Fields, Field{Name: it.Selector().Unquoted(), Item: exportValue(it.Value(), split-1, validateOnly)})
 		}
 		return out
 	}
-	if err := v.Validate(cue.Concrete(true), cue.Final()); err != nil {
-		return Exported{Errors: toErrors(err, "eval")}
+	if validateOnly {
+		if err := v.Validate(cue.Concrete(true), cue.Final()); err != nil {
+			return Exported{Errors: toErrors(err, "eval")}
+		}
+		return Exported{}
 	}
+	// MarshalJSON fails on any non-concrete value, so it doubles as the validation.
 	b, err := v.MarshalJSON()
 	if err != nil {
 		return Exported{Errors: toErrors(err, "eval")}
 	}
 	return Exported{Value: b}
+}
+
+// splitJSON re-splits an already exported JSON object into the field tree a split export returns,
+// keeping the module's field order.
+func splitJSON(raw json.RawMessage, depth int) Exported {
+	if depth == 0 {
+		return Exported{Value: raw}
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	tok, err := dec.Token()
+	if err != nil || tok != json.Delim('{') {
+		return Exported{Value: raw}
+	}
+	out := Exported{Fields: []Field{}}
+	for dec.More() {
+		key, err := dec.Token()
+		if err != nil {
+			return Exported{Value: raw}
+		}
+		var child json.RawMessage
+		if err := dec.Decode(&child); err != nil {
+			return Exported{Value: raw}
+		}
+		name, _ := key.(string)
+		out.Fields = append(out.Fields, Field{Name: name, Item: splitJSON(child, depth-1)})
+	}
+	return out
 }
 
 func evaluate(m *module, req evalRequest) evalResponse {
@@ -274,7 +312,7 @@ func evaluate(m *module, req evalRequest) evalResponse {
 			resp.Results = append(resp.Results, Exported{Errors: []Error{{Message: "the module has no value at " + e.Path, Path: e.Path, Kind: "eval"}}})
 			continue
 		}
-		resp.Results = append(resp.Results, exportValue(sel, e.Split))
+		resp.Results = append(resp.Results, exportValue(sel, e.Split, e.ValidateOnly))
 	}
 	return resp
 }
@@ -326,6 +364,5 @@ func cuebe_module_eval(handle C.ulonglong, reqJSON *C.char) (out *C.char) {
 		}}})
 	}
 }
-
 
 func main() {}

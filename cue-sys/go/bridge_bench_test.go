@@ -81,7 +81,7 @@ func BenchmarkFullRequest(b *testing.B) {
 	m := loadPlatform(b)
 	req := evalRequest{
 		Fills:   []fill{{Path: "input", Value: json.RawMessage(benchInput)}},
-		Exports: []exportSpec{{Path: "input"}, {Path: "violations", Optional: true}, {Path: "nodes", Split: 2}},
+		Exports: []exportSpec{{Path: "input", ValidateOnly: true}, {Path: "violations", Optional: true}, {Path: "nodes", Split: 2}},
 	}
 	for i := 0; i < b.N; i++ {
 		r := evaluate(m, req)

@@ -426,16 +426,8 @@ impl Inner {
             .eval(
                 &[],
                 &[
-                    ExportRequest {
-                        path: "module",
-                        split: 0,
-                        optional: true,
-                    },
-                    ExportRequest {
-                        path: "exports",
-                        split: 0,
-                        optional: true,
-                    },
+                    ExportRequest::optional("module"),
+                    ExportRequest::optional("exports"),
                 ],
                 self.options.eval_timeout,
             )
@@ -541,21 +533,9 @@ impl Inner {
                     value: &p.input_value,
                 }],
                 &[
-                    ExportRequest {
-                        path: "input",
-                        split: 0,
-                        optional: false,
-                    },
-                    ExportRequest {
-                        path: "violations",
-                        split: 0,
-                        optional: true,
-                    },
-                    ExportRequest {
-                        path: "nodes",
-                        split: 2,
-                        optional: false,
-                    },
+                    ExportRequest::validate("input"),
+                    ExportRequest::optional("violations"),
+                    ExportRequest::split("nodes", 2),
                 ],
                 timeout,
             )

@@ -131,6 +131,45 @@ pub struct ExportRequest<'a> {
     pub split: u32,
     /// A missing path is [`Exported::Absent`] instead of an error.
     pub optional: bool,
+    /// Only check that the value is concrete; a concrete result is `Exported::Value(Null)`.
+    #[serde(rename = "validateOnly")]
+    pub validate_only: bool,
+}
+
+impl<'a> ExportRequest<'a> {
+    /// Export `path` whole.
+    pub fn whole(path: &'a str) -> Self {
+        Self {
+            path,
+            split: 0,
+            optional: false,
+            validate_only: false,
+        }
+    }
+
+    /// Export `path` whole, or [`Exported::Absent`] when it does not exist.
+    pub fn optional(path: &'a str) -> Self {
+        Self {
+            optional: true,
+            ..Self::whole(path)
+        }
+    }
+
+    /// Export `path` field by field, `levels` deep.
+    pub fn split(path: &'a str, levels: u32) -> Self {
+        Self {
+            split: levels,
+            ..Self::whole(path)
+        }
+    }
+
+    /// Only check that `path` is concrete.
+    pub fn validate(path: &'a str) -> Self {
+        Self {
+            validate_only: true,
+            ..Self::whole(path)
+        }
+    }
 }
 
 /// One exported result, mirroring the requested split.
@@ -287,7 +326,7 @@ struct Pool {
 /// let input = serde_json::json!({"n": 21});
 /// let out = module.eval(
 ///     &[Fill { path: "input", value: &input }],
-///     &[ExportRequest { path: "out", split: 0, optional: false }],
+///     &[ExportRequest::whole("out")],
 ///     std::time::Duration::from_secs(5),
 /// )?;
 /// # Ok::<(), cuebe::cue::CueErrors>(())

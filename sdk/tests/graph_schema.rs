@@ -3,8 +3,13 @@
 
 #[test]
 fn published_graph_schema_matches_the_types() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../book/src/reference/graph.schema.json");
-    let current = serde_json::to_string_pretty(&cuebe::graph::json_schema()).expect("schema serializes") + "\n";
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../book/src/reference/graph.schema.json"
+    );
+    let current = serde_json::to_string_pretty(&cuebe::graph::json_schema())
+        .expect("schema serializes")
+        + "\n";
     if std::env::var_os("CUEBE_UPDATE_SCHEMA").is_some() {
         std::fs::write(path, &current).expect("write schema");
     }

@@ -14,13 +14,16 @@ if ! command -v go >/dev/null 2>&1; then
   exit 1
 fi
 
-key="$(cat "$here/go.mod" "$here/go.sum" "$here/build.sh" | sha256sum | cut -c1-16)"
+# The cache key covers what decides the binaries: the pinned modules and versions (and a layout
+# number to bump when this script changes what it puts in the cache).
+layout=1
+key="$( { cat "$here/go.mod" "$here/go.sum"; echo "$K8S_VERSION $KWOK_VERSION $layout"; } | sha256sum | cut -c1-16)"
 cache_root="${CUEBE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/cuebe}"
 bin="$cache_root/controlplane/$key/bin"
-tools=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok)
+tools=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok kwok-stages.yaml)
 
 complete=1
-for t in "${tools[@]}"; do [ -x "$bin/$t" ] || complete=0; done
+for t in "${tools[@]}"; do [ -e "$bin/$t" ] || complete=0; done
 if [ "$complete" = 1 ]; then
   echo "$bin"
   exit 0
@@ -59,5 +62,19 @@ if [ ! -x "$bin/kwok" ]; then
   echo "controlplane: building kwok $KWOK_VERSION ..." >&2
   GOBIN="$bin" go install "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION" >&2 || {
     echo "controlplane: FAILED to build kwok $KWOK_VERSION" >&2; exit 1; }
+fi
+if [ ! -e "$bin/kwok-stages.yaml" ]; then
+  # kwok's own "fast" stages (nodes become Ready, pods run, complete and are deleted), taken from
+  # the kwok module at the pinned version rather than copied into this repository.
+  kwok_dir="$(cd / && go mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')"
+  stages="$kwok_dir/kustomize/stage"
+  {
+    for f in node/fast/node-initialize.yaml node/heartbeat/node-heartbeat.yaml \
+             pod/fast/pod-ready.yaml pod/fast/pod-complete.yaml pod/fast/pod-delete.yaml; do
+      echo "---"
+      cat "$stages/$f"
+    done
+  } > "$bin/kwok-stages.yaml.tmp"
+  mv "$bin/kwok-stages.yaml.tmp" "$bin/kwok-stages.yaml"
 fi
 echo "$bin"

@@ -24,11 +24,7 @@ fn rules_for(nodes: serde_json::Value, public: bool) -> Vec<String> {
                 path: "in",
                 value: &input,
             }],
-            &[ExportRequest {
-                path: "out",
-                split: 0,
-                optional: false,
-            }],
+            &[ExportRequest::whole("out")],
             Duration::from_secs(10),
         )
         .unwrap();
