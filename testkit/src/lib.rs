@@ -3,7 +3,10 @@
 //! Tools to test cuebe operators and their platform modules:
 //!
 //! - [`golden`]: one input file in, one snapshot of the rendered Graph out.
-//! - [`cue_cli`]: the official `cue` CLI at the bridge's pinned version, built once and cached,
-//!   to check in-process renders against it.
+//! - [`cluster`]: a real control plane on loopback (etcd, kube-apiserver, kube-controller-manager,
+//!   kube-scheduler, kwok) built from pinned Go modules, and [`cluster::ack`], a stand-in for the
+//!   ACK IAM controller.
+//! - [`cue_cli`]: the official `cue` CLI at the bridge's pinned version, built once and cached.
+pub mod cluster;
 pub mod cue_cli;
 pub mod golden;

@@ -1,0 +1,868 @@
+//! A real Kubernetes control plane on loopback, for tests and for `dev`.
+//!
+//! Owns: starting etcd, kube-apiserver and (optionally) kube-controller-manager, kube-scheduler
+//! and kwok from the pinned binaries that `testkit/controlplane/build.sh` builds; the certificates
+//! and kubeconfig; installing CRDs; and stopping every process.
+//!
+//! Workflow of [`TestCluster::start`]:
+//! 1. find the binaries (`CUEBE_CONTROLPLANE_BIN`, or build them: cached after the first time);
+//! 2. generate a CA, serving and admin certificates and a service-account key;
+//! 3. start etcd, then kube-apiserver (RBAC on), and wait for `/readyz`;
+//! 4. with controllers: start kube-controller-manager (garbage collector, deployment, replicaset,
+//!    namespace, service-account and a few more), kube-scheduler and kwok, create a Node that kwok
+//!    manages, and wait until it is Ready;
+//! 5. install the CRDs asked for and wait until they are Established.
+//!
+//! Safety rules:
+//! - every process is started with `PR_SET_PDEATHSIG`, from a thread that lives as long as the
+//!   test process, so no component outlives the process that started it, even on a panic or kill;
+//! - [`Drop`] stops every component (SIGTERM, then SIGKILL) and removes the working directory
+//!   unless `CUEBE_KEEP_CLUSTER=1`;
+//! - a component that exits is named, with the tail of its log, the next time the cluster is
+//!   checked ([`TestCluster::check_alive`]) and in every start-up error.
+pub mod ack;
+mod pki;
+
+use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock, PoisonError, mpsc};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Namespace, Node};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+
+pub use pki::Pki;
+
+/// Why the cluster could not start or be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// The control plane binaries are missing and could not be built.
+    #[error("control plane binaries unavailable: {0}")]
+    Binaries(String),
+    /// A file operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Certificate generation failed (should never happen).
+    #[error("generating certificates: {0}")]
+    Pki(String),
+    /// A component exited. Its log tail is included.
+    #[error("{component} exited ({status}); last lines of its log ({log}):\n{tail}")]
+    ComponentDied {
+        /// Which component.
+        component: String,
+        /// Its exit status.
+        status: String,
+        /// Path of its log.
+        log: String,
+        /// The last lines of the log.
+        tail: String,
+    },
+    /// Something did not become ready in time.
+    #[error("timed out after {after:?} waiting for {what}{}", tails.as_deref().map(|t| format!("\n{t}")).unwrap_or_default())]
+    Timeout {
+        /// What was awaited.
+        what: String,
+        /// How long.
+        after: Duration,
+        /// Log tails of the components involved.
+        tails: Option<String>,
+    },
+    /// A Kubernetes API call failed.
+    #[error("{what}: {source}")]
+    Kube {
+        /// What was being done.
+        what: String,
+        /// The error.
+        source: kube::Error,
+    },
+    /// The generated kubeconfig could not be loaded (should never happen).
+    #[error("kubeconfig {path}: {message}")]
+    Config {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A CRD file could not be read or parsed.
+    #[error("CRD {path}: {message}")]
+    Crd {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// Start kube-controller-manager, kube-scheduler and kwok (so Deployments become Available
+    /// and the garbage collector works). Without them only etcd and kube-apiserver run.
+    pub controllers: bool,
+    /// CRD files (YAML, one or more documents each) to install and wait for.
+    pub crds: Vec<PathBuf>,
+    /// How long start-up may take before it fails.
+    pub start_timeout: Duration,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        Self {
+            controllers: true,
+            crds: Vec::new(),
+            start_timeout: Duration::from_secs(90),
+        }
+    }
+}
+
+impl ClusterOptions {
+    /// Only etcd and kube-apiserver.
+    pub fn api_only() -> Self {
+        Self {
+            controllers: false,
+            ..Self::default()
+        }
+    }
+
+    /// Adds CRD files.
+    pub fn with_crds(mut self, crds: impl IntoIterator<Item = PathBuf>) -> Self {
+        self.crds.extend(crds);
+        self
+    }
+}
+
+/// The CRD files in a directory, sorted.
+pub fn crd_files(dir: impl AsRef<Path>) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir.as_ref())
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+/// `shared/` next to the repository (the ACK and Gateway API CRDs live there).
+pub fn shared_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CUEBE_SHARED_DIR") {
+        return PathBuf::from(dir);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared")
+}
+
+/// The ACK IAM CRDs (`Role`, `Policy`, ...).
+pub fn ack_iam_crds() -> Vec<PathBuf> {
+    crd_files(shared_dir().join("crds/ack-iam"))
+}
+
+/// The Gateway API standard-channel CRDs.
+pub fn gateway_api_crds() -> Vec<PathBuf> {
+    crd_files(shared_dir().join("crds/gateway-api"))
+}
+
+struct Component {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+type SpawnRequest = (Command, mpsc::Sender<std::io::Result<Child>>);
+
+/// Children are spawned from one thread that lives as long as the process: `PR_SET_PDEATHSIG`
+/// fires when the *thread* that forked exits, so spawning from a test's own thread would kill
+/// the cluster when that test ends.
+fn spawner() -> &'static Mutex<mpsc::Sender<SpawnRequest>> {
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
+    SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<SpawnRequest>();
+        std::thread::Builder::new()
+            .name("cuebe-cluster-spawner".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(spawn_with_parent_death_signal(&mut cmd));
+                }
+            })
+            .ok();
+        Mutex::new(tx)
+    })
+}
+
+#[allow(unsafe_code)]
+fn spawn_with_parent_death_signal(cmd: &mut Command) -> std::io::Result<Child> {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+}
+
+fn spawn(cmd: Command) -> std::io::Result<Child> {
+    let (tx, rx) = mpsc::channel();
+    spawner()
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .send((cmd, tx))
+        .map_err(|_| std::io::Error::other("the spawner thread is gone"))?;
+    rx.recv()
+        .map_err(|_| std::io::Error::other("the spawner thread did not answer"))?
+}
+
+fn free_port() -> Result<u16, ClusterError> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|source| ClusterError::Io {
+            what: "picking a free loopback port".into(),
+            source,
+        })
+}
+
+/// The last `n` lines of a file.
+pub fn tail(path: &Path, n: usize) -> String {
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)));
+    let lines: Vec<String> = BufReader::new(f).lines().map_while(Result::ok).collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Locates the control plane binaries: `CUEBE_CONTROLPLANE_BIN`, else runs
+/// `testkit/controlplane/build.sh` (which prints progress and caches its result).
+pub fn controlplane_bin() -> Result<PathBuf, ClusterError> {
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(dir) = std::env::var_os("CUEBE_CONTROLPLANE_BIN") {
+            let dir = PathBuf::from(dir);
+            if dir.join("kube-apiserver").is_file() {
+                return Ok(dir);
+            }
+            return Err(format!(
+                "CUEBE_CONTROLPLANE_BIN={} has no kube-apiserver",
+                dir.display()
+            ));
+        }
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("controlplane/build.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .stderr(Stdio::inherit())
+            .output()
+            .map_err(|e| format!("running {}: {e}", script.display()))?;
+        if !out.status.success() {
+            return Err(format!("{} failed ({})", script.display(), out.status));
+        }
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let dir = stdout.lines().last().unwrap_or_default().trim().to_string();
+        Ok(PathBuf::from(dir))
+    })
+    .clone()
+    .map_err(ClusterError::Binaries)
+}
+
+/// A running control plane. Dropping it stops every process.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), cuebe_testkit::cluster::ClusterError> {
+/// use cuebe_testkit::cluster::{ClusterOptions, TestCluster};
+/// let cluster = TestCluster::start(ClusterOptions::default()).await?;
+/// let ns = cluster.namespace("my-test").await?;
+/// let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(cluster.client(), &ns);
+/// # Ok(()) }
+/// ```
+pub struct TestCluster {
+    dir: Option<tempfile::TempDir>,
+    workdir: PathBuf,
+    bin: PathBuf,
+    kubeconfig: PathBuf,
+    config: Config,
+    components: Mutex<Vec<Component>>,
+    startup: Duration,
+    server: String,
+}
+
+impl std::fmt::Debug for TestCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestCluster")
+            .field("server", &self.server)
+            .field("kubeconfig", &self.kubeconfig)
+            .finish()
+    }
+}
+
+impl TestCluster {
+    /// Starts a control plane. See the module docs for what runs.
+    pub async fn start(options: ClusterOptions) -> Result<Self, ClusterError> {
+        let started = Instant::now();
+        let bin = tokio::task::spawn_blocking(controlplane_bin)
+            .await
+            .map_err(|e| ClusterError::Binaries(e.to_string()))??;
+        let dir = tempfile::Builder::new()
+            .prefix("cuebe-cluster-")
+            .tempdir()
+            .map_err(|source| ClusterError::Io {
+                what: "creating the cluster's working directory".into(),
+                source,
+            })?;
+        let workdir = dir.path().to_path_buf();
+        // Statics (the shared cluster) are never dropped and a killed test never runs Drop:
+        // a detached watchdog removes the working directory once this process is gone. The
+        // components themselves die with the process (PR_SET_PDEATHSIG).
+        if std::env::var_os("CUEBE_KEEP_CLUSTER").is_none() {
+            let _ = Command::new("sh")
+                .arg("-c")
+                .arg("while kill -0 \"$0\" 2>/dev/null; do sleep 1; done; sleep 1; rm -rf \"$1\"")
+                .arg(std::process::id().to_string())
+                .arg(&workdir)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn();
+        }
+        let pki = Pki::generate(&workdir)?;
+        let etcd_port = free_port()?;
+        let peer_port = free_port()?;
+        let api_port = free_port()?;
+        let server = format!("https://127.0.0.1:{api_port}");
+        let kubeconfig = workdir.join("kubeconfig");
+        write_kubeconfig(&kubeconfig, &server, &pki)?;
+
+        let mut cluster = Self {
+            dir: Some(dir),
+            workdir: workdir.clone(),
+            bin,
+            kubeconfig: kubeconfig.clone(),
+            config: config_from(&kubeconfig).await?,
+            components: Mutex::new(Vec::new()),
+            startup: Duration::ZERO,
+            server: server.clone(),
+        };
+        let w = |p: &Path| p.display().to_string();
+        cluster.launch(
+            "etcd",
+            &[
+                "--name=default".into(),
+                format!("--data-dir={}", w(&workdir.join("etcd"))),
+                format!("--listen-client-urls=http://127.0.0.1:{etcd_port}"),
+                format!("--advertise-client-urls=http://127.0.0.1:{etcd_port}"),
+                format!("--listen-peer-urls=http://127.0.0.1:{peer_port}"),
+                format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}"),
+                format!("--initial-cluster=default=http://127.0.0.1:{peer_port}"),
+                "--unsafe-no-fsync=true".into(),
+                "--log-level=warn".into(),
+            ],
+        )?;
+        cluster.launch(
+            "kube-apiserver",
+            &[
+                format!("--etcd-servers=http://127.0.0.1:{etcd_port}"),
+                "--bind-address=127.0.0.1".into(),
+                "--advertise-address=127.0.0.1".into(),
+                // The endpoint reconciler refuses loopback addresses; nothing here needs the
+                // `kubernetes` Service endpoints.
+                "--endpoint-reconciler-type=none".into(),
+                format!("--secure-port={api_port}"),
+                format!("--cert-dir={}", w(&workdir)),
+                format!("--tls-cert-file={}", w(&pki.serving_cert)),
+                format!("--tls-private-key-file={}", w(&pki.serving_key)),
+                format!("--client-ca-file={}", w(&pki.ca_cert)),
+                // Filling the request-header settings keeps the controllers' delegated
+                // authentication from logging a missing CA bundle every few seconds.
+                format!("--requestheader-client-ca-file={}", w(&pki.ca_cert)),
+                "--requestheader-allowed-names=front-proxy-client".into(),
+                "--requestheader-username-headers=X-Remote-User".into(),
+                "--requestheader-group-headers=X-Remote-Group".into(),
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-".into(),
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
+                format!("--service-account-key-file={}", w(&pki.sa_pub)),
+                format!("--service-account-signing-key-file={}", w(&pki.sa_key)),
+                "--service-cluster-ip-range=10.0.0.0/24".into(),
+                "--authorization-mode=RBAC".into(),
+                "--allow-privileged=true".into(),
+                // New Nodes get a not-ready taint that only the node-lifecycle controller removes;
+                // kwok's Node is Ready at once, so skip the taint instead of running that
+                // controller (which would also evict pods on a missed heartbeat).
+                "--disable-admission-plugins=TaintNodesByCondition".into(),
+                "--enable-priority-and-fairness=false".into(),
+                "--profiling=false".into(),
+                "--v=1".into(),
+            ],
+        )?;
+        let deadline = started + options.start_timeout;
+        cluster.wait_readyz(deadline).await?;
+
+        if options.controllers {
+            let kcm_port = free_port()?;
+            let sched_port = free_port()?;
+            let kwok_port = free_port()?;
+            let kc = w(&kubeconfig);
+            cluster.launch(
+                "kube-controller-manager",
+                &[
+                    format!("--kubeconfig={kc}"),
+                    format!("--authentication-kubeconfig={kc}"),
+                    format!("--authorization-kubeconfig={kc}"),
+                    "--bind-address=127.0.0.1".into(),
+                    format!("--secure-port={kcm_port}"),
+                    "--leader-elect=false".into(),
+                    "--controllers=garbage-collector-controller,deployment-controller,replicaset-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller,endpointslice-controller,disruption-controller,root-ca-certificate-publisher-controller,pod-garbage-collector-controller".into(),
+                    format!("--service-account-private-key-file={}", w(&pki.sa_key)),
+                    format!("--root-ca-file={}", w(&pki.ca_cert)),
+                    "--use-service-account-credentials=false".into(),
+                    "--concurrent-deployment-syncs=10".into(),
+                    "--concurrent-replicaset-syncs=10".into(),
+                    "--concurrent-gc-syncs=10".into(),
+                    "--kube-api-qps=200".into(),
+                    "--kube-api-burst=400".into(),
+                ],
+            )?;
+            cluster.launch(
+                "kube-scheduler",
+                &[
+                    format!("--kubeconfig={kc}"),
+                    format!("--authentication-kubeconfig={kc}"),
+                    format!("--authorization-kubeconfig={kc}"),
+                    "--bind-address=127.0.0.1".into(),
+                    format!("--secure-port={sched_port}"),
+                    "--leader-elect=false".into(),
+                ],
+            )?;
+            let stages = cluster.bin.join("kwok-stages.yaml");
+            cluster.launch(
+                "kwok",
+                &[
+                    format!("--kubeconfig={kc}"),
+                    format!("--config={}", w(&stages)),
+                    "--manage-all-nodes=false".into(),
+                    "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake".into(),
+                    format!("--server-address=127.0.0.1:{kwok_port}"),
+                    "--node-ip=127.0.0.1".into(),
+                    "--cidr=10.244.0.0/16".into(),
+                ],
+            )?;
+            cluster.create_node().await?;
+            cluster.wait_node_ready(deadline).await?;
+            cluster.wait_default_service_account(deadline).await?;
+        }
+        cluster.install_crds(&options.crds, deadline).await?;
+        cluster.startup = started.elapsed();
+        tracing::info!(server = %cluster.server, startup = ?cluster.startup, "test cluster ready");
+        Ok(cluster)
+    }
+
+    /// One cluster per test process, started on first use with controllers and the ACK and
+    /// Gateway API CRDs; tests isolate themselves with [`TestCluster::namespace`].
+    ///
+    /// It lives until the process exits (its components die with the process).
+    pub async fn shared() -> Result<&'static TestCluster, ClusterError> {
+        static SHARED: tokio::sync::OnceCell<TestCluster> = tokio::sync::OnceCell::const_new();
+        SHARED
+            .get_or_try_init(|| async {
+                let crds: Vec<PathBuf> = ack_iam_crds()
+                    .into_iter()
+                    .chain(gateway_api_crds())
+                    .collect();
+                TestCluster::start(ClusterOptions::default().with_crds(crds)).await
+            })
+            .await
+    }
+
+    fn launch(&mut self, name: &'static str, args: &[String]) -> Result<(), ClusterError> {
+        let log = self.workdir.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).map_err(|source| ClusterError::Io {
+            what: format!("creating {}", log.display()),
+            source,
+        })?;
+        let err_file = file.try_clone().map_err(|source| ClusterError::Io {
+            what: format!("opening {}", log.display()),
+            source,
+        })?;
+        let binary = self.bin.join(name);
+        let mut cmd = Command::new(&binary);
+        cmd.args(args)
+            .current_dir(&self.workdir)
+            .stdin(Stdio::null())
+            .stdout(file)
+            .stderr(err_file);
+        let child = spawn(cmd).map_err(|source| ClusterError::Io {
+            what: format!("starting {}", binary.display()),
+            source,
+        })?;
+        self.components
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Component { name, child, log });
+        Ok(())
+    }
+
+    /// Fails, naming the component and showing its log tail, if any component has exited.
+    pub fn check_alive(&self) -> Result<(), ClusterError> {
+        let mut components = self
+            .components
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for c in components.iter_mut() {
+            if let Ok(Some(status)) = c.child.try_wait() {
+                return Err(ClusterError::ComponentDied {
+                    component: c.name.to_string(),
+                    status: status.to_string(),
+                    log: c.log.display().to_string(),
+                    tail: tail(&c.log, 30),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The last `n` lines of every component's log, headed by its name.
+    pub fn log_tails(&self, n: usize) -> String {
+        let components = self
+            .components
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        components
+            .iter()
+            .map(|c| format!("--- {} ({})\n{}", c.name, c.log.display(), tail(&c.log, n)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn timeout(&self, what: &str, after: Duration) -> ClusterError {
+        ClusterError::Timeout {
+            what: what.to_string(),
+            after,
+            tails: Some(self.log_tails(15)),
+        }
+    }
+
+    async fn wait_readyz(&self, deadline: Instant) -> Result<(), ClusterError> {
+        let started = Instant::now();
+        loop {
+            self.check_alive()?;
+            let req = http::Request::get("/readyz").body(Vec::new());
+            if let Ok(req) = req
+                && let Ok(body) = self.client().request_text(req).await
+                && body.trim() == "ok"
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(self.timeout("kube-apiserver /readyz", started.elapsed()));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn create_node(&self) -> Result<(), ClusterError> {
+        let node: Node = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": "kwok-node-0",
+                "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+                "labels": {
+                    "kubernetes.io/hostname": "kwok-node-0",
+                    "kubernetes.io/os": "linux",
+                    "kubernetes.io/arch": "amd64",
+                    "type": "kwok"
+                }
+            },
+            "spec": {},
+            "status": {
+                "allocatable": {"cpu": "256", "memory": "1Ti", "pods": "5000"},
+                "capacity": {"cpu": "256", "memory": "1Ti", "pods": "5000"}
+            }
+        }))
+        .map_err(|e| ClusterError::Pki(e.to_string()))?;
+        Api::<Node>::all(self.client())
+            .create(&PostParams::default(), &node)
+            .await
+            .map_err(|source| ClusterError::Kube {
+                what: "creating the kwok Node".into(),
+                source,
+            })?;
+        Ok(())
+    }
+
+    async fn wait_node_ready(&self, deadline: Instant) -> Result<(), ClusterError> {
+        let nodes: Api<Node> = Api::all(self.client());
+        let started = Instant::now();
+        loop {
+            self.check_alive()?;
+            if let Ok(node) = nodes.get("kwok-node-0").await {
+                let ready = node
+                    .status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True");
+                if ready {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(self.timeout("the kwok Node to become Ready", started.elapsed()));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn wait_default_service_account(&self, deadline: Instant) -> Result<(), ClusterError> {
+        let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            Api::namespaced(self.client(), "default");
+        let started = Instant::now();
+        loop {
+            self.check_alive()?;
+            if sas.get_opt("default").await.ok().flatten().is_some() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(self.timeout(
+                    "the service-account controller to create default/default",
+                    started.elapsed(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Installs CRDs (server-side apply) and waits until each is Established.
+    pub async fn install_crds(
+        &self,
+        files: &[PathBuf],
+        deadline: Instant,
+    ) -> Result<(), ClusterError> {
+        let api: Api<CustomResourceDefinition> = Api::all(self.client());
+        let mut names = Vec::new();
+        for path in files {
+            let text = std::fs::read_to_string(path).map_err(|e| ClusterError::Crd {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })?;
+            for doc in serde_norway::Deserializer::from_str(&text) {
+                let value: serde_json::Value =
+                    serde::Deserialize::deserialize(doc).map_err(|e| ClusterError::Crd {
+                        path: path.display().to_string(),
+                        message: e.to_string(),
+                    })?;
+                if value.is_null() {
+                    continue;
+                }
+                let crd: CustomResourceDefinition =
+                    serde_json::from_value(value).map_err(|e| ClusterError::Crd {
+                        path: path.display().to_string(),
+                        message: e.to_string(),
+                    })?;
+                let name = crd.metadata.name.clone().unwrap_or_default();
+                api.patch(
+                    &name,
+                    &PatchParams::apply("cuebe-testkit").force(),
+                    &Patch::Apply(&crd),
+                )
+                .await
+                .map_err(|source| ClusterError::Kube {
+                    what: format!("installing CRD {name} from {}", path.display()),
+                    source,
+                })?;
+                names.push(name);
+            }
+        }
+        let started = Instant::now();
+        for name in names {
+            loop {
+                let established = api
+                    .get(&name)
+                    .await
+                    .ok()
+                    .and_then(|c| c.status)
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True");
+                if established {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(
+                        self.timeout(&format!("CRD {name} to be Established"), started.elapsed())
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates a fresh namespace `<prefix>-<n>` and returns its name.
+    pub async fn namespace(&self, prefix: &str) -> Result<String, ClusterError> {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("{prefix}-{}-{n}", std::process::id() % 100_000);
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}
+        }))
+        .map_err(|e| ClusterError::Pki(e.to_string()))?;
+        Api::<Namespace>::all(self.client())
+            .create(&PostParams::default(), &ns)
+            .await
+            .map_err(|source| ClusterError::Kube {
+                what: format!("creating namespace {name}"),
+                source,
+            })?;
+        Ok(name)
+    }
+
+    /// Deletes a namespace (not waiting for it to go).
+    pub async fn delete_namespace(&self, name: &str) -> Result<(), ClusterError> {
+        Api::<Namespace>::all(self.client())
+            .delete(name, &DeleteParams::default())
+            .await
+            .map(|_| ())
+            .map_err(|source| ClusterError::Kube {
+                what: format!("deleting namespace {name}"),
+                source,
+            })
+    }
+
+    /// An admin client, bound to the calling tokio runtime (each `#[tokio::test]` has its own
+    /// runtime, so a client is never shared across tests).
+    pub fn client(&self) -> Client {
+        #[allow(clippy::expect_used)]
+        Client::try_from(self.config.clone())
+            .expect("the generated kubeconfig always yields a client")
+    }
+
+    /// The kubeconfig file (admin credentials).
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// The API server URL.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// The `kubectl` of the same release.
+    pub fn kubectl(&self) -> PathBuf {
+        self.bin.join("kubectl")
+    }
+
+    /// Where logs, certificates and etcd data live.
+    pub fn workdir(&self) -> &Path {
+        &self.workdir
+    }
+
+    /// How long [`TestCluster::start`] took.
+    pub fn startup_time(&self) -> Duration {
+        self.startup
+    }
+
+    /// Peak resident memory (VmHWM) of each component, in KiB.
+    pub fn peak_memory_kib(&self) -> Vec<(&'static str, u64)> {
+        let components = self
+            .components
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        components
+            .iter()
+            .map(|c| {
+                let status = std::fs::read_to_string(format!("/proc/{}/status", c.child.id()))
+                    .unwrap_or_default();
+                let kib = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                    .unwrap_or(0);
+                (c.name, kib)
+            })
+            .collect()
+    }
+
+    /// Stops every component now (SIGTERM, then SIGKILL after 5 s).
+    pub fn stop(&self) {
+        let mut components = self
+            .components
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Reverse start order: controllers first, etcd last.
+        for c in components.iter_mut().rev() {
+            #[allow(unsafe_code)]
+            // SAFETY: sending a signal to our own child process.
+            unsafe {
+                libc::kill(c.child.id() as libc::pid_t, libc::SIGTERM);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for c in components.iter_mut().rev() {
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.child.kill();
+            let _ = c.child.wait();
+        }
+        components.clear();
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        self.stop();
+        if std::env::var_os("CUEBE_KEEP_CLUSTER").is_some()
+            && let Some(dir) = self.dir.take()
+        {
+            let kept = dir.keep();
+            eprintln!(
+                "cuebe-testkit: kept the cluster's files in {}",
+                kept.display()
+            );
+        }
+    }
+}
+
+fn write_kubeconfig(path: &Path, server: &str, pki: &Pki) -> Result<(), ClusterError> {
+    let body = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: cuebe\n  cluster:\n    server: {server}\n    certificate-authority: {ca}\nusers:\n- name: cuebe-admin\n  user:\n    client-certificate: {cert}\n    client-key: {key}\ncontexts:\n- name: cuebe\n  context:\n    cluster: cuebe\n    user: cuebe-admin\n    namespace: default\ncurrent-context: cuebe\n",
+        ca = pki.ca_cert.display(),
+        cert = pki.admin_cert.display(),
+        key = pki.admin_key.display(),
+    );
+    std::fs::write(path, body).map_err(|source| ClusterError::Io {
+        what: format!("writing {}", path.display()),
+        source,
+    })
+}
+
+async fn config_from(kubeconfig: &Path) -> Result<Config, ClusterError> {
+    let config_error = |e: kube::config::KubeconfigError| ClusterError::Config {
+        path: kubeconfig.display().to_string(),
+        message: e.to_string(),
+    };
+    let kc = Kubeconfig::read_from(kubeconfig).map_err(config_error)?;
+    let mut config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .map_err(config_error)?;
+    config.read_timeout = Some(Duration::from_secs(60));
+    Ok(config)
+}
