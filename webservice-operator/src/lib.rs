@@ -9,6 +9,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub mod dev;
 pub mod render;
 
 /// The version of the embedded platform module.

@@ -22,6 +22,24 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Start a local control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
+    /// kwok) with the WebService CRD and a sample WebService; runs until Ctrl-C.
+    ///
+    /// Prints `kubeconfig: <path>` and `kubectl: <path>` as soon as the API server is ready. The
+    /// first run builds the control plane (tens of minutes); later runs start in seconds.
+    Dev {
+        /// Also install these, comma-separated: ack-iam (with the ACK stand-in), gateway-api.
+        #[arg(long, value_enum, value_delimiter = ',')]
+        with: Vec<webservice_operator::dev::Extra>,
+        /// Apply this WebService instead of the built-in sample.
+        #[arg(long, conflicts_with = "no_sample")]
+        sample: Option<PathBuf>,
+        /// Do not apply a sample WebService.
+        #[arg(long)]
+        no_sample: bool,
+    },
+    /// Print the WebService CustomResourceDefinition as YAML.
+    Crd,
     /// Compile a WebService manifest into its Graph offline, exactly as the operator would.
     ///
     /// Exit codes: 0 the Graph was printed; 3 policy violations (printed; as JSON with -o json);
@@ -58,18 +76,56 @@ fn read(path: &PathBuf) -> Result<String, String> {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            // kube's client logs every refused connection while the local API server starts.
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,kube_client::client::builder=off".into()),
         )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     match cli.command {
+        Command::Dev {
+            with,
+            sample,
+            no_sample,
+        } => run_dev(&with, sample, no_sample),
+        Command::Crd => {
+            use kube::CustomResourceExt;
+            let yaml = serde_norway::to_string(&webservice_operator::WebService::crd())
+                .unwrap_or_default();
+            let _ = write!(std::io::stdout(), "{yaml}");
+            ExitCode::SUCCESS
+        }
         Command::Render {
             file,
             capabilities,
             observe,
             output,
         } => run_render(&file, &capabilities, observe.as_ref(), output),
+    }
+}
+
+fn run_dev(
+    with: &[webservice_operator::dev::Extra],
+    sample: Option<PathBuf>,
+    no_sample: bool,
+) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(webservice_operator::dev::run(with, sample, no_sample)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 

@@ -645,46 +645,51 @@ impl TestCluster {
         }
     }
 
-    /// Installs CRDs (server-side apply) and waits until each is Established.
+    /// Installs CRD files (server-side apply) and waits until each is Established.
     pub async fn install_crds(
         &self,
         files: &[PathBuf],
         deadline: Instant,
     ) -> Result<(), ClusterError> {
-        let api: Api<CustomResourceDefinition> = Api::all(self.client());
-        let mut names = Vec::new();
+        let mut crds = Vec::new();
         for path in files {
-            let text = std::fs::read_to_string(path).map_err(|e| ClusterError::Crd {
+            let bad = |message: String| ClusterError::Crd {
                 path: path.display().to_string(),
-                message: e.to_string(),
-            })?;
+                message,
+            };
+            let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
             for doc in serde_norway::Deserializer::from_str(&text) {
                 let value: serde_json::Value =
-                    serde::Deserialize::deserialize(doc).map_err(|e| ClusterError::Crd {
-                        path: path.display().to_string(),
-                        message: e.to_string(),
-                    })?;
-                if value.is_null() {
-                    continue;
+                    serde::Deserialize::deserialize(doc).map_err(|e| bad(e.to_string()))?;
+                if !value.is_null() {
+                    crds.push(serde_json::from_value(value).map_err(|e| bad(e.to_string()))?);
                 }
-                let crd: CustomResourceDefinition =
-                    serde_json::from_value(value).map_err(|e| ClusterError::Crd {
-                        path: path.display().to_string(),
-                        message: e.to_string(),
-                    })?;
-                let name = crd.metadata.name.clone().unwrap_or_default();
-                api.patch(
-                    &name,
-                    &PatchParams::apply("cuebe-testkit").force(),
-                    &Patch::Apply(&crd),
-                )
-                .await
-                .map_err(|source| ClusterError::Kube {
-                    what: format!("installing CRD {name} from {}", path.display()),
-                    source,
-                })?;
-                names.push(name);
             }
+        }
+        self.apply_crds(&crds, deadline).await
+    }
+
+    /// Applies CRD objects (server-side apply) and waits until each is Established.
+    pub async fn apply_crds(
+        &self,
+        crds: &[CustomResourceDefinition],
+        deadline: Instant,
+    ) -> Result<(), ClusterError> {
+        let api: Api<CustomResourceDefinition> = Api::all(self.client());
+        let mut names = Vec::new();
+        for crd in crds {
+            let name = crd.metadata.name.clone().unwrap_or_default();
+            api.patch(
+                &name,
+                &PatchParams::apply("cuebe-testkit").force(),
+                &Patch::Apply(crd),
+            )
+            .await
+            .map_err(|source| ClusterError::Kube {
+                what: format!("installing CRD {name}"),
+                source,
+            })?;
+            names.push(name);
         }
         let started = Instant::now();
         for name in names {
