@@ -94,6 +94,24 @@ fn benches(c: &mut Criterion) {
     }
     warm.finish();
 
+    // The CUE evaluation alone (fill + export through the bridge), without cuebe's assembly,
+    // validation and hashing: the difference to warm_render is cuebe's own overhead.
+    let loaded = LoadedModule::load(module.clone(), 1).expect("module loads");
+    let mut bridge = c.benchmark_group("bridge_eval");
+    for (name, input) in scenarios() {
+        let value = uncached.module_input(&input).expect("input");
+        let fills = [cuebe::cue::Fill { path: "input", value: &value }];
+        let exports = [
+            cuebe::cue::ExportRequest::validate("input"),
+            cuebe::cue::ExportRequest::optional("violations"),
+            cuebe::cue::ExportRequest::split("nodes", 2),
+        ];
+        bridge.bench_function(name, |b| {
+            b.iter(|| black_box(loaded.eval(&fills, &exports, Duration::from_secs(10)).expect("evaluates")))
+        });
+    }
+    bridge.finish();
+
     let mut hit = c.benchmark_group("cached_hit");
     for (name, input) in scenarios() {
         cached.compile_blocking(&input).expect("renders");
