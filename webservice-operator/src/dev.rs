@@ -67,10 +67,14 @@ pub async fn run(with: &[Extra], sample: Option<PathBuf>, no_sample: bool) -> Re
     let cluster = TestCluster::start(ClusterOptions {
         crds,
         start_timeout: Duration::from_secs(120),
+        on_api_ready: Some(std::sync::Arc::new(|kubeconfig: &std::path::Path| {
+            let mut out = std::io::stdout();
+            let _ = writeln!(out, "kubeconfig: {}", kubeconfig.display());
+            let _ = out.flush();
+        })),
         ..ClusterOptions::default()
     })
     .await?;
-    writeln!(out, "kubeconfig: {}", cluster.kubeconfig().display())?;
     writeln!(out, "kubectl: {}", cluster.kubectl().display())?;
     writeln!(out, "logs: {}", cluster.workdir().display())?;
     writeln!(

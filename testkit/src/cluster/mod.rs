@@ -103,8 +103,11 @@ pub enum ClusterError {
     },
 }
 
+/// Called with the kubeconfig path as soon as the API server answers `/readyz`.
+pub type ApiReadyHook = std::sync::Arc<dyn Fn(&Path) + Send + Sync>;
+
 /// What to start.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClusterOptions {
     /// Start kube-controller-manager, kube-scheduler and kwok (so Deployments become Available
     /// and the garbage collector works). Without them only etcd and kube-apiserver run.
@@ -113,6 +116,19 @@ pub struct ClusterOptions {
     pub crds: Vec<PathBuf>,
     /// How long start-up may take before it fails.
     pub start_timeout: Duration,
+    /// Told the kubeconfig path as soon as the API server is ready, before the controllers and
+    /// CRDs (so `dev` can print it early).
+    pub on_api_ready: Option<ApiReadyHook>,
+}
+
+impl std::fmt::Debug for ClusterOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterOptions")
+            .field("controllers", &self.controllers)
+            .field("crds", &self.crds)
+            .field("start_timeout", &self.start_timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for ClusterOptions {
@@ -121,6 +137,7 @@ impl Default for ClusterOptions {
             controllers: true,
             crds: Vec::new(),
             start_timeout: Duration::from_secs(90),
+            on_api_ready: None,
         }
     }
 }
@@ -409,6 +426,9 @@ impl TestCluster {
         )?;
         let deadline = started + options.start_timeout;
         cluster.wait_readyz(deadline).await?;
+        if let Some(hook) = &options.on_api_ready {
+            hook(&kubeconfig);
+        }
 
         if options.controllers {
             let kcm_port = free_port()?;
