@@ -13,10 +13,13 @@
 #![deny(unsafe_code)]
 
 pub mod compiler;
+pub mod executor;
 #[allow(unsafe_code)]
 pub mod cue;
 pub mod graph;
 pub mod module;
+pub mod readiness;
+pub mod status;
 
 pub use compiler::{CompileError, CompileInput, Compiler, CueCompiler, InstanceMeta};
 pub use graph::{Graph, Node, ReadinessPredicate, Violation};
