@@ -100,14 +100,23 @@ fn benches(c: &mut Criterion) {
     let mut bridge = c.benchmark_group("bridge_eval");
     for (name, input) in scenarios() {
         let value = uncached.module_input(&input).expect("input");
-        let fills = [cuebe::cue::Fill { path: "input", value: &value }];
+        let fills = [cuebe::cue::Fill {
+            path: "input",
+            value: &value,
+        }];
         let exports = [
             cuebe::cue::ExportRequest::validate("input"),
             cuebe::cue::ExportRequest::optional("violations"),
             cuebe::cue::ExportRequest::split("nodes", 2),
         ];
         bridge.bench_function(name, |b| {
-            b.iter(|| black_box(loaded.eval(&fills, &exports, Duration::from_secs(10)).expect("evaluates")))
+            b.iter(|| {
+                black_box(
+                    loaded
+                        .eval(&fills, &exports, Duration::from_secs(10))
+                        .expect("evaluates"),
+                )
+            })
         });
     }
     bridge.finish();

@@ -25,7 +25,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use kube::Client;
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, Preconditions};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams,
+    Preconditions,
+};
 use kube::discovery::{self, Scope};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -99,12 +102,17 @@ pub struct Executor {
     client: Client,
     field_manager: String,
     readiness: Arc<dyn Readiness>,
-    resources: Arc<Mutex<HashMap<(String, String), (ApiResource, bool)>>>,
+    resources: Arc<Mutex<ResourceCache>>,
 }
+
+/// (apiVersion, kind) → (resource, namespaced), from discovery.
+type ResourceCache = HashMap<(String, String), (ApiResource, bool)>;
 
 impl std::fmt::Debug for Executor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Executor").field("field_manager", &self.field_manager).finish()
+        f.debug_struct("Executor")
+            .field("field_manager", &self.field_manager)
+            .finish()
     }
 }
 
@@ -126,7 +134,12 @@ fn describe_conflict(status: &kube::core::Status) -> String {
     let fields: Vec<String> = status
         .details
         .as_ref()
-        .map(|d| d.causes.iter().map(|c| format!("{} ({})", c.field, c.message)).collect())
+        .map(|d| {
+            d.causes
+                .iter()
+                .map(|c| format!("{} ({})", c.field, c.message))
+                .collect()
+        })
         .unwrap_or_default();
     if fields.is_empty() {
         status.message.clone()
@@ -152,21 +165,32 @@ impl Executor {
         self
     }
 
-    async fn api_for(&self, api_version: &str, kind: &str, namespace: &str) -> Result<Api<DynamicObject>, ExecuteError> {
+    async fn api_for(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: &str,
+    ) -> Result<Api<DynamicObject>, ExecuteError> {
         let key = (api_version.to_string(), kind.to_string());
-        let cached = self.resources.lock().unwrap_or_else(PoisonError::into_inner).get(&key).cloned();
+        let cached = self
+            .resources
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+            .cloned();
         let (ar, namespaced) = match cached {
             Some(found) => found,
             None => {
                 let (group, version) = split_api_version(api_version);
                 let gvk = GroupVersionKind::gvk(group, version, kind);
-                let (ar, caps) = discovery::pinned_kind(&self.client, &gvk).await.map_err(|source| {
-                    ExecuteError::UnknownKind {
-                        api_version: api_version.to_string(),
-                        kind: kind.to_string(),
-                        source,
-                    }
-                })?;
+                let (ar, caps) =
+                    discovery::pinned_kind(&self.client, &gvk)
+                        .await
+                        .map_err(|source| ExecuteError::UnknownKind {
+                            api_version: api_version.to_string(),
+                            kind: kind.to_string(),
+                            source,
+                        })?;
                 let found = (ar, caps.scope == Scope::Namespaced);
                 self.resources
                     .lock()
@@ -184,11 +208,16 @@ impl Executor {
 
     /// Reads the live object of an inventory entry (`None` when it is gone).
     pub async fn live(&self, entry: &InventoryEntry) -> Result<Option<Value>, ExecuteError> {
-        let api = self.api_for(&entry.api_version, &entry.kind, &entry.namespace).await?;
-        let obj = api.get_opt(&entry.name).await.map_err(|source| ExecuteError::Api {
-            what: format!("reading {} {}", entry.kind, entry.name),
-            source,
-        })?;
+        let api = self
+            .api_for(&entry.api_version, &entry.kind, &entry.namespace)
+            .await?;
+        let obj = api
+            .get_opt(&entry.name)
+            .await
+            .map_err(|source| ExecuteError::Api {
+                what: format!("reading {} {}", entry.kind, entry.name),
+                source,
+            })?;
         Ok(obj.and_then(|o| serde_json::to_value(o).ok()))
     }
 
@@ -215,7 +244,11 @@ impl Executor {
                 node.id.clone(),
                 NodeStatus {
                     phase: NodePhase::Pending,
-                    blocked_on: node.pending_on.iter().map(|e| format!("export:{e}")).collect(),
+                    blocked_on: node
+                        .pending_on
+                        .iter()
+                        .map(|e| format!("export:{e}"))
+                        .collect(),
                     last_error: None,
                     ready_details: Some(format!("waiting for {}", node.pending_on.join(", "))),
                     waiting_since: None,
@@ -233,7 +266,14 @@ impl Executor {
                 break;
             }
             let results = futures::future::join_all(frontier.iter().map(|node| {
-                self.apply_node(instance, node, previous, inventory.get(&node.id).cloned(), now, elapsed_since)
+                self.apply_node(
+                    instance,
+                    node,
+                    previous,
+                    inventory.get(&node.id).cloned(),
+                    now,
+                    elapsed_since,
+                )
             }))
             .await;
             for (node, result) in frontier.iter().zip(results) {
@@ -249,19 +289,31 @@ impl Executor {
                     ready.insert(node.id.clone());
                 }
                 if result.status.phase == NodePhase::Error && out.stalled.is_none() {
-                    out.stalled = result.status.last_error.clone().map(|e| format!("{}: {e}", node.id));
+                    out.stalled = result
+                        .status
+                        .last_error
+                        .clone()
+                        .map(|e| format!("{}: {e}", node.id));
                 }
                 out.nodes.insert(node.id.clone(), result.status);
             }
         }
         for node in &graph.nodes {
             if !done.contains(&node.id) {
-                let waiting: Vec<String> = node.depends_on.iter().filter(|d| !ready.contains(*d)).cloned().collect();
+                let waiting: Vec<String> = node
+                    .depends_on
+                    .iter()
+                    .filter(|d| !ready.contains(*d))
+                    .cloned()
+                    .collect();
                 out.nodes.insert(
                     node.id.clone(),
                     NodeStatus {
                         phase: NodePhase::Pending,
-                        ready_details: Some(format!("waiting for {} to be Ready", waiting.join(", "))),
+                        ready_details: Some(format!(
+                            "waiting for {} to be Ready",
+                            waiting.join(", ")
+                        )),
                         blocked_on: waiting,
                         last_error: None,
                         waiting_since: None,
@@ -292,7 +344,9 @@ impl Executor {
                         out.writes += usize::from(wrote);
                         inventory.remove(&entry.node_id);
                     }
-                    Err(e) => tracing::warn!(node = %entry.node_id, error = %e, "prune failed; will retry"),
+                    Err(e) => {
+                        tracing::warn!(node = %entry.node_id, error = %e, "prune failed; will retry")
+                    }
                 }
             }
         }
@@ -332,11 +386,25 @@ impl Executor {
         let Some(mut object) = node.object.clone() else {
             return error("no object (pending)".into());
         };
-        let api_version = object.get("apiVersion").and_then(Value::as_str).unwrap_or_default().to_string();
-        let kind = object.get("kind").and_then(Value::as_str).unwrap_or_default().to_string();
-        let name = object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
+        let api_version = object
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let kind = object
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let name = object
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
         if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
-            let labels = meta.entry("labels").or_insert_with(|| Value::Object(Default::default()));
+            let labels = meta
+                .entry("labels")
+                .or_insert_with(|| Value::Object(Default::default()));
             if let Some(labels) = labels.as_object_mut() {
                 labels.insert(INSTANCE_LABEL.into(), Value::String(instance.name.clone()));
                 labels.insert(KIND_LABEL.into(), Value::String(instance.kind.clone()));
@@ -386,7 +454,9 @@ impl Executor {
                                 phase: NodePhase::Blocked,
                                 blocked_on: vec![],
                                 last_error: Some(describe_conflict(&status)),
-                                ready_details: Some("conflictPolicy: Fail — nothing was overwritten".into()),
+                                ready_details: Some(
+                                    "conflictPolicy: Fail — nothing was overwritten".into(),
+                                ),
                                 waiting_since: None,
                             },
                             entry,
@@ -403,7 +473,11 @@ impl Executor {
         let was_ready = previous_node.is_some_and(|s| s.phase == NodePhase::Ready);
         let mode = match node.apply_policy.mode {
             ApplyMode::AdoptOnly => InventoryMode::Adopted,
-            _ => entry.as_ref().map(|e| e.mode).filter(|m| *m != InventoryMode::Orphaned).unwrap_or(InventoryMode::Managed),
+            _ => entry
+                .as_ref()
+                .map(|e| e.mode)
+                .filter(|m| *m != InventoryMode::Orphaned)
+                .unwrap_or(InventoryMode::Managed),
         };
         let mut new_entry = InventoryEntry {
             node_id: node.id.clone(),
@@ -414,12 +488,21 @@ impl Executor {
             uid: live.metadata.uid.clone().unwrap_or_default(),
             mode,
             last_applied_hash: hash,
-            last_applied_resource_version: live.metadata.resource_version.clone().unwrap_or_default(),
+            last_applied_resource_version: live
+                .metadata
+                .resource_version
+                .clone()
+                .unwrap_or_default(),
             last_ready_transition: entry.as_ref().and_then(|e| e.last_ready_transition.clone()),
         };
         let verdict = match self.readiness.evaluate(&node.ready_when, &live_json) {
             Ok(v) => v,
-            Err(e) => return NodeResult { entry: Some(new_entry), ..error(e.to_string()) },
+            Err(e) => {
+                return NodeResult {
+                    entry: Some(new_entry),
+                    ..error(e.to_string())
+                };
+            }
         };
         let status = if let Some(terminal) = verdict.terminal {
             NodeStatus {
@@ -477,8 +560,14 @@ impl Executor {
 
     /// Deletes (with a UID precondition) or orphans one inventory object. Returns whether it
     /// wrote anything; a missing object is already done.
-    pub async fn remove(&self, entry: &InventoryEntry, policy: DeletionPolicy) -> Result<bool, ExecuteError> {
-        let api = self.api_for(&entry.api_version, &entry.kind, &entry.namespace).await?;
+    pub async fn remove(
+        &self,
+        entry: &InventoryEntry,
+        policy: DeletionPolicy,
+    ) -> Result<bool, ExecuteError> {
+        let api = self
+            .api_for(&entry.api_version, &entry.kind, &entry.namespace)
+            .await?;
         match policy {
             DeletionPolicy::Delete => {
                 let params = DeleteParams {
@@ -500,7 +589,10 @@ impl Executor {
             }
             DeletionPolicy::Orphan => {
                 let patch = serde_json::json!({"metadata": {"labels": {INSTANCE_LABEL: null, KIND_LABEL: null}}});
-                match api.patch(&entry.name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+                match api
+                    .patch(&entry.name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                {
                     Ok(_) => Ok(true),
                     Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
                     Err(source) => Err(ExecuteError::Api {
@@ -514,7 +606,11 @@ impl Executor {
 
     /// Removes everything in an inventory, last applied first. Returns true once every
     /// deleted object is gone (orphaned ones are only unlabelled).
-    pub async fn teardown(&self, inventory: &[InventoryEntry], policy: DeletionPolicy) -> Result<bool, ExecuteError> {
+    pub async fn teardown(
+        &self,
+        inventory: &[InventoryEntry],
+        policy: DeletionPolicy,
+    ) -> Result<bool, ExecuteError> {
         let mut all_gone = true;
         for entry in inventory.iter().rev() {
             if entry.mode == InventoryMode::Orphaned {

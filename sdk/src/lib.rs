@@ -13,9 +13,9 @@
 #![deny(unsafe_code)]
 
 pub mod compiler;
-pub mod executor;
 #[allow(unsafe_code)]
 pub mod cue;
+pub mod executor;
 pub mod graph;
 pub mod module;
 pub mod readiness;

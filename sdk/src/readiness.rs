@@ -47,7 +47,11 @@ pub struct ReadinessError {
 /// ```
 pub trait Readiness: Send + Sync {
     /// Judges `live` against all `predicates` (empty means "exists").
-    fn evaluate(&self, predicates: &[ReadinessPredicate], live: &Value) -> Result<Verdict, ReadinessError>;
+    fn evaluate(
+        &self,
+        predicates: &[ReadinessPredicate],
+        live: &Value,
+    ) -> Result<Verdict, ReadinessError>;
 }
 
 /// The built-in predicate semantics.
@@ -70,7 +74,9 @@ fn conditions(live: &Value) -> &[Value] {
 }
 
 fn condition<'a>(live: &'a Value, type_: &str) -> Option<&'a Value> {
-    conditions(live).iter().find(|c| str_at(c, "/type") == Some(type_))
+    conditions(live)
+        .iter()
+        .find(|c| str_at(c, "/type") == Some(type_))
 }
 
 /// `Some(reason)` when the controller has not observed the current generation.
@@ -103,9 +109,12 @@ fn deployment_available(live: &Value) -> Result<String, String> {
     let updated = int_at(live, "/status/updatedReplicas").unwrap_or(0);
     let available = int_at(live, "/status/availableReplicas").unwrap_or(0);
     let total = int_at(live, "/status/replicas").unwrap_or(0);
-    let available_cond = condition(live, "Available").and_then(|c| str_at(c, "/status")) == Some("True");
+    let available_cond =
+        condition(live, "Available").and_then(|c| str_at(c, "/status")) == Some("True");
     if !available_cond {
-        return Err(format!("Available is not True ({available}/{want} replicas available)"));
+        return Err(format!(
+            "Available is not True ({available}/{want} replicas available)"
+        ));
     }
     if updated < want || available < want || total > updated {
         return Err(format!(
@@ -115,7 +124,10 @@ fn deployment_available(live: &Value) -> Result<String, String> {
     Ok(format!("{available}/{want} replicas available"))
 }
 
-fn check(predicate: &ReadinessPredicate, live: &Value) -> Result<Result<String, String>, ReadinessError> {
+fn check(
+    predicate: &ReadinessPredicate,
+    live: &Value,
+) -> Result<Result<String, String>, ReadinessError> {
     Ok(match predicate {
         ReadinessPredicate::Exists { .. } => Ok("exists".into()),
         ReadinessPredicate::ConditionMatch {
@@ -128,7 +140,10 @@ fn check(predicate: &ReadinessPredicate, live: &Value) -> Result<Result<String, 
             Some(c) => {
                 let got = str_at(c, "/status").unwrap_or("");
                 let got_reason = str_at(c, "/reason");
-                let stale = match (int_at(c, "/observedGeneration"), int_at(live, "/metadata/generation")) {
+                let stale = match (
+                    int_at(c, "/observedGeneration"),
+                    int_at(live, "/metadata/generation"),
+                ) {
                     (Some(o), Some(g)) => o < g,
                     _ => false,
                 };
@@ -139,7 +154,10 @@ fn check(predicate: &ReadinessPredicate, live: &Value) -> Result<Result<String, 
                 } else if let Some(r) = reason
                     && got_reason != Some(r.as_str())
                 {
-                    Err(format!("{condition_type} reason is {}, waiting for {r}", got_reason.unwrap_or("empty")))
+                    Err(format!(
+                        "{condition_type} reason is {}, waiting for {r}",
+                        got_reason.unwrap_or("empty")
+                    ))
                 } else {
                     Ok(format!("{condition_type}={status}"))
                 }
@@ -163,17 +181,25 @@ fn check(predicate: &ReadinessPredicate, live: &Value) -> Result<Result<String, 
             }
         }
         ReadinessPredicate::Current { .. } => {
-            if str_at(live, "/kind") == Some("Deployment") && str_at(live, "/apiVersion") == Some("apps/v1") {
+            if str_at(live, "/kind") == Some("Deployment")
+                && str_at(live, "/apiVersion") == Some("apps/v1")
+            {
                 deployment_available(live)
             } else if let Some(c) = condition(live, "Reconciling")
                 && str_at(c, "/status") == Some("True")
             {
-                Err(format!("Reconciling: {}", str_at(c, "/message").unwrap_or("")))
+                Err(format!(
+                    "Reconciling: {}",
+                    str_at(c, "/message").unwrap_or("")
+                ))
             } else if let Some(c) = condition(live, "Ready") {
                 if str_at(c, "/status") == Some("True") {
                     Ok("Ready=True".into())
                 } else {
-                    Err(format!("Ready is {}", str_at(c, "/status").unwrap_or("Unknown")))
+                    Err(format!(
+                        "Ready is {}",
+                        str_at(c, "/status").unwrap_or("Unknown")
+                    ))
                 }
             } else {
                 Ok("current".into())
@@ -184,7 +210,8 @@ fn check(predicate: &ReadinessPredicate, live: &Value) -> Result<Result<String, 
                 predicate: predicate.label(),
                 message,
             };
-            let program = cel::Program::compile(expression).map_err(|e| err(format!("does not compile: {e}")))?;
+            let program = cel::Program::compile(expression)
+                .map_err(|e| err(format!("does not compile: {e}")))?;
             let mut ctx = cel::Context::default();
             let value = cel::to_value(live).map_err(|e| err(e.to_string()))?;
             ctx.add_variable_from_value("self", value);
@@ -200,7 +227,11 @@ fn check(predicate: &ReadinessPredicate, live: &Value) -> Result<Result<String, 
 }
 
 impl Readiness for DefaultReadiness {
-    fn evaluate(&self, predicates: &[ReadinessPredicate], live: &Value) -> Result<Verdict, ReadinessError> {
+    fn evaluate(
+        &self,
+        predicates: &[ReadinessPredicate],
+        live: &Value,
+    ) -> Result<Verdict, ReadinessError> {
         let terminal = terminal(live);
         if let Some(lag) = generation_lag(live) {
             return Ok(Verdict {
@@ -243,7 +274,13 @@ mod tests {
         DefaultReadiness.evaluate(&[p], &live).unwrap()
     }
 
-    fn deployment(generation: i64, observed: i64, available: &str, updated: i64, ready: i64) -> Value {
+    fn deployment(
+        generation: i64,
+        observed: i64,
+        available: &str,
+        updated: i64,
+        ready: i64,
+    ) -> Value {
         json!({
             "apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": {"name": "d", "generation": generation},
@@ -262,7 +299,11 @@ mod tests {
         assert!(eval(p(), deployment(2, 2, "True", 2, 2)).ready);
         let stale = eval(p(), deployment(3, 2, "True", 2, 2));
         assert!(!stale.ready);
-        assert!(stale.details.contains("not the current 3"), "{}", stale.details);
+        assert!(
+            stale.details.contains("not the current 3"),
+            "{}",
+            stale.details
+        );
         assert!(!eval(p(), deployment(2, 2, "True", 1, 1)).ready);
         assert!(!eval(p(), deployment(2, 2, "False", 2, 0)).ready);
         let fresh = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"generation": 1}, "spec": {}});
@@ -293,25 +334,47 @@ mod tests {
         ]}});
         let v = eval(ReadinessPredicate::Exists { timeout: None }, live);
         assert!(!v.ready);
-        assert_eq!(v.terminal.as_deref(), Some("ACK.Terminal: AccessDenied: nope"));
+        assert_eq!(
+            v.terminal.as_deref(),
+            Some("ACK.Terminal: AccessDenied: nope")
+        );
     }
 
     #[test]
     fn cel_over_the_live_object() {
-        let p = |e: &str| ReadinessPredicate::Cel { expression: e.into(), timeout: None };
+        let p = |e: &str| ReadinessPredicate::Cel {
+            expression: e.into(),
+            timeout: None,
+        };
         let pvc = json!({"status": {"phase": "Bound"}});
         assert!(eval(p("self.status.phase == 'Bound'"), pvc.clone()).ready);
         assert!(!eval(p("self.status.phase == 'Pending'"), pvc.clone()).ready);
         assert!(!eval(p("self.status.missing == 1"), pvc.clone()).ready);
-        assert!(DefaultReadiness.evaluate(&[p("self.status.phase")], &pvc).is_err());
+        assert!(
+            DefaultReadiness
+                .evaluate(&[p("self.status.phase")], &pvc)
+                .is_err()
+        );
         assert!(DefaultReadiness.evaluate(&[p("self.(")], &pvc).is_err());
     }
 
     #[test]
     fn load_balancer_and_current() {
         let svc = |ingress: Value| json!({"spec": {"type": "LoadBalancer"}, "status": {"loadBalancer": {"ingress": ingress}}});
-        assert!(!eval(ReadinessPredicate::ServiceLoadBalancerReady { timeout: None }, svc(json!([]))).ready);
-        assert!(eval(ReadinessPredicate::ServiceLoadBalancerReady { timeout: None }, svc(json!([{"ip": "1.2.3.4"}]))).ready);
+        assert!(
+            !eval(
+                ReadinessPredicate::ServiceLoadBalancerReady { timeout: None },
+                svc(json!([]))
+            )
+            .ready
+        );
+        assert!(
+            eval(
+                ReadinessPredicate::ServiceLoadBalancerReady { timeout: None },
+                svc(json!([{"ip": "1.2.3.4"}]))
+            )
+            .ready
+        );
         let cr = |ready: &str| json!({"metadata": {"generation": 4}, "status": {"observedGeneration": 4, "conditions": [{"type": "Ready", "status": ready}]}});
         assert!(eval(ReadinessPredicate::Current { timeout: None }, cr("True")).ready);
         assert!(!eval(ReadinessPredicate::Current { timeout: None }, cr("False")).ready);

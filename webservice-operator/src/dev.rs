@@ -100,6 +100,13 @@ pub async fn run(with: &[Extra], sample: Option<PathBuf>, no_sample: bool) -> Re
         )?;
     }
 
+    let operator = tokio::spawn(crate::controller::run(client.clone(), None, false));
+    writeln!(
+        out,
+        "operator: running (field manager {})",
+        crate::controller::FIELD_MANAGER
+    )?;
+
     if !no_sample {
         let text = match &sample {
             Some(path) => std::fs::read_to_string(path)
@@ -131,10 +138,7 @@ pub async fn run(with: &[Extra], sample: Option<PathBuf>, no_sample: bool) -> Re
             source,
         })?;
         writeln!(out, "applied WebService {ns}/{ws_name}")?;
-        writeln!(
-            out,
-            "note: this build has no reconciler yet; the WebService is stored, not executed (see `render` for its Graph)"
-        )?;
+        watch_progress(&api, &ws_name, &mut out).await?;
     }
     writeln!(out, "ready; press Ctrl-C to stop every process")?;
     out.flush()?;
@@ -150,9 +154,54 @@ pub async fn run(with: &[Extra], sample: Option<PathBuf>, no_sample: bool) -> Re
         }
     }
     writeln!(out, "stopping ...")?;
+    operator.abort();
     drop(_ack);
     drop(cluster);
     writeln!(out, "stopped")?;
+    Ok(())
+}
+
+/// Prints node progress of the sample until it is Ready (or stalled, or two minutes pass).
+async fn watch_progress(
+    api: &Api<WebService>,
+    name: &str,
+    out: &mut std::io::Stdout,
+) -> Result<(), DevError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let mut last = String::new();
+    while std::time::Instant::now() < deadline {
+        if let Ok(ws) = api.get(name).await
+            && let Some(status) = ws.status
+        {
+            let line = status
+                .nodes
+                .iter()
+                .map(|(id, n)| format!("{id}={:?}", n.phase))
+                .collect::<Vec<_>>()
+                .join(" ");
+            if line != last && !line.is_empty() {
+                writeln!(out, "  {name}: {line}")?;
+                last = line;
+            }
+            if status.is_ready() {
+                writeln!(
+                    out,
+                    "WebService {name} is Ready ({} nodes)",
+                    status.ready_nodes
+                )?;
+                return Ok(());
+            }
+            if let Some(c) = status.condition("Stalled").filter(|c| c.status == "True") {
+                writeln!(out, "WebService {name} is stalled: {}", c.message)?;
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    writeln!(
+        out,
+        "WebService {name} is not Ready after 2 minutes; see `kubectl get ws {name} -o yaml`"
+    )?;
     Ok(())
 }
 

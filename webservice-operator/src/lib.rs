@@ -9,6 +9,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub mod controller;
 pub mod dev;
 pub mod render;
 
@@ -34,7 +35,12 @@ pub fn platform_modules() -> ModuleSet {
     version = "v1alpha1",
     kind = "WebService",
     namespaced,
-    shortname = "ws"
+    shortname = "ws",
+    status = "cuebe::status::AbstractionStatus",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Nodes","type":"string","jsonPath":".status.readyNodes"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WebServiceSpec {

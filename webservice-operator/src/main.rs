@@ -38,6 +38,9 @@ enum Command {
         #[arg(long)]
         no_sample: bool,
     },
+    /// Run the operator against the current kubeconfig (KUBECONFIG or ~/.kube/config, or the
+    /// in-cluster service account) until SIGINT or SIGTERM.
+    Run,
     /// Print the WebService CustomResourceDefinition as YAML.
     Crd,
     /// Compile a WebService manifest into its Graph offline, exactly as the operator would.
@@ -89,6 +92,7 @@ fn main() -> ExitCode {
             sample,
             no_sample,
         } => run_dev(&with, sample, no_sample),
+        Command::Run => run_operator(),
         Command::Crd => {
             use kube::CustomResourceExt;
             let yaml = serde_norway::to_string(&webservice_operator::WebService::crd())
@@ -103,6 +107,30 @@ fn main() -> ExitCode {
             output,
         } => run_render(&file, &capabilities, observe.as_ref(), output),
     }
+}
+
+fn run_operator() -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async {
+        let client = match kube::Client::try_default().await {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: no usable kubeconfig or in-cluster config: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        webservice_operator::controller::run(client, None, true).await;
+        ExitCode::SUCCESS
+    })
 }
 
 fn run_dev(
