@@ -1,0 +1,433 @@
+//! The WebService operator end to end, on the real control plane (etcd, kube-apiserver,
+//! controller-manager, scheduler, kwok) with the ACK stand-in playing AWS.
+//!
+//! Each test gets its own namespace and its own controller scoped to it.
+#![allow(clippy::unwrap_used)]
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use cuebe::status::{AbstractionStatus, NodePhase};
+use cuebe_testkit::cluster::TestCluster;
+use cuebe_testkit::cluster::ack::{AckStandIn, AckStandInOptions, TERMINAL_MESSAGE};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::Ingress;
+use kube::Client;
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams,
+};
+use serde_json::json;
+use webservice_operator::WebService;
+
+struct Env {
+    cluster: &'static TestCluster,
+    client: Client,
+    ns: String,
+    _controller: tokio::task::JoinHandle<()>,
+}
+
+async fn env(prefix: &str) -> Env {
+    let cluster = match TestCluster::shared().await {
+        Ok(c) => c,
+        Err(e) => panic!("the test cluster did not start: {e}"),
+    };
+    let client = cluster.client();
+    let ns = cluster.namespace(prefix).await.unwrap();
+    let controller = tokio::spawn(webservice_operator::controller::run(
+        client.clone(),
+        Some(ns.clone()),
+        false,
+    ));
+    install_crd(cluster).await;
+    Env {
+        cluster,
+        client,
+        ns,
+        _controller: controller,
+    }
+}
+
+async fn install_crd(cluster: &TestCluster) {
+    use kube::CustomResourceExt;
+    cluster
+        .apply_crds(
+            &[WebService::crd()],
+            Instant::now() + Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+}
+
+impl Env {
+    fn webservices(&self) -> Api<WebService> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    async fn apply(&self, name: &str, spec: serde_json::Value) {
+        let body = json!({
+            "apiVersion": "platform.example.com/v1alpha1", "kind": "WebService",
+            "metadata": {"name": name}, "spec": spec,
+        });
+        self.webservices()
+            .patch(
+                name,
+                &PatchParams::apply("e2e-test").force(),
+                &Patch::Apply(&body),
+            )
+            .await
+            .unwrap();
+    }
+
+    async fn status(&self, name: &str) -> AbstractionStatus {
+        self.webservices()
+            .get(name)
+            .await
+            .unwrap()
+            .status
+            .unwrap_or_default()
+    }
+
+    async fn eventually<F, Fut>(&self, what: &str, timeout: Duration, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = bool>,
+    {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if check().await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let statuses: Vec<String> = self
+            .webservices()
+            .list(&Default::default())
+            .await
+            .map(|l| {
+                l.items
+                    .into_iter()
+                    .map(|w| serde_json::to_string_pretty(&w.status).unwrap())
+                    .collect()
+            })
+            .unwrap_or_default();
+        panic!(
+            "timed out waiting for {what}\nstatuses: {}\n{}",
+            statuses.join("\n"),
+            self.cluster.log_tails(10)
+        );
+    }
+
+    async fn ready(&self, name: &str) {
+        self.eventually(
+            &format!("{name} Ready"),
+            Duration::from_secs(60),
+            || async { self.status(name).await.is_ready() },
+        )
+        .await;
+    }
+
+    fn ack(&self, kind: &str) -> Api<DynamicObject> {
+        let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(
+            "iam.services.k8s.aws",
+            "v1alpha1",
+            kind,
+        ));
+        Api::namespaced_with(self.client.clone(), &self.ns, &ar)
+    }
+}
+
+fn simple() -> serde_json::Value {
+    json!({"image": "registry.example.com/web:1.4.2", "resources": {"cpu": "250m", "memory": "256Mi"}})
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_simple_service_becomes_ready_and_a_resync_writes_nothing() {
+    let e = env("simple").await;
+    e.apply("web", simple()).await;
+    e.ready("web").await;
+    let status = e.status("web").await;
+    assert_eq!(status.ready_nodes, "4/4");
+    for c in ["Rendered", "PolicyPassed", "Ready"] {
+        assert_eq!(status.condition(c).unwrap().status, "True", "{c}");
+    }
+    assert!(status.render_hash.starts_with("sha256:"));
+    let ids: Vec<&str> = status
+        .inventory
+        .iter()
+        .map(|i| i.node_id.as_str())
+        .collect();
+    assert_eq!(ids, ["serviceAccount", "deployment", "service", "pdb"]);
+    let d: Api<Deployment> = Api::namespaced(e.client.clone(), &e.ns);
+    let deploy = d.get("web").await.unwrap();
+    let labels = deploy.metadata.labels.unwrap();
+    assert_eq!(labels["cuebe.dev/instance"], "web");
+    assert_eq!(labels["cuebe.dev/kind"], "WebService");
+    let managers: Vec<String> = deploy
+        .metadata
+        .managed_fields
+        .unwrap()
+        .into_iter()
+        .filter_map(|m| m.manager)
+        .collect();
+    assert!(
+        managers.contains(&"cuebe-webservice".to_string()),
+        "{managers:?}"
+    );
+
+    // Steady state: nothing the operator manages changes while it keeps reconciling.
+    let before: Vec<String> = e
+        .status("web")
+        .await
+        .inventory
+        .iter()
+        .map(|i| i.last_applied_resource_version.clone())
+        .collect();
+    let rv_before = d.get("web").await.unwrap().metadata.resource_version;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let after: Vec<String> = e
+        .status("web")
+        .await
+        .inventory
+        .iter()
+        .map(|i| i.last_applied_resource_version.clone())
+        .collect();
+    assert_eq!(before, after, "no object was re-applied");
+    assert_eq!(
+        rv_before,
+        d.get("web").await.unwrap().metadata.resource_version
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn irsa_creates_the_role_first_and_annotates_the_service_account_after_the_arn() {
+    let e = env("irsa").await;
+    let _ack = AckStandIn::spawn(
+        e.client.clone(),
+        AckStandInOptions {
+            delay: Duration::from_secs(2),
+            namespace: Some(e.ns.clone()),
+            ..Default::default()
+        },
+    );
+    let mut spec = simple();
+    spec["iam"] = json!({"policyARNs": ["arn:aws:iam::aws:policy/AmazonS3ReadOnlyAccess"]});
+    e.apply("reports", spec).await;
+    // Before ACK reports the ARN: the Role exists, the ServiceAccount and Deployment do not.
+    e.eventually(
+        "the Role to be created",
+        Duration::from_secs(20),
+        || async { e.ack("Role").get_opt("reports").await.unwrap().is_some() },
+    )
+    .await;
+    let status = e.status("reports").await;
+    assert_eq!(
+        status.nodes["serviceAccount"].phase,
+        NodePhase::Pending,
+        "{status:?}"
+    );
+    assert_eq!(
+        status.nodes["serviceAccount"].blocked_on,
+        ["export:roleArn"]
+    );
+    assert_eq!(status.nodes["deployment"].phase, NodePhase::Pending);
+    let sas: Api<ServiceAccount> = Api::namespaced(e.client.clone(), &e.ns);
+    assert!(
+        sas.get_opt("reports").await.unwrap().is_none(),
+        "no ServiceAccount before the ARN"
+    );
+    let deployments: Api<Deployment> = Api::namespaced(e.client.clone(), &e.ns);
+    assert!(
+        deployments.get_opt("reports").await.unwrap().is_none(),
+        "no Deployment before its ServiceAccount"
+    );
+
+    e.ready("reports").await;
+    let sa = sas.get("reports").await.unwrap();
+    let role = e.ack("Role").get("reports").await.unwrap();
+    let arn = role
+        .data
+        .pointer("/status/ackResourceMetadata/arn")
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        sa.metadata.annotations.unwrap()["eks.amazonaws.com/role-arn"],
+        arn
+    );
+    // The ServiceAccount came after the Role turned Ready, the Deployment after the ServiceAccount.
+    let status = e.status("reports").await;
+    let t = |id: &str| {
+        status
+            .inventory_entry(id)
+            .unwrap()
+            .last_ready_transition
+            .clone()
+            .unwrap()
+    };
+    assert!(t("iamRole") <= t("serviceAccount") && t("serviceAccount") <= t("deployment"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ack_terminal_puts_the_node_in_error_and_the_instance_stalled() {
+    let e = env("terminal").await;
+    let _ack = AckStandIn::spawn(
+        e.client.clone(),
+        AckStandInOptions {
+            delay: Duration::from_millis(300),
+            failing: ["denied".to_string()].into(),
+            namespace: Some(e.ns.clone()),
+            ..Default::default()
+        },
+    );
+    let mut spec = simple();
+    spec["iam"] = json!({"policyARNs": []});
+    e.apply("denied", spec).await;
+    e.eventually(
+        "Stalled with ACK's message",
+        Duration::from_secs(30),
+        || async {
+            let s = e.status("denied").await;
+            s.condition("Stalled")
+                .is_some_and(|c| c.status == "True" && c.message.contains(TERMINAL_MESSAGE))
+        },
+    )
+    .await;
+    let s = e.status("denied").await;
+    assert_eq!(s.nodes["iamRole"].phase, NodePhase::Error);
+    assert!(
+        s.nodes["iamRole"]
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains(TERMINAL_MESSAGE)
+    );
+    assert_eq!(s.condition("Ready").unwrap().status, "False");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_policy_violation_applies_nothing_and_is_in_status() {
+    let e = env("policy").await;
+    e.apply("bad", json!({"image": "docker.io/library/nginx:1.27", "resources": {"cpu": "1", "memory": "1Gi"}})).await;
+    e.eventually("PolicyPassed False", Duration::from_secs(20), || async {
+        e.status("bad")
+            .await
+            .condition("PolicyPassed")
+            .is_some_and(|c| c.status == "False")
+    })
+    .await;
+    let s = e.status("bad").await;
+    assert_eq!(s.violations[0].path, "spec.image");
+    assert_eq!(s.violations[0].rule, "allowed-registries");
+    assert!(s.inventory.is_empty());
+    let d: Api<Deployment> = Api::namespaced(e.client.clone(), &e.ns);
+    assert!(d.get_opt("bad").await.unwrap().is_none());
+    assert_eq!(s.condition("Stalled").unwrap().status, "True");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn removing_autoscaling_prunes_the_hpa() {
+    let e = env("prune").await;
+    let mut spec = simple();
+    spec["autoscaling"] = json!({"minReplicas": 2, "maxReplicas": 5});
+    e.apply("scaled", spec).await;
+    e.ready("scaled").await;
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(e.client.clone(), &e.ns);
+    assert!(hpas.get_opt("scaled").await.unwrap().is_some());
+    e.apply("scaled", simple()).await;
+    e.eventually("the HPA to be pruned", Duration::from_secs(30), || async {
+        hpas.get_opt("scaled").await.unwrap().is_none()
+    })
+    .await;
+    e.ready("scaled").await;
+    assert!(e.status("scaled").await.inventory_entry("hpa").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hand_edit_is_reverted_and_a_deleted_object_is_recreated() {
+    let e = env("drift").await;
+    e.apply("web", simple()).await;
+    e.ready("web").await;
+    let d: Api<Deployment> = Api::namespaced(e.client.clone(), &e.ns);
+    // `kubectl scale` as another manager.
+    let scale = json!({"spec": {"replicas": 7}});
+    d.patch("web", &PatchParams::default(), &Patch::Merge(&scale))
+        .await
+        .unwrap();
+    e.eventually(
+        "replicas reverted to 2",
+        Duration::from_secs(20),
+        || async { d.get("web").await.unwrap().spec.replicas == Some(2) },
+    )
+    .await;
+    let svcs: Api<Service> = Api::namespaced(e.client.clone(), &e.ns);
+    svcs.delete("web", &DeleteParams::default()).await.unwrap();
+    e.eventually(
+        "the Service to be recreated",
+        Duration::from_secs(20),
+        || async { svcs.get_opt("web").await.unwrap().is_some() },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn public_service_gets_an_ingress_without_gateway_api_crds_routes_otherwise() {
+    // The shared cluster has the Gateway API CRDs, so the operator renders an HTTPRoute.
+    let e = env("public").await;
+    let mut spec = simple();
+    spec["exposure"] = json!({"type": "Public", "host": "web.example.com"});
+    e.apply("web", spec).await;
+    e.ready("web").await;
+    let s = e.status("web").await;
+    assert!(
+        s.inventory_entry("httpRoute").is_some(),
+        "{:?}",
+        s.inventory
+    );
+    assert!(s.inventory_entry("networkPolicy").is_some());
+    let ingresses: Api<Ingress> = Api::namespaced(e.client.clone(), &e.ns);
+    assert!(ingresses.get_opt("web").await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_with_delete_removes_children_and_with_orphan_keeps_them_unlabelled() {
+    let e = env("delete").await;
+    e.apply("gone", simple()).await;
+    let mut kept = simple();
+    kept["deletionPolicy"] = json!("Orphan");
+    e.apply("kept", kept).await;
+    e.ready("gone").await;
+    e.ready("kept").await;
+    e.webservices()
+        .delete("gone", &DeleteParams::default())
+        .await
+        .unwrap();
+    e.webservices()
+        .delete("kept", &DeleteParams::default())
+        .await
+        .unwrap();
+    let d: Api<Deployment> = Api::namespaced(e.client.clone(), &e.ns);
+    e.eventually(
+        "both WebServices to be gone",
+        Duration::from_secs(60),
+        || async {
+            e.webservices().get_opt("gone").await.unwrap().is_none()
+                && e.webservices().get_opt("kept").await.unwrap().is_none()
+        },
+    )
+    .await;
+    e.eventually(
+        "the Delete instance's Deployment to be gone",
+        Duration::from_secs(30),
+        || async { d.get_opt("gone").await.unwrap().is_none() },
+    )
+    .await;
+    let orphan = d.get("kept").await.unwrap();
+    let labels = orphan.metadata.labels.unwrap_or_default();
+    assert!(
+        !labels.contains_key("cuebe.dev/instance"),
+        "orphaned objects lose the management labels: {labels:?}"
+    );
+}
