@@ -22,6 +22,7 @@ use cuebe::status::{AbstractionStatus, NodePhase};
 use futures::StreamExt;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -52,6 +53,7 @@ pub enum ReconcileError {
 /// Shared state of the controller.
 pub struct Context {
     client: Client,
+    recorder: Recorder,
     compiler: CueCompiler,
     executor: Executor,
     capabilities: RwLock<(Capabilities, Option<Instant>)>,
@@ -67,6 +69,13 @@ impl Context {
     /// A context on this client with the embedded platform modules.
     pub fn new(client: Client) -> Self {
         Self {
+            recorder: Recorder::new(
+                client.clone(),
+                Reporter {
+                    controller: FIELD_MANAGER.into(),
+                    instance: std::env::var("POD_NAME").ok(),
+                },
+            ),
             executor: Executor::new(client.clone(), FIELD_MANAGER),
             compiler: CueCompiler::new(crate::platform_modules()),
             client,
@@ -123,13 +132,103 @@ fn deletion_policy(ws: &WebService) -> NodeDeletionPolicy {
     }
 }
 
+/// Events for what changed between two statuses: the instance's Ready/Stalled/policy
+/// transitions and each node turning Ready or failing.
+fn transitions(previous: &AbstractionStatus, current: &AbstractionStatus) -> Vec<KubeEvent> {
+    let event = |type_: EventType, reason: &str, note: Option<String>, action: &str| KubeEvent {
+        type_,
+        reason: reason.to_string(),
+        note,
+        action: action.to_string(),
+        secondary: None,
+    };
+    let flipped = |t: &str, to: &str| {
+        let now = current.condition(t).map(|c| c.status.as_str());
+        let before = previous.condition(t).map(|c| c.status.as_str());
+        now == Some(to) && before != Some(to)
+    };
+    let message = |t: &str| current.condition(t).map(|c| c.message.clone());
+    let mut events = Vec::new();
+    if flipped("Rendered", "False") {
+        events.push(event(
+            EventType::Warning,
+            "RenderFailed",
+            message("Rendered"),
+            "Render",
+        ));
+    }
+    if flipped("PolicyPassed", "False") {
+        events.push(event(
+            EventType::Warning,
+            "PolicyViolation",
+            message("PolicyPassed"),
+            "Render",
+        ));
+    }
+    for (id, node) in &current.nodes {
+        if previous.nodes.get(id).map(|n| n.phase) == Some(node.phase) {
+            continue;
+        }
+        match node.phase {
+            NodePhase::Ready => events.push(event(
+                EventType::Normal,
+                "NodeReady",
+                Some(format!(
+                    "{id}: {}",
+                    node.ready_details.clone().unwrap_or_default()
+                )),
+                "Apply",
+            )),
+            NodePhase::Error | NodePhase::Blocked => events.push(event(
+                EventType::Warning,
+                if node.phase == NodePhase::Error {
+                    "NodeFailed"
+                } else {
+                    "NodeBlocked"
+                },
+                Some(format!(
+                    "{id}: {}",
+                    node.last_error.clone().unwrap_or_default()
+                )),
+                "Apply",
+            )),
+            _ => {}
+        }
+    }
+    if flipped("Ready", "True") {
+        events.push(event(
+            EventType::Normal,
+            "Ready",
+            message("Ready"),
+            "Reconcile",
+        ));
+    }
+    if flipped("Stalled", "True") {
+        events.push(event(
+            EventType::Warning,
+            "Stalled",
+            message("Stalled"),
+            "Reconcile",
+        ));
+    }
+    events
+}
+
 async fn write_status(
+    ctx: &Context,
     api: &Api<WebService>,
     ws: &WebService,
     status: &AbstractionStatus,
 ) -> Result<(), ReconcileError> {
     if ws.status.as_ref() == Some(status) {
         return Ok(());
+    }
+    let previous = ws.status.clone().unwrap_or_default();
+    let reference = ws.object_ref(&());
+    for event in transitions(&previous, status) {
+        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+            tracing::debug!(error = %e, "could not publish an event");
+        }
     }
     let body = serde_json::json!({
         "apiVersion": WebService::api_version(&()),
@@ -197,7 +296,7 @@ async fn apply(ws: Arc<WebService>, ctx: Arc<Context>) -> Result<Action, Reconci
             Ok(g) => g,
             Err(e) => {
                 compile_failure(&mut status, &e, generation, &now);
-                write_status(&api, &ws, &status).await?;
+                write_status(&ctx, &api, &ws, &status).await?;
                 return Ok(Action::await_change());
             }
         };
@@ -251,7 +350,7 @@ async fn apply(ws: Arc<WebService>, ctx: Arc<Context>) -> Result<Action, Reconci
                 generation,
                 &now,
             );
-            write_status(&api, &ws, &status).await?;
+            write_status(&ctx, &api, &ws, &status).await?;
             return Ok(Action::await_change());
         }
         status.set_condition("PolicyPassed", true, "PolicyPassed", "", generation, &now);
@@ -308,7 +407,7 @@ async fn apply(ws: Arc<WebService>, ctx: Arc<Context>) -> Result<Action, Reconci
         break;
     }
     let Some(outcome) = last_exec else {
-        write_status(&api, &ws, &status).await?;
+        write_status(&ctx, &api, &ws, &status).await?;
         return Ok(Action::requeue(Duration::from_secs(2)));
     };
     let total = status.nodes.len();
@@ -403,7 +502,7 @@ async fn apply(ws: Arc<WebService>, ctx: Arc<Context>) -> Result<Action, Reconci
         );
         status.clear_condition("Stalled");
     }
-    write_status(&api, &ws, &status).await?;
+    write_status(&ctx, &api, &ws, &status).await?;
     Ok(if outcome.ready {
         Action::requeue(Duration::from_secs(300))
     } else if outcome.stalled.is_some() {

@@ -1,10 +1,11 @@
-//! `dev`: a local control plane with the WebService CRD installed and a sample applied.
+//! `dev`: the operator on a local control plane, with a sample WebService reconciled.
 //!
 //! Starts etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok on loopback (the
 //! pinned build from `testkit/controlplane`), installs the WebService CRD (and, on request, the
 //! ACK IAM and Gateway API CRDs, with the ACK stand-in for ack-iam), prints the kubeconfig and the
-//! matching kubectl, applies a sample WebService and keeps running until SIGINT or SIGTERM, when it
-//! stops every process it started.
+//! matching kubectl, runs the operator, applies a sample WebService and shows its nodes' progress
+//! until it is Ready, then keeps running until SIGINT or SIGTERM, when it stops every process it
+//! started.
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;

@@ -23,7 +23,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Start a local control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
-    /// kwok) with the WebService CRD and a sample WebService; runs until Ctrl-C.
+    /// kwok), run the operator on it and reconcile a sample WebService; runs until Ctrl-C.
     ///
     /// Prints `kubeconfig: <path>` and `kubectl: <path>` as soon as the API server is ready. The
     /// first run builds the control plane (tens of minutes); later runs start in seconds.

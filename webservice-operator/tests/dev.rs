@@ -1,5 +1,6 @@
 //! `webservice-operator dev`, the README's main command, as a newcomer runs it: it prints the
-//! kubeconfig and kubectl, the sample WebService is in the cluster, and Ctrl-C stops everything.
+//! kubeconfig and kubectl, the operator reconciles the sample WebService to Ready, and Ctrl-C
+//! stops everything.
 #![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader};
@@ -22,6 +23,7 @@ fn dev_starts_a_cluster_applies_the_sample_and_stops_on_sigint() {
         }
     });
     let (mut kubeconfig, mut kubectl, mut workdir) = (String::new(), String::new(), String::new());
+    let mut sample_ready = false;
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         let line = rx
@@ -33,10 +35,16 @@ fn dev_starts_a_cluster_applies_the_sample_and_stops_on_sigint() {
             kubectl = p.to_string();
         } else if let Some(p) = line.strip_prefix("logs: ") {
             workdir = p.to_string();
+        } else if line == "WebService hello is Ready (4/4 nodes)" {
+            sample_ready = true;
         } else if line.starts_with("ready;") {
             break;
         }
     }
+    assert!(
+        sample_ready,
+        "the operator reconciled the sample to Ready before `ready;`"
+    );
     let get = Command::new(&kubectl)
         .args([
             "--kubeconfig",

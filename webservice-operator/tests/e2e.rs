@@ -25,7 +25,7 @@ struct Env {
     cluster: &'static TestCluster,
     client: Client,
     ns: String,
-    _controller: tokio::task::JoinHandle<()>,
+    controller: tokio::task::JoinHandle<()>,
 }
 
 async fn env(prefix: &str) -> Env {
@@ -45,7 +45,7 @@ async fn env(prefix: &str) -> Env {
         cluster,
         client,
         ns,
-        _controller: controller,
+        controller,
     }
 }
 
@@ -373,7 +373,7 @@ async fn a_hand_edit_is_reverted_and_a_deleted_object_is_recreated() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn public_service_gets_an_ingress_without_gateway_api_crds_routes_otherwise() {
+async fn with_gateway_api_crds_a_public_service_gets_an_http_route() {
     // The shared cluster has the Gateway API CRDs, so the operator renders an HTTPRoute.
     let e = env("public").await;
     let mut spec = simple();
@@ -430,4 +430,83 @@ async fn deleting_with_delete_removes_children_and_with_orphan_keeps_them_unlabe
         !labels.contains_key("cuebe.dev/instance"),
         "orphaned objects lose the management labels: {labels:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_operator_killed_mid_dag_resumes_with_no_duplicate_or_lost_object() {
+    let e = env("restart").await;
+    let _ack = AckStandIn::spawn(
+        e.client.clone(),
+        AckStandInOptions {
+            delay: Duration::from_secs(3),
+            namespace: Some(e.ns.clone()),
+            ..Default::default()
+        },
+    );
+    let mut spec = simple();
+    spec["iam"] = json!({"policyARNs": []});
+    e.apply("reports", spec).await;
+    e.eventually(
+        "the Role to be applied (mid-DAG)",
+        Duration::from_secs(20),
+        || async { e.ack("Role").get_opt("reports").await.unwrap().is_some() },
+    )
+    .await;
+    e.controller.abort();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _restarted = tokio::spawn(webservice_operator::controller::run(
+        e.client.clone(),
+        Some(e.ns.clone()),
+        false,
+    ));
+    e.ready("reports").await;
+    let s = e.status("reports").await;
+    let ids: Vec<&str> = s.inventory.iter().map(|i| i.node_id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["iamRole", "serviceAccount", "deployment", "service", "pdb"]
+    );
+    // Exactly one of each object, carrying the instance's label.
+    let selector = kube::api::ListParams::default().labels("cuebe.dev/instance=reports");
+    assert_eq!(e.ack("Role").list(&selector).await.unwrap().items.len(), 1);
+    let d: Api<Deployment> = Api::namespaced(e.client.clone(), &e.ns);
+    assert_eq!(d.list(&selector).await.unwrap().items.len(), 1);
+    let sas: Api<ServiceAccount> = Api::namespaced(e.client.clone(), &e.ns);
+    assert_eq!(sas.list(&selector).await.unwrap().items.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_gateway_api_crds_a_public_service_gets_an_ingress() {
+    use cuebe_testkit::cluster::ClusterOptions;
+    let cluster = TestCluster::start(ClusterOptions::default()).await.unwrap();
+    install_crd(&cluster).await;
+    let client = cluster.client();
+    let ns = cluster.namespace("ingress").await.unwrap();
+    let _controller = tokio::spawn(webservice_operator::controller::run(
+        client.clone(),
+        Some(ns.clone()),
+        false,
+    ));
+    let api: Api<WebService> = Api::namespaced(client.clone(), &ns);
+    let mut spec = simple();
+    spec["exposure"] = json!({"type": "Public", "host": "web.example.com", "path": "/app"});
+    let body = json!({"apiVersion": "platform.example.com/v1alpha1", "kind": "WebService", "metadata": {"name": "web"}, "spec": spec});
+    api.patch("web", &PatchParams::apply("e2e-test"), &Patch::Apply(&body))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = api.get("web").await.unwrap().status.unwrap_or_default();
+        if status.is_ready() {
+            assert!(status.inventory_entry("ingress").is_some());
+            assert!(status.inventory_entry("httpRoute").is_none());
+            break;
+        }
+        assert!(Instant::now() < deadline, "not Ready: {status:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ingresses: Api<Ingress> = Api::namespaced(client.clone(), &ns);
+    let ing = ingresses.get("web").await.unwrap();
+    let rule = &ing.spec.unwrap().rules.unwrap()[0];
+    assert_eq!(rule.host.as_deref(), Some("web.example.com"));
 }

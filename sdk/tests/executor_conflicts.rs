@@ -1,0 +1,120 @@
+//! The executor's conflict policies against a real API server: `Fail` overwrites nothing and
+//! names the other manager and the field; `Force` takes the field back.
+#![allow(clippy::unwrap_used)]
+
+use cuebe::executor::{Executor, Instance, age_of, now};
+use cuebe::graph::{ApplyPolicy, ConflictPolicy, GRAPH_VERSION, Graph, GraphMetadata, Node};
+use cuebe::status::{AbstractionStatus, NodePhase};
+use cuebe_testkit::cluster::{ClusterOptions, TestCluster};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::json;
+
+fn graph(ns: &str, policy: ConflictPolicy) -> Graph {
+    Graph {
+        graph_version: GRAPH_VERSION.into(),
+        metadata: GraphMetadata {
+            platform_ref_resolved: "sha256:test".into(),
+            module: String::new(),
+            render_hash: "sha256:test".into(),
+        },
+        nodes: vec![Node {
+            id: "config".into(),
+            object: Some(
+                json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings", "namespace": ns}, "data": {"mode": "safe"}}),
+            ),
+            apply_policy: ApplyPolicy {
+                conflict_policy: policy,
+                ..Default::default()
+            },
+            depends_on: vec![],
+            ready_when: vec![],
+            deletion_policy: None,
+            pending_on: vec![],
+        }],
+        exports: vec![],
+        violations: vec![],
+    }
+}
+
+async fn pass(
+    executor: &Executor,
+    ns: &str,
+    g: &Graph,
+    previous: &AbstractionStatus,
+) -> AbstractionStatus {
+    let instance = Instance {
+        kind: "Test".into(),
+        name: "t".into(),
+        namespace: ns.into(),
+        generation: Some(1),
+    };
+    let out = executor
+        .execute(&instance, g, previous, &now(), &|t| age_of(t))
+        .await;
+    AbstractionStatus {
+        nodes: out.nodes,
+        inventory: out.inventory,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fail_blocks_and_names_the_other_manager_force_reverts() {
+    let cluster = TestCluster::start(ClusterOptions::api_only())
+        .await
+        .unwrap();
+    let client = cluster.client();
+    let ns = cluster.namespace("conflict").await.unwrap();
+    let executor = Executor::new(client.clone(), "cuebe-test");
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+
+    let fail = graph(&ns, ConflictPolicy::Fail);
+    let first = pass(&executor, &ns, &fail, &AbstractionStatus::default()).await;
+    assert_eq!(first.nodes["config"].phase, NodePhase::Ready, "{first:?}");
+
+    // A second pass with nothing changed writes nothing.
+    let instance = Instance {
+        kind: "Test".into(),
+        name: "t".into(),
+        namespace: ns.clone(),
+        generation: Some(1),
+    };
+    let steady = executor
+        .execute(&instance, &fail, &first, &now(), &|t| age_of(t))
+        .await;
+    assert_eq!(steady.writes, 0);
+
+    // Another manager takes the field.
+    let intruder = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings"}, "data": {"mode": "fast"}});
+    cms.patch(
+        "settings",
+        &PatchParams::apply("intruder").force(),
+        &Patch::Apply(&intruder),
+    )
+    .await
+    .unwrap();
+
+    let blocked = pass(&executor, &ns, &fail, &first).await;
+    let node = &blocked.nodes["config"];
+    assert_eq!(node.phase, NodePhase::Blocked);
+    let message = node.last_error.clone().unwrap();
+    assert!(
+        message.contains("intruder") && message.contains(".data.mode"),
+        "{message}"
+    );
+    assert_eq!(
+        cms.get("settings").await.unwrap().data.unwrap()["mode"],
+        "fast",
+        "nothing overwritten"
+    );
+
+    let force = graph(&ns, ConflictPolicy::Force);
+    let forced = pass(&executor, &ns, &force, &blocked).await;
+    assert_eq!(forced.nodes["config"].phase, NodePhase::Ready);
+    assert_eq!(
+        cms.get("settings").await.unwrap().data.unwrap()["mode"],
+        "safe",
+        "reverted under Force"
+    );
+}
