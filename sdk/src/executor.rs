@@ -14,8 +14,9 @@
 //!
 //! Safety rules:
 //! - never prunes while a node is pending, blocked or failed;
-//! - nothing to do, nothing written: an object whose rendered hash and live `resourceVersion`
-//!   match the inventory is not applied again;
+//! - nothing to do, nothing written: an object whose rendered hash matches the inventory and
+//!   whose spec generation (or, without one, `resourceVersion`) is the one left by the last apply
+//!   is not applied again — its controller's status updates do not cause writes;
 //! - a conflict under `conflictPolicy: Fail` overwrites nothing; the node is Blocked and its
 //!   status names the other manager and the fields;
 //! - deletion and pruning use the stored inventory only, so a module that no longer renders can
@@ -416,13 +417,32 @@ impl Executor {
         };
         let hash = object_hash(&object);
         let mut writes = 0;
-        let existing = match api.get_opt(&name).await {
-            Ok(o) => o,
-            Err(e) => return error(format!("reading {kind} {name}: {e}")),
+        // Read first only when it can save the write (same rendered hash as last time) or the
+        // mode needs to know whether the object exists.
+        let same_render = entry.as_ref().is_some_and(|e| e.last_applied_hash == hash);
+        let needs_read = same_render || node.apply_policy.mode != ApplyMode::CreateOrUpdate;
+        let existing = if needs_read {
+            match api.get_opt(&name).await {
+                Ok(o) => o,
+                Err(e) => return error(format!("reading {kind} {name}: {e}")),
+            }
+        } else {
+            None
         };
-        let unchanged = matches!((&entry, &existing), (Some(e), Some(live))
-            if e.last_applied_hash == hash
-                && live.metadata.resource_version.as_deref() == Some(e.last_applied_resource_version.as_str()));
+        // Unchanged since our last apply: the spec generation (or, for objects without one, the
+        // resourceVersion) is what we left. A controller's status update does not count.
+        let unchanged = match (&entry, &existing) {
+            (Some(e), Some(live)) if same_render => {
+                match (e.last_applied_generation, live.metadata.generation) {
+                    (Some(applied), Some(current)) => applied == current,
+                    _ => {
+                        live.metadata.resource_version.as_deref()
+                            == Some(e.last_applied_resource_version.as_str())
+                    }
+                }
+            }
+            _ => false,
+        };
         let live = match (node.apply_policy.mode, existing) {
             (_, Some(live)) if unchanged => live,
             (ApplyMode::CreateOnly, Some(live)) => live,
@@ -493,6 +513,7 @@ impl Executor {
                 .resource_version
                 .clone()
                 .unwrap_or_default(),
+            last_applied_generation: live.metadata.generation,
             last_ready_transition: entry.as_ref().and_then(|e| e.last_ready_transition.clone()),
         };
         let verdict = match self.readiness.evaluate(&node.ready_when, &live_json) {

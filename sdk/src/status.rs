@@ -105,6 +105,10 @@ pub struct InventoryEntry {
     /// `resourceVersion` right after the last apply (to skip writes when nothing changed).
     #[serde(default)]
     pub last_applied_resource_version: String,
+    /// `metadata.generation` right after the last apply: status updates by the object's own
+    /// controller do not change it, so they do not cause a re-apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_applied_generation: Option<i64>,
     /// When the node last turned Ready (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_ready_transition: Option<String>,

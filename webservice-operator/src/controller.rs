@@ -57,6 +57,9 @@ pub struct Context {
     compiler: CueCompiler,
     executor: Executor,
     capabilities: RwLock<(Capabilities, Option<Instant>)>,
+    /// The status last written per instance (by UID). The watch cache can lag behind our own
+    /// writes; starting from what we wrote avoids repeating writes and events.
+    written: std::sync::Mutex<std::collections::HashMap<String, AbstractionStatus>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -80,6 +83,7 @@ impl Context {
             compiler: CueCompiler::new(crate::platform_modules()),
             client,
             capabilities: RwLock::new((Capabilities::default(), None)),
+            written: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -214,16 +218,32 @@ fn transitions(previous: &AbstractionStatus, current: &AbstractionStatus) -> Vec
     events
 }
 
+/// The latest known status of an instance: what we last wrote, unless the cache is newer.
+fn known_status(ctx: &Context, ws: &WebService) -> AbstractionStatus {
+    let uid = ws.metadata.uid.clone().unwrap_or_default();
+    let written = ctx
+        .written
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    match (written.get(&uid), &ws.status) {
+        (Some(ours), Some(cached)) if cached.observed_generation > ours.observed_generation => {
+            cached.clone()
+        }
+        (Some(ours), _) => ours.clone(),
+        (None, cached) => cached.clone().unwrap_or_default(),
+    }
+}
+
 async fn write_status(
     ctx: &Context,
     api: &Api<WebService>,
     ws: &WebService,
     status: &AbstractionStatus,
 ) -> Result<(), ReconcileError> {
-    if ws.status.as_ref() == Some(status) {
+    let previous = known_status(ctx, ws);
+    if &previous == status {
         return Ok(());
     }
-    let previous = ws.status.clone().unwrap_or_default();
     let reference = ws.object_ref(&());
     for event in transitions(&previous, status) {
         if let Err(e) = ctx.recorder.publish(&event, &reference).await {
@@ -241,8 +261,12 @@ async fn write_status(
         &Patch::Apply(&body),
     )
     .await
-    .map(|_| ())
-    .map_err(ReconcileError::Status)
+    .map_err(ReconcileError::Status)?;
+    ctx.written
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(ws.metadata.uid.clone().unwrap_or_default(), status.clone());
+    Ok(())
 }
 
 fn compile_failure(
@@ -276,7 +300,7 @@ async fn apply(ws: Arc<WebService>, ctx: Arc<Context>) -> Result<Action, Reconci
     let api: Api<WebService> = Api::namespaced(ctx.client.clone(), &ns);
     let generation = ws.metadata.generation;
     let now = now();
-    let previous = ws.status.clone().unwrap_or_default();
+    let previous = known_status(&ctx, &ws);
     let mut status = previous.clone();
     status.observed_generation = generation;
     let capabilities = ctx.capabilities().await;
