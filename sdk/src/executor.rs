@@ -289,7 +289,10 @@ impl Executor {
                 if result.status.phase == NodePhase::Ready {
                     ready.insert(node.id.clone());
                 }
-                if result.status.phase == NodePhase::Error && out.stalled.is_none() {
+                if result.status.phase == NodePhase::Error
+                    && result.terminal
+                    && out.stalled.is_none()
+                {
                     out.stalled = result
                         .status
                         .last_error
@@ -383,6 +386,7 @@ impl Executor {
             entry: entry.clone(),
             live: None,
             writes: 0,
+            terminal: false,
         };
         let Some(mut object) = node.object.clone() else {
             return error("no object (pending)".into());
@@ -458,6 +462,7 @@ impl Executor {
                     entry,
                     live: None,
                     writes: 0,
+                    terminal: false,
                 };
             }
             _ => {
@@ -482,6 +487,7 @@ impl Executor {
                             entry,
                             live: None,
                             writes,
+                            terminal: false,
                         };
                     }
                     Err(e) => return error(format!("applying {kind} {name}: {e}")),
@@ -519,8 +525,10 @@ impl Executor {
         let verdict = match self.readiness.evaluate(&node.ready_when, &live_json) {
             Ok(v) => v,
             Err(e) => {
+                // A predicate that cannot be evaluated is a module bug: retrying will not help.
                 return NodeResult {
                     entry: Some(new_entry),
+                    terminal: true,
                     ..error(e.to_string())
                 };
             }
@@ -545,8 +553,9 @@ impl Executor {
                 waiting_since: None,
             }
         } else {
+            // An expired timeout stays expired: keep the first time the node was seen waiting.
             let since = previous_node
-                .filter(|s| s.phase == NodePhase::Applied)
+                .filter(|s| matches!(s.phase, NodePhase::Applied | NodePhase::Error))
                 .and_then(|s| s.waiting_since.clone())
                 .unwrap_or_else(|| now.to_string());
             let timeout = node
@@ -572,6 +581,7 @@ impl Executor {
             }
         };
         NodeResult {
+            terminal: status.phase == NodePhase::Error,
             status,
             entry: Some(new_entry),
             live: Some(live_json),
@@ -654,6 +664,9 @@ impl Executor {
 
 struct NodeResult {
     status: NodeStatus,
+    /// The error will not go away by retrying (a terminal condition, an expired timeout);
+    /// API errors are retried.
+    terminal: bool,
     entry: Option<InventoryEntry>,
     live: Option<Value>,
     writes: usize,

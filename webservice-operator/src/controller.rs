@@ -441,12 +441,16 @@ async fn apply(ws: Arc<WebService>, ctx: Arc<Context>) -> Result<Action, Reconci
         .filter(|n| n.phase == NodePhase::Ready)
         .count();
     status.ready_nodes = format!("{ready}/{total}");
-    let blocked: Vec<String> = status
-        .nodes
-        .iter()
-        .filter(|(_, n)| matches!(n.phase, NodePhase::Blocked | NodePhase::Error))
-        .map(|(id, n)| format!("{id}: {}", n.last_error.clone().unwrap_or_default()))
-        .collect();
+    let failing = |phase: NodePhase| -> Vec<String> {
+        status
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.phase == phase)
+            .map(|(id, n)| format!("{id}: {}", n.last_error.clone().unwrap_or_default()))
+            .collect()
+    };
+    let blocked = failing(NodePhase::Blocked);
+    let retrying = failing(NodePhase::Error);
     if let Some(stalled) = &outcome.stalled {
         status.set_condition(
             "Ready",
@@ -482,6 +486,19 @@ async fn apply(ws: Arc<WebService>, ctx: Arc<Context>) -> Result<Action, Reconci
             &now,
         );
         status.set_condition("Progressing", false, "AllNodesReady", "", generation, &now);
+        status.clear_condition("Stalled");
+    } else if !retrying.is_empty() {
+        // API errors (a full service range, a webhook outage) are retried, not terminal.
+        let message = retrying.join("; ");
+        status.set_condition(
+            "Ready",
+            false,
+            "ApplyFailed",
+            message.clone(),
+            generation,
+            &now,
+        );
+        status.set_condition("Progressing", true, "Retrying", message, generation, &now);
         status.clear_condition("Stalled");
     } else if !blocked.is_empty() {
         status.set_condition(

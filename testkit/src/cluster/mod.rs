@@ -412,7 +412,8 @@ impl TestCluster {
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
                 format!("--service-account-key-file={}", w(&pki.sa_pub)),
                 format!("--service-account-signing-key-file={}", w(&pki.sa_key)),
-                "--service-cluster-ip-range=10.0.0.0/24".into(),
+                // Large enough for benches with hundreds of Services.
+                "--service-cluster-ip-range=10.0.0.0/16".into(),
                 "--authorization-mode=RBAC".into(),
                 "--allow-privileged=true".into(),
                 // New Nodes get a not-ready taint that only the node-lifecycle controller removes;

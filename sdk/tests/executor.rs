@@ -1,9 +1,11 @@
-//! The executor's conflict policies against a real API server: `Fail` overwrites nothing and
-//! names the other manager and the field; `Force` takes the field back.
+//! The executor against a real API server: conflict policies (`Fail` overwrites nothing and
+//! names the other manager and the field; `Force` takes the field back) and readiness timeouts.
 #![allow(clippy::unwrap_used)]
 
 use cuebe::executor::{Executor, Instance, age_of, now};
-use cuebe::graph::{ApplyPolicy, ConflictPolicy, GRAPH_VERSION, Graph, GraphMetadata, Node};
+use cuebe::graph::{
+    ApplyPolicy, ConflictPolicy, GRAPH_VERSION, Graph, GraphMetadata, Node, ReadinessPredicate,
+};
 use cuebe::status::{AbstractionStatus, NodePhase};
 use cuebe_testkit::cluster::{ClusterOptions, TestCluster};
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -117,4 +119,57 @@ async fn fail_blocks_and_names_the_other_manager_force_reverts() {
         "safe",
         "reverted under Force"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_readiness_timeout_puts_the_node_in_error_and_holds_its_dependents() {
+    let cluster = TestCluster::start(ClusterOptions::api_only())
+        .await
+        .unwrap();
+    let ns = cluster.namespace("timeout").await.unwrap();
+    let executor = Executor::new(cluster.client(), "cuebe-test");
+    let mut g = graph(&ns, ConflictPolicy::Force);
+    g.nodes[0].ready_when = vec![ReadinessPredicate::Cel {
+        expression: "self.data.mode == 'ready'".into(),
+        timeout: Some("1s".into()),
+    }];
+    let mut dependent = g.nodes[0].clone();
+    dependent.id = "after".into();
+    dependent.object = Some(
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "after", "namespace": ns}}),
+    );
+    dependent.ready_when = vec![];
+    dependent.depends_on = vec!["config".into()];
+    g.nodes.push(dependent);
+
+    let first = pass(&executor, &ns, &g, &AbstractionStatus::default()).await;
+    assert_eq!(first.nodes["config"].phase, NodePhase::Applied);
+    assert!(
+        first.nodes["config"]
+            .ready_details
+            .as_deref()
+            .unwrap()
+            .contains("is false")
+    );
+    assert_eq!(first.nodes["after"].phase, NodePhase::Pending);
+    assert_eq!(first.nodes["after"].blocked_on, ["config"]);
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let second = pass(&executor, &ns, &g, &first).await;
+    assert_eq!(second.nodes["config"].phase, NodePhase::Error);
+    assert!(
+        second.nodes["config"]
+            .last_error
+            .as_deref()
+            .unwrap()
+            .starts_with("not ready after 1s"),
+        "{:?}",
+        second.nodes["config"]
+    );
+    assert_eq!(
+        second.nodes["after"].phase,
+        NodePhase::Pending,
+        "nothing downstream of a failed node is applied"
+    );
+    let cms: Api<ConfigMap> = Api::namespaced(cluster.client(), &ns);
+    assert!(cms.get_opt("after").await.unwrap().is_none());
 }
