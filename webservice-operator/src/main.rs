@@ -109,16 +109,18 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_operator() -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+/// The async runtime for `run` and `dev`; `None` (after saying why) when it cannot start.
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
-        }
+        .inspect_err(|e| eprintln!("error: cannot start the async runtime: {e}"))
+        .ok()
+}
+
+fn run_operator() -> ExitCode {
+    let Some(runtime) = runtime() else {
+        return ExitCode::from(1);
     };
     runtime.block_on(async {
         let client = match kube::Client::try_default().await {
@@ -138,15 +140,8 @@ fn run_dev(
     sample: Option<PathBuf>,
     no_sample: bool,
 ) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
-        }
+    let Some(runtime) = runtime() else {
+        return ExitCode::from(1);
     };
     match runtime.block_on(webservice_operator::dev::run(with, sample, no_sample)) {
         Ok(()) => ExitCode::SUCCESS,

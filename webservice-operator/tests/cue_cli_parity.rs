@@ -45,15 +45,20 @@ fn cue_export(dir: &std::path::Path, input: &serde_json::Value, expr: &str) -> s
     serde_json::from_slice(&out.stdout).expect("cue prints JSON")
 }
 
-#[test]
-fn in_process_render_matches_the_cue_cli() {
-    let module = webservice_operator::platform_module();
+/// The embedded module written out, for the CLI to read.
+fn module_on_disk() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    for (path, content) in module.files() {
+    for (path, content) in webservice_operator::platform_module().files() {
         let p = dir.path().join(path);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, content).unwrap();
     }
+    dir
+}
+
+#[test]
+fn in_process_render_matches_the_cue_cli() {
+    let dir = module_on_disk();
     let compiler = CueCompiler::new(webservice_operator::platform_modules());
     let observed: BTreeMap<String, serde_json::Value> =
         serde_norway::from_str(&example("irsa-observed.yaml")).unwrap();
@@ -90,13 +95,7 @@ fn in_process_render_matches_the_cue_cli() {
 
 #[test]
 fn violations_match_the_cue_cli() {
-    let module = webservice_operator::platform_module();
-    let dir = tempfile::tempdir().unwrap();
-    for (path, content) in module.files() {
-        let p = dir.path().join(path);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, content).unwrap();
-    }
+    let dir = module_on_disk();
     let compiler = CueCompiler::new(webservice_operator::platform_modules());
     let ws = parse_webservice("irsa.yaml", &example("irsa.yaml")).unwrap();
     let input = compile_input(&ws, Capabilities::default(), BTreeMap::new());
