@@ -130,6 +130,18 @@ fn split_api_version(api_version: &str) -> (&str, &str) {
     }
 }
 
+/// The API server's own message for an API error (what a user should read in status), else the
+/// error itself.
+fn api_message(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(status) => format!(
+            "{} ({}, HTTP {})",
+            status.message, status.reason, status.code
+        ),
+        other => other.to_string(),
+    }
+}
+
 /// Reads a field-manager conflict (HTTP 409 from an apply) into "manager: fields".
 fn describe_conflict(status: &kube::core::Status) -> String {
     let fields: Vec<String> = status
@@ -428,7 +440,7 @@ impl Executor {
         let existing = if needs_read {
             match api.get_opt(&name).await {
                 Ok(o) => o,
-                Err(e) => return error(format!("reading {kind} {name}: {e}")),
+                Err(e) => return error(format!("reading {kind} {name}: {}", api_message(&e))),
             }
         } else {
             None
@@ -490,7 +502,7 @@ impl Executor {
                             terminal: false,
                         };
                     }
-                    Err(e) => return error(format!("applying {kind} {name}: {e}")),
+                    Err(e) => return error(format!("applying {kind} {name}: {}", api_message(&e))),
                 }
             }
         };

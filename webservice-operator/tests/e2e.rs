@@ -510,3 +510,48 @@ async fn without_gateway_api_crds_a_public_service_gets_an_ingress() {
     let rule = &ing.spec.unwrap().rules.unwrap()[0];
     assert_eq!(rule.host.as_deref(), Some("web.example.com"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_shipped_rbac_is_enough_to_reconcile_a_public_service() {
+    let e = env("rbac").await;
+    e.controller.abort();
+    // Install deploy/rbac.yaml as a user would (kubectl), then run the operator as its account.
+    let kubectl = |args: &[&str]| {
+        let out = std::process::Command::new(e.cluster.kubectl())
+            .arg("--kubeconfig")
+            .arg(e.cluster.kubeconfig())
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() || stderr.contains("AlreadyExists"),
+            "kubectl {args:?}: {stderr}"
+        );
+    };
+    kubectl(&["create", "namespace", "cuebe-system"]);
+    kubectl(&[
+        "apply",
+        "-f",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/rbac.yaml"),
+    ]);
+    let operator = e.cluster.impersonating_client(
+        "system:serviceaccount:cuebe-system:webservice-operator",
+        &[
+            "system:serviceaccounts",
+            "system:serviceaccounts:cuebe-system",
+            "system:authenticated",
+        ],
+    );
+    let _controller = tokio::spawn(webservice_operator::controller::run(
+        operator,
+        Some(e.ns.clone()),
+        false,
+    ));
+    let mut spec = simple();
+    spec["exposure"] = json!({"type": "Public", "host": "web.example.com"});
+    spec["autoscaling"] = json!({"minReplicas": 2, "maxReplicas": 4});
+    e.apply("web", spec).await;
+    e.ready("web").await;
+    assert_eq!(e.status("web").await.ready_nodes, "7/7");
+}

@@ -777,6 +777,16 @@ impl TestCluster {
             .expect("the generated kubeconfig always yields a client")
     }
 
+    /// A client that acts as `user` (e.g. `system:serviceaccount:ns:name`) through impersonation,
+    /// to test what an RBAC manifest really allows.
+    pub fn impersonating_client(&self, user: &str, groups: &[&str]) -> Client {
+        let mut config = self.config.clone();
+        config.auth_info.impersonate = Some(user.to_string());
+        config.auth_info.impersonate_groups = Some(groups.iter().map(|g| g.to_string()).collect());
+        #[allow(clippy::expect_used)]
+        Client::try_from(config).expect("the generated kubeconfig always yields a client")
+    }
+
     /// The kubeconfig file (admin credentials).
     pub fn kubeconfig(&self) -> &Path {
         &self.kubeconfig
