@@ -79,8 +79,16 @@ func BenchmarkViolationsOnly(b *testing.B) {
 
 func BenchmarkFullRequest(b *testing.B) {
 	m := loadPlatform(b)
+	input := benchInput
+	if f := os.Getenv("CUEBE_BENCH_INPUT"); f != "" {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			b.Fatal(err)
+		}
+		input = string(data)
+	}
 	req := evalRequest{
-		Fills:   []fill{{Path: "input", Value: json.RawMessage(benchInput)}},
+		Fills:   []fill{{Path: "input", Value: json.RawMessage(input)}},
 		Exports: []exportSpec{{Path: "input", ValidateOnly: true}, {Path: "violations", Optional: true}, {Path: "nodes", Split: 2}},
 	}
 	for i := 0; i < b.N; i++ {

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod controller;
 pub mod dev;
+pub mod explain;
 pub mod render;
 
 /// The version of the embedded platform module.

@@ -41,6 +41,15 @@ enum Command {
     /// Run the operator against the current kubeconfig (KUBECONFIG or ~/.kube/config, or the
     /// in-cluster service account) until SIGINT or SIGTERM.
     Run,
+    /// Explain a live WebService: its graph, each node's phase and what it is blocked on, the
+    /// top violations and the resolved module (uses the current kubeconfig).
+    Explain {
+        /// The WebService's name.
+        name: String,
+        /// Its namespace (default: the kubeconfig's).
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+    },
     /// Print the WebService CustomResourceDefinition as YAML.
     Crd,
     /// Compile a WebService manifest into its Graph offline, exactly as the operator would.
@@ -93,6 +102,7 @@ fn main() -> ExitCode {
             no_sample,
         } => run_dev(&with, sample, no_sample),
         Command::Run => run_operator(),
+        Command::Explain { name, namespace } => run_explain(&name, namespace),
         Command::Crd => {
             use kube::CustomResourceExt;
             let yaml = serde_norway::to_string(&webservice_operator::WebService::crd())
@@ -116,6 +126,32 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
         .build()
         .inspect_err(|e| eprintln!("error: cannot start the async runtime: {e}"))
         .ok()
+}
+
+fn run_explain(name: &str, namespace: Option<String>) -> ExitCode {
+    let Some(runtime) = runtime() else {
+        return ExitCode::from(1);
+    };
+    runtime.block_on(async {
+        let client = match kube::Client::try_default().await {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: no usable kubeconfig or in-cluster config: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        let ns = namespace.unwrap_or_else(|| client.default_namespace().to_string());
+        match webservice_operator::explain::explain(client, &ns, name).await {
+            Ok(text) => {
+                let _ = write!(std::io::stdout(), "{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            }
+        }
+    })
 }
 
 fn run_operator() -> ExitCode {

@@ -555,3 +555,47 @@ async fn the_shipped_rbac_is_enough_to_reconcile_a_public_service() {
     e.ready("web").await;
     assert_eq!(e.status("web").await.ready_nodes, "7/7");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn explain_shows_the_graph_phases_and_what_a_node_waits_for() {
+    let e = env("explain").await;
+    let _ack = AckStandIn::spawn(
+        e.client.clone(),
+        AckStandInOptions {
+            delay: Duration::from_secs(30),
+            namespace: Some(e.ns.clone()),
+            ..Default::default()
+        },
+    );
+    let mut spec = simple();
+    spec["iam"] = json!({"policyARNs": []});
+    e.apply("waiting", spec).await;
+    e.eventually(
+        "the Role to be applied",
+        Duration::from_secs(20),
+        || async { e.status("waiting").await.nodes.contains_key("iamRole") },
+    )
+    .await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_webservice-operator"))
+        .args(["explain", "waiting", "-n", &e.ns])
+        .env("KUBECONFIG", e.cluster.kubeconfig())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(&format!("WebService {}/waiting: Ready=False", e.ns)),
+        "{text}"
+    );
+    assert!(text.contains("module: sha256:"), "{text}");
+    assert!(
+        text.contains("iamRole") && text.contains("Applied"),
+        "{text}"
+    );
+    assert!(text.contains("blocked on: export:roleArn"), "{text}");
+    assert!(text.contains("after serviceAccount"), "{text}");
+}
