@@ -35,7 +35,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::compiler::canonical_json;
-use crate::graph::{ApplyMode, ConflictPolicy, DeletionPolicy, Graph, Node, parse_duration};
+use crate::graph::{ApplyMode, ConflictPolicy, DeletionPolicy, Graph, Node};
 use crate::readiness::{DefaultReadiness, Readiness};
 use crate::status::{AbstractionStatus, InventoryEntry, InventoryMode, NodePhase, NodeStatus};
 
@@ -695,9 +695,4 @@ pub fn age_of(timestamp: &str) -> Option<Duration> {
 /// The current time, RFC 3339.
 pub fn now() -> String {
     k8s_openapi::jiff::Timestamp::now().to_string()
-}
-
-/// Returns `Some(d)` for a valid duration string (re-exported helper for controllers).
-pub fn duration(s: &str) -> Option<Duration> {
-    parse_duration(s).ok()
 }

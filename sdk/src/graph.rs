@@ -204,17 +204,21 @@ impl ReadinessPredicate {
         }
     }
 
-    /// The predicate's timeout, parsed.
-    pub fn timeout(&self) -> Result<Option<Duration>, String> {
-        let raw = match self {
+    /// The predicate's timeout as written, if any.
+    pub fn timeout_text(&self) -> Option<&str> {
+        match self {
             Self::Exists { timeout }
             | Self::ConditionMatch { timeout, .. }
             | Self::DeploymentAvailable { timeout }
             | Self::ServiceLoadBalancerReady { timeout }
             | Self::Current { timeout }
-            | Self::Cel { timeout, .. } => timeout,
-        };
-        raw.as_deref().map(parse_duration).transpose()
+            | Self::Cel { timeout, .. } => timeout.as_deref(),
+        }
+    }
+
+    /// The predicate's timeout, parsed.
+    pub fn timeout(&self) -> Result<Option<Duration>, String> {
+        self.timeout_text().map(parse_duration).transpose()
     }
 
     /// A short human label, used in drawings and status.
@@ -232,19 +236,9 @@ impl ReadinessPredicate {
             Self::Cel { expression, .. } => format!("cel: {expression}"),
             other => other.type_name().to_string(),
         };
-        match self.timeout() {
-            Ok(Some(_)) => {
-                let t = match self {
-                    Self::Exists { timeout }
-                    | Self::ConditionMatch { timeout, .. }
-                    | Self::DeploymentAvailable { timeout }
-                    | Self::ServiceLoadBalancerReady { timeout }
-                    | Self::Current { timeout }
-                    | Self::Cel { timeout, .. } => timeout.clone().unwrap_or_default(),
-                };
-                format!("{base} within {t}")
-            }
-            _ => base,
+        match self.timeout_text() {
+            Some(t) => format!("{base} within {t}"),
+            None => base,
         }
     }
 }

@@ -91,10 +91,10 @@ pub async fn run(with: &[Extra], sample: Option<PathBuf>, no_sample: bool) -> Re
             std::time::Instant::now() + Duration::from_secs(30),
         )
         .await?;
-    let _ack = with
+    let ack = with
         .contains(&Extra::AckIam)
         .then(|| AckStandIn::spawn(client.clone(), AckStandInOptions::default()));
-    if _ack.is_some() {
+    if ack.is_some() {
         writeln!(
             out,
             "ACK stand-in: running (it writes the status the AWS ACK IAM controller would; no AWS is called)"
@@ -156,7 +156,7 @@ pub async fn run(with: &[Extra], sample: Option<PathBuf>, no_sample: bool) -> Re
     }
     writeln!(out, "stopping ...")?;
     operator.abort();
-    drop(_ack);
+    drop(ack);
     drop(cluster);
     writeln!(out, "stopped")?;
     Ok(())
