@@ -869,7 +869,7 @@ impl Drop for TestCluster {
             && let Some(dir) = self.dir.take()
         {
             let kept = dir.keep();
-            eprintln!(
+            tracing::warn!(
                 "cuebe-testkit: kept the cluster's files in {}",
                 kept.display()
             );
