@@ -137,7 +137,8 @@ fn deletion_policy(ws: &WebService) -> NodeDeletionPolicy {
 }
 
 /// Events for what changed between two statuses: the instance's Ready/Stalled/policy
-/// transitions and each node turning Ready or failing.
+/// transitions and each node failing or being blocked. A node turning Ready is not an event of
+/// its own (it is in the status, and at hundreds of instances the writes add up).
 fn transitions(previous: &AbstractionStatus, current: &AbstractionStatus) -> Vec<KubeEvent> {
     let event = |type_: EventType, reason: &str, note: Option<String>, action: &str| KubeEvent {
         type_,
@@ -174,15 +175,6 @@ fn transitions(previous: &AbstractionStatus, current: &AbstractionStatus) -> Vec
             continue;
         }
         match node.phase {
-            NodePhase::Ready => events.push(event(
-                EventType::Normal,
-                "NodeReady",
-                Some(format!(
-                    "{id}: {}",
-                    node.ready_details.clone().unwrap_or_default()
-                )),
-                "Apply",
-            )),
             NodePhase::Error | NodePhase::Blocked => events.push(event(
                 EventType::Warning,
                 if node.phase == NodePhase::Error {
