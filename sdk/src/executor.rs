@@ -526,12 +526,18 @@ impl Executor {
             uid: live.metadata.uid.clone().unwrap_or_default(),
             mode,
             last_applied_hash: hash,
-            last_applied_resource_version: live
-                .metadata
-                .resource_version
-                .clone()
-                .unwrap_or_default(),
-            last_applied_generation: live.metadata.generation,
+            // What our last apply left; a pass that skipped the apply keeps it, so later status
+            // updates by the object's controller are not mistaken for our writes.
+            last_applied_resource_version: match (&entry, writes) {
+                (Some(e), 0) if !e.last_applied_resource_version.is_empty() => {
+                    e.last_applied_resource_version.clone()
+                }
+                _ => live.metadata.resource_version.clone().unwrap_or_default(),
+            },
+            last_applied_generation: match (&entry, writes) {
+                (Some(e), 0) if e.last_applied_generation.is_some() => e.last_applied_generation,
+                _ => live.metadata.generation,
+            },
             last_ready_transition: entry.as_ref().and_then(|e| e.last_ready_transition.clone()),
         };
         let verdict = match self.readiness.evaluate(&node.ready_when, &live_json) {
