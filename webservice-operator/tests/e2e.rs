@@ -216,9 +216,15 @@ async fn irsa_creates_the_role_first_and_annotates_the_service_account_after_the
     e.apply("reports", spec).await;
     // Before ACK reports the ARN: the Role exists, the ServiceAccount and Deployment do not.
     e.eventually(
-        "the Role to be created",
+        "the Role to be created and the status to say so",
         Duration::from_secs(20),
-        || async { e.ack("Role").get_opt("reports").await.unwrap().is_some() },
+        || async {
+            e.ack("Role").get_opt("reports").await.unwrap().is_some()
+                && e.status("reports")
+                    .await
+                    .nodes
+                    .contains_key("serviceAccount")
+        },
     )
     .await;
     let status = e.status("reports").await;
@@ -341,8 +347,16 @@ async fn removing_autoscaling_prunes_the_hpa() {
         hpas.get_opt("scaled").await.unwrap().is_none()
     })
     .await;
-    e.ready("scaled").await;
-    assert!(e.status("scaled").await.inventory_entry("hpa").is_none());
+    // The status written after the prune no longer lists it.
+    e.eventually(
+        "the inventory to drop the HPA",
+        Duration::from_secs(10),
+        || async {
+            let s = e.status("scaled").await;
+            s.is_ready() && s.inventory_entry("hpa").is_none()
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
