@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cuebe::CueCompiler;
-use cuebe::compiler::{Capabilities, CompileError, Compiler};
+use cuebe::compiler::{Capabilities, Compiler};
 use cuebe::executor::{Executor, INSTANCE_LABEL, Instance, KIND_LABEL, age_of, now};
 use cuebe::graph::DeletionPolicy as NodeDeletionPolicy;
 use cuebe::status::{AbstractionStatus, NodePhase};
@@ -261,30 +261,21 @@ async fn write_status(
     Ok(())
 }
 
-fn compile_failure(
+/// The instance cannot proceed until its spec or module changes: `failed` (Rendered or
+/// PolicyPassed) is False, Ready and Progressing are False and Stalled is True, all with `reason`.
+fn stop_before_apply(
     status: &mut AbstractionStatus,
-    e: &CompileError,
+    failed: &str,
+    reason: &str,
+    message: &str,
+    next_step: &str,
     generation: Option<i64>,
     now: &str,
 ) {
-    status.set_condition(
-        "Rendered",
-        false,
-        e.reason(),
-        e.to_string(),
-        generation,
-        now,
-    );
-    status.set_condition("Ready", false, e.reason(), e.to_string(), generation, now);
-    status.set_condition(
-        "Progressing",
-        false,
-        e.reason(),
-        "fix the spec or the module",
-        generation,
-        now,
-    );
-    status.set_condition("Stalled", true, e.reason(), e.to_string(), generation, now);
+    status.set_condition(failed, false, reason, message, generation, now);
+    status.set_condition("Ready", false, reason, message, generation, now);
+    status.set_condition("Progressing", false, reason, next_step, generation, now);
+    status.set_condition("Stalled", true, reason, message, generation, now);
 }
 
 async fn apply(ws: Arc<WebService>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
@@ -311,7 +302,15 @@ async fn apply(ws: Arc<WebService>, ctx: Arc<Context>) -> Result<Action, Reconci
         let graph = match ctx.compiler.compile(&input).await {
             Ok(g) => g,
             Err(e) => {
-                compile_failure(&mut status, &e, generation, &now);
+                stop_before_apply(
+                    &mut status,
+                    "Rendered",
+                    e.reason(),
+                    &e.to_string(),
+                    "fix the spec or the module",
+                    generation,
+                    &now,
+                );
                 write_status(&ctx, &api, &ws, &status).await?;
                 return Ok(Action::await_change());
             }
@@ -334,35 +333,12 @@ async fn apply(ws: Arc<WebService>, ctx: Arc<Context>) -> Result<Action, Reconci
                 .map(|v| v.to_string())
                 .collect::<Vec<_>>()
                 .join("; ");
-            status.set_condition(
+            stop_before_apply(
+                &mut status,
                 "PolicyPassed",
-                false,
                 "PolicyViolation",
-                message.clone(),
-                generation,
-                &now,
-            );
-            status.set_condition(
-                "Ready",
-                false,
-                "PolicyViolation",
-                message.clone(),
-                generation,
-                &now,
-            );
-            status.set_condition(
-                "Progressing",
-                false,
-                "PolicyViolation",
+                &message,
                 "nothing is applied while policy fails",
-                generation,
-                &now,
-            );
-            status.set_condition(
-                "Stalled",
-                true,
-                "PolicyViolation",
-                message,
                 generation,
                 &now,
             );

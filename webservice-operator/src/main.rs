@@ -128,17 +128,21 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
         .ok()
 }
 
+/// A client from KUBECONFIG, ~/.kube/config or the in-cluster account; `None` after saying why.
+async fn default_client() -> Option<kube::Client> {
+    kube::Client::try_default()
+        .await
+        .inspect_err(|e| eprintln!("error: no usable kubeconfig or in-cluster config: {e}"))
+        .ok()
+}
+
 fn run_explain(name: &str, namespace: Option<String>) -> ExitCode {
     let Some(runtime) = runtime() else {
         return ExitCode::from(1);
     };
     runtime.block_on(async {
-        let client = match kube::Client::try_default().await {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("error: no usable kubeconfig or in-cluster config: {e}");
-                return ExitCode::from(1);
-            }
+        let Some(client) = default_client().await else {
+            return ExitCode::from(1);
         };
         let ns = namespace.unwrap_or_else(|| client.default_namespace().to_string());
         match webservice_operator::explain::explain(client, &ns, name).await {
@@ -159,12 +163,8 @@ fn run_operator() -> ExitCode {
         return ExitCode::from(1);
     };
     runtime.block_on(async {
-        let client = match kube::Client::try_default().await {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("error: no usable kubeconfig or in-cluster config: {e}");
-                return ExitCode::from(1);
-            }
+        let Some(client) = default_client().await else {
+            return ExitCode::from(1);
         };
         webservice_operator::controller::run(client, None, true).await;
         ExitCode::SUCCESS

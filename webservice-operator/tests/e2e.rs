@@ -128,6 +128,19 @@ impl Env {
         .await;
     }
 
+    /// The ACK stand-in for this test's namespace: synced after `delay`, `failing` Terminal.
+    fn ack_stand_in(&self, delay: Duration, failing: &[&str]) -> AckStandIn {
+        AckStandIn::spawn(
+            self.client.clone(),
+            AckStandInOptions {
+                delay,
+                failing: failing.iter().map(|f| f.to_string()).collect(),
+                namespace: Some(self.ns.clone()),
+                ..Default::default()
+            },
+        )
+    }
+
     fn ack(&self, kind: &str) -> Api<DynamicObject> {
         let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(
             "iam.services.k8s.aws",
@@ -140,6 +153,13 @@ impl Env {
 
 fn simple() -> serde_json::Value {
     json!({"image": "registry.example.com/web:1.4.2", "resources": {"cpu": "250m", "memory": "256Mi"}})
+}
+
+/// The simple spec with `spec.iam` set (IRSA through ACK).
+fn with_iam(iam: serde_json::Value) -> serde_json::Value {
+    let mut spec = simple();
+    spec["iam"] = iam;
+    spec
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -203,16 +223,8 @@ async fn a_simple_service_becomes_ready_and_a_resync_writes_nothing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn irsa_creates_the_role_first_and_annotates_the_service_account_after_the_arn() {
     let e = env("irsa").await;
-    let _ack = AckStandIn::spawn(
-        e.client.clone(),
-        AckStandInOptions {
-            delay: Duration::from_secs(2),
-            namespace: Some(e.ns.clone()),
-            ..Default::default()
-        },
-    );
-    let mut spec = simple();
-    spec["iam"] = json!({"policyARNs": ["arn:aws:iam::aws:policy/AmazonS3ReadOnlyAccess"]});
+    let _ack = e.ack_stand_in(Duration::from_secs(2), &[]);
+    let spec = with_iam(json!({"policyARNs": ["arn:aws:iam::aws:policy/AmazonS3ReadOnlyAccess"]}));
     e.apply("reports", spec).await;
     // Before ACK reports the ARN: the Role exists, the ServiceAccount and Deployment do not.
     e.eventually(
@@ -279,17 +291,8 @@ async fn irsa_creates_the_role_first_and_annotates_the_service_account_after_the
 #[tokio::test(flavor = "multi_thread")]
 async fn ack_terminal_puts_the_node_in_error_and_the_instance_stalled() {
     let e = env("terminal").await;
-    let _ack = AckStandIn::spawn(
-        e.client.clone(),
-        AckStandInOptions {
-            delay: Duration::from_millis(300),
-            failing: ["denied".to_string()].into(),
-            namespace: Some(e.ns.clone()),
-            ..Default::default()
-        },
-    );
-    let mut spec = simple();
-    spec["iam"] = json!({"policyARNs": []});
+    let _ack = e.ack_stand_in(Duration::from_millis(300), &["denied"]);
+    let spec = with_iam(json!({"policyARNs": []}));
     e.apply("denied", spec).await;
     e.eventually(
         "Stalled with ACK's message",
@@ -449,16 +452,8 @@ async fn deleting_with_delete_removes_children_and_with_orphan_keeps_them_unlabe
 #[tokio::test(flavor = "multi_thread")]
 async fn the_operator_killed_mid_dag_resumes_with_no_duplicate_or_lost_object() {
     let e = env("restart").await;
-    let _ack = AckStandIn::spawn(
-        e.client.clone(),
-        AckStandInOptions {
-            delay: Duration::from_secs(3),
-            namespace: Some(e.ns.clone()),
-            ..Default::default()
-        },
-    );
-    let mut spec = simple();
-    spec["iam"] = json!({"policyARNs": []});
+    let _ack = e.ack_stand_in(Duration::from_secs(3), &[]);
+    let spec = with_iam(json!({"policyARNs": []}));
     e.apply("reports", spec).await;
     e.eventually(
         "the Role to be applied (mid-DAG)",
@@ -573,16 +568,8 @@ async fn the_shipped_rbac_is_enough_to_reconcile_a_public_service() {
 #[tokio::test(flavor = "multi_thread")]
 async fn explain_shows_the_graph_phases_and_what_a_node_waits_for() {
     let e = env("explain").await;
-    let _ack = AckStandIn::spawn(
-        e.client.clone(),
-        AckStandInOptions {
-            delay: Duration::from_secs(30),
-            namespace: Some(e.ns.clone()),
-            ..Default::default()
-        },
-    );
-    let mut spec = simple();
-    spec["iam"] = json!({"policyARNs": []});
+    let _ack = e.ack_stand_in(Duration::from_secs(30), &[]);
+    let spec = with_iam(json!({"policyARNs": []}));
     e.apply("waiting", spec).await;
     e.eventually(
         "the Role to be applied",
