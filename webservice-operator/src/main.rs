@@ -25,7 +25,7 @@ enum Command {
     /// Start a local control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
     /// kwok), run the operator on it and reconcile a sample WebService; runs until Ctrl-C.
     ///
-    /// Prints `kubeconfig: <path>` and `kubectl: <path>` as soon as the API server is ready. The
+    /// Prints `kubeconfig: <path>` as soon as the API server is ready, then `kubectl: <path>`. The
     /// first run builds the control plane (tens of minutes); later runs start in seconds.
     Dev {
         /// Also install these, comma-separated: ack-iam (with the ACK stand-in), gateway-api.
