@@ -1,8 +1,12 @@
-//! Macros for cuebe.
+//! Macros for cuebe (use them through `cuebe`: `cuebe::Abstraction`, `cuebe::embed_module!`).
 //!
-//! [`embed_module!`] compiles a CUE platform module into the binary, so the operator never reads
-//! its platform logic from disk at run time and the module's digest is fixed at build time.
+//! - [`embed_module!`] compiles a CUE platform module into the binary, so the operator never
+//!   reads its platform logic from disk at run time and the module's digest is fixed at build
+//!   time.
+//! - [`macro@Abstraction`] turns a kube `CustomResource` into a CUE-backed abstraction.
 use proc_macro::TokenStream;
+
+mod abstraction;
 use quote::quote;
 use syn::parse::{Parse, ParseStream};
 use syn::{LitStr, Token};
@@ -105,4 +109,47 @@ fn expand(args: &EmbedArgs) -> syn::Result<proc_macro2::TokenStream> {
     Ok(quote! {
         ::cuebe::module::ModuleSource::new([#(#entries),*], #package)
     })
+}
+
+/// Implements `cuebe::Abstraction` for the kind a kube `CustomResource` spec struct generates.
+///
+/// ```ignore
+/// #[derive(CustomResource, cuebe::Abstraction, Serialize, Deserialize, Clone, Debug, JsonSchema)]
+/// #[kube(group = "platform.example.com", version = "v1alpha1", kind = "Worker", namespaced,
+///        status = "cuebe::status::AbstractionStatus")]
+/// #[abstraction(module = "cue", package = "./worker", version = "1.0.0",
+///               watches = ["apps/v1/Deployment", "v1/ServiceAccount"])]
+/// pub struct WorkerSpec {
+///     pub image: String,
+///     #[abstraction(platform_ref)]
+///     pub platform_ref: Option<cuebe::PlatformRef>,
+///     #[abstraction(deletion_policy)]
+///     pub deletion_policy: Option<cuebe::lifecycle::DeletionPolicy>,
+///     #[abstraction(adopt)]
+///     pub adopt: Option<cuebe::lifecycle::AdoptSpec>,
+/// }
+/// ```
+///
+/// Struct attributes (`#[abstraction(...)]`, may repeat; one `module` per attribute):
+/// - `module = "dir"` (required): the CUE module, relative to `Cargo.toml`, embedded with
+///   `embed_module!`; `package = "./pkg"` (required with it) its entry package; `version =
+///   "x.y.z"` (default `0.0.0`) the version `spec.platformRef.embedded` pins. Several modules
+///   make several versions; the newest is the default.
+/// - `field_manager = "..."` (default `cuebe-<kind in lowercase>`), `finalizer = "..."`
+///   (default `cuebe.dev/cleanup`).
+/// - `watches = ["group/version/Kind", ...]`: the children's kinds (`v1/Kind` for core).
+///
+/// Field attributes: `#[abstraction(platform_ref)]` on an `Option<cuebe::PlatformRef>`,
+/// `#[abstraction(deletion_policy)]` on an `Option<cuebe::lifecycle::DeletionPolicy>`,
+/// `#[abstraction(adopt)]` on an `Option<cuebe::lifecycle::AdoptSpec>`.
+///
+/// The `#[kube(...)]` attribute must name the `kind`, be `namespaced` and use `status =
+/// "cuebe::status::AbstractionStatus"`; anything else is a compile error saying what to write.
+#[proc_macro_derive(Abstraction, attributes(abstraction))]
+pub fn derive_abstraction(input: TokenStream) -> TokenStream {
+    let input = syn::parse_macro_input!(input as syn::DeriveInput);
+    match abstraction::expand(&input) {
+        Ok(ts) => ts.into(),
+        Err(e) => e.to_compile_error().into(),
+    }
 }

@@ -36,6 +36,8 @@ use sha2::{Digest, Sha256};
 
 use crate::compiler::canonical_json;
 use crate::graph::{ApplyMode, ConflictPolicy, DeletionPolicy, Graph, Node};
+pub use crate::lifecycle::Instance;
+use crate::lifecycle::{AdoptDecision, AdoptRequest, Adopter, ExplicitAdopter};
 use crate::readiness::{DefaultReadiness, Readiness};
 use crate::status::{AbstractionStatus, InventoryEntry, InventoryMode, NodePhase, NodeStatus};
 
@@ -44,18 +46,8 @@ pub const INSTANCE_LABEL: &str = "cuebe.dev/instance";
 /// Label naming the instance's kind.
 pub const KIND_LABEL: &str = "cuebe.dev/kind";
 
-/// The instance a graph belongs to.
-#[derive(Debug, Clone)]
-pub struct Instance {
-    /// Kind of the custom resource, e.g. `WebService`.
-    pub kind: String,
-    /// Its name.
-    pub name: String,
-    /// Its namespace.
-    pub namespace: String,
-    /// Its `metadata.generation`.
-    pub generation: Option<i64>,
-}
+/// Turns a stored RFC 3339 timestamp into an age (see [`age_of`]); tests pass a fake clock.
+pub type ElapsedSince = dyn Fn(&str) -> Option<Duration> + Sync;
 
 /// What one pass produced.
 #[derive(Debug, Clone, Default)]
@@ -97,21 +89,87 @@ pub enum ExecuteError {
     },
 }
 
-/// Applies graphs. Cheap to clone.
+/// Applies a [`Graph`] to the cluster: one pass per reconcile, deletion from the inventory.
+///
+/// [`SsaExecutor`] is the default. Wrap it to add behaviour around it (metrics, dry runs)
+/// without forking it:
+///
+/// ```
+/// use std::time::Duration;
+/// use cuebe::executor::{ElapsedSince, ExecuteError, Executor, Instance, Outcome, SsaExecutor};
+/// use cuebe::graph::{DeletionPolicy, Graph};
+/// use cuebe::status::{AbstractionStatus, InventoryEntry};
+///
+/// /// Counts the writes of every pass.
+/// struct CountingExecutor { inner: SsaExecutor, writes: std::sync::atomic::AtomicUsize }
+///
+/// #[async_trait::async_trait]
+/// impl Executor for CountingExecutor {
+///     async fn execute(&self, instance: &Instance, graph: &Graph, previous: &AbstractionStatus,
+///         now: &str, elapsed_since: &ElapsedSince) -> Outcome {
+///         let outcome = self.inner.execute(instance, graph, previous, now, elapsed_since).await;
+///         self.writes.fetch_add(outcome.writes, std::sync::atomic::Ordering::Relaxed);
+///         outcome
+///     }
+///     async fn live(&self, entry: &InventoryEntry) -> Result<Option<serde_json::Value>, ExecuteError> {
+///         self.inner.live(entry).await
+///     }
+///     async fn teardown(&self, inventory: &[InventoryEntry], policy: DeletionPolicy) -> Result<bool, ExecuteError> {
+///         self.inner.teardown(inventory, policy).await
+///     }
+/// }
+/// ```
+#[async_trait::async_trait]
+pub trait Executor: Send + Sync {
+    /// One reconcile pass over `graph`. `previous` is the status from the last pass (its
+    /// `inventory` is the loaded inventory); `now` is the current time (RFC 3339) and
+    /// `elapsed_since` turns a stored timestamp into an age.
+    async fn execute(
+        &self,
+        instance: &Instance,
+        graph: &Graph,
+        previous: &AbstractionStatus,
+        now: &str,
+        elapsed_since: &ElapsedSince,
+    ) -> Outcome;
+
+    /// Reads the live object of an inventory entry (`None` when it is gone).
+    async fn live(&self, entry: &InventoryEntry) -> Result<Option<Value>, ExecuteError>;
+
+    /// Removes everything in an inventory, last applied first. Returns true once every
+    /// deleted object is gone (orphaned ones are only unlabelled).
+    async fn teardown(
+        &self,
+        inventory: &[InventoryEntry],
+        policy: DeletionPolicy,
+    ) -> Result<bool, ExecuteError>;
+}
+
+/// The default [`Executor`]: Server-Side Apply under one field manager. Cheap to clone.
+///
+/// ```no_run
+/// # async fn f(client: kube::Client) {
+/// use std::sync::Arc;
+/// let executor = cuebe::executor::SsaExecutor::new(client, "cuebe-example")
+///     .with_readiness(Arc::new(cuebe::readiness::DefaultReadiness))
+///     .with_adopter(Arc::new(cuebe::lifecycle::ExplicitAdopter));
+/// # }
+/// ```
 #[derive(Clone)]
-pub struct Executor {
+pub struct SsaExecutor {
     client: Client,
     field_manager: String,
     readiness: Arc<dyn Readiness>,
+    adopter: Arc<dyn Adopter>,
     resources: Arc<Mutex<ResourceCache>>,
 }
 
 /// (apiVersion, kind) → (resource, namespaced), from discovery.
 type ResourceCache = HashMap<(String, String), (ApiResource, bool)>;
 
-impl std::fmt::Debug for Executor {
+impl std::fmt::Debug for SsaExecutor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Executor")
+        f.debug_struct("SsaExecutor")
             .field("field_manager", &self.field_manager)
             .finish()
     }
@@ -161,13 +219,15 @@ fn describe_conflict(status: &kube::core::Status) -> String {
     }
 }
 
-impl Executor {
-    /// An executor applying as `field_manager`, with the default readiness semantics.
+impl SsaExecutor {
+    /// An executor applying as `field_manager`, with the default readiness semantics and
+    /// adoption policy.
     pub fn new(client: Client, field_manager: impl Into<String>) -> Self {
         Self {
             client,
             field_manager: field_manager.into(),
             readiness: Arc::new(DefaultReadiness),
+            adopter: Arc::new(ExplicitAdopter),
             resources: Arc::new(Mutex::new(HashMap::new())),
         }
     }
@@ -176,6 +236,17 @@ impl Executor {
     pub fn with_readiness(mut self, readiness: Arc<dyn Readiness>) -> Self {
         self.readiness = readiness;
         self
+    }
+
+    /// Replaces the adoption policy.
+    pub fn with_adopter(mut self, adopter: Arc<dyn Adopter>) -> Self {
+        self.adopter = adopter;
+        self
+    }
+
+    /// The field manager it applies with.
+    pub fn field_manager(&self) -> &str {
+        &self.field_manager
     }
 
     async fn api_for(
@@ -219,8 +290,7 @@ impl Executor {
         })
     }
 
-    /// Reads the live object of an inventory entry (`None` when it is gone).
-    pub async fn live(&self, entry: &InventoryEntry) -> Result<Option<Value>, ExecuteError> {
+    async fn read_live(&self, entry: &InventoryEntry) -> Result<Option<Value>, ExecuteError> {
         let api = self
             .api_for(&entry.api_version, &entry.kind, &entry.namespace)
             .await?;
@@ -234,15 +304,13 @@ impl Executor {
         Ok(obj.and_then(|o| serde_json::to_value(o).ok()))
     }
 
-    /// One reconcile pass over `graph`. `previous` is the status from the last pass; `now` is
-    /// the current time (RFC 3339) and `elapsed_since` turns a stored timestamp into an age.
-    pub async fn execute(
+    async fn pass(
         &self,
         instance: &Instance,
         graph: &Graph,
         previous: &AbstractionStatus,
         now: &str,
-        elapsed_since: &(dyn Fn(&str) -> Option<Duration> + Sync),
+        elapsed_since: &ElapsedSince,
     ) -> Outcome {
         let mut out = Outcome::default();
         let mut ready: HashSet<String> = HashSet::new();
@@ -385,7 +453,7 @@ impl Executor {
         previous: &AbstractionStatus,
         entry: Option<InventoryEntry>,
         now: &str,
-        elapsed_since: &(dyn Fn(&str) -> Option<Duration> + Sync),
+        elapsed_since: &ElapsedSince,
     ) -> NodeResult {
         let error = |message: String| NodeResult {
             status: NodeStatus {
@@ -436,7 +504,12 @@ impl Executor {
         // Read first only when it can save the write (same rendered hash as last time) or the
         // mode needs to know whether the object exists.
         let same_render = entry.as_ref().is_some_and(|e| e.last_applied_hash == hash);
-        let needs_read = same_render || node.apply_policy.mode != ApplyMode::CreateOrUpdate;
+        // An object we have no record of may exist already: the adopter decides about it.
+        let recorded = entry
+            .as_ref()
+            .is_some_and(|e| e.mode != InventoryMode::Orphaned);
+        let needs_read =
+            same_render || !recorded || node.apply_policy.mode != ApplyMode::CreateOrUpdate;
         let existing = if needs_read {
             match api.get_opt(&name).await {
                 Ok(o) => o,
@@ -459,6 +532,42 @@ impl Executor {
             }
             _ => false,
         };
+        // Ours only if it is the very object we recorded (a recreated one has a new UID).
+        let known = recorded
+            && existing.as_ref().is_some_and(|live| {
+                entry.as_ref().is_some_and(|e| {
+                    e.uid.is_empty() || live.metadata.uid.as_deref() == Some(e.uid.as_str())
+                })
+            });
+        let mut adopted = false;
+        if let Some(live) = existing.as_ref().filter(|_| !known) {
+            let live_json = serde_json::to_value(live).unwrap_or(Value::Null);
+            let request = AdoptRequest {
+                instance,
+                node,
+                existing: &live_json,
+                field_manager: &self.field_manager,
+            };
+            match self.adopter.decide(&request) {
+                AdoptDecision::Ours => {}
+                AdoptDecision::Adopt => adopted = true,
+                AdoptDecision::Refuse(message) => {
+                    return NodeResult {
+                        status: NodeStatus {
+                            phase: NodePhase::Blocked,
+                            blocked_on: vec![],
+                            last_error: Some(message),
+                            ready_details: Some("not adopted: nothing was written".into()),
+                            waiting_since: None,
+                        },
+                        entry,
+                        live: None,
+                        writes: 0,
+                        terminal: false,
+                    };
+                }
+            }
+        }
         let live = match (node.apply_policy.mode, existing) {
             (_, Some(live)) if unchanged => live,
             (ApplyMode::CreateOnly, Some(live)) => live,
@@ -510,6 +619,7 @@ impl Executor {
         let previous_node = previous.nodes.get(&node.id);
         let was_ready = previous_node.is_some_and(|s| s.phase == NodePhase::Ready);
         let mode = match node.apply_policy.mode {
+            _ if adopted => InventoryMode::Adopted,
             ApplyMode::AdoptOnly => InventoryMode::Adopted,
             _ => entry
                 .as_ref()
@@ -653,9 +763,7 @@ impl Executor {
         }
     }
 
-    /// Removes everything in an inventory, last applied first. Returns true once every
-    /// deleted object is gone (orphaned ones are only unlabelled).
-    pub async fn teardown(
+    async fn remove_all(
         &self,
         inventory: &[InventoryEntry],
         policy: DeletionPolicy,
@@ -666,7 +774,7 @@ impl Executor {
                 continue;
             }
             if policy == DeletionPolicy::Delete {
-                if self.live(entry).await?.is_some() {
+                if self.read_live(entry).await?.is_some() {
                     self.remove(entry, policy).await?;
                     all_gone = false;
                     // Wave by wave: wait for this object before the ones it depends on.
@@ -677,6 +785,33 @@ impl Executor {
             }
         }
         Ok(all_gone)
+    }
+}
+
+#[async_trait::async_trait]
+impl Executor for SsaExecutor {
+    async fn execute(
+        &self,
+        instance: &Instance,
+        graph: &Graph,
+        previous: &AbstractionStatus,
+        now: &str,
+        elapsed_since: &ElapsedSince,
+    ) -> Outcome {
+        self.pass(instance, graph, previous, now, elapsed_since)
+            .await
+    }
+
+    async fn live(&self, entry: &InventoryEntry) -> Result<Option<Value>, ExecuteError> {
+        self.read_live(entry).await
+    }
+
+    async fn teardown(
+        &self,
+        inventory: &[InventoryEntry],
+        policy: DeletionPolicy,
+    ) -> Result<bool, ExecuteError> {
+        self.remove_all(inventory, policy).await
     }
 }
 

@@ -12,15 +12,26 @@
 //! - [`graph`]: the Graph artifact, its validation and its drawings (DOT, Mermaid).
 #![deny(unsafe_code)]
 
+pub mod abstraction;
+pub mod cli;
 pub mod compiler;
+pub mod controller;
 #[allow(unsafe_code)]
 pub mod cue;
+pub mod dev;
 pub mod executor;
+pub mod explain;
 pub mod graph;
+pub mod lifecycle;
 pub mod module;
 pub mod readiness;
+pub mod render;
 pub mod status;
 
+pub use abstraction::Abstraction;
 pub use compiler::{CompileError, CompileInput, Compiler, CueCompiler, InstanceMeta};
+/// `#[derive(Abstraction)]`: see [`cuebe_macros::Abstraction`].
+pub use cuebe_macros::Abstraction;
+pub use cuebe_macros::embed_module;
 pub use graph::{Graph, Node, ReadinessPredicate, Violation};
 pub use module::{ModuleSet, ModuleSource, PlatformRef};

@@ -148,6 +148,24 @@ impl ModuleSet {
         Self::default().with(version, source)
     }
 
+    /// A set of (version, module) pairs.
+    ///
+    /// ```
+    /// use cuebe::module::{ModuleSet, ModuleSource};
+    /// let module = |v: &str| ModuleSource::new([("cue.mod/module.cue", "module: \"example.com/m@v1\"\nlanguage: version: \"v0.12.0\"\n"), ("p/p.cue", v)], "./p");
+    /// let set = ModuleSet::from_versions([("1.0.0", module("package p")), ("1.1.0", module("package p\n"))]);
+    /// assert_eq!(set.versions().collect::<Vec<_>>(), ["1.0.0", "1.1.0"]);
+    /// ```
+    pub fn from_versions<V: Into<String>>(
+        modules: impl IntoIterator<Item = (V, ModuleSource)>,
+    ) -> Self {
+        modules
+            .into_iter()
+            .fold(Self::default(), |set, (version, source)| {
+                set.with(version, source)
+            })
+    }
+
     /// Adds a module version.
     pub fn with(mut self, version: impl Into<String>, source: ModuleSource) -> Self {
         self.modules.push(EmbeddedModule {

@@ -1,8 +1,9 @@
 //! The executor against a real API server: conflict policies (`Fail` overwrites nothing and
-//! names the other manager and the field; `Force` takes the field back) and readiness timeouts.
+//! names the other manager and the field; `Force` takes the field back), readiness timeouts,
+//! explicit adoption and the ConfigMap inventory.
 #![allow(clippy::unwrap_used)]
 
-use cuebe::executor::{Executor, Instance, age_of, now};
+use cuebe::executor::{Executor, Instance, SsaExecutor, age_of, now};
 use cuebe::graph::{
     ApplyPolicy, ConflictPolicy, GRAPH_VERSION, Graph, GraphMetadata, Node, ReadinessPredicate,
 };
@@ -40,7 +41,7 @@ fn graph(ns: &str, policy: ConflictPolicy) -> Graph {
 }
 
 async fn pass(
-    executor: &Executor,
+    executor: &SsaExecutor,
     ns: &str,
     g: &Graph,
     previous: &AbstractionStatus,
@@ -50,6 +51,7 @@ async fn pass(
         name: "t".into(),
         namespace: ns.into(),
         generation: Some(1),
+        ..Default::default()
     };
     let out = executor
         .execute(&instance, g, previous, &now(), &|t| age_of(t))
@@ -68,7 +70,7 @@ async fn fail_blocks_and_names_the_other_manager_force_reverts() {
         .unwrap();
     let client = cluster.client();
     let ns = cluster.namespace("conflict").await.unwrap();
-    let executor = Executor::new(client.clone(), "cuebe-test");
+    let executor = SsaExecutor::new(client.clone(), "cuebe-test");
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
 
     let fail = graph(&ns, ConflictPolicy::Fail);
@@ -81,6 +83,7 @@ async fn fail_blocks_and_names_the_other_manager_force_reverts() {
         name: "t".into(),
         namespace: ns.clone(),
         generation: Some(1),
+        ..Default::default()
     };
     let steady = executor
         .execute(&instance, &fail, &first, &now(), &|t| age_of(t))
@@ -127,7 +130,7 @@ async fn an_expired_readiness_timeout_puts_the_node_in_error_and_holds_its_depen
         .await
         .unwrap();
     let ns = cluster.namespace("timeout").await.unwrap();
-    let executor = Executor::new(cluster.client(), "cuebe-test");
+    let executor = SsaExecutor::new(cluster.client(), "cuebe-test");
     let mut g = graph(&ns, ConflictPolicy::Force);
     g.nodes[0].ready_when = vec![ReadinessPredicate::Cel {
         expression: "self.data.mode == 'ready'".into(),
@@ -172,4 +175,135 @@ async fn an_expired_readiness_timeout_puts_the_node_in_error_and_holds_its_depen
     );
     let cms: Api<ConfigMap> = Api::namespaced(cluster.client(), &ns);
     assert!(cms.get_opt("after").await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_existing_object_is_adopted_only_when_listed_and_is_recorded_adopted() {
+    use cuebe::lifecycle::AdoptRef;
+    use cuebe::status::InventoryMode;
+    let cluster = TestCluster::shared().await.unwrap();
+    let client = cluster.client();
+    let ns = cluster.namespace("adopt").await.unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    // Somebody else's ConfigMap with the name the graph renders.
+    let existing = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings"}, "data": {"mode": "legacy", "owner": "team-a"}});
+    cms.patch(
+        "settings",
+        &PatchParams::apply("kubectl"),
+        &Patch::Apply(&existing),
+    )
+    .await
+    .unwrap();
+    let executor = SsaExecutor::new(client.clone(), "cuebe-test");
+    let g = graph(&ns, ConflictPolicy::Force);
+    let mut instance = Instance {
+        kind: "Test".into(),
+        name: "t".into(),
+        namespace: ns.clone(),
+        generation: Some(1),
+        ..Default::default()
+    };
+
+    let refused = executor
+        .execute(&instance, &g, &AbstractionStatus::default(), &now(), &|t| {
+            age_of(t)
+        })
+        .await;
+    let node = &refused.nodes["config"];
+    assert_eq!(node.phase, NodePhase::Blocked, "{node:?}");
+    let message = node.last_error.clone().unwrap();
+    assert!(
+        message.contains("ConfigMap settings already exists")
+            && message.contains("spec.adopt.resources"),
+        "{message}"
+    );
+    assert_eq!(refused.writes, 0);
+    assert!(refused.inventory.is_empty());
+    assert_eq!(
+        cms.get("settings").await.unwrap().data.unwrap()["mode"],
+        "legacy",
+        "nothing written before adoption"
+    );
+
+    instance.adopt = vec![AdoptRef {
+        api_version: "v1".into(),
+        kind: "ConfigMap".into(),
+        name: "settings".into(),
+    }];
+    let adopted = executor
+        .execute(&instance, &g, &AbstractionStatus::default(), &now(), &|t| {
+            age_of(t)
+        })
+        .await;
+    assert_eq!(
+        adopted.nodes["config"].phase,
+        NodePhase::Ready,
+        "{adopted:?}"
+    );
+    assert_eq!(adopted.inventory[0].mode, InventoryMode::Adopted);
+    let live = cms.get("settings").await.unwrap();
+    let data = live.data.unwrap();
+    assert_eq!(data["mode"], "safe", "our field applied");
+    assert_eq!(data["owner"], "team-a", "fields we do not render are kept");
+    assert_eq!(
+        live.metadata.labels.unwrap()["cuebe.dev/instance"],
+        "t",
+        "labelled as ours after adoption"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_configmap_inventory_round_trips_and_leaves_the_status_empty() {
+    use cuebe::lifecycle::{ConfigMapInventory, Inventory};
+    let cluster = TestCluster::shared().await.unwrap();
+    let client = cluster.client();
+    let ns = cluster.namespace("inventory").await.unwrap();
+    let executor = SsaExecutor::new(client.clone(), "cuebe-test");
+    let inventory = ConfigMapInventory::new(client.clone(), "cuebe-test");
+    let g = graph(&ns, ConflictPolicy::Fail);
+    let instance = Instance {
+        kind: "Test".into(),
+        name: "t".into(),
+        namespace: ns.clone(),
+        generation: Some(1),
+        ..Default::default()
+    };
+    let out = executor
+        .execute(&instance, &g, &AbstractionStatus::default(), &now(), &|t| {
+            age_of(t)
+        })
+        .await;
+    let mut status = AbstractionStatus::default();
+    inventory
+        .store(&instance, &out.inventory, &mut status)
+        .await
+        .unwrap();
+    assert!(status.inventory.is_empty(), "the status holds no entries");
+    let cm: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    assert!(cm.get_opt("test-t-inventory").await.unwrap().is_some());
+    let loaded = inventory.load(&instance, &status).await.unwrap();
+    assert_eq!(loaded, out.inventory);
+
+    // Pruning works from the loaded inventory: an empty graph deletes the object.
+    let empty = Graph {
+        nodes: vec![],
+        ..g.clone()
+    };
+    let previous = AbstractionStatus {
+        inventory: loaded,
+        ..Default::default()
+    };
+    let pruned = executor
+        .execute(&instance, &empty, &previous, &now(), &|t| age_of(t))
+        .await;
+    assert!(pruned.inventory.is_empty());
+    assert!(
+        cm.get_opt("settings")
+            .await
+            .unwrap()
+            .is_none_or(|c| c.metadata.deletion_timestamp.is_some())
+    );
+
+    inventory.forget(&instance).await.unwrap();
+    assert!(cm.get_opt("test-t-inventory").await.unwrap().is_none());
 }

@@ -6,7 +6,9 @@
 //! - [`cluster`]: a real control plane on loopback (etcd, kube-apiserver, kube-controller-manager,
 //!   kube-scheduler, kwok) built from pinned Go modules, and [`cluster::ack`], a stand-in for the
 //!   ACK IAM controller.
+//! - [`dev`]: the control plane as the cluster of an operator's `dev` subcommand.
 //! - [`cue_cli`]: the official `cue` CLI at the bridge's pinned version, built once and cached.
 pub mod cluster;
 pub mod cue_cli;
+pub mod dev;
 pub mod golden;

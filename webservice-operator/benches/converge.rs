@@ -112,11 +112,11 @@ async fn operator_run(cluster: &TestCluster, n: usize) -> (Duration, BTreeMap<St
     let ns = cluster.namespace(&format!("op{n}")).await.unwrap();
     let counts: Counts = Arc::default();
     let client = counting_client(cluster, counts.clone());
-    let controller = tokio::spawn(webservice_operator::controller::run(
-        client.clone(),
-        Some(ns.clone()),
-        false,
-    ));
+    let controller = tokio::spawn(
+        cuebe::controller::Operator::<WebService>::new(client.clone())
+            .namespace(ns.clone())
+            .run(),
+    );
     let admin = cluster.client();
     let api: Api<WebService> = Api::namespaced(admin.clone(), &ns);
     let started = Instant::now();
@@ -138,11 +138,11 @@ async fn operator_run(cluster: &TestCluster, n: usize) -> (Duration, BTreeMap<St
     controller.abort();
     counts.lock().unwrap().clear();
     let client = counting_client(cluster, counts.clone());
-    let restarted = tokio::spawn(webservice_operator::controller::run(
-        client,
-        Some(ns.clone()),
-        false,
-    ));
+    let restarted = tokio::spawn(
+        cuebe::controller::Operator::<WebService>::new(client)
+            .namespace(ns.clone())
+            .run(),
+    );
     tokio::time::sleep(Duration::from_secs(20)).await;
     let resync_writes = writes(&counts.lock().unwrap());
     restarted.abort();
@@ -183,11 +183,8 @@ async fn baseline_run(cluster: &TestCluster, n: usize) -> Duration {
             "metadata": {"name": format!("svc-{i}"), "namespace": ns}, "spec": spec()
         }))
         .unwrap();
-        let input = webservice_operator::render::compile_input(
-            &ws,
-            Capabilities::default(),
-            BTreeMap::new(),
-        );
+        let input =
+            cuebe::abstraction::compile_input(&ws, Capabilities::default(), BTreeMap::new());
         let graph = compiler.compile_blocking(&input).unwrap();
         for (w, ids) in graph.waves().iter().enumerate() {
             if waves.len() <= w {

@@ -4,33 +4,39 @@
 //! Application developers write a small `WebService`; the platform module renders the
 //! Deployment, Service, ServiceAccount and, as the spec asks, HPA, PDB, NetworkPolicy, Ingress or
 //! HTTPRoute and ACK IAM Role/Policy.
+use cuebe::Abstraction;
+use cuebe::lifecycle::{AdoptSpec, DeletionPolicy};
 use cuebe::module::{ModuleSet, ModuleSource, PlatformRef};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-pub mod controller;
-pub mod dev;
-pub mod explain;
-pub mod render;
-
 /// The version of the embedded platform module.
 pub const PLATFORM_VERSION: &str = "1.0.0";
 
-/// The platform module compiled into this binary.
+/// The sample `dev` applies.
+pub const SAMPLE: &str = include_str!("../../examples/webservices/simple.yaml");
+
+/// The platform module compiled into this binary (newest version).
 pub fn platform_module() -> ModuleSource {
-    cuebe_macros::embed_module!("../cue/platform", package = "./webservice")
+    let modules = WebService::modules();
+    modules
+        .resolve(None)
+        .map(|m| (*m.source).clone())
+        .unwrap_or_else(|_| ModuleSource::new(Vec::<(String, String)>::new(), "./webservice"))
 }
 
 /// Every embedded platform module version, newest last.
 pub fn platform_modules() -> ModuleSet {
-    ModuleSet::single(PLATFORM_VERSION, platform_module())
+    WebService::modules()
 }
 
 /// A web service: one container image served over HTTP.
 ///
 /// Defaults and policy live in the platform module; the fields here only shape the API.
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(
+    CustomResource, Abstraction, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema,
+)]
 #[kube(
     group = "platform.example.com",
     version = "v1alpha1",
@@ -42,6 +48,24 @@ pub fn platform_modules() -> ModuleSet {
     printcolumn = r#"{"name":"Nodes","type":"string","jsonPath":".status.readyNodes"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[abstraction(
+    module = "../cue/platform",
+    package = "./webservice",
+    version = "1.0.0",
+    field_manager = "cuebe-webservice",
+    watches = [
+        "apps/v1/Deployment",
+        "v1/ServiceAccount",
+        "v1/Service",
+        "autoscaling/v2/HorizontalPodAutoscaler",
+        "policy/v1/PodDisruptionBudget",
+        "networking.k8s.io/v1/NetworkPolicy",
+        "networking.k8s.io/v1/Ingress",
+        "iam.services.k8s.aws/v1alpha1/Role",
+        "iam.services.k8s.aws/v1alpha1/Policy",
+        "gateway.networking.k8s.io/v1/HTTPRoute",
+    ]
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WebServiceSpec {
@@ -79,10 +103,16 @@ pub struct WebServiceSpec {
     pub iam: Option<Iam>,
     /// Pins the platform module version (default: the newest embedded one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[abstraction(platform_ref)]
     pub platform_ref: Option<PlatformRef>,
     /// What happens to rendered objects when the WebService is deleted (default Delete).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[abstraction(deletion_policy)]
     pub deletion_policy: Option<DeletionPolicy>,
+    /// Existing objects to take over (nothing is adopted otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[abstraction(adopt)]
+    pub adopt: Option<AdoptSpec>,
 }
 
 /// CPU and memory requests.
@@ -171,13 +201,4 @@ pub struct Iam {
     /// An IAM policy document (JSON), created as its own ACK Policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inline_policy: Option<String>,
-}
-
-/// Fate of rendered objects when the WebService is deleted.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
-pub enum DeletionPolicy {
-    /// Delete them.
-    Delete,
-    /// Leave them in place, unmanaged.
-    Orphan,
 }

@@ -6,8 +6,12 @@ use std::collections::BTreeMap;
 use std::process::Command;
 
 use cuebe::CueCompiler;
+use cuebe::abstraction::compile_input;
 use cuebe::compiler::Capabilities;
-use webservice_operator::render::{compile_input, parse_webservice};
+use webservice_operator::WebService;
+fn parse_webservice(file: &str, text: &str) -> Result<WebService, cuebe::render::RenderFailure> {
+    cuebe::render::parse_instance(file, text)
+}
 
 fn example(name: &str) -> String {
     std::fs::read_to_string(format!(

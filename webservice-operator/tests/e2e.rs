@@ -35,11 +35,11 @@ async fn env(prefix: &str) -> Env {
     };
     let client = cluster.client();
     let ns = cluster.namespace(prefix).await.unwrap();
-    let controller = tokio::spawn(webservice_operator::controller::run(
-        client.clone(),
-        Some(ns.clone()),
-        false,
-    ));
+    let controller = tokio::spawn(
+        cuebe::controller::Operator::<WebService>::new(client.clone())
+            .namespace(ns.clone())
+            .run(),
+    );
     install_crd(cluster).await;
     Env {
         cluster,
@@ -463,11 +463,11 @@ async fn the_operator_killed_mid_dag_resumes_with_no_duplicate_or_lost_object() 
     .await;
     e.controller.abort();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let _restarted = tokio::spawn(webservice_operator::controller::run(
-        e.client.clone(),
-        Some(e.ns.clone()),
-        false,
-    ));
+    let _restarted = tokio::spawn(
+        cuebe::controller::Operator::<WebService>::new(e.client.clone())
+            .namespace(e.ns.clone())
+            .run(),
+    );
     e.ready("reports").await;
     let s = e.status("reports").await;
     let ids: Vec<&str> = s.inventory.iter().map(|i| i.node_id.as_str()).collect();
@@ -491,11 +491,11 @@ async fn without_gateway_api_crds_a_public_service_gets_an_ingress() {
     install_crd(&cluster).await;
     let client = cluster.client();
     let ns = cluster.namespace("ingress").await.unwrap();
-    let _controller = tokio::spawn(webservice_operator::controller::run(
-        client.clone(),
-        Some(ns.clone()),
-        false,
-    ));
+    let _controller = tokio::spawn(
+        cuebe::controller::Operator::<WebService>::new(client.clone())
+            .namespace(ns.clone())
+            .run(),
+    );
     let api: Api<WebService> = Api::namespaced(client.clone(), &ns);
     let mut spec = simple();
     spec["exposure"] = json!({"type": "Public", "host": "web.example.com", "path": "/app"});
@@ -552,11 +552,11 @@ async fn the_shipped_rbac_is_enough_to_reconcile_a_public_service() {
             "system:authenticated",
         ],
     );
-    let _controller = tokio::spawn(webservice_operator::controller::run(
-        operator,
-        Some(e.ns.clone()),
-        false,
-    ));
+    let _controller = tokio::spawn(
+        cuebe::controller::Operator::<WebService>::new(operator)
+            .namespace(e.ns.clone())
+            .run(),
+    );
     let mut spec = simple();
     spec["exposure"] = json!({"type": "Public", "host": "web.example.com"});
     spec["autoscaling"] = json!({"minReplicas": 2, "maxReplicas": 4});

@@ -1,4 +1,4 @@
-//! `explain NAME`: what a live WebService is, and what it is waiting for.
+//! `explain NAME`: what a live instance is, and what it is waiting for.
 //!
 //! Reads the instance's status and re-renders its Graph (same compiler, the cluster's
 //! capabilities, the exports observed on its inventory) to print the DAG with each node's phase,
@@ -6,20 +6,22 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use cuebe::compiler::Compiler;
-use cuebe::executor::Executor;
-use cuebe::status::AbstractionStatus;
 use kube::api::Api;
 use kube::{Client, ResourceExt};
 
-use crate::WebService;
+use crate::abstraction::{Abstraction, compile_input, discover_capabilities};
+use crate::compiler::Compiler;
+use crate::executor::Executor;
+use crate::status::AbstractionStatus;
 
 /// Why `explain` failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ExplainError {
-    /// The WebService could not be read.
-    #[error("reading WebService {namespace}/{name}: {source}")]
+    /// The instance could not be read.
+    #[error("reading {kind} {namespace}/{name}: {source}")]
     Get {
+        /// Kind.
+        kind: String,
         /// Namespace.
         namespace: String,
         /// Name.
@@ -29,20 +31,39 @@ pub enum ExplainError {
     },
 }
 
-/// The explanation of one WebService, as text.
-pub async fn explain(client: Client, namespace: &str, name: &str) -> Result<String, ExplainError> {
-    let api: Api<WebService> = Api::namespaced(client.clone(), namespace);
+/// The explanation of one live instance, as text: its Ready condition, the resolved module and
+/// renderHash, the graph as it renders now with each node's phase and what it waits for, and
+/// the top violations.
+///
+/// ```no_run
+/// # async fn f<A: cuebe::Abstraction>(client: kube::Client) -> Result<(), cuebe::explain::ExplainError> {
+/// let compiler = cuebe::CueCompiler::new(A::modules());
+/// let executor = cuebe::executor::SsaExecutor::new(client.clone(), A::FIELD_MANAGER);
+/// let text = cuebe::explain::explain::<A>(client, &compiler, &executor, "apps", "web").await?;
+/// print!("{text}");
+/// # Ok(()) }
+/// ```
+pub async fn explain<A: Abstraction>(
+    client: Client,
+    compiler: &dyn Compiler,
+    executor: &dyn Executor,
+    namespace: &str,
+    name: &str,
+) -> Result<String, ExplainError> {
+    let api: Api<A> = Api::namespaced(client.clone(), namespace);
     let ws = api.get(name).await.map_err(|source| ExplainError::Get {
+        kind: A::kind(&()).into_owned(),
         namespace: namespace.to_string(),
         name: name.to_string(),
         source,
     })?;
-    let status: AbstractionStatus = ws.status.clone().unwrap_or_default();
+    let status: AbstractionStatus = ws.abstraction_status().cloned().unwrap_or_default();
     let mut out = String::new();
     let ready = status.condition("Ready");
     let _ = writeln!(
         out,
-        "WebService {namespace}/{}: Ready={} ({}) nodes {}",
+        "{} {namespace}/{}: Ready={} ({}) nodes {}",
+        A::kind(&()),
         ws.name_any(),
         ready.map(|c| c.status.as_str()).unwrap_or("Unknown"),
         ready
@@ -73,16 +94,14 @@ pub async fn explain(client: Client, namespace: &str, name: &str) -> Result<Stri
     );
 
     // The graph as the operator renders it now.
-    let executor = Executor::new(client.clone(), crate::controller::FIELD_MANAGER);
-    let capabilities = crate::controller::discover_capabilities(&client).await;
-    let compiler = cuebe::CueCompiler::new(crate::platform_modules());
+    let capabilities = discover_capabilities(&client, &A::capability_probes()).await;
     let mut observed = BTreeMap::new();
     for entry in &status.inventory {
         if let Ok(Some(live)) = executor.live(entry).await {
             observed.insert(entry.node_id.clone(), live);
         }
     }
-    let input = crate::render::compile_input(&ws, capabilities, observed);
+    let input = compile_input(&ws, capabilities, observed);
     match compiler.compile(&input).await {
         Ok(graph) => {
             let _ = writeln!(out, "graph ({}):", graph.metadata.module);

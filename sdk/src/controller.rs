@@ -1,40 +1,39 @@
-//! The WebService controller: compile each WebService into its Graph and execute it.
+//! The generic controller: compile each instance of an [`Abstraction`] into its Graph and
+//! execute it.
 //!
-//! Workflow of one reconcile (inside the `cuebe.dev/cleanup` finalizer):
+//! Workflow of one reconcile (inside the abstraction's finalizer):
 //! 1. compile the spec with the cluster's capabilities and the exports observed on live objects
 //!    (from the inventory); a compile error or a policy violation stops here — nothing is applied
 //!    and the status says why;
-//! 2. execute the Graph (see `cuebe::executor`); when a pass observes an export that a pending
-//!    node waits for (the IAM role's ARN), re-render and execute again in the same reconcile;
-//! 3. write the status, only when it changed.
+//! 2. execute the Graph; when a pass observes an export that a pending node waits for (an IAM
+//!    role's ARN), re-render and execute again in the same reconcile;
+//! 3. store the inventory and write the status, only when it changed; publish an event for each
+//!    transition.
 //!
-//! Children are watched by the `cuebe.dev/kind=WebService` label, so a Ready transition or a
-//! hand deletion reaches the instance at once rather than at the next requeue.
+//! Children are watched by the `cuebe.dev/kind=<Kind>` label, so a Ready transition or a hand
+//! deletion reaches the instance at once rather than at the next requeue.
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cuebe::CueCompiler;
-use cuebe::compiler::{Capabilities, Compiler};
-use cuebe::executor::{Executor, INSTANCE_LABEL, Instance, KIND_LABEL, age_of, now};
-use cuebe::graph::DeletionPolicy as NodeDeletionPolicy;
-use cuebe::status::{AbstractionStatus, NodePhase};
 use futures::StreamExt;
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
-use kube::{Client, Resource, ResourceExt};
+use kube::{Client, ResourceExt};
 use tokio::sync::RwLock;
 
-use crate::{DeletionPolicy, WebService};
-
-/// The field manager the operator applies with.
-pub const FIELD_MANAGER: &str = "cuebe-webservice";
-/// The finalizer that runs deletion.
-pub const FINALIZER: &str = "cuebe.dev/cleanup";
+use crate::abstraction::{
+    Abstraction, CapabilityProbe, compile_input, discover_capabilities, instance_of, parse_watch,
+};
+use crate::compiler::{Capabilities, Compiler, CueCompiler};
+use crate::executor::{Executor, INSTANCE_LABEL, KIND_LABEL, Outcome, SsaExecutor, age_of, now};
+use crate::lifecycle::{Adopter, ExplicitAdopter, Inventory, StatusInventory};
+use crate::readiness::{DefaultReadiness, Readiness};
+use crate::status::{AbstractionStatus, NodePhase};
 
 /// Why a reconcile failed (it is retried).
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +41,9 @@ pub enum ReconcileError {
     /// Writing status failed.
     #[error("writing status: {0}")]
     Status(#[source] kube::Error),
+    /// The inventory could not be read or stored.
+    #[error("inventory: {0}")]
+    Inventory(#[from] crate::lifecycle::InventoryError),
     /// Deletion is still in progress or failed.
     #[error("deleting: {0}")]
     Teardown(String),
@@ -50,46 +52,197 @@ pub enum ReconcileError {
     Finalizer(String),
 }
 
+/// An operator for one abstraction: the controller with its parts, each swappable.
+///
+/// ```no_run
+/// # async fn f<A: cuebe::Abstraction>(client: kube::Client) {
+/// use std::sync::Arc;
+/// cuebe::controller::Operator::<A>::new(client.clone())
+///     // Keep the inventory in a ConfigMap instead of the status.
+///     .with_inventory(Arc::new(cuebe::lifecycle::ConfigMapInventory::new(client, A::FIELD_MANAGER)))
+///     .run()
+///     .await;
+/// # }
+/// ```
+pub struct Operator<A: Abstraction> {
+    client: Client,
+    compiler: Option<Arc<dyn Compiler>>,
+    executor: Option<Arc<dyn Executor>>,
+    readiness: Arc<dyn Readiness>,
+    adopter: Arc<dyn Adopter>,
+    inventory: Arc<dyn Inventory>,
+    namespace: Option<String>,
+    shutdown_on_signal: bool,
+    _kind: std::marker::PhantomData<fn() -> A>,
+}
+
+impl<A: Abstraction> std::fmt::Debug for Operator<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Operator")
+            .field("kind", &A::kind(&()))
+            .field("namespace", &self.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<A: Abstraction> Operator<A> {
+    /// The default operator: [`CueCompiler`] over `A::modules()`, [`SsaExecutor`] with
+    /// [`DefaultReadiness`] and [`ExplicitAdopter`], [`StatusInventory`]; all namespaces.
+    pub fn new(client: Client) -> Self {
+        Self {
+            client,
+            compiler: None,
+            executor: None,
+            readiness: Arc::new(DefaultReadiness),
+            adopter: Arc::new(ExplicitAdopter),
+            inventory: Arc::new(StatusInventory),
+            namespace: None,
+            shutdown_on_signal: false,
+            _kind: std::marker::PhantomData,
+        }
+    }
+
+    /// Replaces the compiler.
+    pub fn with_compiler(mut self, compiler: Arc<dyn Compiler>) -> Self {
+        self.compiler = Some(compiler);
+        self
+    }
+
+    /// Replaces the executor (then [`Operator::with_readiness`] and
+    /// [`Operator::with_adopter`] are the executor's business).
+    pub fn with_executor(mut self, executor: Arc<dyn Executor>) -> Self {
+        self.executor = Some(executor);
+        self
+    }
+
+    /// Replaces the readiness semantics of the default executor.
+    pub fn with_readiness(mut self, readiness: Arc<dyn Readiness>) -> Self {
+        self.readiness = readiness;
+        self
+    }
+
+    /// Replaces the adoption policy of the default executor.
+    pub fn with_adopter(mut self, adopter: Arc<dyn Adopter>) -> Self {
+        self.adopter = adopter;
+        self
+    }
+
+    /// Replaces where the inventory is kept.
+    pub fn with_inventory(mut self, inventory: Arc<dyn Inventory>) -> Self {
+        self.inventory = inventory;
+        self
+    }
+
+    /// Watches one namespace only.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = Some(namespace.into());
+        self
+    }
+
+    /// Stops on SIGINT or SIGTERM (finishing reconciles in flight).
+    pub fn shutdown_on_signal(mut self, yes: bool) -> Self {
+        self.shutdown_on_signal = yes;
+        self
+    }
+
+    /// The default executor for an abstraction (what `explain` reads live objects with).
+    pub fn default_executor(client: Client) -> SsaExecutor {
+        SsaExecutor::new(client, A::FIELD_MANAGER)
+    }
+
+    /// Runs the controller until the stream ends.
+    pub async fn run(self) {
+        let client = self.client.clone();
+        let ctx = Arc::new(Context::<A> {
+            recorder: Recorder::new(
+                client.clone(),
+                Reporter {
+                    controller: A::FIELD_MANAGER.into(),
+                    instance: std::env::var("POD_NAME").ok(),
+                },
+            ),
+            executor: self.executor.clone().unwrap_or_else(|| {
+                Arc::new(
+                    SsaExecutor::new(client.clone(), A::FIELD_MANAGER)
+                        .with_readiness(self.readiness.clone())
+                        .with_adopter(self.adopter.clone()),
+                )
+            }),
+            compiler: self
+                .compiler
+                .clone()
+                .unwrap_or_else(|| Arc::new(CueCompiler::new(A::modules()))),
+            inventory: self.inventory.clone(),
+            probes: A::capability_probes(),
+            client: client.clone(),
+            capabilities: RwLock::new((Capabilities::default(), None)),
+            written: std::sync::Mutex::new(std::collections::HashMap::new()),
+            _kind: std::marker::PhantomData,
+        });
+        let capabilities = ctx.capabilities().await;
+        let kind = A::kind(&()).into_owned();
+        tracing::info!(%kind, ?capabilities, "starting the controller");
+        let api: Api<A> = match &self.namespace {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        };
+        let children = watcher::Config::default().labels(&format!("{KIND_LABEL}={kind}"));
+        let mut controller = Controller::new(api, watcher::Config::default());
+        if self.shutdown_on_signal {
+            controller = controller.shutdown_on_signal();
+        }
+        for entry in A::WATCHES {
+            let Some(gvk) = parse_watch(entry) else {
+                tracing::warn!(%entry, "not a group/version/Kind; not watched");
+                continue;
+            };
+            // Kinds the cluster does not serve (an optional API) are not watched.
+            let Ok((ar, _)) = kube::discovery::pinned_kind(&client, &gvk).await else {
+                tracing::info!(%entry, "not served by this cluster; not watched");
+                continue;
+            };
+            let child_api: Api<DynamicObject> = match &self.namespace {
+                Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+                None => Api::all_with(client.clone(), &ar),
+            };
+            let kind = kind.clone();
+            controller = controller.watches_with(
+                child_api,
+                ApiResource::from_gvk(&gvk),
+                children.clone(),
+                move |obj| owner_of::<A>(&obj, &kind),
+            );
+        }
+        controller
+            .run(reconcile::<A>, error_policy::<A>, ctx)
+            .for_each(|result| async move {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "reconcile error");
+                }
+            })
+            .await;
+    }
+}
+
 /// Shared state of the controller.
-pub struct Context {
+struct Context<A: Abstraction> {
     client: Client,
     recorder: Recorder,
-    compiler: CueCompiler,
-    executor: Executor,
+    compiler: Arc<dyn Compiler>,
+    executor: Arc<dyn Executor>,
+    inventory: Arc<dyn Inventory>,
+    probes: Vec<CapabilityProbe>,
     capabilities: RwLock<(Capabilities, Option<Instant>)>,
     /// The status last written per instance (by UID). The watch cache can lag behind our own
     /// writes; starting from what we wrote avoids repeating writes and events.
     written: std::sync::Mutex<std::collections::HashMap<String, AbstractionStatus>>,
+    _kind: std::marker::PhantomData<fn() -> A>,
 }
 
-impl std::fmt::Debug for Context {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Context").finish_non_exhaustive()
-    }
-}
-
-impl Context {
-    /// A context on this client with the embedded platform modules.
-    pub fn new(client: Client) -> Self {
-        Self {
-            recorder: Recorder::new(
-                client.clone(),
-                Reporter {
-                    controller: FIELD_MANAGER.into(),
-                    instance: std::env::var("POD_NAME").ok(),
-                },
-            ),
-            executor: Executor::new(client.clone(), FIELD_MANAGER),
-            compiler: CueCompiler::new(crate::platform_modules()),
-            client,
-            capabilities: RwLock::new((Capabilities::default(), None)),
-            written: std::sync::Mutex::new(std::collections::HashMap::new()),
-        }
-    }
-
+impl<A: Abstraction> Context<A> {
     /// Capabilities, rediscovered at most every 30 s (so installing the ACK or Gateway API CRDs
     /// is noticed without a restart).
-    pub async fn capabilities(&self) -> Capabilities {
+    async fn capabilities(&self) -> Capabilities {
         {
             let cached = self.capabilities.read().await;
             if let (caps, Some(at)) = &*cached
@@ -98,41 +251,9 @@ impl Context {
                 return caps.clone();
             }
         }
-        let caps = discover_capabilities(&self.client).await;
+        let caps = discover_capabilities(&self.client, &self.probes).await;
         *self.capabilities.write().await = (caps.clone(), Some(Instant::now()));
         caps
-    }
-}
-
-/// Asks the API server which optional APIs it serves.
-pub async fn discover_capabilities(client: &Client) -> Capabilities {
-    let mut names = Vec::new();
-    for (group, version, kind, name) in [
-        (
-            "iam.services.k8s.aws",
-            "v1alpha1",
-            "Role",
-            Capabilities::ACK_IAM,
-        ),
-        (
-            "gateway.networking.k8s.io",
-            "v1",
-            "HTTPRoute",
-            Capabilities::GATEWAY_API,
-        ),
-    ] {
-        let gvk = GroupVersionKind::gvk(group, version, kind);
-        if kube::discovery::pinned_kind(client, &gvk).await.is_ok() {
-            names.push(name);
-        }
-    }
-    Capabilities::from_names(names)
-}
-
-fn deletion_policy(ws: &WebService) -> NodeDeletionPolicy {
-    match ws.spec.deletion_policy {
-        Some(DeletionPolicy::Orphan) => NodeDeletionPolicy::Orphan,
-        _ => NodeDeletionPolicy::Delete,
     }
 }
 
@@ -211,45 +332,45 @@ fn transitions(previous: &AbstractionStatus, current: &AbstractionStatus) -> Vec
 }
 
 /// The latest known status of an instance: what we last wrote, unless the cache is newer.
-fn known_status(ctx: &Context, ws: &WebService) -> AbstractionStatus {
-    let uid = ws.metadata.uid.clone().unwrap_or_default();
+fn known_status<A: Abstraction>(ctx: &Context<A>, object: &A) -> AbstractionStatus {
+    let uid = object.meta().uid.clone().unwrap_or_default();
     let written = ctx
         .written
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    match (written.get(&uid), &ws.status) {
+    match (written.get(&uid), object.abstraction_status()) {
         (Some(ours), Some(cached)) if cached.observed_generation > ours.observed_generation => {
             cached.clone()
         }
         (Some(ours), _) => ours.clone(),
-        (None, cached) => cached.clone().unwrap_or_default(),
+        (None, cached) => cached.cloned().unwrap_or_default(),
     }
 }
 
-async fn write_status(
-    ctx: &Context,
-    api: &Api<WebService>,
-    ws: &WebService,
+async fn write_status<A: Abstraction>(
+    ctx: &Context<A>,
+    api: &Api<A>,
+    object: &A,
     status: &AbstractionStatus,
 ) -> Result<(), ReconcileError> {
-    let previous = known_status(ctx, ws);
+    let previous = known_status(ctx, object);
     if &previous == status {
         return Ok(());
     }
-    let reference = ws.object_ref(&());
+    let reference = object.object_ref(&());
     for event in transitions(&previous, status) {
         if let Err(e) = ctx.recorder.publish(&event, &reference).await {
             tracing::debug!(error = %e, "could not publish an event");
         }
     }
     let body = serde_json::json!({
-        "apiVersion": WebService::api_version(&()),
-        "kind": WebService::kind(&()),
+        "apiVersion": A::api_version(&()),
+        "kind": A::kind(&()),
         "status": status,
     });
     api.patch_status(
-        &ws.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
+        &object.name_any(),
+        &PatchParams::apply(A::FIELD_MANAGER).force(),
         &Patch::Apply(&body),
     )
     .await
@@ -257,7 +378,10 @@ async fn write_status(
     ctx.written
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .insert(ws.metadata.uid.clone().unwrap_or_default(), status.clone());
+        .insert(
+            object.meta().uid.clone().unwrap_or_default(),
+            status.clone(),
+        );
     Ok(())
 }
 
@@ -278,27 +402,26 @@ fn stop_before_apply(
     status.set_condition("Stalled", true, reason, message, generation, now);
 }
 
-async fn apply(ws: Arc<WebService>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
-    let ns = ws.namespace().unwrap_or_else(|| "default".into());
-    let api: Api<WebService> = Api::namespaced(ctx.client.clone(), &ns);
-    let generation = ws.metadata.generation;
+async fn apply<A: Abstraction>(
+    object: Arc<A>,
+    ctx: Arc<Context<A>>,
+) -> Result<Action, ReconcileError> {
+    let ns = object.namespace().unwrap_or_else(|| "default".into());
+    let api: Api<A> = Api::namespaced(ctx.client.clone(), &ns);
+    let generation = object.meta().generation;
     let now = now();
-    let previous = known_status(&ctx, &ws);
+    let previous = known_status(&ctx, &object);
     let mut status = previous.clone();
     status.observed_generation = generation;
     let capabilities = ctx.capabilities().await;
-    let instance = Instance {
-        kind: "WebService".into(),
-        name: ws.name_any(),
-        namespace: ns.clone(),
-        generation,
-    };
+    let instance = instance_of(object.as_ref());
+    status.inventory = ctx.inventory.load(&instance, &previous).await?;
 
     // Observed exports come from the live objects of the inventory.
     let mut observed: BTreeMap<String, serde_json::Value> = BTreeMap::new();
-    let mut last_exec = None;
+    let mut last_exec: Option<Outcome> = None;
     for _round in 0..3 {
-        let input = crate::render::compile_input(&ws, capabilities.clone(), observed.clone());
+        let input = compile_input(object.as_ref(), capabilities.clone(), observed.clone());
         let graph = match ctx.compiler.compile(&input).await {
             Ok(g) => g,
             Err(e) => {
@@ -311,7 +434,11 @@ async fn apply(ws: Arc<WebService>, ctx: Arc<Context>) -> Result<Action, Reconci
                     generation,
                     &now,
                 );
-                write_status(&ctx, &api, &ws, &status).await?;
+                let entries = std::mem::take(&mut status.inventory);
+                ctx.inventory
+                    .store(&instance, &entries, &mut status)
+                    .await?;
+                write_status(&ctx, &api, &object, &status).await?;
                 return Ok(Action::await_change());
             }
         };
@@ -342,7 +469,11 @@ async fn apply(ws: Arc<WebService>, ctx: Arc<Context>) -> Result<Action, Reconci
                 generation,
                 &now,
             );
-            write_status(&ctx, &api, &ws, &status).await?;
+            let entries = std::mem::take(&mut status.inventory);
+            ctx.inventory
+                .store(&instance, &entries, &mut status)
+                .await?;
+            write_status(&ctx, &api, &object, &status).await?;
             return Ok(Action::await_change());
         }
         status.set_condition("PolicyPassed", true, "PolicyPassed", "", generation, &now);
@@ -352,7 +483,7 @@ async fn apply(ws: Arc<WebService>, ctx: Arc<Context>) -> Result<Action, Reconci
         for export in graph.exports.iter().filter(|e| e.value.is_none()) {
             let live = match last_exec
                 .as_ref()
-                .and_then(|o: &cuebe::executor::Outcome| o.live.get(&export.node).cloned())
+                .and_then(|o| o.live.get(&export.node).cloned())
             {
                 Some(l) => Some(l),
                 None => match status.inventory_entry(&export.node) {
@@ -398,8 +529,12 @@ async fn apply(ws: Arc<WebService>, ctx: Arc<Context>) -> Result<Action, Reconci
         }
         break;
     }
+    let entries = std::mem::take(&mut status.inventory);
+    ctx.inventory
+        .store(&instance, &entries, &mut status)
+        .await?;
     let Some(outcome) = last_exec else {
-        write_status(&ctx, &api, &ws, &status).await?;
+        write_status(&ctx, &api, &object, &status).await?;
         return Ok(Action::requeue(Duration::from_secs(2)));
     };
     let total = status.nodes.len();
@@ -511,7 +646,7 @@ async fn apply(ws: Arc<WebService>, ctx: Arc<Context>) -> Result<Action, Reconci
         );
         status.clear_condition("Stalled");
     }
-    write_status(&ctx, &api, &ws, &status).await?;
+    write_status(&ctx, &api, &object, &status).await?;
     Ok(if outcome.ready {
         Action::requeue(Duration::from_secs(300))
     } else if outcome.stalled.is_some() {
@@ -521,18 +656,20 @@ async fn apply(ws: Arc<WebService>, ctx: Arc<Context>) -> Result<Action, Reconci
     })
 }
 
-async fn cleanup(ws: Arc<WebService>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
-    let inventory = ws
-        .status
-        .as_ref()
-        .map(|s| s.inventory.clone())
-        .unwrap_or_default();
+async fn cleanup<A: Abstraction>(
+    object: Arc<A>,
+    ctx: Arc<Context<A>>,
+) -> Result<Action, ReconcileError> {
+    let instance = instance_of(object.as_ref());
+    let status = object.abstraction_status().cloned().unwrap_or_default();
+    let inventory = ctx.inventory.load(&instance, &status).await?;
     let done = ctx
         .executor
-        .teardown(&inventory, deletion_policy(&ws))
+        .teardown(&inventory, object.deletion_policy())
         .await
         .map_err(|e| ReconcileError::Teardown(e.to_string()))?;
     if done {
+        ctx.inventory.forget(&instance).await?;
         Ok(Action::await_change())
     } else {
         // Returning an error keeps the finalizer until every object is gone.
@@ -542,13 +679,16 @@ async fn cleanup(ws: Arc<WebService>, ctx: Arc<Context>) -> Result<Action, Recon
     }
 }
 
-async fn reconcile(ws: Arc<WebService>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
-    let ns = ws.namespace().unwrap_or_else(|| "default".into());
-    let api: Api<WebService> = Api::namespaced(ctx.client.clone(), &ns);
-    finalizer(&api, FINALIZER, ws, |event| async {
+async fn reconcile<A: Abstraction>(
+    object: Arc<A>,
+    ctx: Arc<Context<A>>,
+) -> Result<Action, ReconcileError> {
+    let ns = object.namespace().unwrap_or_else(|| "default".into());
+    let api: Api<A> = Api::namespaced(ctx.client.clone(), &ns);
+    finalizer(&api, A::FINALIZER, object, |event| async {
         match event {
-            Event::Apply(ws) => apply(ws, ctx.clone()).await,
-            Event::Cleanup(ws) => cleanup(ws, ctx.clone()).await,
+            Event::Apply(object) => apply(object, ctx.clone()).await,
+            Event::Cleanup(object) => cleanup(object, ctx.clone()).await,
         }
     })
     .await
@@ -559,7 +699,11 @@ async fn reconcile(ws: Arc<WebService>, ctx: Arc<Context>) -> Result<Action, Rec
     })
 }
 
-fn error_policy(_ws: Arc<WebService>, error: &ReconcileError, _ctx: Arc<Context>) -> Action {
+fn error_policy<A: Abstraction>(
+    _object: Arc<A>,
+    error: &ReconcileError,
+    _ctx: Arc<Context<A>>,
+) -> Action {
     match error {
         ReconcileError::Teardown(_) => Action::requeue(Duration::from_millis(500)),
         _ => {
@@ -569,60 +713,11 @@ fn error_policy(_ws: Arc<WebService>, error: &ReconcileError, _ctx: Arc<Context>
     }
 }
 
-fn owner_of(obj: &DynamicObject) -> Option<ObjectRef<WebService>> {
+fn owner_of<A: Abstraction>(obj: &DynamicObject, kind: &str) -> Option<ObjectRef<A>> {
     let labels = obj.metadata.labels.as_ref()?;
-    if labels.get(KIND_LABEL).map(String::as_str) != Some("WebService") {
+    if labels.get(KIND_LABEL).map(String::as_str) != Some(kind) {
         return None;
     }
     let name = labels.get(INSTANCE_LABEL)?;
     Some(ObjectRef::new(name).within(obj.metadata.namespace.as_deref().unwrap_or("default")))
-}
-
-/// Runs the controller until the stream ends (on SIGINT/SIGTERM when `shutdown_on_signal`).
-/// With `namespace`, it watches only that namespace (tests run one controller per namespace).
-pub async fn run(client: Client, namespace: Option<String>, shutdown_on_signal: bool) {
-    let ctx = Arc::new(Context::new(client.clone()));
-    let capabilities = ctx.capabilities().await;
-    tracing::info!(?capabilities, "starting the WebService controller");
-    let api: Api<WebService> = match &namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    let children = watcher::Config::default().labels(&format!("{KIND_LABEL}=WebService"));
-    let mut kinds = vec![
-        ("apps", "v1", "Deployment"),
-        ("", "v1", "ServiceAccount"),
-        ("", "v1", "Service"),
-        ("autoscaling", "v2", "HorizontalPodAutoscaler"),
-        ("policy", "v1", "PodDisruptionBudget"),
-        ("networking.k8s.io", "v1", "NetworkPolicy"),
-        ("networking.k8s.io", "v1", "Ingress"),
-    ];
-    if capabilities.has(Capabilities::ACK_IAM) {
-        kinds.push(("iam.services.k8s.aws", "v1alpha1", "Role"));
-        kinds.push(("iam.services.k8s.aws", "v1alpha1", "Policy"));
-    }
-    if capabilities.has(Capabilities::GATEWAY_API) {
-        kinds.push(("gateway.networking.k8s.io", "v1", "HTTPRoute"));
-    }
-    let mut controller = Controller::new(api, watcher::Config::default());
-    if shutdown_on_signal {
-        controller = controller.shutdown_on_signal();
-    }
-    for (group, version, kind) in kinds {
-        let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind));
-        let child_api: Api<DynamicObject> = match &namespace {
-            Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
-            None => Api::all_with(client.clone(), &ar),
-        };
-        controller = controller.watches_with(child_api, ar, children.clone(), |obj| owner_of(&obj));
-    }
-    controller
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "reconcile error");
-            }
-        })
-        .await;
 }

@@ -1,19 +1,20 @@
-//! `render`: compile a WebService file into its Graph, offline, exactly as the operator would.
+//! `render`: compile an instance's manifest into its Graph, offline, exactly as the operator
+//! would.
 //!
 //! Owns reading the YAML (with the line and field named on error), building the compiler input
 //! and printing the result. Exit codes are decided by the binary from [`RenderFailure`].
 use std::collections::BTreeMap;
 
-use cuebe::compiler::{Capabilities, CompileError, CompileInput, InstanceMeta};
-use cuebe::{CueCompiler, Graph};
 use serde::de::DeserializeOwned;
 
-use crate::WebService;
+use crate::abstraction::{Abstraction, compile_input};
+use crate::compiler::{Capabilities, CompileError, CueCompiler};
+use crate::graph::Graph;
 
 /// Why `render` did not produce a graph.
 #[derive(Debug, thiserror::Error)]
 pub enum RenderFailure {
-    /// The file is not valid YAML or does not match the WebService schema. Exit code 2.
+    /// The file is not valid YAML or does not match the custom resource's schema. Exit code 2.
     #[error("{file}: {message}")]
     Input {
         /// The file.
@@ -45,52 +46,32 @@ pub fn parse_yaml<T: DeserializeOwned>(file: &str, text: &str) -> Result<T, Rend
     })
 }
 
-/// Reads a WebService manifest and checks its apiVersion and kind.
-pub fn parse_webservice(file: &str, text: &str) -> Result<WebService, RenderFailure> {
+/// Reads a manifest of `A`, checking its apiVersion and kind and naming the field and line of
+/// any error.
+pub fn parse_instance<A: Abstraction>(file: &str, text: &str) -> Result<A, RenderFailure> {
     let raw: serde_json::Value = parse_yaml(file, text)?;
     let api_version = raw
         .get("apiVersion")
         .and_then(|v| v.as_str())
         .unwrap_or_default();
     let kind = raw.get("kind").and_then(|v| v.as_str()).unwrap_or_default();
-    if api_version != "platform.example.com/v1alpha1" || kind != "WebService" {
+    let (want_api, want_kind) = (A::api_version(&()), A::kind(&()));
+    if api_version != want_api || kind != want_kind {
         return Err(RenderFailure::Input {
             file: file.to_string(),
             message: format!(
-                "expected apiVersion: platform.example.com/v1alpha1 and kind: WebService, found {api_version:?} {kind:?}"
+                "expected apiVersion: {want_api} and kind: {want_kind}, found {api_version:?} {kind:?}"
             ),
         });
     }
     parse_yaml(file, text)
 }
 
-/// The compiler input for a WebService, as the operator builds it.
-pub fn compile_input(
-    ws: &WebService,
-    capabilities: Capabilities,
-    observed: BTreeMap<String, serde_json::Value>,
-) -> CompileInput {
-    CompileInput {
-        instance: InstanceMeta {
-            name: ws.metadata.name.clone().unwrap_or_default(),
-            namespace: ws
-                .metadata
-                .namespace
-                .clone()
-                .unwrap_or_else(|| "default".to_string()),
-            labels: ws.metadata.labels.clone().unwrap_or_default(),
-        },
-        spec: serde_json::to_value(&ws.spec).unwrap_or_default(),
-        platform_ref: ws.spec.platform_ref.clone(),
-        capabilities,
-        observed,
-    }
-}
-
 /// Output formats of `render`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Format {
     /// The Graph as YAML.
+    #[default]
     Yaml,
     /// The Graph as JSON.
     Json,
@@ -100,22 +81,31 @@ pub enum Format {
     Mermaid,
 }
 
-/// Renders a WebService manifest to a Graph.
-pub fn render(
+/// Renders a manifest of `A` to its Graph.
+///
+/// ```no_run
+/// # fn f<A: cuebe::Abstraction>() -> Result<(), cuebe::render::RenderFailure> {
+/// let compiler = cuebe::CueCompiler::new(A::modules());
+/// let text = std::fs::read_to_string("web.yaml").unwrap_or_default();
+/// let graph = cuebe::render::render::<A>(&compiler, "web.yaml", &text, Default::default(), Default::default())?;
+/// print!("{}", cuebe::render::format_graph(&graph, cuebe::render::Format::Mermaid));
+/// # Ok(()) }
+/// ```
+pub fn render<A: Abstraction>(
     compiler: &CueCompiler,
     file: &str,
     text: &str,
     capabilities: Capabilities,
     observed: BTreeMap<String, serde_json::Value>,
 ) -> Result<std::sync::Arc<Graph>, RenderFailure> {
-    let ws = parse_webservice(file, text)?;
-    if ws.metadata.name.as_deref().unwrap_or_default().is_empty() {
+    let object: A = parse_instance(file, text)?;
+    if object.meta().name.as_deref().unwrap_or_default().is_empty() {
         return Err(RenderFailure::Input {
             file: file.to_string(),
             message: "metadata.name: required".to_string(),
         });
     }
-    Ok(compiler.compile_blocking(&compile_input(&ws, capabilities, observed))?)
+    Ok(compiler.compile_blocking(&compile_input(&object, capabilities, observed))?)
 }
 
 /// Formats a graph.

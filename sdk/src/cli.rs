@@ -1,0 +1,441 @@
+//! The operator binary: `run`, `dev`, `crd`, `render` and `explain` for any [`Abstraction`].
+//!
+//! An operator's `main` is a few lines:
+//!
+//! ```no_run
+//! # fn f<MyKind: cuebe::Abstraction>() -> std::process::ExitCode {
+//! cuebe::cli::App::<MyKind>::new("my-operator")
+//!     .sample("apiVersion: example.com/v1\nkind: MyKind\nmetadata: {name: demo}\nspec: {}\n")
+//!     .main()
+//! # }
+//! ```
+//!
+//! `dev` needs a local control plane, which lives in `cuebe-testkit`; pass
+//! `cuebe_testkit::dev::LocalControlPlane` to [`App::dev_cluster`] to enable it.
+//!
+//! Exit codes: 0 success; 1 the operation failed (cluster, module); 2 the input is malformed
+//! (the file, field and line are named); 3 `render` found policy violations.
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, FromArgMatches, Subcommand};
+
+use crate::abstraction::Abstraction;
+use crate::compiler::{Capabilities, CompileError, CueCompiler};
+use crate::controller::Operator;
+use crate::dev::{DevCluster, DevOptions};
+use crate::render::{self, Format, RenderFailure};
+
+/// Subcommands every operator binary gets.
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Start a local control plane (etcd, kube-apiserver, kube-controller-manager,
+    /// kube-scheduler, kwok), run the operator on it and reconcile a sample instance; runs until
+    /// Ctrl-C.
+    ///
+    /// Prints `kubeconfig: <path>` as soon as the API server is ready, then `kubectl: <path>`.
+    /// The first run builds the control plane (tens of minutes); later runs start in seconds.
+    Dev {
+        /// Also install these, comma-separated (see the list below the usage): e.g. ack-iam
+        /// (with the ACK stand-in), gateway-api.
+        #[arg(long, value_delimiter = ',')]
+        with: Vec<String>,
+        /// Apply this manifest instead of the built-in sample.
+        #[arg(long, conflicts_with = "no_sample")]
+        sample: Option<PathBuf>,
+        /// Do not apply a sample instance.
+        #[arg(long)]
+        no_sample: bool,
+    },
+    /// Run the operator against the current kubeconfig (KUBECONFIG or ~/.kube/config, or the
+    /// in-cluster service account) until SIGINT or SIGTERM.
+    Run {
+        /// Watch only this namespace (default: all namespaces).
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+    },
+    /// Explain a live instance: its graph, each node's phase and what it is blocked on, the top
+    /// violations and the resolved module (uses the current kubeconfig).
+    Explain {
+        /// The instance's name.
+        name: String,
+        /// Its namespace (default: the kubeconfig's).
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+    },
+    /// Print the CustomResourceDefinition as YAML.
+    Crd,
+    /// Compile a manifest into its Graph offline, exactly as the operator would.
+    ///
+    /// Exit codes: 0 the Graph was printed; 3 policy violations (printed; as JSON with -o json);
+    /// 2 the input is malformed or does not match the schema (the field and line are named);
+    /// 1 the platform module failed.
+    Render {
+        /// The manifest (YAML or JSON); `-` reads standard input.
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        /// Cluster capabilities to assume, comma-separated (e.g. gateway-api, ack-iam).
+        #[arg(long, value_delimiter = ',')]
+        capabilities: Vec<String>,
+        /// A YAML/JSON map from node id to that node's live object, e.g.
+        /// `iamRole: {status: {ackResourceMetadata: {arn: ...}}}`.
+        #[arg(long)]
+        observe: Option<PathBuf>,
+        /// Output format.
+        #[arg(short = 'o', long = "output", value_enum, default_value = "yaml")]
+        output: Format,
+    },
+}
+
+#[derive(Args, Debug)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Customises the operator `run` and `dev` start (e.g. another inventory).
+type Configure<A> = Arc<dyn Fn(Operator<A>) -> Operator<A> + Send + Sync>;
+
+/// An operator binary for `A`.
+pub struct App<A: Abstraction> {
+    name: String,
+    about: Option<String>,
+    sample: Option<String>,
+    dev: Option<Arc<dyn DevCluster>>,
+    configure: Configure<A>,
+}
+
+impl<A: Abstraction> std::fmt::Debug for App<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<A: Abstraction> App<A> {
+    /// A binary named `name` (used in `--help`).
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            about: None,
+            sample: None,
+            dev: None,
+            configure: Arc::new(|operator| operator),
+        }
+    }
+
+    /// The one-line description in `--help`.
+    pub fn about(mut self, about: impl Into<String>) -> Self {
+        self.about = Some(about.into());
+        self
+    }
+
+    /// The manifest `dev` applies unless given `--sample` or `--no-sample`.
+    pub fn sample(mut self, yaml: impl Into<String>) -> Self {
+        self.sample = Some(yaml.into());
+        self
+    }
+
+    /// Enables `dev` on this local cluster.
+    pub fn dev_cluster(mut self, cluster: impl DevCluster + 'static) -> Self {
+        self.dev = Some(Arc::new(cluster));
+        self
+    }
+
+    /// Adjusts the operator that `run` and `dev` start (swap the inventory, the adopter, ...).
+    pub fn configure(
+        mut self,
+        configure: impl Fn(Operator<A>) -> Operator<A> + Send + Sync + 'static,
+    ) -> Self {
+        self.configure = Arc::new(configure);
+        self
+    }
+
+    fn command(&self) -> clap::Command {
+        let kind = A::kind(&());
+        let about = self
+            .about
+            .clone()
+            .unwrap_or_else(|| format!("The {kind} operator, built on cuebe"));
+        let mut command = Cli::augment_args(clap::Command::new(self.name.clone()))
+            .about(about)
+            .version(env!("CARGO_PKG_VERSION"))
+            .subcommand_required(true);
+        if let Some(dev) = &self.dev {
+            let extras = dev
+                .extras()
+                .iter()
+                .map(|(name, what)| format!("  {name}: {what}"))
+                .collect::<Vec<_>>()
+                .join("\n");
+            command =
+                command.mut_subcommand("dev", |c| c.after_help(format!("--with takes:\n{extras}")));
+        }
+        command
+    }
+
+    /// Parses the process arguments, sets up logging to stderr (`RUST_LOG`) and runs the
+    /// subcommand.
+    pub fn main(self) -> ExitCode {
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                // kube's client logs every refused connection while a local API server starts.
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "warn,kube_client::client::builder=off".into()),
+            )
+            .with_writer(std::io::stderr)
+            .init();
+        self.run_args(std::env::args_os())
+    }
+
+    /// Runs the subcommand in `args` (the first is the program name). Logging is the caller's.
+    pub fn run_args<I, T>(self, args: I) -> ExitCode
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches = match self.command().try_get_matches_from(args) {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = e.print();
+                return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+            }
+        };
+        let cli = match Cli::from_arg_matches(&matches) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = e.print();
+                return ExitCode::from(2);
+            }
+        };
+        match cli.command {
+            Command::Crd => {
+                let yaml = serde_norway::to_string(&A::crd()).unwrap_or_default();
+                let _ = write!(std::io::stdout(), "{yaml}");
+                ExitCode::SUCCESS
+            }
+            Command::Render {
+                file,
+                capabilities,
+                observe,
+                output,
+            } => run_render::<A>(&file, &capabilities, observe.as_deref(), output),
+            Command::Run { namespace } => self.run_operator(namespace),
+            Command::Explain { name, namespace } => run_explain::<A>(&name, namespace),
+            Command::Dev {
+                with,
+                sample,
+                no_sample,
+            } => self.run_dev(with, sample, no_sample),
+        }
+    }
+
+    fn run_operator(&self, namespace: Option<String>) -> ExitCode {
+        let Some(runtime) = runtime() else {
+            return ExitCode::from(1);
+        };
+        runtime.block_on(async {
+            let Some(client) = default_client().await else {
+                return ExitCode::from(1);
+            };
+            let mut operator = Operator::<A>::new(client).shutdown_on_signal(true);
+            if let Some(ns) = namespace {
+                operator = operator.namespace(ns);
+            }
+            (self.configure)(operator).run().await;
+            ExitCode::SUCCESS
+        })
+    }
+
+    fn run_dev(&self, with: Vec<String>, sample: Option<PathBuf>, no_sample: bool) -> ExitCode {
+        let Some(cluster) = self.dev.clone() else {
+            eprintln!(
+                "error: {} was built without a local control plane for `dev`",
+                self.name
+            );
+            return ExitCode::from(1);
+        };
+        let known: Vec<&str> = cluster.extras().iter().map(|(n, _)| *n).collect();
+        if let Some(bad) = with.iter().find(|w| !known.contains(&w.as_str())) {
+            eprintln!(
+                "error: --with: unknown extra {bad:?} (known: {})",
+                known.join(", ")
+            );
+            return ExitCode::from(2);
+        }
+        let sample = if no_sample {
+            None
+        } else {
+            match sample {
+                Some(path) => match read(&path) {
+                    Ok(text) => Some((path.display().to_string(), text)),
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::from(2);
+                    }
+                },
+                None => self.sample.clone().map(|s| ("sample".to_string(), s)),
+            }
+        };
+        let Some(runtime) = runtime() else {
+            return ExitCode::from(1);
+        };
+        let options = DevOptions {
+            extras: with,
+            sample,
+            configure: self.configure.clone(),
+        };
+        match runtime.block_on(crate::dev::run::<A>(cluster.as_ref(), options)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
+fn read(path: &Path) -> Result<String, String> {
+    if path.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .map_err(|e| format!("-: {e}"))?;
+        return Ok(s);
+    }
+    std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The async runtime for `run`, `dev` and `explain`; `None` (after saying why) when it cannot
+/// start.
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .inspect_err(|e| eprintln!("error: cannot start the async runtime: {e}"))
+        .ok()
+}
+
+/// A client from KUBECONFIG, ~/.kube/config or the in-cluster account; `None` after saying why.
+async fn default_client() -> Option<kube::Client> {
+    kube::Client::try_default()
+        .await
+        .inspect_err(|e| eprintln!("error: no usable kubeconfig or in-cluster config: {e}"))
+        .ok()
+}
+
+fn run_explain<A: Abstraction>(name: &str, namespace: Option<String>) -> ExitCode {
+    let Some(runtime) = runtime() else {
+        return ExitCode::from(1);
+    };
+    runtime.block_on(async {
+        let Some(client) = default_client().await else {
+            return ExitCode::from(1);
+        };
+        let ns = namespace.unwrap_or_else(|| client.default_namespace().to_string());
+        let compiler = CueCompiler::new(A::modules());
+        let executor = Operator::<A>::default_executor(client.clone());
+        match crate::explain::explain::<A>(client, &compiler, &executor, &ns, name).await {
+            Ok(text) => {
+                let _ = write!(std::io::stdout(), "{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            }
+        }
+    })
+}
+
+fn run_render<A: Abstraction>(
+    file: &Path,
+    capabilities: &[String],
+    observe: Option<&Path>,
+    output: Format,
+) -> ExitCode {
+    let mut stdout = std::io::stdout().lock();
+    let text = match read(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let observed: BTreeMap<String, serde_json::Value> = match observe {
+        None => BTreeMap::new(),
+        Some(path) => match read(path)
+            .map_err(|e| RenderFailure::Input {
+                file: path.display().to_string(),
+                message: e,
+            })
+            .and_then(|t| render::parse_yaml(&path.display().to_string(), &t))
+        {
+            Ok(o) => o,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let known: Vec<&str> = A::capability_probes().iter().map(|p| p.name).collect();
+    if let Some(bad) = capabilities
+        .iter()
+        .find(|c| !c.is_empty() && !known.contains(&c.as_str()))
+    {
+        eprintln!(
+            "error: --capabilities: unknown capability {bad:?} (known: {})",
+            known.join(", ")
+        );
+        return ExitCode::from(2);
+    }
+    let compiler = CueCompiler::new(A::modules());
+    let name = file.display().to_string();
+    match render::render::<A>(
+        &compiler,
+        &name,
+        &text,
+        Capabilities::from_names(capabilities),
+        observed,
+    ) {
+        Ok(graph) if graph.has_blocking_violations() => {
+            if output == Format::Json {
+                let body = serde_json::json!({"violations": graph.violations});
+                let _ = writeln!(
+                    stdout,
+                    "{}",
+                    serde_json::to_string_pretty(&body).unwrap_or_default()
+                );
+            } else {
+                for v in &graph.violations {
+                    let _ = writeln!(stdout, "{v}");
+                }
+            }
+            eprintln!(
+                "error: policy failed with {} violation(s); nothing would be applied",
+                graph.violations.len()
+            );
+            ExitCode::from(3)
+        }
+        Ok(graph) => {
+            let _ = write!(stdout, "{}", render::format_graph(&graph, output));
+            ExitCode::SUCCESS
+        }
+        Err(RenderFailure::Compile(e @ CompileError::InvalidInput { .. })) => {
+            eprintln!("error: {name}: {e}");
+            ExitCode::from(2)
+        }
+        Err(e @ RenderFailure::Input { .. }) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
