@@ -335,3 +335,49 @@ pub fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::expand;
+
+    fn expanded(input: proc_macro2::TokenStream) -> String {
+        let item: syn::DeriveInput = syn::parse2(input).unwrap();
+        let tokens = expand(&item).unwrap();
+        prettyplease::unparse(&syn::parse2(tokens).unwrap())
+    }
+
+    #[test]
+    fn minimal_expansion() {
+        insta::assert_snapshot!(expanded(quote::quote! {
+            #[kube(group = "example.com", version = "v1", kind = "Worker", namespaced,
+                   status = "cuebe::status::AbstractionStatus")]
+            #[abstraction(module = "cue", package = "./worker")]
+            pub struct WorkerSpec {
+                pub image: String,
+            }
+        }));
+    }
+
+    #[test]
+    fn full_expansion() {
+        insta::assert_snapshot!(expanded(quote::quote! {
+            #[kube(group = "platform.example.com", version = "v1alpha1", kind = "WebService",
+                   namespaced, shortname = "ws", status = "cuebe::status::AbstractionStatus",
+                   printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#)]
+            #[abstraction(module = "../cue/platform", package = "./webservice", version = "1.0.0",
+                          field_manager = "cuebe-webservice", finalizer = "example.com/cleanup",
+                          watches = ["apps/v1/Deployment", "v1/Service"])]
+            #[abstraction(module = "../cue/platform-v2", package = "./webservice", version = "2.0.0")]
+            pub struct WebServiceSpec {
+                pub image: String,
+                #[abstraction(platform_ref)]
+                pub platform_ref: Option<cuebe::PlatformRef>,
+                #[abstraction(deletion_policy)]
+                pub deletion_policy: Option<cuebe::lifecycle::DeletionPolicy>,
+                #[abstraction(adopt)]
+                pub adopt: Option<cuebe::lifecycle::AdoptSpec>,
+            }
+        }));
+    }
+}

@@ -1,0 +1,8 @@
+use cuebe::Abstraction;
+
+#[derive(Abstraction)]
+pub enum WorkerSpec {
+    A,
+}
+
+fn main() {}
