@@ -14,7 +14,7 @@
 //!   iamRole: {status: {ackResourceMetadata: {arn: "arn:aws:iam::1:role/x"}}}
 //! # extra or replaced module files, e.g. to prove output policy catches a bad render (optional)
 //! moduleOverlay:
-//!   webservice/zz_test.cue: |
+//!   webservice/zz_overlay.cue: |
 //!     package webservice
 //!     nodes: deployment: object: spec: template: spec: hostNetwork: true
 //! # the custom resource (its metadata and spec are used)
@@ -150,6 +150,16 @@ impl GoldenSuite {
             source,
         })?;
         let case: GoldenCase = serde_norway::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        // cue/load skips `*_test.cue` files: such an overlay would silently change nothing.
+        if let Some(name) = case
+            .module_overlay
+            .keys()
+            .find(|name| name.ends_with("_test.cue"))
+        {
+            return Err(bad(format!(
+                "moduleOverlay.{name}: CUE ignores files ending in _test.cue; rename it (e.g. zz_overlay.cue)"
+            )));
+        }
         let module = if case.module_overlay.is_empty() {
             self.module.clone()
         } else {
