@@ -109,11 +109,10 @@ async fn a_worker_adopts_only_what_it_lists_becomes_ready_and_is_deleted_with_it
     .await;
     let sa = accounts.get("thumbnails").await.unwrap();
     assert!(
-        sa.metadata
+        !sa.metadata
             .labels
             .unwrap_or_default()
-            .get("cuebe.dev/instance")
-            .is_none(),
+            .contains_key("cuebe.dev/instance"),
         "nothing was written to an object that is not ours"
     );
 
