@@ -147,6 +147,21 @@ impl<A: Abstraction> App<A> {
     }
 
     /// Adjusts the operator that `run` and `dev` start (swap the inventory, the adopter, ...).
+    ///
+    /// ```no_run
+    /// # fn f<A: cuebe::Abstraction>() -> std::process::ExitCode {
+    /// use std::sync::Arc;
+    /// cuebe::cli::App::<A>::new("my-operator")
+    ///     .configure(|operator| {
+    ///         let client = operator.client().clone();
+    ///         operator.with_inventory(Arc::new(cuebe::lifecycle::ConfigMapInventory::new(
+    ///             client,
+    ///             A::FIELD_MANAGER,
+    ///         )))
+    ///     })
+    ///     .main()
+    /// # }
+    /// ```
     pub fn configure(
         mut self,
         configure: impl Fn(Operator<A>) -> Operator<A> + Send + Sync + 'static,

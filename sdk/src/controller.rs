@@ -102,6 +102,12 @@ impl<A: Abstraction> Operator<A> {
         }
     }
 
+    /// The client the operator runs with (e.g. to build an inventory in
+    /// [`crate::cli::App::configure`]).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// Replaces the compiler.
     pub fn with_compiler(mut self, compiler: Arc<dyn Compiler>) -> Self {
         self.compiler = Some(compiler);
