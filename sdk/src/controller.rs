@@ -408,6 +408,18 @@ fn stop_before_apply(
     status.set_condition("Stalled", true, reason, message, generation, now);
 }
 
+/// Hands the pass's inventory (kept in `status.inventory` while reconciling) to the
+/// [`Inventory`], which decides what stays in the status.
+async fn store_inventory<A: Abstraction>(
+    ctx: &Context<A>,
+    instance: &crate::lifecycle::Instance,
+    status: &mut AbstractionStatus,
+) -> Result<(), ReconcileError> {
+    let entries = std::mem::take(&mut status.inventory);
+    ctx.inventory.store(instance, &entries, status).await?;
+    Ok(())
+}
+
 async fn apply<A: Abstraction>(
     object: Arc<A>,
     ctx: Arc<Context<A>>,
@@ -440,10 +452,7 @@ async fn apply<A: Abstraction>(
                     generation,
                     &now,
                 );
-                let entries = std::mem::take(&mut status.inventory);
-                ctx.inventory
-                    .store(&instance, &entries, &mut status)
-                    .await?;
+                store_inventory(&ctx, &instance, &mut status).await?;
                 write_status(&ctx, &api, &object, &status).await?;
                 return Ok(Action::await_change());
             }
@@ -475,10 +484,7 @@ async fn apply<A: Abstraction>(
                 generation,
                 &now,
             );
-            let entries = std::mem::take(&mut status.inventory);
-            ctx.inventory
-                .store(&instance, &entries, &mut status)
-                .await?;
+            store_inventory(&ctx, &instance, &mut status).await?;
             write_status(&ctx, &api, &object, &status).await?;
             return Ok(Action::await_change());
         }
@@ -535,10 +541,7 @@ async fn apply<A: Abstraction>(
         }
         break;
     }
-    let entries = std::mem::take(&mut status.inventory);
-    ctx.inventory
-        .store(&instance, &entries, &mut status)
-        .await?;
+    store_inventory(&ctx, &instance, &mut status).await?;
     let Some(outcome) = last_exec else {
         write_status(&ctx, &api, &object, &status).await?;
         return Ok(Action::requeue(Duration::from_secs(2)));

@@ -269,12 +269,16 @@ impl Inventory for StatusInventory {
 /// (key `inventory.json`), for graphs whose inventory would crowd the status. The status then
 /// carries no inventory entries.
 ///
-/// The ConfigMap is written with Server-Side Apply only when the inventory changed. The
-/// operator needs `get`, `patch` and `delete` on ConfigMaps.
+/// `load` reads the ConfigMap; `store` writes it with Server-Side Apply only when the inventory
+/// differs from what was last loaded or stored. The operator needs `get`, `patch` and `delete`
+/// on ConfigMaps.
 #[derive(Clone)]
 pub struct ConfigMapInventory {
     client: Client,
     field_manager: String,
+    /// What each ConfigMap (namespace/name) held when last read or written, so a store of an
+    /// unchanged inventory costs no API call.
+    known: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<InventoryEntry>>>>,
 }
 
 impl std::fmt::Debug for ConfigMapInventory {
@@ -294,6 +298,7 @@ impl ConfigMapInventory {
         Self {
             client,
             field_manager: field_manager.into(),
+            known: Default::default(),
         }
     }
 
@@ -304,6 +309,21 @@ impl ConfigMapInventory {
             instance.kind.to_ascii_lowercase(),
             instance.name
         )
+    }
+
+    fn key(instance: &Instance) -> String {
+        format!("{}/{}", instance.namespace, Self::config_map_name(instance))
+    }
+
+    fn remember(&self, instance: &Instance, entries: Option<&[InventoryEntry]>) {
+        let mut known = self
+            .known
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match entries {
+            Some(e) => known.insert(Self::key(instance), e.to_vec()),
+            None => known.remove(&Self::key(instance)),
+        };
     }
 
     async fn read(&self, instance: &Instance) -> Result<Vec<InventoryEntry>, InventoryError> {
@@ -337,7 +357,9 @@ impl Inventory for ConfigMapInventory {
         instance: &Instance,
         _status: &AbstractionStatus,
     ) -> Result<Vec<InventoryEntry>, InventoryError> {
-        self.read(instance).await
+        let entries = self.read(instance).await?;
+        self.remember(instance, Some(&entries));
+        Ok(entries)
     }
 
     async fn store(
@@ -347,7 +369,13 @@ impl Inventory for ConfigMapInventory {
         status: &mut AbstractionStatus,
     ) -> Result<(), InventoryError> {
         status.inventory.clear();
-        if self.read(instance).await? == entries {
+        let unchanged = self
+            .known
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&Self::key(instance))
+            .is_some_and(|known| known.as_slice() == entries);
+        if unchanged {
             return Ok(());
         }
         let name = Self::config_map_name(instance);
@@ -372,16 +400,18 @@ impl Inventory for ConfigMapInventory {
             &Patch::Apply(&body),
         )
         .await
-        .map(|_| ())
         .map_err(|source| InventoryError::Api {
             what: format!("writing ConfigMap {}/{name}", instance.namespace),
             source,
-        })
+        })?;
+        self.remember(instance, Some(entries));
+        Ok(())
     }
 
     async fn forget(&self, instance: &Instance) -> Result<(), InventoryError> {
         let name = Self::config_map_name(instance);
         let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &instance.namespace);
+        self.remember(instance, None);
         match api.delete(&name, &DeleteParams::default()).await {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
