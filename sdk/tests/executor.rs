@@ -40,19 +40,24 @@ fn graph(ns: &str, policy: ConflictPolicy) -> Graph {
     }
 }
 
+/// The instance every test's graph belongs to.
+fn instance(ns: &str) -> Instance {
+    Instance {
+        kind: "Test".into(),
+        name: "t".into(),
+        namespace: ns.into(),
+        generation: Some(1),
+        ..Default::default()
+    }
+}
+
 async fn pass(
     executor: &SsaExecutor,
     ns: &str,
     g: &Graph,
     previous: &AbstractionStatus,
 ) -> AbstractionStatus {
-    let instance = Instance {
-        kind: "Test".into(),
-        name: "t".into(),
-        namespace: ns.into(),
-        generation: Some(1),
-        ..Default::default()
-    };
+    let instance = instance(ns);
     let out = executor
         .execute(&instance, g, previous, &now(), &|t| age_of(t))
         .await;
@@ -78,13 +83,7 @@ async fn fail_blocks_and_names_the_other_manager_force_reverts() {
     assert_eq!(first.nodes["config"].phase, NodePhase::Ready, "{first:?}");
 
     // A second pass with nothing changed writes nothing.
-    let instance = Instance {
-        kind: "Test".into(),
-        name: "t".into(),
-        namespace: ns.clone(),
-        generation: Some(1),
-        ..Default::default()
-    };
+    let instance = instance(&ns);
     let steady = executor
         .execute(&instance, &fail, &first, &now(), &|t| age_of(t))
         .await;
@@ -196,13 +195,7 @@ async fn an_existing_object_is_adopted_only_when_listed_and_is_recorded_adopted(
     .unwrap();
     let executor = SsaExecutor::new(client.clone(), "cuebe-test");
     let g = graph(&ns, ConflictPolicy::Force);
-    let mut instance = Instance {
-        kind: "Test".into(),
-        name: "t".into(),
-        namespace: ns.clone(),
-        generation: Some(1),
-        ..Default::default()
-    };
+    let mut instance = instance(&ns);
 
     let refused = executor
         .execute(&instance, &g, &AbstractionStatus::default(), &now(), &|t| {
@@ -261,13 +254,7 @@ async fn the_configmap_inventory_round_trips_and_leaves_the_status_empty() {
     let executor = SsaExecutor::new(client.clone(), "cuebe-test");
     let inventory = ConfigMapInventory::new(client.clone(), "cuebe-test");
     let g = graph(&ns, ConflictPolicy::Fail);
-    let instance = Instance {
-        kind: "Test".into(),
-        name: "t".into(),
-        namespace: ns.clone(),
-        generation: Some(1),
-        ..Default::default()
-    };
+    let instance = instance(&ns);
     let out = executor
         .execute(&instance, &g, &AbstractionStatus::default(), &now(), &|t| {
             age_of(t)
