@@ -186,6 +186,29 @@ pub enum Exported {
     Absent,
 }
 
+impl Exported {
+    /// The bridge returns a wholly concrete value whole even when a split was asked for (one
+    /// export is much cheaper than one per field): split it here, `levels` deep, keeping the
+    /// module's field order.
+    fn split(self, levels: u32) -> Self {
+        match self {
+            Exported::Value(Value::Object(map)) if levels > 0 => Exported::Fields(
+                map.into_iter()
+                    .map(|(name, v)| (name, Exported::Value(v).split(levels - 1)))
+                    .collect(),
+            ),
+            // A struct with a non-concrete field comes split one level, its fields whole.
+            Exported::Fields(fields) if levels > 0 => Exported::Fields(
+                fields
+                    .into_iter()
+                    .map(|(name, item)| (name, item.split(levels - 1)))
+                    .collect(),
+            ),
+            other => other,
+        }
+    }
+}
+
 #[derive(Deserialize)]
 struct RawExported {
     #[serde(default)]
@@ -437,7 +460,12 @@ impl LoadedModule {
             }
             Ok(resp) => {
                 self.release(Some(handle));
-                Ok(resp.results)
+                Ok(resp
+                    .results
+                    .into_iter()
+                    .zip(exports)
+                    .map(|(result, request)| result.split(request.split))
+                    .collect())
             }
             Err(e) => {
                 self.release(Some(handle));

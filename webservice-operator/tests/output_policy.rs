@@ -10,7 +10,7 @@ use serde_json::json;
 fn rules_for(nodes: serde_json::Value, public: bool) -> Vec<String> {
     let module = webservice_operator::platform_module().with_files([(
         "policytest/check.cue",
-        "package policytest\nimport \"platform.example.com/platform/policy\"\nin: {nodes: _, public: bool}\nout: (policy.#Output & {nodes: in.nodes, outputPolicy: public: in.public}).outputViolations\n",
+        "package policytest\nimport \"platform.example.com/platform/policy\"\nin: {nodes: _, public: bool}\nout: (policy.Output & {nodes: in.nodes, outputPolicy: public: in.public}).outputViolations\n",
     )]);
     let module = LoadedModule::load(
         cuebe::ModuleSource::new(module.files().clone(), "./policytest"),
