@@ -131,3 +131,44 @@ fn a_module_that_does_not_terminate_times_out() {
         .unwrap_err();
     assert!(matches!(again, CompileError::Timeout(_)), "{again}");
 }
+
+#[test]
+fn concurrent_renders_match_sequential_ones() {
+    // Several threads share two evaluators of one module; every render must come out exactly as
+    // it does alone (a CUE value shared unsafely would mix inputs or crash).
+    let options = CueCompilerOptions {
+        render_cache_capacity: 0,
+        evaluators_per_module: 2,
+        ..Default::default()
+    };
+    let c = std::sync::Arc::new(CueCompiler::with_options(
+        ModuleSet::single("1.0.0", platform()),
+        options.clone(),
+    ));
+    let spec_for = |i: usize| json!({"image": format!("registry.example.com/web:1.{i}.0"), "replicas": 1 + i % 5, "resources": {"cpu": "250m", "memory": "256Mi"}});
+    let alone = CueCompiler::with_options(ModuleSet::single("1.0.0", platform()), options);
+    let expected: Vec<String> = (0..8)
+        .map(|i| {
+            serde_json::to_string(&*alone.compile_blocking(&input(spec_for(i))).unwrap()).unwrap()
+        })
+        .collect();
+    let threads: Vec<_> = (0..8)
+        .map(|i| {
+            let c = c.clone();
+            let spec = spec_for(i);
+            std::thread::spawn(move || {
+                (0..5)
+                    .map(|_| {
+                        serde_json::to_string(&*c.compile_blocking(&input(spec.clone())).unwrap())
+                            .unwrap()
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    for (i, t) in threads.into_iter().enumerate() {
+        for got in t.join().unwrap() {
+            assert_eq!(got, expected[i], "render {i} differs when run concurrently");
+        }
+    }
+}
