@@ -136,8 +136,10 @@ pub trait Executor: Send + Sync {
     /// Reads the live object of an inventory entry (`None` when it is gone).
     async fn live(&self, entry: &InventoryEntry) -> Result<Option<Value>, ExecuteError>;
 
-    /// Removes everything in an inventory, last applied first. Returns true once every
-    /// deleted object is gone (orphaned ones are only unlabelled).
+    /// Removes everything in an inventory, last applied first, under the instance's `policy`;
+    /// an entry whose node asked for `Orphan` (`InventoryEntry::deletion_policy`) is orphaned
+    /// whatever `policy` says. Returns true once every deleted object is gone (orphaned ones are
+    /// only unlabelled).
     async fn teardown(
         &self,
         inventory: &[InventoryEntry],
@@ -423,7 +425,10 @@ impl SsaExecutor {
             .collect();
         if healthy {
             for entry in stale {
-                match self.remove(&entry, DeletionPolicy::Delete).await {
+                match self
+                    .remove(&entry, entry_policy(&entry, DeletionPolicy::Delete))
+                    .await
+                {
                     Ok(wrote) => {
                         out.writes += usize::from(wrote);
                         inventory.remove(&entry.node_id);
@@ -649,6 +654,7 @@ impl SsaExecutor {
                 _ => live.metadata.generation,
             },
             last_ready_transition: entry.as_ref().and_then(|e| e.last_ready_transition.clone()),
+            deletion_policy: node.deletion_policy,
         };
         let verdict = match self.readiness.evaluate(&node.ready_when, &live_json) {
             Ok(v) => v,
@@ -773,15 +779,18 @@ impl SsaExecutor {
             if entry.mode == InventoryMode::Orphaned {
                 continue;
             }
-            if policy == DeletionPolicy::Delete {
-                if self.read_live(entry).await?.is_some() {
-                    self.remove(entry, policy).await?;
-                    all_gone = false;
-                    // Wave by wave: wait for this object before the ones it depends on.
-                    break;
+            match entry_policy(entry, policy) {
+                DeletionPolicy::Delete => {
+                    if self.read_live(entry).await?.is_some() {
+                        self.remove(entry, DeletionPolicy::Delete).await?;
+                        all_gone = false;
+                        // Wave by wave: wait for this object before the ones it depends on.
+                        break;
+                    }
                 }
-            } else {
-                self.remove(entry, policy).await?;
+                DeletionPolicy::Orphan => {
+                    self.remove(entry, DeletionPolicy::Orphan).await?;
+                }
             }
         }
         Ok(all_gone)
@@ -812,6 +821,15 @@ impl Executor for SsaExecutor {
         policy: DeletionPolicy,
     ) -> Result<bool, ExecuteError> {
         self.remove_all(inventory, policy).await
+    }
+}
+
+/// What removing one inventory object means: the instance's `Orphan` keeps everything; otherwise
+/// a node that asked to be orphaned is released and the rest follow the instance.
+fn entry_policy(entry: &InventoryEntry, instance: DeletionPolicy) -> DeletionPolicy {
+    match (instance, entry.deletion_policy) {
+        (DeletionPolicy::Orphan, _) | (_, Some(DeletionPolicy::Orphan)) => DeletionPolicy::Orphan,
+        _ => DeletionPolicy::Delete,
     }
 }
 

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::graph::Violation;
+use crate::graph::{DeletionPolicy, Violation};
 
 /// A status condition.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -112,6 +112,11 @@ pub struct InventoryEntry {
     /// When the node last turned Ready (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_ready_transition: Option<String>,
+    /// The node's own `deletionPolicy` when it was last applied. Recorded here because teardown
+    /// and pruning run when there may be no render to read it from: an `Orphan` node's object is
+    /// released (our labels removed) instead of deleted, whatever the instance's policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_policy: Option<DeletionPolicy>,
 }
 
 /// The status an abstraction's custom resource embeds.

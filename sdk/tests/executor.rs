@@ -1,6 +1,6 @@
 //! The executor against a real API server: conflict policies (`Fail` overwrites nothing and
 //! names the other manager and the field; `Force` takes the field back), readiness timeouts,
-//! explicit adoption and the ConfigMap inventory.
+//! explicit adoption, the ConfigMap inventory and per-node deletion policies.
 #![allow(clippy::unwrap_used)]
 
 use cuebe::executor::{Executor, Instance, SsaExecutor, age_of, now};
@@ -293,4 +293,87 @@ async fn the_configmap_inventory_round_trips_and_leaves_the_status_empty() {
 
     inventory.forget(&instance).await.unwrap();
     assert!(cm.get_opt("test-t-inventory").await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_that_asks_to_be_orphaned_outlives_its_instance_and_its_node() {
+    use cuebe::executor::INSTANCE_LABEL;
+    use cuebe::graph::DeletionPolicy;
+    let cluster = TestCluster::shared().await.unwrap();
+    let client = cluster.client();
+    let ns = cluster.namespace("orphan-node").await.unwrap();
+    let executor = SsaExecutor::new(client.clone(), "cuebe-test");
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let config_map = |id: &str, name: &str, policy: Option<DeletionPolicy>| Node {
+        id: id.into(),
+        object: Some(
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": ns}, "data": {"k": "v"}}),
+        ),
+        deletion_policy: policy,
+        ..graph(&ns, ConflictPolicy::Force).nodes[0].clone()
+    };
+    let labelled = |cm: &ConfigMap| {
+        cm.metadata
+            .labels
+            .as_ref()
+            .is_some_and(|l| l.contains_key(INSTANCE_LABEL))
+    };
+
+    // Teardown: the instance says Delete, the `keep` node says Orphan.
+    let g = Graph {
+        nodes: vec![
+            config_map("keep", "kept", Some(DeletionPolicy::Orphan)),
+            config_map("drop", "dropped", None),
+        ],
+        ..graph(&ns, ConflictPolicy::Force)
+    };
+    let status = pass(&executor, &ns, &g, &AbstractionStatus::default()).await;
+    assert_eq!(
+        status.inventory[0].deletion_policy,
+        Some(DeletionPolicy::Orphan),
+        "the node's policy is recorded for teardown"
+    );
+    assert!(labelled(&cms.get("kept").await.unwrap()));
+    let mut rounds = 0;
+    while !executor
+        .teardown(&status.inventory, DeletionPolicy::Delete)
+        .await
+        .unwrap()
+    {
+        rounds += 1;
+        assert!(rounds < 50, "teardown did not finish");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let kept = cms.get("kept").await.unwrap();
+    assert!(kept.metadata.deletion_timestamp.is_none(), "not deleted");
+    assert!(
+        !labelled(&kept),
+        "released: no longer carries the instance label"
+    );
+    assert!(
+        cms.get_opt("dropped")
+            .await
+            .unwrap()
+            .is_none_or(|c| c.metadata.deletion_timestamp.is_some()),
+        "the other node followed the instance's Delete"
+    );
+
+    // Pruning: a node that leaves the graph is released, not deleted, when it asked to be.
+    let g = Graph {
+        nodes: vec![
+            config_map("anchor", "anchor", None),
+            config_map("keep", "kept-by-prune", Some(DeletionPolicy::Orphan)),
+        ],
+        ..graph(&ns, ConflictPolicy::Force)
+    };
+    let first = pass(&executor, &ns, &g, &AbstractionStatus::default()).await;
+    let smaller = Graph {
+        nodes: vec![g.nodes[0].clone()],
+        ..g.clone()
+    };
+    let second = pass(&executor, &ns, &smaller, &first).await;
+    assert!(second.inventory.iter().all(|e| e.node_id != "keep"));
+    let kept = cms.get("kept-by-prune").await.unwrap();
+    assert!(kept.metadata.deletion_timestamp.is_none(), "not deleted");
+    assert!(!labelled(&kept));
 }
