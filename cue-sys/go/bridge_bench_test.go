@@ -98,3 +98,45 @@ func BenchmarkFullRequest(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkConstantOutputFloor runs the same request on a module whose `nodes` is the platform
+// module's own render of the input written out as constants: what CUE costs to fill the input,
+// re-evaluate and export this much output when there is no logic at all. Compare it with
+// BenchmarkFullRequest on the same input (CUEBE_BENCH_INPUT).
+func BenchmarkConstantOutputFloor(b *testing.B) {
+	m := loadPlatform(b)
+	input := []byte(benchInput)
+	if f := os.Getenv("CUEBE_BENCH_INPUT"); f != "" {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			b.Fatal(err)
+		}
+		input = data
+	}
+	rendered := m.value.FillPath(cue.ParsePath("input"), m.ctx.CompileBytes(input))
+	nodes, err := rendered.LookupPath(cue.ParsePath("nodes")).MarshalJSON()
+	if err != nil {
+		b.Fatal(err)
+	}
+	floor, ctx, errs := loadModule(loadRequest{
+		Files: map[string]string{
+			"cue.mod/module.cue": "module: \"floor.example.com/floor@v0\"\nlanguage: version: \"v0.17.0\"\n",
+			"floor/floor.cue":    "package floor\ninput: _\nviolations: []\nnodes: " + string(nodes) + "\n",
+		},
+		Package: "./floor",
+	})
+	if errs != nil {
+		b.Fatal(errs)
+	}
+	req := evalRequest{
+		Fills:   []fill{{Path: "input", Value: json.RawMessage(input)}},
+		Exports: []exportSpec{{Path: "input", ValidateOnly: true}, {Path: "violations", Optional: true}, {Path: "nodes", Split: 2}},
+	}
+	f := &module{ctx: ctx, value: floor}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if r := evaluate(f, req); len(r.Errors) > 0 || r.Results[2].Errors != nil {
+			b.Fatal(r)
+		}
+	}
+}
