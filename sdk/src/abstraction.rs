@@ -114,18 +114,53 @@ pub fn well_known_capabilities() -> Vec<CapabilityProbe> {
 }
 
 /// Asks the API server which of `probes` it serves.
+///
+/// An error means discovery itself failed (the API server could not be asked), not that an API
+/// is missing: a caller keeps what it knew rather than render as if the APIs were gone.
+///
+/// ```no_run
+/// # async fn f(client: kube::Client) -> Result<(), kube::Error> {
+/// use cuebe::abstraction::{discover_capabilities, well_known_capabilities};
+/// let capabilities = discover_capabilities(&client, &well_known_capabilities()).await?;
+/// println!("gateway-api: {}", capabilities.has("gateway-api"));
+/// # Ok(()) }
+/// ```
 pub async fn discover_capabilities(
     client: &kube::Client,
     probes: &[CapabilityProbe],
-) -> Capabilities {
+) -> Result<Capabilities, kube::Error> {
     let mut names = Vec::new();
     for probe in probes {
         let gvk = kube::api::GroupVersionKind::gvk(probe.group, probe.version, probe.kind);
-        if kube::discovery::pinned_kind(client, &gvk).await.is_ok() {
+        if served_kind(client, &gvk).await?.is_some() {
             names.push(probe.name);
         }
     }
-    Capabilities::from_names(names)
+    Ok(Capabilities::from_names(names))
+}
+
+/// Whether the API server serves `gvk`: its resource when it does, `None` when the group, the
+/// version or the kind is unknown to it, an error when it could not be asked.
+///
+/// ```no_run
+/// # async fn f(client: kube::Client) -> Result<(), kube::Error> {
+/// let gvk = kube::api::GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute");
+/// if cuebe::abstraction::served_kind(&client, &gvk).await?.is_none() {
+///     println!("the Gateway API is not installed");
+/// }
+/// # Ok(()) }
+/// ```
+pub async fn served_kind(
+    client: &kube::Client,
+    gvk: &kube::api::GroupVersionKind,
+) -> Result<Option<kube::api::ApiResource>, kube::Error> {
+    match kube::discovery::pinned_kind(client, gvk).await {
+        Ok((resource, _)) => Ok(Some(resource)),
+        // A group/version the server does not know is a bare 404, not a NotFound Status.
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(None),
+        Err(kube::Error::Discovery(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// Parses a `WATCHES` entry (`group/version/Kind` or `version/Kind`).

@@ -12,11 +12,14 @@
 //!
 //! Children are watched by the `cuebe.dev/kind=<Kind>` label, so a Ready transition or a hand
 //! deletion reaches the instance at once rather than at the next requeue.
+//!
+//! The cluster's capabilities and served child kinds are asked again periodically; a change
+//! restarts the controller (watches included), which reconciles every instance with the new set.
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
@@ -27,7 +30,7 @@ use kube::{Client, ResourceExt};
 use tokio::sync::RwLock;
 
 use crate::abstraction::{
-    Abstraction, CapabilityProbe, compile_input, discover_capabilities, instance_of, parse_watch,
+    Abstraction, compile_input, discover_capabilities, instance_of, parse_watch, served_kind,
 };
 use crate::compiler::{Capabilities, Compiler, CueCompiler};
 use crate::executor::{Executor, INSTANCE_LABEL, KIND_LABEL, Outcome, SsaExecutor, age_of, now};
@@ -73,8 +76,13 @@ pub struct Operator<A: Abstraction> {
     inventory: Arc<dyn Inventory>,
     namespace: Option<String>,
     shutdown_on_signal: bool,
+    rediscover_every: Duration,
     _kind: std::marker::PhantomData<fn() -> A>,
 }
+
+/// How often the operator asks the API server which optional APIs and watched kinds it serves,
+/// unless [`Operator::rediscover_every`] says otherwise.
+pub const DEFAULT_REDISCOVERY_INTERVAL: Duration = Duration::from_secs(30);
 
 impl<A: Abstraction> std::fmt::Debug for Operator<A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -98,6 +106,7 @@ impl<A: Abstraction> Operator<A> {
             inventory: Arc::new(StatusInventory),
             namespace: None,
             shutdown_on_signal: false,
+            rediscover_every: DEFAULT_REDISCOVERY_INTERVAL,
             _kind: std::marker::PhantomData,
         }
     }
@@ -151,12 +160,27 @@ impl<A: Abstraction> Operator<A> {
         self
     }
 
+    /// How often to ask the API server which capabilities ([`Abstraction::capability_probes`])
+    /// and which of [`Abstraction::WATCHES`] it serves (default
+    /// [`DEFAULT_REDISCOVERY_INTERVAL`]). When either changes (say the Gateway API CRDs were
+    /// installed), the controller restarts its watches and reconciles every instance again.
+    pub fn rediscover_every(mut self, interval: Duration) -> Self {
+        self.rediscover_every = interval.max(Duration::from_millis(100));
+        self
+    }
+
     /// The default executor for an abstraction (what `explain` reads live objects with).
     pub fn default_executor(client: Client) -> SsaExecutor {
         SsaExecutor::new(client, A::FIELD_MANAGER)
     }
 
-    /// Runs the controller until the stream ends.
+    /// Runs the controller until it is stopped (by a signal, with
+    /// [`Operator::shutdown_on_signal`]) or its watches end.
+    ///
+    /// The watched kinds are those of [`Abstraction::WATCHES`] the cluster serves. Every
+    /// [`Operator::rediscover_every`] the served APIs are asked again; when the capabilities or
+    /// the served watched kinds changed, the controller finishes the reconciles in flight and
+    /// starts again with the new set, which reconciles every instance with the new capabilities.
     pub async fn run(self) {
         let client = self.client.clone();
         let ctx = Arc::new(Context::<A> {
@@ -179,55 +203,187 @@ impl<A: Abstraction> Operator<A> {
                 .clone()
                 .unwrap_or_else(|| Arc::new(CueCompiler::new(A::modules()))),
             inventory: self.inventory.clone(),
-            probes: A::capability_probes(),
             client: client.clone(),
-            capabilities: RwLock::new((Capabilities::default(), None)),
+            capabilities: RwLock::new(Capabilities::default()),
             written: std::sync::Mutex::new(std::collections::HashMap::new()),
             _kind: std::marker::PhantomData,
         });
-        let capabilities = ctx.capabilities().await;
         let kind = A::kind(&()).into_owned();
-        tracing::info!(%kind, ?capabilities, "starting the controller");
+        let stop = stop_signal(self.shutdown_on_signal).shared();
         let api: Api<A> = match &self.namespace {
             Some(ns) => Api::namespaced(client.clone(), ns),
             None => Api::all(client.clone()),
         };
         let children = watcher::Config::default().labels(&format!("{KIND_LABEL}={kind}"));
-        let mut controller = Controller::new(api, watcher::Config::default());
-        if self.shutdown_on_signal {
-            controller = controller.shutdown_on_signal();
+        loop {
+            let apis = tokio::select! {
+                apis = ServedApis::discover_until_ok::<A>(&client) => apis,
+                () = stop.clone() => return,
+            };
+            *ctx.capabilities.write().await = apis.capabilities.clone();
+            tracing::info!(
+                %kind,
+                capabilities = ?apis.capabilities,
+                watched = ?apis.watched.iter().map(|(entry, _)| *entry).collect::<Vec<_>>(),
+                "starting the controller"
+            );
+            let (changed_tx, changed_rx) = tokio::sync::oneshot::channel::<()>();
+            let rediscovery = tokio::spawn(watch_for_api_changes::<A>(
+                client.clone(),
+                apis.clone(),
+                self.rediscover_every,
+                changed_tx,
+            ));
+            let mut controller = Controller::new(api.clone(), watcher::Config::default())
+                .graceful_shutdown_on(stop.clone())
+                .graceful_shutdown_on(changed_rx.map(|_| ()));
+            for (_, resource) in &apis.watched {
+                let child_api: Api<DynamicObject> = match &self.namespace {
+                    Some(ns) => Api::namespaced_with(client.clone(), ns, resource),
+                    None => Api::all_with(client.clone(), resource),
+                };
+                let kind = kind.clone();
+                controller = controller.watches_with(
+                    child_api,
+                    resource.clone(),
+                    children.clone(),
+                    move |obj| owner_of::<A>(&obj, &kind),
+                );
+            }
+            controller
+                .run(reconcile::<A>, error_policy::<A>, ctx.clone())
+                .for_each(|result| async move {
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "reconcile error");
+                    }
+                })
+                .await;
+            rediscovery.abort();
+            // The poller ends only once it has seen a change; anything else stopped the
+            // controller for good.
+            let restart = matches!(rediscovery.await, Ok(true));
+            if !restart || stop.peek().is_some() {
+                return;
+            }
+            tracing::info!(%kind, "the cluster's APIs changed: restarting the controller");
         }
+    }
+}
+
+/// What the cluster serves that changes how the controller runs: the capabilities the module
+/// renders for and the watched child kinds.
+#[derive(Clone, Debug)]
+struct ServedApis {
+    capabilities: Capabilities,
+    watched: Vec<(&'static str, ApiResource)>,
+}
+
+impl PartialEq for ServedApis {
+    fn eq(&self, other: &Self) -> bool {
+        self.capabilities == other.capabilities
+            && self
+                .watched
+                .iter()
+                .map(|(e, _)| e)
+                .eq(other.watched.iter().map(|(e, _)| e))
+    }
+}
+
+impl ServedApis {
+    async fn discover<A: Abstraction>(client: &Client) -> Result<Self, kube::Error> {
+        let mut watched = Vec::new();
         for entry in A::WATCHES {
             let Some(gvk) = parse_watch(entry) else {
                 tracing::warn!(%entry, "not a group/version/Kind; not watched");
                 continue;
             };
-            // Kinds the cluster does not serve (an optional API) are not watched.
-            let Ok((ar, _)) = kube::discovery::pinned_kind(&client, &gvk).await else {
-                tracing::info!(%entry, "not served by this cluster; not watched");
-                continue;
-            };
-            let child_api: Api<DynamicObject> = match &self.namespace {
-                Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
-                None => Api::all_with(client.clone(), &ar),
-            };
-            let kind = kind.clone();
-            controller = controller.watches_with(
-                child_api,
-                ApiResource::from_gvk(&gvk),
-                children.clone(),
-                move |obj| owner_of::<A>(&obj, &kind),
-            );
+            match served_kind(client, &gvk).await? {
+                Some(resource) => watched.push((*entry, resource)),
+                None => tracing::trace!(%entry, "not served by this cluster; not watched"),
+            }
         }
-        controller
-            .run(reconcile::<A>, error_policy::<A>, ctx)
-            .for_each(|result| async move {
-                if let Err(e) = result {
-                    tracing::debug!(error = %e, "reconcile error");
-                }
-            })
-            .await;
+        let capabilities = discover_capabilities(client, &A::capability_probes()).await?;
+        Ok(Self {
+            capabilities,
+            watched,
+        })
     }
+
+    /// Discovery, retried until the API server answers: rendering without knowing the
+    /// capabilities could render (and prune towards) the wrong objects.
+    async fn discover_until_ok<A: Abstraction>(client: &Client) -> Self {
+        let mut delay = Duration::from_millis(500);
+        loop {
+            match Self::discover::<A>(client).await {
+                Ok(apis) => return apis,
+                Err(error) => {
+                    tracing::warn!(%error, ?delay, "discovering the cluster's APIs failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+}
+
+/// Asks for the served APIs every `every`; returns `true` (after telling `changed`) once they
+/// differ from `known`. A failed discovery keeps what was known.
+async fn watch_for_api_changes<A: Abstraction>(
+    client: Client,
+    known: ServedApis,
+    every: Duration,
+    changed: tokio::sync::oneshot::Sender<()>,
+) -> bool {
+    loop {
+        tokio::time::sleep(every).await;
+        match ServedApis::discover::<A>(&client).await {
+            Ok(now) if now != known => {
+                tracing::info!(
+                    before = ?known.capabilities,
+                    after = ?now.capabilities,
+                    watched = ?now.watched.iter().map(|(entry, _)| *entry).collect::<Vec<_>>(),
+                    "the cluster's APIs changed"
+                );
+                let _ = changed.send(());
+                return true;
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(%error, "rediscovering the cluster's APIs failed; keeping what was known");
+            }
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM when `enabled`, never otherwise.
+fn stop_signal(enabled: bool) -> futures::future::BoxFuture<'static, ()> {
+    if !enabled {
+        return futures::future::pending().boxed();
+    }
+    async {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            match signal(SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot listen for SIGTERM; stopping on SIGINT only");
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        tracing::info!("signal received: finishing the reconciles in flight");
+    }
+    .boxed()
 }
 
 /// Shared state of the controller.
@@ -237,8 +393,8 @@ struct Context<A: Abstraction> {
     compiler: Arc<dyn Compiler>,
     executor: Arc<dyn Executor>,
     inventory: Arc<dyn Inventory>,
-    probes: Vec<CapabilityProbe>,
-    capabilities: RwLock<(Capabilities, Option<Instant>)>,
+    /// What the cluster offers, as last discovered (a change restarts the controller).
+    capabilities: RwLock<Capabilities>,
     /// The status last written per instance (by UID). The watch cache can lag behind our own
     /// writes; starting from what we wrote avoids repeating writes and events.
     written: std::sync::Mutex<std::collections::HashMap<String, AbstractionStatus>>,
@@ -246,20 +402,8 @@ struct Context<A: Abstraction> {
 }
 
 impl<A: Abstraction> Context<A> {
-    /// Capabilities, rediscovered at most every 30 s (so installing the ACK or Gateway API CRDs
-    /// is noticed without a restart).
     async fn capabilities(&self) -> Capabilities {
-        {
-            let cached = self.capabilities.read().await;
-            if let (caps, Some(at)) = &*cached
-                && at.elapsed() < Duration::from_secs(30)
-            {
-                return caps.clone();
-            }
-        }
-        let caps = discover_capabilities(&self.client, &self.probes).await;
-        *self.capabilities.write().await = (caps.clone(), Some(Instant::now()));
-        caps
+        self.capabilities.read().await.clone()
     }
 }
 

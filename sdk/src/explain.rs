@@ -29,6 +29,9 @@ pub enum ExplainError {
         /// The error.
         source: kube::Error,
     },
+    /// The API server could not be asked which optional APIs it serves.
+    #[error("discovering the cluster's capabilities: {0}")]
+    Discovery(#[source] kube::Error),
 }
 
 /// The explanation of one live instance, as text: its Ready condition, the resolved module and
@@ -94,7 +97,9 @@ pub async fn explain<A: Abstraction>(
     );
 
     // The graph as the operator renders it now.
-    let capabilities = discover_capabilities(&client, &A::capability_probes()).await;
+    let capabilities = discover_capabilities(&client, &A::capability_probes())
+        .await
+        .map_err(ExplainError::Discovery)?;
     let mut observed = BTreeMap::new();
     for entry in &status.inventory {
         if let Ok(Some(live)) = executor.live(entry).await {

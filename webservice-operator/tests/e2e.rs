@@ -485,8 +485,9 @@ async fn the_operator_killed_mid_dag_resumes_with_no_duplicate_or_lost_object() 
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn without_gateway_api_crds_a_public_service_gets_an_ingress() {
-    use cuebe_testkit::cluster::ClusterOptions;
+async fn an_ingress_until_the_gateway_api_is_installed_then_an_http_route() {
+    use cuebe_testkit::cluster::{ClusterOptions, gateway_api_crds};
+    // Its own cluster: the shared one has the Gateway API installed from the start.
     let cluster = TestCluster::start(ClusterOptions::default()).await.unwrap();
     install_crd(&cluster).await;
     let client = cluster.client();
@@ -494,6 +495,7 @@ async fn without_gateway_api_crds_a_public_service_gets_an_ingress() {
     let _controller = tokio::spawn(
         cuebe::controller::Operator::<WebService>::new(client.clone())
             .namespace(ns.clone())
+            .rediscover_every(Duration::from_secs(1))
             .run(),
     );
     let api: Api<WebService> = Api::namespaced(client.clone(), &ns);
@@ -518,6 +520,64 @@ async fn without_gateway_api_crds_a_public_service_gets_an_ingress() {
     let ing = ingresses.get("web").await.unwrap();
     let rule = &ing.spec.unwrap().rules.unwrap()[0];
     assert_eq!(rule.host.as_deref(), Some("web.example.com"));
+
+    // The platform team installs the Gateway API while the operator runs: without a restart it
+    // renders an HTTPRoute instead (a Ready instance is otherwise only requeued after 5 minutes)
+    // and prunes the Ingress.
+    cluster
+        .install_crds(
+            &gateway_api_crds(),
+            Instant::now() + Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = api.get("web").await.unwrap().status.unwrap_or_default();
+        if status.is_ready() && status.inventory_entry("httpRoute").is_some() {
+            assert!(status.inventory_entry("ingress").is_none(), "{status:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the HTTPRoute did not replace the Ingress: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        ingresses.get_opt("web").await.unwrap().is_none(),
+        "the Ingress was not pruned"
+    );
+
+    // HTTPRoutes are watched now: one deleted by hand comes back at once, not at the next
+    // requeue.
+    let routes: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        &ns,
+        &ApiResource::from_gvk(&GroupVersionKind::gvk(
+            "gateway.networking.k8s.io",
+            "v1",
+            "HTTPRoute",
+        )),
+    );
+    let before = routes.get("web").await.unwrap().metadata.uid;
+    routes
+        .delete("web", &DeleteParams::default())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(route) = routes.get_opt("web").await.unwrap()
+            && route.metadata.uid != before
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the deleted HTTPRoute was not recreated within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
