@@ -56,6 +56,10 @@ enum Command {
         /// Watch only this namespace (default: all namespaces).
         #[arg(short = 'n', long)]
         namespace: Option<String>,
+        /// Serve /metrics (Prometheus), /healthz and /readyz on this address, e.g. 0.0.0.0:8080
+        /// (default: not served).
+        #[arg(long, value_name = "ADDR")]
+        metrics_bind: Option<std::net::SocketAddr>,
     },
     /// Explain a live instance: its graph, each node's phase and what it is blocked on, the top
     /// violations and the resolved module (uses the current kubeconfig).
@@ -239,7 +243,10 @@ impl<A: Abstraction> App<A> {
                 observe,
                 output,
             } => run_render::<A>(&file, &capabilities, observe.as_deref(), output),
-            Command::Run { namespace } => self.run_operator(namespace),
+            Command::Run {
+                namespace,
+                metrics_bind,
+            } => self.run_operator(namespace, metrics_bind),
             Command::Explain { name, namespace } => run_explain::<A>(&name, namespace),
             Command::Dev {
                 with,
@@ -249,7 +256,11 @@ impl<A: Abstraction> App<A> {
         }
     }
 
-    fn run_operator(&self, namespace: Option<String>) -> ExitCode {
+    fn run_operator(
+        &self,
+        namespace: Option<String>,
+        metrics_bind: Option<std::net::SocketAddr>,
+    ) -> ExitCode {
         let Some(runtime) = runtime() else {
             return ExitCode::from(1);
         };
@@ -260,6 +271,15 @@ impl<A: Abstraction> App<A> {
             let mut operator = Operator::<A>::new(client).shutdown_on_signal(true);
             if let Some(ns) = namespace {
                 operator = operator.namespace(ns);
+            }
+            if let Some(addr) = metrics_bind {
+                match tokio::net::TcpListener::bind(addr).await {
+                    Ok(listener) => operator = operator.serve_metrics(listener),
+                    Err(e) => {
+                        eprintln!("error: --metrics-bind {addr}: cannot listen: {e}");
+                        return ExitCode::from(1);
+                    }
+                }
             }
             (self.configure)(operator).run().await;
             ExitCode::SUCCESS

@@ -39,6 +39,7 @@
 //!   a live object does not invalidate the render cache.
 //! - CUE runs on blocking threads (`spawn_blocking`), never on the async executor.
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -189,6 +190,30 @@ impl CompileError {
 pub trait Compiler: Send + Sync {
     /// Compiles one instance.
     async fn compile(&self, input: &CompileInput) -> Result<Arc<Graph>, CompileError>;
+
+    /// How the compiler's render cache has done so far, if it has one (reported as metrics).
+    fn cache_stats(&self) -> Option<RenderCacheStats> {
+        None
+    }
+}
+
+/// Counters of a render cache since the compiler was created.
+///
+/// ```
+/// use cuebe::compiler::{Compiler, CueCompiler};
+/// use cuebe::module::ModuleSet;
+/// let compiler = CueCompiler::new(ModuleSet::default());
+/// let stats = compiler.cache_stats().expect("CueCompiler has a render cache");
+/// assert_eq!((stats.hits, stats.misses, stats.entries), (0, 0, 0));
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RenderCacheStats {
+    /// Compiles answered from the cache.
+    pub hits: u64,
+    /// Compiles that had to evaluate CUE.
+    pub misses: u64,
+    /// Renders held now.
+    pub entries: usize,
 }
 
 /// Static facts a module declares, read once per digest.
@@ -270,6 +295,8 @@ struct Inner {
     options: CueCompilerOptions,
     built: Mutex<HashMap<String, Arc<BuiltModule>>>,
     cache: Mutex<RenderCache>,
+    hits: AtomicU64,
+    misses: AtomicU64,
 }
 
 /// The [`Compiler`] backed by CUE, evaluated in-process.
@@ -311,6 +338,8 @@ impl CueCompiler {
                     order: VecDeque::new(),
                     capacity,
                 }),
+                hits: AtomicU64::new(0),
+                misses: AtomicU64::new(0),
             }),
         }
     }
@@ -392,6 +421,21 @@ impl Compiler for CueCompiler {
         })
         .await
         .map_err(|e| CompileError::Task(e.to_string()))?
+    }
+
+    fn cache_stats(&self) -> Option<RenderCacheStats> {
+        let entries = self
+            .inner
+            .cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .map
+            .len();
+        Some(RenderCacheStats {
+            hits: self.inner.hits.load(Ordering::Relaxed),
+            misses: self.inner.misses.load(Ordering::Relaxed),
+            entries,
+        })
     }
 }
 
@@ -516,10 +560,18 @@ impl Inner {
     }
 
     fn cached(&self, p: &Prepared) -> Option<Arc<Graph>> {
-        self.cache
+        let hit = self
+            .cache
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(&(p.digest.clone(), p.input_hash))
+            .get(&(p.digest.clone(), p.input_hash));
+        let counter = if hit.is_some() {
+            &self.hits
+        } else {
+            &self.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        hit
     }
 
     fn render(&self, p: Prepared) -> Result<Arc<Graph>, CompileError> {

@@ -35,6 +35,7 @@ use crate::abstraction::{
 use crate::compiler::{Capabilities, Compiler, CueCompiler};
 use crate::executor::{Executor, INSTANCE_LABEL, KIND_LABEL, Outcome, SsaExecutor, age_of, now};
 use crate::lifecycle::{Adopter, ExplicitAdopter, Inventory, StatusInventory};
+use crate::metrics::{InstanceState, OperatorMetrics};
 use crate::readiness::{DefaultReadiness, Readiness};
 use crate::status::{AbstractionStatus, NodePhase};
 
@@ -77,6 +78,7 @@ pub struct Operator<A: Abstraction> {
     namespace: Option<String>,
     shutdown_on_signal: bool,
     rediscover_every: Duration,
+    metrics_listener: Option<tokio::net::TcpListener>,
     _kind: std::marker::PhantomData<fn() -> A>,
 }
 
@@ -107,6 +109,7 @@ impl<A: Abstraction> Operator<A> {
             namespace: None,
             shutdown_on_signal: false,
             rediscover_every: DEFAULT_REDISCOVERY_INTERVAL,
+            metrics_listener: None,
             _kind: std::marker::PhantomData,
         }
     }
@@ -169,6 +172,13 @@ impl<A: Abstraction> Operator<A> {
         self
     }
 
+    /// Serves `/metrics`, `/healthz` and `/readyz` on `listener` while the operator runs (see
+    /// [`crate::metrics`]). The caller binds it, so a taken port is the caller's error to report.
+    pub fn serve_metrics(mut self, listener: tokio::net::TcpListener) -> Self {
+        self.metrics_listener = Some(listener);
+        self
+    }
+
     /// The default executor for an abstraction (what `explain` reads live objects with).
     pub fn default_executor(client: Client) -> SsaExecutor {
         SsaExecutor::new(client, A::FIELD_MANAGER)
@@ -181,8 +191,21 @@ impl<A: Abstraction> Operator<A> {
     /// [`Operator::rediscover_every`] the served APIs are asked again; when the capabilities or
     /// the served watched kinds changed, the controller finishes the reconciles in flight and
     /// starts again with the new set, which reconciles every instance with the new capabilities.
-    pub async fn run(self) {
+    pub async fn run(mut self) {
         let client = self.client.clone();
+        let kind = A::kind(&()).into_owned();
+        let compiler = self
+            .compiler
+            .clone()
+            .unwrap_or_else(|| Arc::new(CueCompiler::new(A::modules())));
+        let metrics = Arc::new(OperatorMetrics::new(&kind, Some(compiler.clone())));
+        // Dropped (and so stopped) when `run` returns.
+        let _metrics_server = self.metrics_listener.take().map(|listener| {
+            AbortOnDrop(tokio::spawn(crate::metrics::serve(
+                listener,
+                metrics.clone(),
+            )))
+        });
         let ctx = Arc::new(Context::<A> {
             recorder: Recorder::new(
                 client.clone(),
@@ -198,17 +221,14 @@ impl<A: Abstraction> Operator<A> {
                         .with_adopter(self.adopter.clone()),
                 )
             }),
-            compiler: self
-                .compiler
-                .clone()
-                .unwrap_or_else(|| Arc::new(CueCompiler::new(A::modules()))),
+            compiler,
+            metrics: metrics.clone(),
             inventory: self.inventory.clone(),
             client: client.clone(),
             capabilities: RwLock::new(Capabilities::default()),
             written: std::sync::Mutex::new(std::collections::HashMap::new()),
             _kind: std::marker::PhantomData,
         });
-        let kind = A::kind(&()).into_owned();
         let stop = stop_signal(self.shutdown_on_signal).shared();
         let api: Api<A> = match &self.namespace {
             Some(ns) => Api::namespaced(client.clone(), ns),
@@ -237,6 +257,7 @@ impl<A: Abstraction> Operator<A> {
             let mut controller = Controller::new(api.clone(), watcher::Config::default())
                 .graceful_shutdown_on(stop.clone())
                 .graceful_shutdown_on(changed_rx.map(|_| ()));
+            metrics.set_watching(true);
             for (_, resource) in &apis.watched {
                 let child_api: Api<DynamicObject> = match &self.namespace {
                     Some(ns) => Api::namespaced_with(client.clone(), ns, resource),
@@ -258,6 +279,7 @@ impl<A: Abstraction> Operator<A> {
                     }
                 })
                 .await;
+            metrics.set_watching(false);
             rediscovery.abort();
             // The poller ends only once it has seen a change; anything else stopped the
             // controller for good.
@@ -265,8 +287,18 @@ impl<A: Abstraction> Operator<A> {
             if !restart || stop.peek().is_some() {
                 return;
             }
+            metrics.restarted();
             tracing::info!(%kind, "the cluster's APIs changed: restarting the controller");
         }
+    }
+}
+
+/// Aborts a spawned task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -391,6 +423,7 @@ struct Context<A: Abstraction> {
     client: Client,
     recorder: Recorder,
     compiler: Arc<dyn Compiler>,
+    metrics: Arc<OperatorMetrics>,
     executor: Arc<dyn Executor>,
     inventory: Arc<dyn Inventory>,
     /// What the cluster offers, as last discovered (a change restarts the controller).
@@ -503,6 +536,8 @@ async fn write_status<A: Abstraction>(
     object: &A,
     status: &AbstractionStatus,
 ) -> Result<(), ReconcileError> {
+    let uid = object.meta().uid.clone().unwrap_or_default();
+    ctx.metrics.instance_state(&uid, InstanceState::of(status));
     let previous = known_status(ctx, object);
     if &previous == status {
         return Ok(());
@@ -584,7 +619,10 @@ async fn apply<A: Abstraction>(
     let mut last_exec: Option<Outcome> = None;
     for _round in 0..3 {
         let input = compile_input(object.as_ref(), capabilities.clone(), observed.clone());
-        let graph = match ctx.compiler.compile(&input).await {
+        let started = std::time::Instant::now();
+        let compiled = ctx.compiler.compile(&input).await;
+        ctx.metrics.rendered(started.elapsed());
+        let graph = match compiled {
             Ok(g) => g,
             Err(e) => {
                 stop_before_apply(
@@ -823,6 +861,8 @@ async fn cleanup<A: Abstraction>(
         .map_err(|e| ReconcileError::Teardown(e.to_string()))?;
     if done {
         ctx.inventory.forget(&instance).await?;
+        ctx.metrics
+            .instance_gone(object.meta().uid.as_deref().unwrap_or_default());
         Ok(Action::await_change())
     } else {
         // Returning an error keeps the finalizer until every object is gone.
@@ -836,9 +876,10 @@ async fn reconcile<A: Abstraction>(
     object: Arc<A>,
     ctx: Arc<Context<A>>,
 ) -> Result<Action, ReconcileError> {
+    let started = std::time::Instant::now();
     let ns = object.namespace().unwrap_or_else(|| "default".into());
     let api: Api<A> = Api::namespaced(ctx.client.clone(), &ns);
-    finalizer(&api, A::FINALIZER, object, |event| async {
+    let result = finalizer(&api, A::FINALIZER, object, |event| async {
         match event {
             Event::Apply(object) => apply(object, ctx.clone()).await,
             Event::Cleanup(object) => cleanup(object, ctx.clone()).await,
@@ -849,7 +890,9 @@ async fn reconcile<A: Abstraction>(
         kube::runtime::finalizer::Error::ApplyFailed(e)
         | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
         other => ReconcileError::Finalizer(other.to_string()),
-    })
+    });
+    ctx.metrics.reconciled(result.is_ok(), started.elapsed());
+    result
 }
 
 fn error_policy<A: Abstraction>(

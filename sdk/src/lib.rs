@@ -10,6 +10,7 @@
 //! - [`cue`]: the in-process CUE evaluator (a pool of built modules, time limits, structured errors).
 //! - [`compiler`]: the module protocol, caching and the `renderHash`.
 //! - [`graph`]: the Graph artifact, its validation and its drawings (DOT, Mermaid).
+//! - [`controller`]: the generic operator; [`metrics`]: what it reports on `/metrics`.
 #![deny(unsafe_code)]
 
 pub mod abstraction;
@@ -23,6 +24,7 @@ pub mod executor;
 pub mod explain;
 pub mod graph;
 pub mod lifecycle;
+pub mod metrics;
 pub mod module;
 pub mod readiness;
 pub mod render;

@@ -7,6 +7,7 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use cuebe::controller::Operator;
 use cuebe::status::{AbstractionStatus, NodePhase};
 use cuebe_testkit::cluster::TestCluster;
 use cuebe_testkit::cluster::ack::{AckStandIn, AckStandInOptions, TERMINAL_MESSAGE};
@@ -29,6 +30,14 @@ struct Env {
 }
 
 async fn env(prefix: &str) -> Env {
+    env_with(prefix, |operator| operator).await
+}
+
+/// `env` with the operator configured by `configure`.
+async fn env_with(
+    prefix: &str,
+    configure: impl FnOnce(Operator<WebService>) -> Operator<WebService>,
+) -> Env {
     let cluster = match TestCluster::shared().await {
         Ok(c) => c,
         Err(e) => panic!("the test cluster did not start: {e}"),
@@ -36,9 +45,7 @@ async fn env(prefix: &str) -> Env {
     let client = cluster.client();
     let ns = cluster.namespace(prefix).await.unwrap();
     let controller = tokio::spawn(
-        cuebe::controller::Operator::<WebService>::new(client.clone())
-            .namespace(ns.clone())
-            .run(),
+        configure(Operator::<WebService>::new(client.clone()).namespace(ns.clone())).run(),
     );
     install_crd(cluster).await;
     Env {
@@ -659,4 +666,101 @@ async fn explain_shows_the_graph_phases_and_what_a_node_waits_for() {
     );
     assert!(text.contains("blocked on: export:roleArn"), "{text}");
     assert!(text.contains("after serviceAccount"), "{text}");
+}
+
+/// `GET path` on `addr`: the status code and the body.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+/// The value of the sample `series` (name and labels, exactly as exposed) in a scrape.
+fn sample(scrape: &str, series: &str) -> Option<f64> {
+    scrape.lines().find_map(|line| {
+        line.strip_prefix(series)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_count_instances_by_state_reconciles_and_renders() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let e = env_with("metrics", |operator| operator.serve_metrics(listener)).await;
+    e.apply("web", simple()).await;
+    e.apply("bad", json!({"image": "docker.io/library/nginx:1.27", "resources": {"cpu": "1", "memory": "1Gi"}})).await;
+    e.ready("web").await;
+    let ready = r#"cuebe_instances{kind="WebService",state="Ready"}"#;
+    let policy_failed = r#"cuebe_instances{kind="WebService",state="PolicyFailed"}"#;
+    let mut scrape = String::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        let (code, body) = http_get(addr, "/metrics").await;
+        assert_eq!(code, 200, "{body}");
+        scrape = body;
+        if sample(&scrape, ready) == Some(1.0) && sample(&scrape, policy_failed) == Some(1.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(sample(&scrape, ready), Some(1.0), "{scrape}");
+    assert_eq!(sample(&scrape, policy_failed), Some(1.0), "{scrape}");
+    assert_eq!(
+        sample(
+            &scrape,
+            r#"cuebe_instances{kind="WebService",state="Stalled"}"#
+        ),
+        Some(0.0),
+        "{scrape}"
+    );
+    let successes = sample(
+        &scrape,
+        r#"cuebe_reconciles_total{kind="WebService",result="success"}"#,
+    )
+    .unwrap_or(0.0);
+    assert!(successes >= 2.0, "{scrape}");
+    // Two distinct specs were rendered; later reconciles of the same spec are cache hits.
+    let misses = sample(
+        &scrape,
+        r#"cuebe_render_cache_misses_total{kind="WebService"}"#,
+    );
+    assert!(misses.is_some_and(|m| m >= 2.0), "{scrape}");
+    assert!(
+        sample(
+            &scrape,
+            r#"cuebe_render_duration_seconds_count{kind="WebService"}"#
+        )
+        .is_some_and(|n| n >= 2.0),
+        "{scrape}"
+    );
+    assert_eq!(http_get(addr, "/healthz").await.0, 200);
+    assert_eq!(http_get(addr, "/readyz").await.0, 200);
+    assert_eq!(http_get(addr, "/nothing").await.0, 404);
+
+    // A deleted instance leaves the gauge.
+    e.webservices()
+        .delete("web", &DeleteParams::default())
+        .await
+        .unwrap();
+    e.eventually(
+        "the Ready gauge back to 0",
+        Duration::from_secs(30),
+        || async { sample(&http_get(addr, "/metrics").await.1, ready) == Some(0.0) },
+    )
+    .await;
 }
