@@ -27,6 +27,7 @@ use crate::abstraction::Abstraction;
 use crate::compiler::{Capabilities, CompileError, CueCompiler};
 use crate::controller::Operator;
 use crate::dev::{DevCluster, DevOptions};
+use crate::leader::LeaderElection;
 use crate::render::{self, Format, RenderFailure};
 
 /// Subcommands every operator binary gets.
@@ -60,6 +61,13 @@ enum Command {
         /// (default: not served).
         #[arg(long, value_name = "ADDR")]
         metrics_bind: Option<std::net::SocketAddr>,
+        /// Reconcile only while holding the Lease `<field manager>-leader`, so several replicas
+        /// can run (identity: $POD_NAME, else host name and process id).
+        #[arg(long)]
+        leader_elect: bool,
+        /// The Lease's namespace (default: $POD_NAMESPACE, else the kubeconfig's namespace).
+        #[arg(long, value_name = "NS", requires = "leader_elect")]
+        lease_namespace: Option<String>,
     },
     /// Explain a live instance: its graph, each node's phase and what it is blocked on, the top
     /// violations and the resolved module (uses the current kubeconfig).
@@ -246,7 +254,13 @@ impl<A: Abstraction> App<A> {
             Command::Run {
                 namespace,
                 metrics_bind,
-            } => self.run_operator(namespace, metrics_bind),
+                leader_elect,
+                lease_namespace,
+            } => self.run_operator(
+                namespace,
+                metrics_bind,
+                leader_elect.then_some(lease_namespace),
+            ),
             Command::Explain { name, namespace } => run_explain::<A>(&name, namespace),
             Command::Dev {
                 with,
@@ -256,10 +270,12 @@ impl<A: Abstraction> App<A> {
         }
     }
 
+    /// `leader_elect` is `Some(lease namespace)` with `--leader-elect`.
     fn run_operator(
         &self,
         namespace: Option<String>,
         metrics_bind: Option<std::net::SocketAddr>,
+        leader_elect: Option<Option<String>>,
     ) -> ExitCode {
         let Some(runtime) = runtime() else {
             return ExitCode::from(1);
@@ -280,6 +296,23 @@ impl<A: Abstraction> App<A> {
                         return ExitCode::from(1);
                     }
                 }
+            }
+            if let Some(lease_namespace) = leader_elect {
+                let lease_namespace = lease_namespace
+                    .or_else(|| std::env::var("POD_NAMESPACE").ok())
+                    .unwrap_or_else(|| operator.client().default_namespace().to_string());
+                let identity = std::env::var("POD_NAME").unwrap_or_else(|_| {
+                    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                        .map(|h| h.trim().to_string())
+                        .unwrap_or_else(|_| "operator".into());
+                    format!("{host}-{}", std::process::id())
+                });
+                tracing::info!(%lease_namespace, %identity, "leader election on");
+                operator = operator.leader_election(LeaderElection::new(
+                    format!("{}-leader", A::FIELD_MANAGER),
+                    lease_namespace,
+                    identity,
+                ));
             }
             (self.configure)(operator).run().await;
             ExitCode::SUCCESS

@@ -34,6 +34,7 @@ use crate::abstraction::{
 };
 use crate::compiler::{Capabilities, Compiler, CueCompiler};
 use crate::executor::{Executor, INSTANCE_LABEL, KIND_LABEL, Outcome, SsaExecutor, age_of, now};
+use crate::leader::LeaderElection;
 use crate::lifecycle::{Adopter, ExplicitAdopter, Inventory, StatusInventory};
 use crate::metrics::{InstanceState, OperatorMetrics};
 use crate::readiness::{DefaultReadiness, Readiness};
@@ -79,6 +80,7 @@ pub struct Operator<A: Abstraction> {
     shutdown_on_signal: bool,
     rediscover_every: Duration,
     metrics_listener: Option<tokio::net::TcpListener>,
+    leader_election: Option<LeaderElection>,
     _kind: std::marker::PhantomData<fn() -> A>,
 }
 
@@ -110,6 +112,7 @@ impl<A: Abstraction> Operator<A> {
             shutdown_on_signal: false,
             rediscover_every: DEFAULT_REDISCOVERY_INTERVAL,
             metrics_listener: None,
+            leader_election: None,
             _kind: std::marker::PhantomData,
         }
     }
@@ -179,6 +182,13 @@ impl<A: Abstraction> Operator<A> {
         self
     }
 
+    /// Reconciles only while this replica holds the election's Lease (see [`crate::leader`]),
+    /// so several replicas can run. Without it, every replica reconciles.
+    pub fn leader_election(mut self, election: LeaderElection) -> Self {
+        self.leader_election = Some(election);
+        self
+    }
+
     /// The default executor for an abstraction (what `explain` reads live objects with).
     pub fn default_executor(client: Client) -> SsaExecutor {
         SsaExecutor::new(client, A::FIELD_MANAGER)
@@ -229,7 +239,64 @@ impl<A: Abstraction> Operator<A> {
             written: std::sync::Mutex::new(std::collections::HashMap::new()),
             _kind: std::marker::PhantomData,
         });
-        let stop = stop_signal(self.shutdown_on_signal).shared();
+        let stop: Trigger = stop_signal(self.shutdown_on_signal).shared();
+        let Some(election) = self.leader_election.clone() else {
+            self.run_controller(
+                &ctx,
+                &metrics,
+                &stop,
+                &futures::future::pending().boxed().shared(),
+            )
+            .await;
+            return;
+        };
+        loop {
+            metrics.set_leading(false);
+            tokio::select! {
+                () = election.acquire(&client) => {}
+                () = stop.clone() => return,
+            }
+            metrics.set_leading(true);
+            // What another leader wrote meanwhile is newer than what this replica remembers.
+            ctx.written
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clear();
+            let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<()>();
+            let holding = AbortOnDrop(tokio::spawn({
+                let election = election.clone();
+                let client = client.clone();
+                async move {
+                    election.hold(&client).await;
+                    let _ = lost_tx.send(());
+                }
+            }));
+            let lost: Trigger = lost_rx.map(|_| ()).boxed().shared();
+            self.run_controller(&ctx, &metrics, &stop, &lost).await;
+            drop(holding);
+            metrics.set_leading(false);
+            if lost.peek().is_none() {
+                // Stopped (by a signal, or the watches ended): let a follower take over now.
+                if let Err(error) = election.release(&client).await {
+                    tracing::warn!(%error, "leader election: could not release the lease");
+                }
+                return;
+            }
+            tracing::warn!(%kind, "lost the leadership: stopped reconciling, waiting to lead again");
+        }
+    }
+
+    /// Runs the controller until `stop` or `lost` fires or its watches end, restarting it
+    /// whenever the cluster's APIs change.
+    async fn run_controller(
+        &self,
+        ctx: &Arc<Context<A>>,
+        metrics: &Arc<OperatorMetrics>,
+        stop: &Trigger,
+        lost: &Trigger,
+    ) {
+        let client = &self.client;
+        let kind = A::kind(&()).into_owned();
         let api: Api<A> = match &self.namespace {
             Some(ns) => Api::namespaced(client.clone(), ns),
             None => Api::all(client.clone()),
@@ -237,8 +304,9 @@ impl<A: Abstraction> Operator<A> {
         let children = watcher::Config::default().labels(&format!("{KIND_LABEL}={kind}"));
         loop {
             let apis = tokio::select! {
-                apis = ServedApis::discover_until_ok::<A>(&client) => apis,
+                apis = ServedApis::discover_until_ok::<A>(client) => apis,
                 () = stop.clone() => return,
+                () = lost.clone() => return,
             };
             *ctx.capabilities.write().await = apis.capabilities.clone();
             tracing::info!(
@@ -248,14 +316,15 @@ impl<A: Abstraction> Operator<A> {
                 "starting the controller"
             );
             let (changed_tx, changed_rx) = tokio::sync::oneshot::channel::<()>();
-            let rediscovery = tokio::spawn(watch_for_api_changes::<A>(
+            let mut rediscovery = AbortOnDrop(tokio::spawn(watch_for_api_changes::<A>(
                 client.clone(),
                 apis.clone(),
                 self.rediscover_every,
                 changed_tx,
-            ));
+            )));
             let mut controller = Controller::new(api.clone(), watcher::Config::default())
                 .graceful_shutdown_on(stop.clone())
+                .graceful_shutdown_on(lost.clone())
                 .graceful_shutdown_on(changed_rx.map(|_| ()));
             metrics.set_watching(true);
             for (_, resource) in &apis.watched {
@@ -280,11 +349,11 @@ impl<A: Abstraction> Operator<A> {
                 })
                 .await;
             metrics.set_watching(false);
-            rediscovery.abort();
+            rediscovery.0.abort();
             // The poller ends only once it has seen a change; anything else stopped the
             // controller for good.
-            let restart = matches!(rediscovery.await, Ok(true));
-            if !restart || stop.peek().is_some() {
+            let restart = matches!((&mut rediscovery.0).await, Ok(true));
+            if !restart || stop.peek().is_some() || lost.peek().is_some() {
                 return;
             }
             metrics.restarted();
@@ -293,10 +362,13 @@ impl<A: Abstraction> Operator<A> {
     }
 }
 
-/// Aborts a spawned task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+/// A shutdown trigger several controllers (one after another) can wait on.
+type Trigger = futures::future::Shared<futures::future::BoxFuture<'static, ()>>;
 
-impl Drop for AbortOnDrop {
+/// Aborts a spawned task when dropped (so dropping `run`'s future stops everything it started).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
     }

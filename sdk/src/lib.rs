@@ -23,6 +23,7 @@ pub mod dev;
 pub mod executor;
 pub mod explain;
 pub mod graph;
+pub mod leader;
 pub mod lifecycle;
 pub mod metrics;
 pub mod module;

@@ -118,6 +118,7 @@ struct StateLabels {
 /// | `cuebe_render_cache_entries` | gauge | renders the cache holds |
 /// | `cuebe_instances{state}` | gauge | instances by [`InstanceState`] |
 /// | `cuebe_controller_restarts_total` | counter | restarts because the cluster's APIs changed |
+/// | `cuebe_leader` | gauge | 1 while this replica reconciles, 0 while it stands by |
 ///
 /// ```
 /// use cuebe::metrics::OperatorMetrics;
@@ -133,8 +134,10 @@ pub struct OperatorMetrics {
     render_seconds: Histogram,
     instances: Family<StateLabels, Gauge>,
     restarts: Counter,
+    leading: Gauge,
     states: Mutex<HashMap<String, InstanceState>>,
     watching: AtomicBool,
+    standing_by: AtomicBool,
 }
 
 impl std::fmt::Debug for OperatorMetrics {
@@ -188,6 +191,12 @@ impl OperatorMetrics {
             "Controller restarts because the cluster's capabilities or served kinds changed",
             restarts.clone(),
         );
+        let leading = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica reconciles (always, without leader election), 0 while it stands by",
+            leading.clone(),
+        );
         if let Some(compiler) = compiler {
             registry.register_collector(Box::new(RenderCacheCollector(compiler)));
         }
@@ -198,8 +207,10 @@ impl OperatorMetrics {
             render_seconds,
             instances,
             restarts,
+            leading,
             states: Mutex::new(HashMap::new()),
             watching: AtomicBool::new(false),
+            standing_by: AtomicBool::new(false),
         }
     }
 
@@ -255,14 +266,24 @@ impl OperatorMetrics {
         self.restarts.inc();
     }
 
-    /// Whether the controller's watches are running (what `/readyz` answers).
+    /// Whether the controller's watches are running.
     pub fn set_watching(&self, watching: bool) {
         self.watching.store(watching, Ordering::Relaxed);
+        if watching {
+            self.leading.set(1);
+        }
     }
 
-    /// See [`OperatorMetrics::set_watching`].
-    pub fn is_watching(&self) -> bool {
-        self.watching.load(Ordering::Relaxed)
+    /// With leader election: whether this replica leads (`false`: it stands by).
+    pub fn set_leading(&self, leading: bool) {
+        self.standing_by.store(!leading, Ordering::Relaxed);
+        self.leading.set(i64::from(leading));
+    }
+
+    /// What `/readyz` answers: the watches run, or this replica is a follower standing by (a
+    /// follower is ready too, or a rolling update of a replicated operator would never finish).
+    pub fn is_ready(&self) -> bool {
+        self.watching.load(Ordering::Relaxed) || self.standing_by.load(Ordering::Relaxed)
     }
 
     /// The metrics in the OpenMetrics text format.
@@ -376,7 +397,7 @@ fn answer(request: &Request<Incoming>, metrics: &OperatorMetrics) -> Response<Fu
             ),
         },
         "/healthz" => reply(StatusCode::OK, TEXT, "ok\n".into()),
-        "/readyz" if metrics.is_watching() => reply(StatusCode::OK, TEXT, "ok\n".into()),
+        "/readyz" if metrics.is_ready() => reply(StatusCode::OK, TEXT, "ok\n".into()),
         "/readyz" => reply(
             StatusCode::SERVICE_UNAVAILABLE,
             TEXT,

@@ -8,6 +8,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use cuebe::controller::Operator;
+use cuebe::leader::LeaderElection;
 use cuebe::status::{AbstractionStatus, NodePhase};
 use cuebe_testkit::cluster::TestCluster;
 use cuebe_testkit::cluster::ack::{AckStandIn, AckStandInOptions, TERMINAL_MESSAGE};
@@ -619,9 +620,16 @@ async fn the_shipped_rbac_is_enough_to_reconcile_a_public_service() {
             "system:authenticated",
         ],
     );
+    // With leader election, as a replicated Deployment would run it: the Lease is in
+    // cuebe-system, where the shipped Role grants it.
     let _controller = tokio::spawn(
         cuebe::controller::Operator::<WebService>::new(operator)
             .namespace(e.ns.clone())
+            .leader_election(LeaderElection::new(
+                "cuebe-webservice-leader",
+                "cuebe-system",
+                "rbac-test",
+            ))
             .run(),
     );
     let mut spec = simple();
@@ -763,4 +771,80 @@ async fn metrics_count_instances_by_state_reconciles_and_renders() {
         || async { sample(&http_get(addr, "/metrics").await.1, ready) == Some(0.0) },
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_leader_election_one_replica_reconciles_and_a_follower_takes_over_when_it_dies() {
+    let e = env("leader").await;
+    e.controller.abort();
+    let lease_name = format!("leader-{}", e.ns);
+    let replica = |identity: &str, listener: tokio::net::TcpListener| {
+        Operator::<WebService>::new(e.client.clone())
+            .namespace(e.ns.clone())
+            .leader_election(
+                LeaderElection::new(lease_name.clone(), e.ns.clone(), identity)
+                    .lease_duration(Duration::from_secs(3))
+                    .renew_every(Duration::from_millis(500))
+                    .retry_every(Duration::from_millis(250)),
+            )
+            .serve_metrics(listener)
+    };
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(e.client.clone(), &e.ns);
+    let holder = || async {
+        leases
+            .get_opt(&lease_name)
+            .await
+            .unwrap()
+            .and_then(|l| l.spec)
+            .and_then(|s| s.holder_identity)
+    };
+    let listener_a = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr_a = listener_a.local_addr().unwrap();
+    let a = tokio::spawn(replica("a", listener_a).run());
+    e.eventually("replica a to lead", Duration::from_secs(20), || async {
+        holder().await.as_deref() == Some("a")
+    })
+    .await;
+    let listener_b = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr_b = listener_b.local_addr().unwrap();
+    let _b = tokio::spawn(replica("b", listener_b).run());
+
+    e.apply("web", simple()).await;
+    e.ready("web").await;
+    let leader = r#"cuebe_leader{kind="WebService"}"#;
+    let successes = r#"cuebe_reconciles_total{kind="WebService",result="success"}"#;
+    let scrape_a = http_get(addr_a, "/metrics").await.1;
+    let scrape_b = http_get(addr_b, "/metrics").await.1;
+    assert_eq!(sample(&scrape_a, leader), Some(1.0), "{scrape_a}");
+    assert!(
+        sample(&scrape_a, successes).is_some_and(|n| n >= 1.0),
+        "{scrape_a}"
+    );
+    // The follower stands by: it has reconciled nothing, yet it is ready (so a rolling update
+    // of a replicated operator can proceed).
+    assert_eq!(sample(&scrape_b, leader), Some(0.0), "{scrape_b}");
+    assert_eq!(
+        sample(&scrape_b, successes).unwrap_or(0.0),
+        0.0,
+        "{scrape_b}"
+    );
+    assert_eq!(http_get(addr_b, "/readyz").await.0, 200);
+
+    // The leader dies without releasing the Lease; a spec change still gets applied, by b,
+    // once the Lease has gone unrenewed for its duration.
+    a.abort();
+    let mut spec = simple();
+    spec["replicas"] = json!(3);
+    e.apply("web", spec).await;
+    let deployments: Api<Deployment> = Api::namespaced(e.client.clone(), &e.ns);
+    e.eventually(
+        "the follower to apply replicas 3",
+        Duration::from_secs(30),
+        || async { deployments.get("web").await.unwrap().spec.replicas == Some(3) },
+    )
+    .await;
+    assert_eq!(holder().await.as_deref(), Some("b"));
+    let scrape_b = http_get(addr_b, "/metrics").await.1;
+    assert_eq!(sample(&scrape_b, leader), Some(1.0), "{scrape_b}");
 }
