@@ -33,7 +33,9 @@ use crate::abstraction::{
     Abstraction, compile_input, discover_capabilities, instance_of, parse_watch, served_kind,
 };
 use crate::compiler::{Capabilities, Compiler, CueCompiler};
-use crate::executor::{Executor, INSTANCE_LABEL, KIND_LABEL, Outcome, SsaExecutor, age_of, now};
+use crate::executor::{
+    Change, ChangeAction, Executor, INSTANCE_LABEL, KIND_LABEL, Outcome, SsaExecutor, age_of, now,
+};
 use crate::leader::LeaderElection;
 use crate::lifecycle::{Adopter, ExplicitAdopter, Inventory, StatusInventory};
 use crate::metrics::{InstanceState, OperatorMetrics};
@@ -512,6 +514,29 @@ impl<A: Abstraction> Context<A> {
     }
 }
 
+/// One event per object the pass adopted, pruned or released: the instance's audit trail of
+/// what the operator did beyond applying.
+async fn publish_changes<A: Abstraction>(ctx: &Context<A>, object: &A, changes: &[Change]) {
+    let reference = object.object_ref(&());
+    for change in changes {
+        let (reason, action) = match change.action {
+            ChangeAction::Adopted => ("Adopted", "Adopt"),
+            ChangeAction::Pruned => ("Pruned", "Prune"),
+            ChangeAction::Released => ("Released", "Prune"),
+        };
+        let event = KubeEvent {
+            type_: EventType::Normal,
+            reason: reason.into(),
+            note: Some(change.to_string()),
+            action: action.into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+            tracing::debug!(error = %e, "could not publish an event");
+        }
+    }
+}
+
 /// Events for what changed between two statuses: the instance's Ready/Stalled/policy
 /// transitions and each node failing or being blocked. A node turning Ready is not an event of
 /// its own (it is in the status, and at hundreds of instances the writes add up).
@@ -774,6 +799,7 @@ async fn apply<A: Abstraction>(
             .await;
         status.nodes = outcome.nodes.clone();
         status.inventory = outcome.inventory.clone();
+        publish_changes(&ctx, object.as_ref(), &outcome.changes).await;
         let pending_export = graph.nodes.iter().any(|n| n.is_pending());
         let export_now_visible = graph.exports.iter().filter(|e| e.value.is_none()).any(|e| {
             outcome

@@ -64,6 +64,54 @@ pub struct Outcome {
     pub stalled: Option<String>,
     /// Writes made (applies, deletes).
     pub writes: usize,
+    /// What the pass did to objects beyond applying them (the controller makes each an event).
+    pub changes: Vec<Change>,
+}
+
+/// An object taken over, deleted or let go by a pass: worth telling the instance's owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// The node the object belongs (or belonged) to.
+    pub node_id: String,
+    /// The object's kind.
+    pub kind: String,
+    /// The object's name.
+    pub name: String,
+    /// What happened.
+    pub action: ChangeAction,
+}
+
+/// What happened to an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeAction {
+    /// An existing object was taken over (the instance listed it, or its node is `AdoptOnly`).
+    Adopted,
+    /// Its node left the graph and the object was deleted.
+    Pruned,
+    /// Its node left the graph with `deletionPolicy: Orphan`: the object was left in place,
+    /// without the management labels.
+    Released,
+}
+
+impl std::fmt::Display for Change {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self {
+            node_id,
+            kind,
+            name,
+            action,
+        } = self;
+        match action {
+            ChangeAction::Adopted => write!(f, "adopted {kind} {name} as node {node_id}"),
+            ChangeAction::Pruned => {
+                write!(f, "deleted {kind} {name}: node {node_id} left the graph")
+            }
+            ChangeAction::Released => write!(
+                f,
+                "released {kind} {name}: node {node_id} left the graph and its deletionPolicy is Orphan"
+            ),
+        }
+    }
 }
 
 /// Why a cluster operation failed.
@@ -363,6 +411,17 @@ impl SsaExecutor {
                 done.insert(node.id.clone());
                 out.writes += result.writes;
                 if let Some(entry) = result.entry {
+                    let was_adopted = inventory
+                        .get(&node.id)
+                        .is_some_and(|e| e.mode == InventoryMode::Adopted);
+                    if entry.mode == InventoryMode::Adopted && !was_adopted {
+                        out.changes.push(Change {
+                            node_id: node.id.clone(),
+                            kind: entry.kind.clone(),
+                            name: entry.name.clone(),
+                            action: ChangeAction::Adopted,
+                        });
+                    }
                     inventory.insert(node.id.clone(), entry);
                 }
                 if let Some(live) = result.live {
@@ -425,13 +484,22 @@ impl SsaExecutor {
             .collect();
         if healthy {
             for entry in stale {
-                match self
-                    .remove(&entry, entry_policy(&entry, DeletionPolicy::Delete))
-                    .await
-                {
+                let policy = entry_policy(&entry, DeletionPolicy::Delete);
+                match self.remove(&entry, policy).await {
                     Ok(wrote) => {
                         out.writes += usize::from(wrote);
                         inventory.remove(&entry.node_id);
+                        if wrote {
+                            out.changes.push(Change {
+                                node_id: entry.node_id.clone(),
+                                kind: entry.kind.clone(),
+                                name: entry.name.clone(),
+                                action: match policy {
+                                    DeletionPolicy::Delete => ChangeAction::Pruned,
+                                    DeletionPolicy::Orphan => ChangeAction::Released,
+                                },
+                            });
+                        }
                     }
                     Err(e) => {
                         tracing::warn!(node = %entry.node_id, error = %e, "prune failed; will retry")

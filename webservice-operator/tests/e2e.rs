@@ -368,6 +368,23 @@ async fn removing_autoscaling_prunes_the_hpa() {
         },
     )
     .await;
+    // The prune is on the instance's record, as an event naming the object.
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(e.client.clone(), &e.ns);
+    e.eventually("a Pruned event", Duration::from_secs(10), || async {
+        events
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .any(|ev| {
+                ev.reason.as_deref() == Some("Pruned")
+                    && ev.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("scaled")
+                    && ev.note.as_deref()
+                        == Some("deleted HorizontalPodAutoscaler scaled: node hpa left the graph")
+            })
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

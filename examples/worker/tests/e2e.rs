@@ -136,6 +136,22 @@ async fn a_worker_adopts_only_what_it_lists_becomes_ready_and_is_deleted_with_it
         Some("media"),
         "adoption keeps the fields we do not render"
     );
+    // Exactly one Adopted event on the Worker, naming the object (later passes are not adoptions).
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &ns);
+    let adopted: Vec<String> = events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|ev| ev.reason.as_deref() == Some("Adopted"))
+        .filter_map(|ev| ev.note)
+        .collect();
+    assert_eq!(
+        adopted,
+        ["adopted ServiceAccount thumbnails as node serviceAccount"],
+        "{adopted:?}"
+    );
     let hpa: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &ns);
     assert_eq!(hpa.get("thumbnails").await.unwrap().spec.max_replicas, 6);
     let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &ns);
