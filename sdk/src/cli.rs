@@ -50,6 +50,9 @@ enum Command {
         /// Do not apply a sample instance.
         #[arg(long)]
         no_sample: bool,
+        /// Serve /metrics, /healthz and /readyz on this address, e.g. 127.0.0.1:8080.
+        #[arg(long, value_name = "ADDR")]
+        metrics_bind: Option<std::net::SocketAddr>,
     },
     /// Run the operator against the current kubeconfig (KUBECONFIG or ~/.kube/config, or the
     /// in-cluster service account) until SIGINT or SIGTERM.
@@ -266,7 +269,8 @@ impl<A: Abstraction> App<A> {
                 with,
                 sample,
                 no_sample,
-            } => self.run_dev(with, sample, no_sample),
+                metrics_bind,
+            } => self.run_dev(with, sample, no_sample, metrics_bind),
         }
     }
 
@@ -319,7 +323,13 @@ impl<A: Abstraction> App<A> {
         })
     }
 
-    fn run_dev(&self, with: Vec<String>, sample: Option<PathBuf>, no_sample: bool) -> ExitCode {
+    fn run_dev(
+        &self,
+        with: Vec<String>,
+        sample: Option<PathBuf>,
+        no_sample: bool,
+        metrics_bind: Option<std::net::SocketAddr>,
+    ) -> ExitCode {
         let Some(cluster) = self.dev.clone() else {
             eprintln!(
                 "error: {} was built without a local control plane for `dev`",
@@ -352,10 +362,21 @@ impl<A: Abstraction> App<A> {
         let Some(runtime) = runtime() else {
             return ExitCode::from(1);
         };
+        let metrics = match metrics_bind {
+            Some(addr) => match runtime.block_on(tokio::net::TcpListener::bind(addr)) {
+                Ok(listener) => Some(listener),
+                Err(e) => {
+                    eprintln!("error: --metrics-bind {addr}: cannot listen: {e}");
+                    return ExitCode::from(1);
+                }
+            },
+            None => None,
+        };
         let options = DevOptions {
             extras: with,
             sample,
             configure: self.configure.clone(),
+            metrics,
         };
         match runtime.block_on(crate::dev::run::<A>(cluster.as_ref(), options)) {
             Ok(()) => ExitCode::SUCCESS,

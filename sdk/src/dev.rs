@@ -60,6 +60,8 @@ pub struct DevOptions<A: Abstraction> {
     pub sample: Option<(String, String)>,
     /// Adjusts the operator before it starts.
     pub configure: Arc<dyn Fn(Operator<A>) -> Operator<A> + Send + Sync>,
+    /// Where the operator serves `/metrics`, `/healthz` and `/readyz`, if anywhere.
+    pub metrics: Option<tokio::net::TcpListener>,
 }
 
 impl<A: Abstraction> std::fmt::Debug for DevOptions<A> {
@@ -122,13 +124,24 @@ pub async fn run<A: Abstraction>(
         .await
         .map_err(DevError::Cluster)?;
 
-    let operator = (options.configure)(Operator::<A>::new(client.clone()));
+    let mut operator = (options.configure)(Operator::<A>::new(client.clone()));
+    let mut metrics_url = None;
+    if let Some(listener) = options.metrics {
+        metrics_url = listener
+            .local_addr()
+            .ok()
+            .map(|addr| format!("http://{addr}/metrics"));
+        operator = operator.serve_metrics(listener);
+    }
     let operator = tokio::spawn(operator.run());
     writeln!(
         out,
         "operator: running (field manager {})",
         A::FIELD_MANAGER
     )?;
+    if let Some(url) = metrics_url {
+        writeln!(out, "metrics: {url}")?;
+    }
 
     if let Some((name, text)) = &options.sample {
         let object: A = crate::render::parse_instance(name, text)

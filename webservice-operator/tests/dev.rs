@@ -10,7 +10,13 @@ use std::time::{Duration, Instant};
 #[test]
 fn dev_starts_a_cluster_applies_the_sample_and_stops_on_sigint() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_webservice-operator"))
-        .args(["dev", "--with", "ack-iam,gateway-api"])
+        .args([
+            "dev",
+            "--with",
+            "ack-iam,gateway-api",
+            "--metrics-bind",
+            "127.0.0.1:0",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -23,6 +29,7 @@ fn dev_starts_a_cluster_applies_the_sample_and_stops_on_sigint() {
         }
     });
     let (mut kubeconfig, mut kubectl, mut workdir) = (String::new(), String::new(), String::new());
+    let mut metrics = String::new();
     let mut sample_ready = false;
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
@@ -33,6 +40,8 @@ fn dev_starts_a_cluster_applies_the_sample_and_stops_on_sigint() {
             kubeconfig = p.to_string();
         } else if let Some(p) = line.strip_prefix("kubectl: ") {
             kubectl = p.to_string();
+        } else if let Some(p) = line.strip_prefix("metrics: ") {
+            metrics = p.to_string();
         } else if let Some(p) = line.strip_prefix("logs: ") {
             workdir = p.to_string();
         } else if line == "WebService hello is Ready (4/4 nodes)" {
@@ -75,6 +84,17 @@ fn dev_starts_a_cluster_applies_the_sample_and_stops_on_sigint() {
         "{crds}"
     );
 
+    // The metrics the operator serves count the sample as Ready.
+    let addr = metrics
+        .strip_prefix("http://")
+        .and_then(|rest| rest.strip_suffix("/metrics"))
+        .unwrap_or_else(|| panic!("dev printed no metrics URL: {metrics:?}"));
+    let scrape = http_get(addr, "/metrics");
+    assert!(
+        scrape.contains("cuebe_instances{kind=\"WebService\",state=\"Ready\"} 1"),
+        "{scrape}"
+    );
+
     // SIGINT, as Ctrl-C would send.
     #[allow(unsafe_code)]
     // SAFETY: signalling our own child.
@@ -98,4 +118,18 @@ fn dev_starts_a_cluster_applies_the_sample_and_stops_on_sigint() {
         running.is_empty(),
         "components still running after dev stopped: {running:?}"
     );
+}
+
+/// The whole HTTP response to `GET path` on `addr`.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
 }
