@@ -103,6 +103,18 @@ enum Command {
         #[arg(short = 'o', long = "output", value_enum, default_value = "yaml")]
         output: Format,
     },
+    /// Show what applying a manifest would change in the cluster (uses the current kubeconfig;
+    /// writes nothing): each object created, updated (field by field) or unchanged, and what
+    /// would be pruned. Exit 0: no changes; 1: changes; 2: bad input; 3: policy violations;
+    /// 4: the cluster or the module failed.
+    Diff {
+        /// The manifest (YAML or JSON); `-` reads standard input.
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        /// The instance's namespace when the manifest has none (default: the kubeconfig's).
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -248,6 +260,7 @@ impl<A: Abstraction> App<A> {
                 let _ = write!(std::io::stdout(), "{yaml}");
                 ExitCode::SUCCESS
             }
+            Command::Diff { file, namespace } => run_diff::<A>(&file, namespace),
             Command::Render {
                 file,
                 capabilities,
@@ -436,6 +449,62 @@ fn run_explain<A: Abstraction>(name: &str, namespace: Option<String>) -> ExitCod
             Err(e) => {
                 eprintln!("error: {e}");
                 ExitCode::from(1)
+            }
+        }
+    })
+}
+
+fn run_diff<A: Abstraction>(file: &Path, namespace: Option<String>) -> ExitCode {
+    let name = file.display().to_string();
+    let mut desired: A = match read(file)
+        .map_err(|message| RenderFailure::Input {
+            file: name.clone(),
+            message,
+        })
+        .and_then(|text| render::parse_instance::<A>(&name, &text))
+    {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let Some(runtime) = runtime() else {
+        return ExitCode::from(4);
+    };
+    runtime.block_on(async {
+        let Some(client) = default_client().await else {
+            return ExitCode::from(4);
+        };
+        if desired.meta().namespace.is_none() {
+            desired.meta_mut().namespace =
+                Some(namespace.unwrap_or_else(|| client.default_namespace().to_string()));
+        }
+        let compiler = CueCompiler::new(A::modules());
+        let executor = Operator::<A>::default_executor(client.clone());
+        match crate::diff::diff::<A>(client, &compiler, &executor, &desired).await {
+            Ok(report) => {
+                let _ = write!(std::io::stdout().lock(), "{}", report.to_text());
+                if report
+                    .violations
+                    .iter()
+                    .any(|v| v.severity == crate::graph::Severity::Error)
+                {
+                    eprintln!("error: policy fails; nothing would be applied");
+                    ExitCode::from(3)
+                } else if report.has_changes() {
+                    ExitCode::from(1)
+                } else {
+                    ExitCode::SUCCESS
+                }
+            }
+            Err(crate::diff::DiffError::Compile(e @ CompileError::InvalidInput { .. })) => {
+                eprintln!("error: {name}: {e}");
+                ExitCode::from(2)
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(4)
             }
         }
     })

@@ -544,30 +544,8 @@ impl SsaExecutor {
         let Some(mut object) = node.object.clone() else {
             return error("no object (pending)".into());
         };
-        let api_version = object
-            .get("apiVersion")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
-        let kind = object
-            .get("kind")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
-        let name = object
-            .pointer("/metadata/name")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
-        if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
-            let labels = meta
-                .entry("labels")
-                .or_insert_with(|| Value::Object(Default::default()));
-            if let Some(labels) = labels.as_object_mut() {
-                labels.insert(INSTANCE_LABEL.into(), Value::String(instance.name.clone()));
-                labels.insert(KIND_LABEL.into(), Value::String(instance.kind.clone()));
-            }
-        }
+        let (api_version, kind, name) = identity_of(&object);
+        stamp_labels(&mut object, instance);
         let api = match self.api_for(&api_version, &kind, &instance.namespace).await {
             Ok(api) => api,
             Err(e) => return error(e.to_string()),
@@ -791,6 +769,51 @@ impl SsaExecutor {
         }
     }
 
+    /// What applying `object` for `instance` would do, asked of the API server without writing
+    /// anything: a server-side apply with `dryRun=All` under this executor's field manager
+    /// (forced, as a `Force` node is), next to the object as it is now.
+    ///
+    /// ```no_run
+    /// # async fn f(client: kube::Client, instance: cuebe::lifecycle::Instance) -> Result<(), cuebe::executor::ExecuteError> {
+    /// let executor = cuebe::executor::SsaExecutor::new(client, "cuebe-webservice");
+    /// let object = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+    ///     "metadata": {"name": "settings", "namespace": "apps"}, "data": {"mode": "fast"}});
+    /// let preview = executor.preview(&instance, &object).await?;
+    /// println!("exists: {}, would be: {}", preview.live.is_some(), preview.applied);
+    /// # Ok(()) }
+    /// ```
+    pub async fn preview(
+        &self,
+        instance: &Instance,
+        object: &Value,
+    ) -> Result<Preview, ExecuteError> {
+        let mut object = object.clone();
+        let (api_version, kind, name) = identity_of(&object);
+        stamp_labels(&mut object, instance);
+        let api = self
+            .api_for(&api_version, &kind, &instance.namespace)
+            .await?;
+        let live = api
+            .get_opt(&name)
+            .await
+            .map_err(|source| ExecuteError::Api {
+                what: format!("reading {kind} {name}"),
+                source,
+            })?;
+        let params = PatchParams::apply(&self.field_manager).force().dry_run();
+        let applied = api
+            .patch(&name, &params, &Patch::Apply(&object))
+            .await
+            .map_err(|source| ExecuteError::Api {
+                what: format!("dry-run applying {kind} {name}"),
+                source,
+            })?;
+        Ok(Preview {
+            live: live.map(|l| serde_json::to_value(l).unwrap_or(Value::Null)),
+            applied: serde_json::to_value(applied).unwrap_or(Value::Null),
+        })
+    }
+
     /// Deletes (with a UID precondition) or orphans one inventory object. Returns whether it
     /// wrote anything; a missing object is already done.
     pub async fn remove(
@@ -909,6 +932,40 @@ struct NodeResult {
     entry: Option<InventoryEntry>,
     live: Option<Value>,
     writes: usize,
+}
+
+/// An object before and after a dry-run apply (see [`SsaExecutor::preview`]).
+#[derive(Debug, Clone)]
+pub struct Preview {
+    /// The object as it is, if it exists.
+    pub live: Option<Value>,
+    /// The object as it would be after the apply (API server defaults and other managers'
+    /// fields included).
+    pub applied: Value,
+}
+
+/// apiVersion, kind and metadata.name of a rendered object (empty when missing: the Graph was
+/// validated before).
+fn identity_of(object: &Value) -> (String, String, String) {
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or_default().to_string();
+    (
+        text(object.get("apiVersion")),
+        text(object.get("kind")),
+        text(object.pointer("/metadata/name")),
+    )
+}
+
+/// Puts the instance labels on an object, as every apply does (they drive the child watches).
+fn stamp_labels(object: &mut Value, instance: &Instance) {
+    if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+        let labels = meta
+            .entry("labels")
+            .or_insert_with(|| Value::Object(Default::default()));
+        if let Some(labels) = labels.as_object_mut() {
+            labels.insert(INSTANCE_LABEL.into(), Value::String(instance.name.clone()));
+            labels.insert(KIND_LABEL.into(), Value::String(instance.kind.clone()));
+        }
+    }
 }
 
 /// Parses an RFC 3339 time and returns how long ago it was.

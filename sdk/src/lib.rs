@@ -20,6 +20,7 @@ pub mod controller;
 #[allow(unsafe_code)]
 pub mod cue;
 pub mod dev;
+pub mod diff;
 pub mod executor;
 pub mod explain;
 pub mod graph;

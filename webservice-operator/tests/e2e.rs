@@ -865,3 +865,84 @@ async fn with_leader_election_one_replica_reconciles_and_a_follower_takes_over_w
     let scrape_b = http_get(addr_b, "/metrics").await.1;
     assert_eq!(sample(&scrape_b, leader), Some(1.0), "{scrape_b}");
 }
+
+/// Runs `webservice-operator diff -f` on `spec` as the WebService `name` against the test
+/// cluster: the exit code and standard output.
+fn diff_command(e: &Env, name: &str, spec: &serde_json::Value) -> (i32, String) {
+    let manifest = json!({
+        "apiVersion": "platform.example.com/v1alpha1", "kind": "WebService",
+        "metadata": {"name": name, "namespace": e.ns}, "spec": spec,
+    });
+    let file = std::env::temp_dir().join(format!("cuebe-diff-{}-{name}.json", e.ns));
+    std::fs::write(&file, manifest.to_string()).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_webservice-operator"))
+        .args(["diff", "-f"])
+        .arg(&file)
+        .env("KUBECONFIG", e.cluster.kubeconfig())
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&file);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn diff_shows_what_an_apply_would_change_and_changes_nothing() {
+    let e = env("diff").await;
+    let mut scaled = simple();
+    scaled["autoscaling"] = json!({"minReplicas": 2, "maxReplicas": 5});
+    e.apply("web", scaled.clone()).await;
+    e.ready("web").await;
+
+    // The spec as applied: nothing to do.
+    let (code, out) = diff_command(&e, "web", &scaled);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("0 to create, 0 to update, 0 to prune or release, 5 unchanged"),
+        "{out}"
+    );
+
+    // Autoscaling off, three replicas: the Deployment gets replicas (from whatever it has now:
+    // the API server's default while the HPA has not scaled), the HPA goes.
+    let d: Api<Deployment> = Api::namespaced(e.client.clone(), &e.ns);
+    let replicas_now = d.get("web").await.unwrap().spec.replicas.unwrap();
+    let mut fixed = simple();
+    fixed["replicas"] = json!(3);
+    let (code, out) = diff_command(&e, "web", &fixed);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("    spec.replicas: {replicas_now} -> 3\n")),
+        "{out}"
+    );
+    let line = |node: &str| {
+        out.lines()
+            .find(|l| l.trim_start().starts_with(&format!("{node} ")))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(line("deployment").ends_with("update (1 fields)"), "{out}");
+    assert!(
+        line("hpa").ends_with("prune (delete: left the graph)"),
+        "{out}"
+    );
+    assert!(line("service").ends_with("unchanged"), "{out}");
+
+    // A dry run: the cluster is as it was.
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(e.client.clone(), &e.ns);
+    assert!(hpas.get_opt("web").await.unwrap().is_some());
+    assert_eq!(
+        d.get("web").await.unwrap().spec.replicas,
+        Some(replicas_now)
+    );
+
+    // Policy failures: exit 3, nothing to apply.
+    let (code, out) = diff_command(
+        &e,
+        "web",
+        &json!({"image": "docker.io/library/nginx:1.27", "resources": {"cpu": "1", "memory": "1Gi"}}),
+    );
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("allowed-registries"), "{out}");
+}
