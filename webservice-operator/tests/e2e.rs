@@ -629,6 +629,14 @@ async fn the_shipped_rbac_is_enough_to_reconcile_a_public_service() {
         "-f",
         concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/rbac.yaml"),
     ]);
+    // The shipped Deployment is valid for the API server (a server-side dry run: its image is a
+    // placeholder the user replaces).
+    kubectl(&[
+        "apply",
+        "--dry-run=server",
+        "-f",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/operator.yaml"),
+    ]);
     let operator = e.cluster.impersonating_client(
         "system:serviceaccount:cuebe-system:webservice-operator",
         &[
