@@ -129,14 +129,7 @@ pub async fn discover_capabilities(
     client: &kube::Client,
     probes: &[CapabilityProbe],
 ) -> Result<Capabilities, kube::Error> {
-    let mut names = Vec::new();
-    for probe in probes {
-        let gvk = kube::api::GroupVersionKind::gvk(probe.group, probe.version, probe.kind);
-        if served_kind(client, &gvk).await?.is_some() {
-            names.push(probe.name);
-        }
-    }
-    Ok(Capabilities::from_names(names))
+    ServedKinds::default().capabilities(client, probes).await
 }
 
 /// Whether the API server serves `gvk`: its resource when it does, `None` when the group, the
@@ -154,13 +147,81 @@ pub async fn served_kind(
     client: &kube::Client,
     gvk: &kube::api::GroupVersionKind,
 ) -> Result<Option<kube::api::ApiResource>, kube::Error> {
-    match kube::discovery::pinned_kind(client, gvk).await {
-        Ok((resource, _)) => Ok(Some(resource)),
-        // A group/version the server does not know is a bare 404, not a NotFound Status.
-        Err(kube::Error::Api(status)) if status.code == 404 => Ok(None),
-        Err(kube::Error::Discovery(_)) => Ok(None),
-        Err(e) => Err(e),
+    ServedKinds::default().get(client, gvk).await
+}
+
+/// Served kinds, asking the API server once per group/version: one round of discovery (the
+/// watched kinds, then the capability probes, often of the same groups) lists each group once.
+#[derive(Debug, Default)]
+pub(crate) struct ServedKinds {
+    /// By apiVersion: its kinds, empty when the server does not serve that group/version.
+    by_api_version: std::collections::HashMap<String, Vec<kube::api::ApiResource>>,
+}
+
+impl ServedKinds {
+    pub(crate) async fn get(
+        &mut self,
+        client: &kube::Client,
+        gvk: &kube::api::GroupVersionKind,
+    ) -> Result<Option<kube::api::ApiResource>, kube::Error> {
+        let api_version = gvk.api_version();
+        if !self.by_api_version.contains_key(&api_version) {
+            let gv = kube::core::GroupVersion::gv(&gvk.group, &gvk.version);
+            let kinds = match kube::discovery::pinned_group(client, &gv).await {
+                Ok(group) => group
+                    .versioned_resources(&gvk.version)
+                    .into_iter()
+                    .map(|(resource, _)| resource)
+                    .collect(),
+                // A group/version the server does not know is a bare 404, not a NotFound Status.
+                Err(kube::Error::Api(status)) if status.code == 404 => Vec::new(),
+                Err(e) => return Err(e),
+            };
+            self.by_api_version.insert(api_version.clone(), kinds);
+        }
+        Ok(self
+            .by_api_version
+            .get(&api_version)
+            .and_then(|kinds| kinds.iter().find(|r| r.kind == gvk.kind))
+            .cloned())
     }
+
+    pub(crate) async fn capabilities(
+        &mut self,
+        client: &kube::Client,
+        probes: &[CapabilityProbe],
+    ) -> Result<Capabilities, kube::Error> {
+        let mut names = Vec::new();
+        for probe in probes {
+            let gvk = kube::api::GroupVersionKind::gvk(probe.group, probe.version, probe.kind);
+            if self.get(client, &gvk).await?.is_some() {
+                names.push(probe.name);
+            }
+        }
+        Ok(Capabilities::from_names(names))
+    }
+}
+
+/// The live objects of `inventory`, by node id: what `input.exports` is read from when an
+/// instance is compiled outside the controller (`explain`, `diff`). An object that cannot be
+/// read is left out, as if not yet observed.
+///
+/// ```no_run
+/// # async fn f(executor: &dyn cuebe::executor::Executor, status: &cuebe::status::AbstractionStatus) {
+/// let observed = cuebe::abstraction::observed_exports(executor, &status.inventory).await;
+/// # }
+/// ```
+pub async fn observed_exports(
+    executor: &dyn crate::executor::Executor,
+    inventory: &[crate::status::InventoryEntry],
+) -> BTreeMap<String, serde_json::Value> {
+    let mut observed = BTreeMap::new();
+    for entry in inventory {
+        if let Ok(Some(live)) = executor.live(entry).await {
+            observed.insert(entry.node_id.clone(), live);
+        }
+    }
+    observed
 }
 
 /// Parses a `WATCHES` entry (`group/version/Kind` or `version/Kind`).

@@ -306,13 +306,10 @@ impl<A: Abstraction> App<A> {
                 operator = operator.namespace(ns);
             }
             if let Some(addr) = metrics_bind {
-                match tokio::net::TcpListener::bind(addr).await {
-                    Ok(listener) => operator = operator.serve_metrics(listener),
-                    Err(e) => {
-                        eprintln!("error: --metrics-bind {addr}: cannot listen: {e}");
-                        return ExitCode::from(1);
-                    }
-                }
+                let Some(listener) = bind_metrics(addr).await else {
+                    return ExitCode::from(1);
+                };
+                operator = operator.serve_metrics(listener);
             }
             if let Some(lease_namespace) = leader_elect {
                 let lease_namespace = lease_namespace
@@ -376,12 +373,9 @@ impl<A: Abstraction> App<A> {
             return ExitCode::from(1);
         };
         let metrics = match metrics_bind {
-            Some(addr) => match runtime.block_on(tokio::net::TcpListener::bind(addr)) {
-                Ok(listener) => Some(listener),
-                Err(e) => {
-                    eprintln!("error: --metrics-bind {addr}: cannot listen: {e}");
-                    return ExitCode::from(1);
-                }
+            Some(addr) => match runtime.block_on(bind_metrics(addr)) {
+                Some(listener) => Some(listener),
+                None => return ExitCode::from(1),
             },
             None => None,
         };
@@ -423,6 +417,14 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
 }
 
 /// A client from KUBECONFIG, ~/.kube/config or the in-cluster account; `None` after saying why.
+/// The listener for `--metrics-bind`; `None` (after saying why) when the address is taken.
+async fn bind_metrics(addr: std::net::SocketAddr) -> Option<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .inspect_err(|e| eprintln!("error: --metrics-bind {addr}: cannot listen: {e}"))
+        .ok()
+}
+
 async fn default_client() -> Option<kube::Client> {
     kube::Client::try_default()
         .await

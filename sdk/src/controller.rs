@@ -29,9 +29,7 @@ use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use tokio::sync::RwLock;
 
-use crate::abstraction::{
-    Abstraction, compile_input, discover_capabilities, instance_of, parse_watch, served_kind,
-};
+use crate::abstraction::{Abstraction, ServedKinds, compile_input, instance_of, parse_watch};
 use crate::compiler::{Capabilities, Compiler, CueCompiler};
 use crate::executor::{
     Change, ChangeAction, Executor, INSTANCE_LABEL, KIND_LABEL, Outcome, SsaExecutor, age_of, now,
@@ -397,18 +395,19 @@ impl PartialEq for ServedApis {
 
 impl ServedApis {
     async fn discover<A: Abstraction>(client: &Client) -> Result<Self, kube::Error> {
+        let mut served = ServedKinds::default();
         let mut watched = Vec::new();
         for entry in A::WATCHES {
             let Some(gvk) = parse_watch(entry) else {
                 tracing::warn!(%entry, "not a group/version/Kind; not watched");
                 continue;
             };
-            match served_kind(client, &gvk).await? {
+            match served.get(client, &gvk).await? {
                 Some(resource) => watched.push((*entry, resource)),
                 None => tracing::trace!(%entry, "not served by this cluster; not watched"),
             }
         }
-        let capabilities = discover_capabilities(client, &A::capability_probes()).await?;
+        let capabilities = served.capabilities(client, &A::capability_probes()).await?;
         Ok(Self {
             capabilities,
             watched,

@@ -13,7 +13,9 @@ use std::fmt::Write as _;
 use kube::{Api, Client, ResourceExt};
 use serde_json::Value;
 
-use crate::abstraction::{Abstraction, compile_input, discover_capabilities, instance_of};
+use crate::abstraction::{
+    Abstraction, compile_input, discover_capabilities, instance_of, observed_exports,
+};
 use crate::compiler::{CompileError, Compiler};
 use crate::executor::SsaExecutor;
 use crate::graph::Violation;
@@ -140,28 +142,14 @@ impl DiffReport {
             Some(v) => v.to_string(),
             None => "(absent)".into(),
         };
-        let mut counts = [0usize; 4];
         for e in &self.entries {
             let what = match &e.change {
-                NodeChange::Create => {
-                    counts[0] += 1;
-                    "create".to_string()
-                }
-                NodeChange::Update(changes) => {
-                    counts[1] += 1;
-                    format!("update ({} fields)", changes.len())
-                }
-                NodeChange::Unchanged => {
-                    counts[3] += 1;
-                    "unchanged".to_string()
-                }
+                NodeChange::Create => "create".to_string(),
+                NodeChange::Update(changes) => format!("update ({} fields)", changes.len()),
+                NodeChange::Unchanged => "unchanged".to_string(),
                 NodeChange::Pending(on) => format!("pending on {}", on.join(", ")),
-                NodeChange::Prune => {
-                    counts[2] += 1;
-                    "prune (delete: left the graph)".to_string()
-                }
+                NodeChange::Prune => "prune (delete: left the graph)".to_string(),
                 NodeChange::Release => {
-                    counts[2] += 1;
                     "release (left the graph, deletionPolicy Orphan)".to_string()
                 }
                 NodeChange::Failed(message) => format!("error: {message}"),
@@ -186,10 +174,16 @@ impl DiffReport {
                 }
             }
         }
+        let count = |wanted: fn(&NodeChange) -> bool| {
+            self.entries.iter().filter(|e| wanted(&e.change)).count()
+        };
         let _ = writeln!(
             out,
             "{} to create, {} to update, {} to prune or release, {} unchanged",
-            counts[0], counts[1], counts[2], counts[3]
+            count(|c| matches!(c, NodeChange::Create)),
+            count(|c| matches!(c, NodeChange::Update(_))),
+            count(|c| matches!(c, NodeChange::Prune | NodeChange::Release)),
+            count(|c| matches!(c, NodeChange::Unchanged)),
         );
         out
     }
@@ -225,12 +219,7 @@ pub async fn diff<A: Abstraction>(
     let capabilities = discover_capabilities(&client, &A::capability_probes())
         .await
         .map_err(DiffError::Discovery)?;
-    let mut observed = std::collections::BTreeMap::new();
-    for entry in &status.inventory {
-        if let Ok(Some(object)) = crate::executor::Executor::live(executor, entry).await {
-            observed.insert(entry.node_id.clone(), object);
-        }
-    }
+    let observed = observed_exports(executor, &status.inventory).await;
     let graph = compiler
         .compile(&compile_input(desired, capabilities, observed))
         .await?;

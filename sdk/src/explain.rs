@@ -3,13 +3,12 @@
 //! Reads the instance's status and re-renders its Graph (same compiler, the cluster's
 //! capabilities, the exports observed on its inventory) to print the DAG with each node's phase,
 //! what it is blocked on, the top violations and the resolved module.
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use kube::api::Api;
 use kube::{Client, ResourceExt};
 
-use crate::abstraction::{Abstraction, compile_input, discover_capabilities};
+use crate::abstraction::{Abstraction, compile_input, discover_capabilities, observed_exports};
 use crate::compiler::Compiler;
 use crate::executor::Executor;
 use crate::status::AbstractionStatus;
@@ -100,12 +99,7 @@ pub async fn explain<A: Abstraction>(
     let capabilities = discover_capabilities(&client, &A::capability_probes())
         .await
         .map_err(ExplainError::Discovery)?;
-    let mut observed = BTreeMap::new();
-    for entry in &status.inventory {
-        if let Ok(Some(live)) = executor.live(entry).await {
-            observed.insert(entry.node_id.clone(), live);
-        }
-    }
+    let observed = observed_exports(executor, &status.inventory).await;
     let input = compile_input(&ws, capabilities, observed);
     match compiler.compile(&input).await {
         Ok(graph) => {

@@ -1,6 +1,6 @@
 //! The official `cue` command at the same version as the in-process bridge, built from the Go
 //! module proxy into a cache outside the clone the first time it is needed.
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The cuelang.org/go version the bridge (`cue-sys/go/go.mod`) pins.
@@ -23,6 +23,20 @@ pub enum CueCliError {
         /// The version wanted.
         version: &'static str,
         /// What go printed.
+        stderr: String,
+    },
+    /// `cue` could not be run.
+    #[error("cannot run {cue}: {source}")]
+    Run {
+        /// The binary.
+        cue: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// `cue export` failed.
+    #[error("cue export failed: {stderr}")]
+    Export {
+        /// What cue printed.
         stderr: String,
     },
 }
@@ -72,4 +86,37 @@ pub fn cue_binary() -> Result<PathBuf, CueCliError> {
         });
     }
     Ok(bin)
+}
+
+/// `cue export PACKAGE INPUT -e EXPR --out json` in `dir` (the module root): the JSON it prints.
+///
+/// ```no_run
+/// # fn f(module_root: &std::path::Path) -> Result<(), cuebe_testkit::cue_cli::CueCliError> {
+/// let cue = cuebe_testkit::cue_cli::cue_binary()?;
+/// let json = cuebe_testkit::cue_cli::export(&cue, module_root, "./webservice", "input.json".as_ref(), "nodes")?;
+/// # Ok(()) }
+/// ```
+pub fn export(
+    cue: &Path,
+    dir: &Path,
+    package: &str,
+    input: &Path,
+    expr: &str,
+) -> Result<Vec<u8>, CueCliError> {
+    let out = Command::new(cue)
+        .current_dir(dir)
+        .args(["export", package])
+        .arg(input)
+        .args(["-e", expr, "--out", "json"])
+        .output()
+        .map_err(|source| CueCliError::Run {
+            cue: cue.display().to_string(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(CueCliError::Export {
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
+    }
+    Ok(out.stdout)
 }

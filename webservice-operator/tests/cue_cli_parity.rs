@@ -3,7 +3,6 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
-use std::process::Command;
 
 use cuebe::CueCompiler;
 use cuebe::abstraction::compile_input;
@@ -28,25 +27,10 @@ fn cue_export(dir: &std::path::Path, input: &serde_json::Value, expr: &str) -> s
         serde_json::to_vec(&serde_json::json!({"input": input})).unwrap(),
     )
     .unwrap();
-    let out = Command::new(cue)
-        .current_dir(dir)
-        .args([
-            "export",
-            "./webservice",
-            "input.json",
-            "-e",
-            expr,
-            "--out",
-            "json",
-        ])
-        .output()
-        .expect("cue runs");
-    assert!(
-        out.status.success(),
-        "cue export failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("cue prints JSON")
+    let out =
+        cuebe_testkit::cue_cli::export(&cue, dir, "./webservice", "input.json".as_ref(), expr)
+            .unwrap_or_else(|e| panic!("{e}"));
+    serde_json::from_slice(&out).expect("cue prints JSON")
 }
 
 /// The embedded module written out, for the CLI to read.

@@ -2,7 +2,6 @@
 //! CLI baseline run on the same module and input.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use cuebe::compiler::{Capabilities, CompileInput, InstanceMeta};
 use cuebe::{CueCompiler, ModuleSource};
@@ -96,19 +95,9 @@ impl CliBaseline {
 
     /// `cue export ./webservice <input> -e nodes --out json` for one scenario; panics on failure.
     pub fn export(&self, scenario: &str) -> Vec<u8> {
-        let out = Command::new(&self.cue)
-            .current_dir(&self.dir)
-            .args(["export", "./webservice"])
-            .arg(input_file(&self.dir, scenario))
-            .args(["-e", "nodes", "--out", "json"])
-            .output()
-            .expect("cue runs");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out.stdout
+        let input = input_file(&self.dir, scenario);
+        cuebe_testkit::cue_cli::export(&self.cue, &self.dir, "./webservice", &input, "nodes")
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 }
 
