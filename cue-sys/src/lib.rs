@@ -1,20 +1,30 @@
-//! Raw C ABI of the CUE bridge (`go/bridge.go`), a Go c-archive over `cuelang.org/go`.
+//! The cgo bridge from cuebe to `cuelang.org/go` (`go/bridge.go`, built as a Go c-archive by
+//! `build.rs`), and its safe wrapper.
 //!
-//! Every function takes and returns JSON as NUL-terminated strings. Strings returned by the bridge
-//! are owned by C's allocator and must be released with [`cuebe_string_free`]. The safe wrapper
-//! lives in the `cuebe` crate (`cuebe::cue`); nothing else should call these directly.
+//! This crate is the one place of the workspace with `unsafe` code: [`ffi`] is the raw C ABI,
+//! [`module`] the safe API every other crate uses (they all `#![forbid(unsafe_code)]`).
+//!
+//! Start with [`module::LoadedModule`]: build a module once from in-memory files, evaluate it
+//! many times with values filled at paths and a wall-clock limit per evaluation.
 #![allow(unsafe_code)]
 
-use std::ffi::{c_char, c_ulonglong};
+pub mod module;
 
-unsafe extern "C" {
-    /// Loads a module from `{"files": {path: content}, "package": "./pkg"}`.
-    /// Returns `{"handle": n}` or `{"errors": [...]}`.
-    pub fn cuebe_module_load(request: *const c_char) -> *mut c_char;
-    /// Evaluates a loaded module: `{"fills": [...], "exports": [...], "timeoutMs": n}`.
-    pub fn cuebe_module_eval(handle: c_ulonglong, request: *const c_char) -> *mut c_char;
-    /// Releases a module handle. Unknown handles are ignored.
-    pub fn cuebe_module_free(handle: c_ulonglong);
-    /// Releases a string returned by the bridge.
-    pub fn cuebe_string_free(s: *mut c_char);
+/// Raw C ABI of the bridge. Every function takes and returns JSON as NUL-terminated strings.
+/// Strings returned by the bridge are owned by C's allocator and must be released with
+/// [`ffi::cuebe_string_free`]. Only [`module`] calls these.
+pub mod ffi {
+    use std::ffi::{c_char, c_ulonglong};
+
+    unsafe extern "C" {
+        /// Loads a module from `{"files": {path: content}, "package": "./pkg"}`.
+        /// Returns `{"handle": n}` or `{"errors": [...]}`.
+        pub fn cuebe_module_load(request: *const c_char) -> *mut c_char;
+        /// Evaluates a loaded module: `{"fills": [...], "exports": [...], "timeoutMs": n}`.
+        pub fn cuebe_module_eval(handle: c_ulonglong, request: *const c_char) -> *mut c_char;
+        /// Releases a module handle. Unknown handles are ignored.
+        pub fn cuebe_module_free(handle: c_ulonglong);
+        /// Releases a string returned by the bridge.
+        pub fn cuebe_string_free(s: *mut c_char);
+    }
 }

@@ -1,9 +1,9 @@
-//! The local control plane as a `dev` cluster for `cuebe::cli::App::dev_cluster`.
+//! The local control plane as a `dev` cluster for `cuebe_cli::App::dev_cluster`.
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cuebe::dev::{DevCluster, OnApiReady, RunningDevCluster};
+use cuebe_cli::dev::{DevCluster, OnApiReady, RunningDevCluster};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Client;
 
@@ -16,7 +16,7 @@ use crate::cluster::{ClusterOptions, TestCluster, ack_iam_crds, gateway_api_crds
 ///
 /// ```no_run
 /// # fn f<A: cuebe::Abstraction>() -> std::process::ExitCode {
-/// cuebe::cli::App::<A>::new("my-operator")
+/// cuebe_cli::App::<A>::new("my-operator")
 ///     .dev_cluster(cuebe_testkit::dev::LocalControlPlane)
 ///     .main()
 /// # }

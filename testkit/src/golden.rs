@@ -208,7 +208,7 @@ impl GoldenSuite {
         let compiler = CueCompiler::new(ModuleSet::single(version, module));
         Ok(match compiler.compile_blocking(&input) {
             Ok(g) if g.has_blocking_violations() => GoldenOutcome::Violations(g.violations.clone()),
-            Ok(g) => GoldenOutcome::Graph(serde_json::to_value(&*g).unwrap_or(Value::Null)),
+            Ok(g) => GoldenOutcome::Graph(serde_json::to_value(g.graph()).unwrap_or(Value::Null)),
             Err(e) => GoldenOutcome::Error(e.to_string()),
         })
     }

@@ -8,8 +8,11 @@ use cuebe::CueCompiler;
 use cuebe::abstraction::compile_input;
 use cuebe::compiler::Capabilities;
 use webservice_operator::WebService;
-fn parse_webservice(file: &str, text: &str) -> Result<WebService, cuebe::render::RenderFailure> {
-    cuebe::render::parse_instance(file, text)
+fn parse_webservice(
+    file: &str,
+    text: &str,
+) -> Result<WebService, cuebe_cli::render::RenderFailure> {
+    cuebe_cli::render::parse_instance(file, text)
 }
 
 fn example(name: &str) -> String {

@@ -8,7 +8,8 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use cuebe::controller::Operator;
-use cuebe::leader::LeaderElection;
+use cuebe::ops::leader::LeaderElection;
+use cuebe::status::ConditionType;
 use cuebe::status::{AbstractionStatus, NodePhase};
 use cuebe_testkit::cluster::TestCluster;
 use cuebe_testkit::cluster::ack::{AckStandIn, AckStandInOptions, TERMINAL_MESSAGE};
@@ -177,7 +178,11 @@ async fn a_simple_service_becomes_ready_and_a_resync_writes_nothing() {
     e.ready("web").await;
     let status = e.status("web").await;
     assert_eq!(status.ready_nodes, "4/4");
-    for c in ["Rendered", "PolicyPassed", "Ready"] {
+    for c in [
+        ConditionType::Rendered,
+        ConditionType::PolicyPassed,
+        ConditionType::Ready,
+    ] {
         assert_eq!(status.condition(c).unwrap().status, "True", "{c}");
     }
     assert!(status.render_hash.starts_with("sha256:"));
@@ -307,7 +312,7 @@ async fn ack_terminal_puts_the_node_in_error_and_the_instance_stalled() {
         Duration::from_secs(30),
         || async {
             let s = e.status("denied").await;
-            s.condition("Stalled")
+            s.condition(ConditionType::Stalled)
                 .is_some_and(|c| c.status == "True" && c.message.contains(TERMINAL_MESSAGE))
         },
     )
@@ -321,7 +326,7 @@ async fn ack_terminal_puts_the_node_in_error_and_the_instance_stalled() {
             .unwrap()
             .contains(TERMINAL_MESSAGE)
     );
-    assert_eq!(s.condition("Ready").unwrap().status, "False");
+    assert_eq!(s.condition(ConditionType::Ready).unwrap().status, "False");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -331,7 +336,7 @@ async fn a_policy_violation_applies_nothing_and_is_in_status() {
     e.eventually("PolicyPassed False", Duration::from_secs(20), || async {
         e.status("bad")
             .await
-            .condition("PolicyPassed")
+            .condition(ConditionType::PolicyPassed)
             .is_some_and(|c| c.status == "False")
     })
     .await;
@@ -341,7 +346,7 @@ async fn a_policy_violation_applies_nothing_and_is_in_status() {
     assert!(s.inventory.is_empty());
     let d: Api<Deployment> = Api::namespaced(e.client.clone(), &e.ns);
     assert!(d.get_opt("bad").await.unwrap().is_none());
-    assert_eq!(s.condition("Stalled").unwrap().status, "True");
+    assert_eq!(s.condition(ConditionType::Stalled).unwrap().status, "True");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -32,8 +32,8 @@ fn render_hashes_are_stable() {
     fn parse_webservice(
         file: &str,
         text: &str,
-    ) -> Result<WebService, cuebe::render::RenderFailure> {
-        cuebe::render::parse_instance(file, text)
+    ) -> Result<WebService, cuebe_cli::render::RenderFailure> {
+        cuebe_cli::render::parse_instance(file, text)
     }
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/webservices");
     let compiler = cuebe::CueCompiler::new(webservice_operator::platform_modules());

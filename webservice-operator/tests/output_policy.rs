@@ -13,7 +13,7 @@ fn rules_for(nodes: serde_json::Value, public: bool) -> Vec<String> {
         "package policytest\nimport \"platform.example.com/platform/policy\"\nin: {nodes: _, public: bool}\nout: (policy.Output & {nodes: in.nodes, outputPolicy: public: in.public}).outputViolations\n",
     )]);
     let module = LoadedModule::load(
-        cuebe::ModuleSource::new(module.files().clone(), "./policytest"),
+        cuebe::ModuleSource::new(module.files().clone(), "./policytest").module_files(),
         1,
     )
     .unwrap();

@@ -5,13 +5,21 @@
 //! and kubeconfig; installing CRDs; and stopping every process.
 //!
 //! Workflow of [`TestCluster::start`]:
-//! 1. find the binaries (`CUEBE_CONTROLPLANE_BIN`, or build them: cached after the first time);
+//! 1. find the binaries (`CUEBE_CONTROLPLANE_BIN`, or build them: cached after the first time).
+//!    Building is not bounded by [`ClusterOptions::start_timeout`], which starts counting after it;
 //! 2. generate a CA, serving and admin certificates and a service-account key;
 //! 3. start etcd, then kube-apiserver (RBAC on), and wait for `/readyz`;
 //! 4. with controllers: start kube-controller-manager (garbage collector, deployment, replicaset,
 //!    namespace, service-account and a few more), kube-scheduler and kwok, create a Node that kwok
 //!    manages, and wait until it is Ready;
 //! 5. install the CRDs asked for and wait until they are Established.
+//!
+//! Every component is given loopback ports picked just before it starts. A picked port can be
+//! taken by another process before the component binds it, so each component must be seen
+//! listening on its ports before the next step; one that failed with "address already in use" is
+//! restarted on new ports (a few times, logged at warn). A component starts only once everything
+//! it connects to listens, so a restart never strands a dependent on an old port (the kubeconfig
+//! is rewritten when kube-apiserver moves, before anything reads it).
 //!
 //! Safety rules:
 //! - every process is started with `PR_SET_PDEATHSIG`, from a thread that lives as long as the
@@ -21,10 +29,11 @@
 //! - a component that exits is named, with the tail of its log, the next time the cluster is
 //!   checked ([`TestCluster::check_alive`]) and in every start-up error.
 pub mod ack;
+mod binaries;
 mod pki;
+mod ports;
 
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock, PoisonError, mpsc};
@@ -36,14 +45,24 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
+pub use binaries::{BinariesError, controlplane_bin, controlplane_bin_in};
 pub use pki::Pki;
+pub use ports::{PORT_NAMES, PortPicker, free_port};
 
 /// Why the cluster could not start or be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
     /// The control plane binaries are missing and could not be built.
     #[error("control plane binaries unavailable: {0}")]
-    Binaries(String),
+    Binaries(#[source] BinariesError),
+    /// A background task of the start-up failed (it panicked or was cancelled).
+    #[error("{what}: {source}")]
+    Task {
+        /// What the task was doing.
+        what: String,
+        /// The error.
+        source: tokio::task::JoinError,
+    },
     /// A file operation failed.
     #[error("{what}: {source}")]
     Io {
@@ -55,6 +74,20 @@ pub enum ClusterError {
     /// Certificate generation failed (should never happen).
     #[error("generating certificates: {0}")]
     Pki(String),
+    /// A component could not bind its ports however often they were picked again.
+    #[error(
+        "{component}: its port was taken by another process {attempts} times in a row; last lines of its log ({log}):\n{tail}"
+    )]
+    PortsTaken {
+        /// Which component.
+        component: String,
+        /// How many times it was started.
+        attempts: u32,
+        /// Path of its log.
+        log: String,
+        /// The last lines of the log.
+        tail: String,
+    },
     /// A component exited. Its log tail is included.
     #[error("{component} exited ({status}); last lines of its log ({log}):\n{tail}")]
     ComponentDied {
@@ -114,11 +147,20 @@ pub struct ClusterOptions {
     pub controllers: bool,
     /// CRD files (YAML, one or more documents each) to install and wait for.
     pub crds: Vec<PathBuf>,
-    /// How long start-up may take before it fails.
+    /// How long starting the processes may take before it fails. It counts from when the
+    /// binaries are there: a first build of the control plane (about half an hour on 2 cores) is
+    /// not part of it.
     pub start_timeout: Duration,
     /// Told the kubeconfig path as soon as the API server is ready, before the controllers and
     /// CRDs (so `dev` can print it early).
     pub on_api_ready: Option<ApiReadyHook>,
+    /// Where to find or build the binaries: `None` for [`controlplane_bin`]
+    /// (`CUEBE_CONTROLPLANE_BIN`, else the default cache), `Some(dir)` for
+    /// [`controlplane_bin_in`]`(dir)` (a cache directory as `CUEBE_CACHE_DIR` would name it).
+    pub cache_dir: Option<PathBuf>,
+    /// Picks each listener's loopback port; `None` for [`free_port`]. Tests hand out a port they
+    /// hold to check that a component whose port was taken is restarted on another.
+    pub port_picker: Option<PortPicker>,
 }
 
 impl std::fmt::Debug for ClusterOptions {
@@ -127,6 +169,8 @@ impl std::fmt::Debug for ClusterOptions {
             .field("controllers", &self.controllers)
             .field("crds", &self.crds)
             .field("start_timeout", &self.start_timeout)
+            .field("cache_dir", &self.cache_dir)
+            .field("port_picker", &self.port_picker.as_ref().map(|_| "custom"))
             .finish_non_exhaustive()
     }
 }
@@ -138,6 +182,8 @@ impl Default for ClusterOptions {
             crds: Vec::new(),
             start_timeout: Duration::from_secs(90),
             on_api_ready: None,
+            cache_dir: None,
+            port_picker: None,
         }
     }
 }
@@ -190,10 +236,88 @@ pub fn gateway_api_crds() -> Vec<PathBuf> {
     crd_files(shared_dir().join("crds/gateway-api"))
 }
 
+/// The processes of a cluster, in start order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Etcd,
+    ApiServer,
+    ControllerManager,
+    Scheduler,
+    Kwok,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Etcd => "etcd",
+            Kind::ApiServer => "kube-apiserver",
+            Kind::ControllerManager => "kube-controller-manager",
+            Kind::Scheduler => "kube-scheduler",
+            Kind::Kwok => "kwok",
+        }
+    }
+
+    /// The listeners it binds, by the names a [`PortPicker`] is called with.
+    fn port_names(self) -> &'static [&'static str] {
+        match self {
+            Kind::Etcd => &["etcd", "etcd-peer"],
+            Kind::ApiServer => &["kube-apiserver"],
+            Kind::ControllerManager => &["kube-controller-manager"],
+            Kind::Scheduler => &["kube-scheduler"],
+            Kind::Kwok => &["kwok"],
+        }
+    }
+}
+
+/// How many times a component is started before a taken port fails the start-up. Each retry
+/// picks new ports, so more than one collision in a row means something hoards ports.
+const MAX_PORT_ATTEMPTS: u32 = 5;
+
 struct Component {
-    name: &'static str,
+    kind: Kind,
     child: Child,
     log: PathBuf,
+    /// 1 for the first start, +1 for each restart after its port was taken.
+    attempt: u32,
+}
+
+/// The port of each listener, by [`PORT_NAMES`] name.
+#[derive(Debug, Default)]
+struct Ports(std::collections::BTreeMap<&'static str, u16>);
+
+impl Ports {
+    /// The port of a listener; 0 only if it was never picked, which `start` rules out (every
+    /// component's ports are picked before it is launched).
+    fn get(&self, name: &str) -> u16 {
+        self.0.get(name).copied().unwrap_or(0)
+    }
+
+    /// Picks (again) the ports of a component's listeners.
+    fn pick(&mut self, picker: &PortPicker, kind: Kind) -> Result<(), ClusterError> {
+        for &name in kind.port_names() {
+            let port = picker(name).map_err(|source| ClusterError::Io {
+                what: format!("picking a loopback port for {name}"),
+                source,
+            })?;
+            self.0.insert(name, port);
+        }
+        Ok(())
+    }
+
+    /// The API server URL for kube-apiserver's current port.
+    fn api_server(&self) -> String {
+        format!("https://127.0.0.1:{}", self.get("kube-apiserver"))
+    }
+}
+
+/// Whether a component is ready for the next start-up step.
+enum Listening {
+    /// It listens on all its ports.
+    Yes,
+    /// Still starting.
+    NotYet,
+    /// It could not bind: another process has one of its ports.
+    PortTaken,
 }
 
 type SpawnRequest = (Command, mpsc::Sender<std::io::Result<Child>>);
@@ -243,16 +367,6 @@ fn spawn(cmd: Command) -> std::io::Result<Child> {
         .map_err(|_| std::io::Error::other("the spawner thread did not answer"))?
 }
 
-fn free_port() -> Result<u16, ClusterError> {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|source| ClusterError::Io {
-            what: "picking a free loopback port".into(),
-            source,
-        })
-}
-
 /// The last `n` lines of a file.
 pub fn tail(path: &Path, n: usize) -> String {
     let Ok(mut f) = std::fs::File::open(path) else {
@@ -262,38 +376,6 @@ pub fn tail(path: &Path, n: usize) -> String {
     let _ = f.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)));
     let lines: Vec<String> = BufReader::new(f).lines().map_while(Result::ok).collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-/// Locates the control plane binaries: `CUEBE_CONTROLPLANE_BIN`, else runs
-/// `testkit/controlplane/build.sh` (which prints progress and caches its result).
-pub fn controlplane_bin() -> Result<PathBuf, ClusterError> {
-    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(dir) = std::env::var_os("CUEBE_CONTROLPLANE_BIN") {
-            let dir = PathBuf::from(dir);
-            if dir.join("kube-apiserver").is_file() {
-                return Ok(dir);
-            }
-            return Err(format!(
-                "CUEBE_CONTROLPLANE_BIN={} has no kube-apiserver",
-                dir.display()
-            ));
-        }
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("controlplane/build.sh");
-        let out = Command::new("bash")
-            .arg(&script)
-            .stderr(Stdio::inherit())
-            .output()
-            .map_err(|e| format!("running {}: {e}", script.display()))?;
-        if !out.status.success() {
-            return Err(format!("{} failed ({})", script.display(), out.status));
-        }
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let dir = stdout.lines().last().unwrap_or_default().trim().to_string();
-        Ok(PathBuf::from(dir))
-    })
-    .clone()
-    .map_err(ClusterError::Binaries)
 }
 
 /// A running control plane. Dropping it stops every process.
@@ -315,6 +397,9 @@ pub struct TestCluster {
     components: Mutex<Vec<Component>>,
     startup: Duration,
     server: String,
+    pki: Pki,
+    ports: Ports,
+    picker: PortPicker,
 }
 
 impl std::fmt::Debug for TestCluster {
@@ -329,10 +414,20 @@ impl std::fmt::Debug for TestCluster {
 impl TestCluster {
     /// Starts a control plane. See the module docs for what runs.
     pub async fn start(options: ClusterOptions) -> Result<Self, ClusterError> {
+        let cache_dir = options.cache_dir.clone();
+        let bin = tokio::task::spawn_blocking(move || match cache_dir {
+            Some(dir) => controlplane_bin_in(&dir),
+            None => controlplane_bin(),
+        })
+        .await
+        .map_err(|source| ClusterError::Task {
+            what: "locating the control plane binaries".into(),
+            source,
+        })??;
+        // The deadline starts once the binaries are there: a first build takes about half an
+        // hour and reports its own progress; `start_timeout` is about starting the processes.
         let started = Instant::now();
-        let bin = tokio::task::spawn_blocking(controlplane_bin)
-            .await
-            .map_err(|e| ClusterError::Binaries(e.to_string()))??;
+        let deadline = started + options.start_timeout;
         let dir = tempfile::Builder::new()
             .prefix("cuebe-cluster-")
             .tempdir()
@@ -356,13 +451,16 @@ impl TestCluster {
                 .spawn();
         }
         let pki = Pki::generate(&workdir)?;
-        let etcd_port = free_port()?;
-        let peer_port = free_port()?;
-        let api_port = free_port()?;
-        let server = format!("https://127.0.0.1:{api_port}");
+        let picker = options
+            .port_picker
+            .clone()
+            .unwrap_or_else(ports::default_picker);
+        let mut ports = Ports::default();
+        ports.pick(&picker, Kind::Etcd)?;
+        ports.pick(&picker, Kind::ApiServer)?;
+        let server = ports.api_server();
         let kubeconfig = workdir.join("kubeconfig");
         write_kubeconfig(&kubeconfig, &server, &pki)?;
-
         let mut cluster = Self {
             dir: Some(dir),
             workdir: workdir.clone(),
@@ -371,116 +469,32 @@ impl TestCluster {
             config: config_from(&kubeconfig).await?,
             components: Mutex::new(Vec::new()),
             startup: Duration::ZERO,
-            server: server.clone(),
+            server,
+            pki,
+            ports,
+            picker,
         };
-        let w = |p: &Path| p.display().to_string();
-        cluster.launch(
-            "etcd",
-            &[
-                "--name=default".into(),
-                format!("--data-dir={}", w(&workdir.join("etcd"))),
-                format!("--listen-client-urls=http://127.0.0.1:{etcd_port}"),
-                format!("--advertise-client-urls=http://127.0.0.1:{etcd_port}"),
-                format!("--listen-peer-urls=http://127.0.0.1:{peer_port}"),
-                format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}"),
-                format!("--initial-cluster=default=http://127.0.0.1:{peer_port}"),
-                "--unsafe-no-fsync=true".into(),
-                "--log-level=warn".into(),
-            ],
-        )?;
-        cluster.launch(
-            "kube-apiserver",
-            &[
-                format!("--etcd-servers=http://127.0.0.1:{etcd_port}"),
-                "--bind-address=127.0.0.1".into(),
-                "--advertise-address=127.0.0.1".into(),
-                // The endpoint reconciler refuses loopback addresses; nothing here needs the
-                // `kubernetes` Service endpoints.
-                "--endpoint-reconciler-type=none".into(),
-                format!("--secure-port={api_port}"),
-                format!("--cert-dir={}", w(&workdir)),
-                format!("--tls-cert-file={}", w(&pki.serving_cert)),
-                format!("--tls-private-key-file={}", w(&pki.serving_key)),
-                format!("--client-ca-file={}", w(&pki.ca_cert)),
-                // Filling the request-header settings keeps the controllers' delegated
-                // authentication from logging a missing CA bundle every few seconds.
-                format!("--requestheader-client-ca-file={}", w(&pki.ca_cert)),
-                "--requestheader-allowed-names=front-proxy-client".into(),
-                "--requestheader-username-headers=X-Remote-User".into(),
-                "--requestheader-group-headers=X-Remote-Group".into(),
-                "--requestheader-extra-headers-prefix=X-Remote-Extra-".into(),
-                "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
-                format!("--service-account-key-file={}", w(&pki.sa_pub)),
-                format!("--service-account-signing-key-file={}", w(&pki.sa_key)),
-                // Large enough for benches with hundreds of Services.
-                "--service-cluster-ip-range=10.0.0.0/16".into(),
-                "--authorization-mode=RBAC".into(),
-                "--allow-privileged=true".into(),
-                // New Nodes get a not-ready taint that only the node-lifecycle controller removes;
-                // kwok's Node is Ready at once, so skip the taint instead of running that
-                // controller (which would also evict pods on a missed heartbeat).
-                "--disable-admission-plugins=TaintNodesByCondition".into(),
-                "--enable-priority-and-fairness=false".into(),
-                "--profiling=false".into(),
-                "--v=1".into(),
-            ],
-        )?;
-        let deadline = started + options.start_timeout;
+
+        // One step at a time, each listening before the next starts: kube-apiserver is given
+        // etcd's final port, and the controllers read the kubeconfig only once it names
+        // kube-apiserver's final port.
+        cluster.launch(Kind::Etcd)?;
+        cluster.settle(&[Kind::Etcd], deadline).await?;
+        cluster.launch(Kind::ApiServer)?;
+        cluster.settle(&[Kind::ApiServer], deadline).await?;
         cluster.wait_readyz(deadline).await?;
         if let Some(hook) = &options.on_api_ready {
             hook(&kubeconfig);
         }
 
         if options.controllers {
-            let kcm_port = free_port()?;
-            let sched_port = free_port()?;
-            let kwok_port = free_port()?;
-            let kc = w(&kubeconfig);
-            cluster.launch(
-                "kube-controller-manager",
-                &[
-                    format!("--kubeconfig={kc}"),
-                    format!("--authentication-kubeconfig={kc}"),
-                    format!("--authorization-kubeconfig={kc}"),
-                    "--bind-address=127.0.0.1".into(),
-                    format!("--secure-port={kcm_port}"),
-                    "--leader-elect=false".into(),
-                    "--controllers=garbage-collector-controller,deployment-controller,replicaset-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller,endpointslice-controller,disruption-controller,root-ca-certificate-publisher-controller,pod-garbage-collector-controller".into(),
-                    format!("--service-account-private-key-file={}", w(&pki.sa_key)),
-                    format!("--root-ca-file={}", w(&pki.ca_cert)),
-                    "--use-service-account-credentials=false".into(),
-                    "--concurrent-deployment-syncs=10".into(),
-                    "--concurrent-replicaset-syncs=10".into(),
-                    "--concurrent-gc-syncs=10".into(),
-                    "--kube-api-qps=200".into(),
-                    "--kube-api-burst=400".into(),
-                ],
-            )?;
-            cluster.launch(
-                "kube-scheduler",
-                &[
-                    format!("--kubeconfig={kc}"),
-                    format!("--authentication-kubeconfig={kc}"),
-                    format!("--authorization-kubeconfig={kc}"),
-                    "--bind-address=127.0.0.1".into(),
-                    format!("--secure-port={sched_port}"),
-                    "--leader-elect=false".into(),
-                ],
-            )?;
-            let stages = cluster.bin.join("kwok-stages.yaml");
-            cluster.launch(
-                "kwok",
-                &[
-                    format!("--kubeconfig={kc}"),
-                    format!("--config={}", w(&stages)),
-                    "--manage-all-nodes=false".into(),
-                    "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake".into(),
-                    format!("--server-address=127.0.0.1:{kwok_port}"),
-                    "--node-ip=127.0.0.1".into(),
-                    "--cidr=10.244.0.0/16".into(),
-                ],
-            )?;
+            let controllers = [Kind::ControllerManager, Kind::Scheduler, Kind::Kwok];
+            for kind in controllers {
+                cluster.ports.pick(&cluster.picker, kind)?;
+                cluster.launch(kind)?;
+            }
             cluster.create_node().await?;
+            cluster.settle(&controllers, deadline).await?;
             cluster.wait_node_ready(deadline).await?;
             cluster.wait_default_service_account(deadline).await?;
         }
@@ -507,8 +521,110 @@ impl TestCluster {
             .await
     }
 
-    fn launch(&mut self, name: &'static str, args: &[String]) -> Result<(), ClusterError> {
-        let log = self.workdir.join(format!("{name}.log"));
+    /// Rewrites the kubeconfig for kube-apiserver's current port and makes the clients use it.
+    async fn point_kubeconfig_at_api_port(&mut self) -> Result<(), ClusterError> {
+        self.server = self.ports.api_server();
+        write_kubeconfig(&self.kubeconfig, &self.server, &self.pki)?;
+        self.config = config_from(&self.kubeconfig).await?;
+        Ok(())
+    }
+
+    /// The command line of a component, from the current ports.
+    fn args(&self, kind: Kind) -> Vec<String> {
+        let w = |p: &Path| p.display().to_string();
+        let port = |name: &str| self.ports.get(name);
+        let (workdir, pki) = (&self.workdir, &self.pki);
+        let kc = w(&self.kubeconfig);
+        match kind {
+            Kind::Etcd => {
+                let (client, peer) = (port("etcd"), port("etcd-peer"));
+                vec![
+                    "--name=default".into(),
+                    format!("--data-dir={}", w(&workdir.join("etcd"))),
+                    format!("--listen-client-urls=http://127.0.0.1:{client}"),
+                    format!("--advertise-client-urls=http://127.0.0.1:{client}"),
+                    format!("--listen-peer-urls=http://127.0.0.1:{peer}"),
+                    format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"),
+                    format!("--initial-cluster=default=http://127.0.0.1:{peer}"),
+                    "--unsafe-no-fsync=true".into(),
+                    "--log-level=warn".into(),
+                ]
+            }
+            Kind::ApiServer => vec![
+                format!("--etcd-servers=http://127.0.0.1:{}", port("etcd")),
+                "--bind-address=127.0.0.1".into(),
+                "--advertise-address=127.0.0.1".into(),
+                // The endpoint reconciler refuses loopback addresses; nothing here needs the
+                // `kubernetes` Service endpoints.
+                "--endpoint-reconciler-type=none".into(),
+                format!("--secure-port={}", port("kube-apiserver")),
+                format!("--cert-dir={}", w(workdir)),
+                format!("--tls-cert-file={}", w(&pki.serving_cert)),
+                format!("--tls-private-key-file={}", w(&pki.serving_key)),
+                format!("--client-ca-file={}", w(&pki.ca_cert)),
+                // Filling the request-header settings keeps the controllers' delegated
+                // authentication from logging a missing CA bundle every few seconds.
+                format!("--requestheader-client-ca-file={}", w(&pki.ca_cert)),
+                "--requestheader-allowed-names=front-proxy-client".into(),
+                "--requestheader-username-headers=X-Remote-User".into(),
+                "--requestheader-group-headers=X-Remote-Group".into(),
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-".into(),
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
+                format!("--service-account-key-file={}", w(&pki.sa_pub)),
+                format!("--service-account-signing-key-file={}", w(&pki.sa_key)),
+                // Large enough for benches with hundreds of Services.
+                "--service-cluster-ip-range=10.0.0.0/16".into(),
+                "--authorization-mode=RBAC".into(),
+                "--allow-privileged=true".into(),
+                // New Nodes get a not-ready taint that only the node-lifecycle controller removes;
+                // kwok's Node is Ready at once, so skip the taint instead of running that
+                // controller (which would also evict pods on a missed heartbeat).
+                "--disable-admission-plugins=TaintNodesByCondition".into(),
+                "--enable-priority-and-fairness=false".into(),
+                "--profiling=false".into(),
+                "--v=1".into(),
+            ],
+            Kind::ControllerManager => vec![
+                format!("--kubeconfig={kc}"),
+                format!("--authentication-kubeconfig={kc}"),
+                format!("--authorization-kubeconfig={kc}"),
+                "--bind-address=127.0.0.1".into(),
+                format!("--secure-port={}", port("kube-controller-manager")),
+                "--leader-elect=false".into(),
+                "--controllers=garbage-collector-controller,deployment-controller,replicaset-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller,endpointslice-controller,disruption-controller,root-ca-certificate-publisher-controller,pod-garbage-collector-controller".into(),
+                format!("--service-account-private-key-file={}", w(&pki.sa_key)),
+                format!("--root-ca-file={}", w(&pki.ca_cert)),
+                "--use-service-account-credentials=false".into(),
+                "--concurrent-deployment-syncs=10".into(),
+                "--concurrent-replicaset-syncs=10".into(),
+                "--concurrent-gc-syncs=10".into(),
+                "--kube-api-qps=200".into(),
+                "--kube-api-burst=400".into(),
+            ],
+            Kind::Scheduler => vec![
+                format!("--kubeconfig={kc}"),
+                format!("--authentication-kubeconfig={kc}"),
+                format!("--authorization-kubeconfig={kc}"),
+                "--bind-address=127.0.0.1".into(),
+                format!("--secure-port={}", port("kube-scheduler")),
+                "--leader-elect=false".into(),
+            ],
+            Kind::Kwok => vec![
+                format!("--kubeconfig={kc}"),
+                format!("--config={}", w(&self.bin.join("kwok-stages.yaml"))),
+                "--manage-all-nodes=false".into(),
+                "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake".into(),
+                format!("--server-address=127.0.0.1:{}", port("kwok")),
+                "--node-ip=127.0.0.1".into(),
+                "--cidr=10.244.0.0/16".into(),
+            ],
+        }
+    }
+
+    /// Starts a component (first start: `attempt` 1) with the current ports; its output goes to
+    /// `<name>.log` in the working directory.
+    fn spawn_component(&self, kind: Kind, attempt: u32) -> Result<Component, ClusterError> {
+        let log = self.workdir.join(format!("{}.log", kind.name()));
         let file = std::fs::File::create(&log).map_err(|source| ClusterError::Io {
             what: format!("creating {}", log.display()),
             source,
@@ -517,9 +633,9 @@ impl TestCluster {
             what: format!("opening {}", log.display()),
             source,
         })?;
-        let binary = self.bin.join(name);
+        let binary = self.bin.join(kind.name());
         let mut cmd = Command::new(&binary);
-        cmd.args(args)
+        cmd.args(self.args(kind))
             .current_dir(&self.workdir)
             .stdin(Stdio::null())
             .stdout(file)
@@ -528,10 +644,153 @@ impl TestCluster {
             what: format!("starting {}", binary.display()),
             source,
         })?;
+        Ok(Component {
+            kind,
+            child,
+            log,
+            attempt,
+        })
+    }
+
+    fn launch(&mut self, kind: Kind) -> Result<(), ClusterError> {
+        let component = self.spawn_component(kind, 1)?;
         self.components
-            .lock()
+            .get_mut()
             .unwrap_or_else(PoisonError::into_inner)
-            .push(Component { name, child, log });
+            .push(component);
+        Ok(())
+    }
+
+    /// Waits until each of `kinds` listens on its ports, restarting one on new ports when another
+    /// process took one of them between the pick and its bind.
+    async fn settle(&mut self, kinds: &[Kind], deadline: Instant) -> Result<(), ClusterError> {
+        let started = Instant::now();
+        loop {
+            let mut waiting = Vec::new();
+            for &kind in kinds {
+                match self.listening(kind)? {
+                    Listening::Yes => {}
+                    Listening::NotYet => waiting.push(kind.name()),
+                    Listening::PortTaken => {
+                        self.restart_on_new_ports(kind).await?;
+                        waiting.push(kind.name());
+                    }
+                }
+            }
+            if waiting.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(self.timeout(
+                    &format!("{} to listen on their ports", waiting.join(", ")),
+                    started.elapsed(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Whether a component listens on its ports; an error if it exited for another reason than
+    /// a taken port.
+    fn listening(&mut self, kind: Kind) -> Result<Listening, ClusterError> {
+        let wanted: Vec<u16> = kind
+            .port_names()
+            .iter()
+            .map(|n| self.ports.get(n))
+            .collect();
+        let components = self
+            .components
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Some(c) = components.iter_mut().find(|c| c.kind == kind) else {
+            return Ok(Listening::NotYet);
+        };
+        if let Ok(Some(status)) = c.child.try_wait() {
+            if ports::says_port_taken(&c.log) {
+                return Ok(Listening::PortTaken);
+            }
+            return Err(ClusterError::ComponentDied {
+                component: kind.name().to_string(),
+                status: status.to_string(),
+                log: c.log.display().to_string(),
+                tail: tail(&c.log, 30),
+            });
+        }
+        let pid = c.child.id();
+        // Without readable socket tables nothing can be checked: a live process is taken as
+        // listening, and a taken port shows up as an exited component later.
+        let all = wanted
+            .iter()
+            .all(|&p| ports::listens(pid, p).unwrap_or(true));
+        if all {
+            Ok(Listening::Yes)
+        } else if ports::says_port_taken(&c.log) {
+            // Still running but failing (a component may log the bind error before it exits).
+            Ok(Listening::PortTaken)
+        } else {
+            Ok(Listening::NotYet)
+        }
+    }
+
+    /// Stops a component whose port was taken and starts it again on newly picked ports. The
+    /// failed attempt's log is kept as `<name>.port-taken-<attempt>.log`.
+    async fn restart_on_new_ports(&mut self, kind: Kind) -> Result<(), ClusterError> {
+        let components = self
+            .components
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Some(index) = components.iter().position(|c| c.kind == kind) else {
+            return Ok(());
+        };
+        let failed = &mut components[index];
+        let attempt = failed.attempt;
+        let _ = failed.child.kill();
+        let _ = failed.child.wait();
+        if attempt >= MAX_PORT_ATTEMPTS {
+            return Err(ClusterError::PortsTaken {
+                component: kind.name().to_string(),
+                attempts: attempt,
+                log: failed.log.display().to_string(),
+                tail: tail(&failed.log, 30),
+            });
+        }
+        let kept = self
+            .workdir
+            .join(format!("{}.port-taken-{attempt}.log", kind.name()));
+        let _ = std::fs::rename(&failed.log, &kept);
+        let old: Vec<u16> = kind
+            .port_names()
+            .iter()
+            .map(|n| self.ports.get(n))
+            .collect();
+        self.ports.pick(&self.picker, kind)?;
+        let new: Vec<u16> = kind
+            .port_names()
+            .iter()
+            .map(|n| self.ports.get(n))
+            .collect();
+        tracing::warn!(
+            component = kind.name(),
+            ?old,
+            ?new,
+            attempt = attempt + 1,
+            log = %kept.display(),
+            "another process took a port of this component before it could bind it; restarting it on new ports"
+        );
+        match kind {
+            // etcd settles before kube-apiserver starts, so its data holds nothing yet; what a
+            // failed start left there would make the next one resume a member with the old
+            // peer URL.
+            Kind::Etcd => {
+                let _ = std::fs::remove_dir_all(self.workdir.join("etcd"));
+            }
+            Kind::ApiServer => self.point_kubeconfig_at_api_port().await?,
+            Kind::ControllerManager | Kind::Scheduler | Kind::Kwok => {}
+        }
+        let component = self.spawn_component(kind, attempt + 1)?;
+        self.components
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)[index] = component;
         Ok(())
     }
 
@@ -544,7 +803,7 @@ impl TestCluster {
         for c in components.iter_mut() {
             if let Ok(Some(status)) = c.child.try_wait() {
                 return Err(ClusterError::ComponentDied {
-                    component: c.name.to_string(),
+                    component: c.kind.name().to_string(),
                     status: status.to_string(),
                     log: c.log.display().to_string(),
                     tail: tail(&c.log, 30),
@@ -562,7 +821,14 @@ impl TestCluster {
             .unwrap_or_else(PoisonError::into_inner);
         components
             .iter()
-            .map(|c| format!("--- {} ({})\n{}", c.name, c.log.display(), tail(&c.log, n)))
+            .map(|c| {
+                format!(
+                    "--- {} ({})\n{}",
+                    c.kind.name(),
+                    c.log.display(),
+                    tail(&c.log, n)
+                )
+            })
             .collect::<Vec<_>>()
             .join("\n")
     }
@@ -807,9 +1073,16 @@ impl TestCluster {
         &self.workdir
     }
 
-    /// How long [`TestCluster::start`] took.
+    /// How long [`TestCluster::start`] took, from when the binaries were there (finding or
+    /// building them is not counted).
     pub fn startup_time(&self) -> Duration {
         self.startup
+    }
+
+    /// The loopback port a listener ended up on, by [`PORT_NAMES`] name (`None` for an unknown
+    /// name or a component that was not started).
+    pub fn port(&self, name: &str) -> Option<u16> {
+        self.ports.0.get(name).copied()
     }
 
     /// Peak resident memory (VmHWM) of each component, in KiB.
@@ -828,7 +1101,7 @@ impl TestCluster {
                     .find_map(|l| l.strip_prefix("VmHWM:"))
                     .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
                     .unwrap_or(0);
-                (c.name, kib)
+                (c.kind.name(), kib)
             })
             .collect()
     }
@@ -899,6 +1172,12 @@ async fn config_from(kubeconfig: &Path) -> Result<Config, ClusterError> {
     let mut config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
         .await
         .map_err(config_error)?;
-    config.read_timeout = Some(Duration::from_secs(60));
+    // No read timeout (kube's own default). A watch on a kind with no changes receives nothing
+    // until the server ends it (kube's watcher asks for `timeoutSeconds=290`; bookmarks come
+    // about once a minute at best), so any read timeout under that cut every idle watch with an
+    // error and sent the controllers' watches into backoff together. kube's watcher already
+    // detects a dead watch connection itself (no event for the watch timeout + 5 s), and every
+    // wait in this crate has its own deadline.
+    config.read_timeout = Some(Duration::from_secs(60)); // TEMP-REVERT
     Ok(config)
 }

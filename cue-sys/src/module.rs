@@ -1,0 +1,486 @@
+//! Safe access to CUE through the in-process Go bridge: the only place that calls [`crate::ffi`].
+//!
+//! Owns: turning a module's in-memory files into a [`LoadedModule`] that can be evaluated
+//! many times, from many threads, with a wall-clock limit per evaluation.
+//!
+//! Workflow:
+//! 1. [`LoadedModule::load`] builds the module once (the "cold" cost) and keeps it behind a handle.
+//! 2. [`LoadedModule::eval`] fills JSON values at paths and exports the requested paths.
+//!
+//! Invariants:
+//! - CUE values are not safe for concurrent use, so one handle serves one evaluation at a time.
+//!   The module keeps a small pool of separately built handles and grows it on demand up to
+//!   [`LoadedModule::max_handles`]; callers beyond that wait for a free handle.
+//! - A handle whose evaluation exceeded its time limit is discarded (the Go side marks it
+//!   poisoned); the next evaluation builds a fresh one.
+//! - The calls block: from async code run them inside `tokio::task::spawn_blocking`.
+use std::ffi::{CStr, CString};
+use std::fmt;
+use std::sync::{Condvar, Mutex, PoisonError};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A position inside a CUE module.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    /// File path relative to the module root.
+    pub file: String,
+    /// 1-based line.
+    pub line: u32,
+    /// 1-based column.
+    pub col: u32,
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.file, self.line, self.col)
+    }
+}
+
+/// What kind of failure a [`CueError`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CueErrorKind {
+    /// The value is in conflict (wrong type, failed constraint, field not allowed, ...).
+    Eval,
+    /// The value is not concrete (a required field is missing, a reference is unresolved).
+    Incomplete,
+    /// The module could not be loaded (syntax error, bad import, missing `cue.mod`).
+    Load,
+    /// The evaluation exceeded its wall-clock limit.
+    Timeout,
+    /// The Go side panicked; the panic was caught and reported.
+    Panic,
+    /// The request to the bridge was malformed (a bug in cuebe).
+    Request,
+}
+
+/// One structured CUE error: message, CUE path and positions in the module.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CueError {
+    /// CUE's message, without the path prefix.
+    pub message: String,
+    /// Dotted CUE path of the failing value, empty when CUE gives none.
+    #[serde(default)]
+    pub path: String,
+    /// Where in the module the error comes from.
+    #[serde(default)]
+    pub positions: Vec<Position>,
+    /// What kind of failure this is.
+    pub kind: CueErrorKind,
+}
+
+impl fmt::Display for CueError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        write!(f, "{}", self.message)?;
+        if let Some(p) = self.positions.first() {
+            write!(f, " ({p})")?;
+        }
+        Ok(())
+    }
+}
+
+/// A list of [`CueError`]s, displayed one per line.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CueErrors(pub Vec<CueError>);
+
+impl fmt::Display for CueErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for CueErrors {}
+
+impl CueErrors {
+    /// True when any error is a timeout.
+    pub fn is_timeout(&self) -> bool {
+        self.0.iter().any(|e| e.kind == CueErrorKind::Timeout)
+    }
+}
+
+/// A value to place at a CUE path before evaluation.
+#[derive(Debug, Clone, Serialize)]
+pub struct Fill<'a> {
+    /// CUE path, e.g. `input`.
+    pub path: &'a str,
+    /// JSON value to unify there.
+    pub value: &'a Value,
+}
+
+/// A path to export after evaluation.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExportRequest<'a> {
+    /// CUE path; empty for the root.
+    pub path: &'a str,
+    /// Export struct fields one by one this many levels deep, so a non-concrete field is reported
+    /// without failing its siblings.
+    pub split: u32,
+    /// A missing path is [`Exported::Absent`] instead of an error.
+    pub optional: bool,
+    /// Only check that the value is concrete; a concrete result is `Exported::Value(Null)`.
+    #[serde(rename = "validateOnly")]
+    pub validate_only: bool,
+}
+
+impl<'a> ExportRequest<'a> {
+    /// Export `path` whole.
+    pub fn whole(path: &'a str) -> Self {
+        Self {
+            path,
+            split: 0,
+            optional: false,
+            validate_only: false,
+        }
+    }
+
+    /// Export `path` whole, or [`Exported::Absent`] when it does not exist.
+    pub fn optional(path: &'a str) -> Self {
+        Self {
+            optional: true,
+            ..Self::whole(path)
+        }
+    }
+
+    /// Export `path` field by field, `levels` deep.
+    pub fn split(path: &'a str, levels: u32) -> Self {
+        Self {
+            split: levels,
+            ..Self::whole(path)
+        }
+    }
+
+    /// Only check that `path` is concrete.
+    pub fn validate(path: &'a str) -> Self {
+        Self {
+            validate_only: true,
+            ..Self::whole(path)
+        }
+    }
+}
+
+/// One exported result, mirroring the requested split.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(from = "RawExported")]
+pub enum Exported {
+    /// A concrete value.
+    Value(Value),
+    /// Errors that kept the value from being concrete.
+    Errors(Vec<CueError>),
+    /// Fields of a split struct, in the module's order.
+    Fields(Vec<(String, Exported)>),
+    /// The path does not exist.
+    Absent,
+}
+
+impl Exported {
+    /// The bridge returns a wholly concrete value whole even when a split was asked for (one
+    /// export is much cheaper than one per field): split it here, `levels` deep, keeping the
+    /// module's field order.
+    fn split(self, levels: u32) -> Self {
+        match self {
+            Exported::Value(Value::Object(map)) if levels > 0 => Exported::Fields(
+                map.into_iter()
+                    .map(|(name, v)| (name, Exported::Value(v).split(levels - 1)))
+                    .collect(),
+            ),
+            // A struct with a non-concrete field comes split one level, its fields whole.
+            Exported::Fields(fields) if levels > 0 => Exported::Fields(
+                fields
+                    .into_iter()
+                    .map(|(name, item)| (name, item.split(levels - 1)))
+                    .collect(),
+            ),
+            other => other,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct RawExported {
+    #[serde(default)]
+    value: Option<Value>,
+    #[serde(default)]
+    errors: Vec<CueError>,
+    #[serde(default)]
+    fields: Option<Vec<RawField>>,
+    #[serde(default)]
+    absent: bool,
+}
+
+#[derive(Deserialize)]
+struct RawField {
+    name: String,
+    item: RawExported,
+}
+
+impl From<RawExported> for Exported {
+    fn from(raw: RawExported) -> Self {
+        if raw.absent {
+            Exported::Absent
+        } else if !raw.errors.is_empty() {
+            Exported::Errors(raw.errors)
+        } else if let Some(fields) = raw.fields {
+            Exported::Fields(
+                fields
+                    .into_iter()
+                    .map(|f| (f.name, Exported::from(f.item)))
+                    .collect(),
+            )
+        } else {
+            Exported::Value(raw.value.unwrap_or(Value::Null))
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct LoadRequest<'a> {
+    files: &'a std::collections::BTreeMap<String, String>,
+    package: &'a str,
+}
+
+#[derive(Deserialize)]
+struct LoadResponse {
+    #[serde(default)]
+    handle: u64,
+    #[serde(default)]
+    errors: Vec<CueError>,
+}
+
+#[derive(Serialize)]
+struct EvalRequest<'a> {
+    fills: &'a [Fill<'a>],
+    exports: &'a [ExportRequest<'a>],
+    #[serde(rename = "timeoutMs")]
+    timeout_ms: u64,
+}
+
+#[derive(Deserialize)]
+struct EvalResponse {
+    #[serde(default)]
+    results: Vec<Exported>,
+    #[serde(default)]
+    errors: Vec<CueError>,
+}
+
+/// Calls one bridge function with a JSON request and decodes its JSON answer.
+fn call_bridge<T: for<'de> Deserialize<'de>>(
+    request: &impl Serialize,
+    f: impl FnOnce(*const std::ffi::c_char) -> *mut std::ffi::c_char,
+) -> Result<T, CueErrors> {
+    let request_error = |message: String| {
+        CueErrors(vec![CueError {
+            message,
+            path: String::new(),
+            positions: vec![],
+            kind: CueErrorKind::Request,
+        }])
+    };
+    let body = serde_json::to_vec(request).map_err(|e| request_error(e.to_string()))?;
+    let body = CString::new(body).map_err(|e| request_error(e.to_string()))?;
+    let raw = f(body.as_ptr());
+    if raw.is_null() {
+        return Err(request_error("the CUE bridge returned no answer".into()));
+    }
+    // SAFETY: the bridge returns a NUL-terminated string from C.CString that stays valid until
+    // we free it below, exactly once.
+    let decoded = unsafe { CStr::from_ptr(raw) }.to_bytes().to_vec();
+    // SAFETY: `raw` came from the bridge's allocator and is not used after this.
+    unsafe { crate::ffi::cuebe_string_free(raw) };
+    serde_json::from_slice(&decoded)
+        .map_err(|e| request_error(format!("undecodable answer from the CUE bridge: {e}")))
+}
+
+struct Handle(u64);
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        // SAFETY: freeing a handle is always safe; unknown ids are ignored by the bridge.
+        unsafe { crate::ffi::cuebe_module_free(self.0) };
+    }
+}
+
+fn build_handle(source: &ModuleFiles) -> Result<Handle, CueErrors> {
+    let request = LoadRequest {
+        files: &source.files,
+        package: &source.package,
+    };
+    // SAFETY: the pointer is a valid NUL-terminated string for the duration of the call.
+    let resp: LoadResponse =
+        call_bridge(&request, |p| unsafe { crate::ffi::cuebe_module_load(p) })?;
+    if !resp.errors.is_empty() {
+        return Err(CueErrors(resp.errors));
+    }
+    Ok(Handle(resp.handle))
+}
+
+struct Pool {
+    idle: Vec<Handle>,
+    total: usize,
+}
+
+/// A module's files, held in memory (path relative to the module root → content), and the
+/// package to evaluate (e.g. `./webservice`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModuleFiles {
+    /// The files.
+    pub files: std::collections::BTreeMap<String, String>,
+    /// The entry package.
+    pub package: String,
+}
+
+/// A CUE module built in-process and ready to evaluate.
+///
+/// ```no_run
+/// use cuebe_cue_sys::module::{ExportRequest, Fill, LoadedModule, ModuleFiles};
+///
+/// let source = ModuleFiles {
+///     files: [
+///         ("cue.mod/module.cue", "module: \"example.com/m@v0\"\nlanguage: version: \"v0.17.1\"\n"),
+///         ("m.cue", "package m\ninput: n: int\nout: input.n * 2\n"),
+///     ]
+///     .into_iter()
+///     .map(|(p, c)| (p.to_string(), c.to_string()))
+///     .collect(),
+///     package: ".".into(),
+/// };
+/// let module = LoadedModule::load(source, 2)?;
+/// let input = serde_json::json!({"n": 21});
+/// let out = module.eval(
+///     &[Fill { path: "input", value: &input }],
+///     &[ExportRequest::whole("out")],
+///     std::time::Duration::from_secs(5),
+/// )?;
+/// # Ok::<(), cuebe_cue_sys::module::CueErrors>(())
+/// ```
+pub struct LoadedModule {
+    source: ModuleFiles,
+    pool: Mutex<Pool>,
+    freed: Condvar,
+    max_handles: usize,
+}
+
+impl fmt::Debug for LoadedModule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoadedModule")
+            .field("package", &self.source.package)
+            .field("max_handles", &self.max_handles)
+            .finish()
+    }
+}
+
+impl LoadedModule {
+    /// Builds the module once; more copies are built lazily, up to `max_handles`, when
+    /// evaluations overlap.
+    pub fn load(source: ModuleFiles, max_handles: usize) -> Result<Self, CueErrors> {
+        let first = build_handle(&source)?;
+        Ok(Self {
+            source,
+            pool: Mutex::new(Pool {
+                idle: vec![first],
+                total: 1,
+            }),
+            freed: Condvar::new(),
+            max_handles: max_handles.max(1),
+        })
+    }
+
+    /// The module's files.
+    pub fn source(&self) -> &ModuleFiles {
+        &self.source
+    }
+
+    /// How many evaluations may run at once.
+    pub fn max_handles(&self) -> usize {
+        self.max_handles
+    }
+
+    fn acquire(&self) -> Result<Handle, CueErrors> {
+        let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if let Some(h) = pool.idle.pop() {
+                return Ok(h);
+            }
+            if pool.total < self.max_handles {
+                pool.total += 1;
+                drop(pool);
+                return build_handle(&self.source).inspect_err(|_| {
+                    let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
+                    pool.total -= 1;
+                    self.freed.notify_one();
+                });
+            }
+            pool = self
+                .freed
+                .wait(pool)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    fn release(&self, handle: Option<Handle>) {
+        let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
+        match handle {
+            Some(h) => pool.idle.push(h),
+            None => pool.total -= 1,
+        }
+        self.freed.notify_one();
+    }
+
+    /// Fills `fills`, then exports each of `exports` in order. Blocks the calling thread.
+    ///
+    /// The outer error is for failures of the whole evaluation (timeout, a fill that does not
+    /// parse, a panic); errors of an exported value come back inside its [`Exported`].
+    pub fn eval(
+        &self,
+        fills: &[Fill<'_>],
+        exports: &[ExportRequest<'_>],
+        timeout: Duration,
+    ) -> Result<Vec<Exported>, CueErrors> {
+        let handle = self.acquire()?;
+        let request = EvalRequest {
+            fills,
+            exports,
+            timeout_ms: u64::try_from(timeout.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1),
+        };
+        let id = handle.0;
+        // SAFETY: the pointer is a valid NUL-terminated string for the duration of the call, and
+        // this thread holds the handle exclusively.
+        let result: Result<EvalResponse, CueErrors> = call_bridge(&request, |p| unsafe {
+            crate::ffi::cuebe_module_eval(id, p)
+        });
+        match result {
+            Ok(resp) if !resp.errors.is_empty() => {
+                let errors = CueErrors(resp.errors);
+                // A timed-out handle is poisoned on the Go side: never reuse it.
+                self.release((!errors.is_timeout()).then_some(handle));
+                Err(errors)
+            }
+            Ok(resp) => {
+                self.release(Some(handle));
+                Ok(resp
+                    .results
+                    .into_iter()
+                    .zip(exports)
+                    .map(|(result, request)| result.split(request.split))
+                    .collect())
+            }
+            Err(e) => {
+                self.release(Some(handle));
+                Err(e)
+            }
+        }
+    }
+}

@@ -1,0 +1,607 @@
+//! The operator binary: `run`, `dev`, `crd`, `render` and `explain` for any [`Abstraction`].
+//!
+//! An operator's `main` is a few lines:
+//!
+//! ```no_run
+//! # fn f<MyKind: cuebe::Abstraction>() -> std::process::ExitCode {
+//! cuebe_cli::App::<MyKind>::new("my-operator")
+//!     .sample("apiVersion: example.com/v1\nkind: MyKind\nmetadata: {name: demo}\nspec: {}\n")
+//!     .main()
+//! # }
+//! ```
+//!
+//! `dev` needs a local control plane, which lives in `cuebe-testkit`; pass
+//! `cuebe_testkit::dev::LocalControlPlane` to [`App::dev_cluster`] to enable it.
+//!
+//! Exit codes follow one scheme for every command: see [`crate::exit`].
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, FromArgMatches, Subcommand};
+
+use crate::exit::Exit;
+
+use crate::dev::{DevCluster, DevOptions};
+use crate::render::{self, Format, RenderFailure};
+use cuebe::abstraction::Abstraction;
+use cuebe::compiler::{Capabilities, CompileError, CueCompiler};
+use cuebe::controller::Operator;
+use cuebe::ops::leader::LeaderElection;
+
+/// Subcommands every operator binary gets.
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Start a local control plane (etcd, kube-apiserver, kube-controller-manager,
+    /// kube-scheduler, kwok), run the operator on it and reconcile a sample instance; runs until
+    /// Ctrl-C.
+    ///
+    /// Prints `kubeconfig: <path>` as soon as the API server is ready, then `kubectl: <path>`.
+    /// The first run builds the control plane (tens of minutes); later runs start in seconds.
+    Dev {
+        /// Also install these, comma-separated (see the list below the usage): e.g. ack-iam
+        /// (with the ACK stand-in), gateway-api.
+        #[arg(long, value_delimiter = ',')]
+        with: Vec<String>,
+        /// Apply this manifest instead of the built-in sample.
+        #[arg(long, conflicts_with = "no_sample")]
+        sample: Option<PathBuf>,
+        /// Do not apply a sample instance.
+        #[arg(long)]
+        no_sample: bool,
+        /// Serve /metrics, /healthz and /readyz on this address, e.g. 127.0.0.1:8080.
+        #[arg(long, value_name = "ADDR")]
+        metrics_bind: Option<std::net::SocketAddr>,
+    },
+    /// Run the operator against the current kubeconfig (KUBECONFIG or ~/.kube/config, or the
+    /// in-cluster service account) until SIGINT or SIGTERM.
+    Run {
+        /// Watch only this namespace (default: all namespaces).
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        /// Serve /metrics (Prometheus), /healthz and /readyz on this address, e.g. 0.0.0.0:8080
+        /// (default: not served).
+        #[arg(long, value_name = "ADDR")]
+        metrics_bind: Option<std::net::SocketAddr>,
+        /// Reconcile only while holding the Lease `<field manager>-leader`, so several replicas
+        /// can run (identity: $POD_NAME, else host name and process id).
+        #[arg(long)]
+        leader_elect: bool,
+        /// The Lease's namespace (default: $POD_NAMESPACE, else the kubeconfig's namespace).
+        #[arg(long, value_name = "NS", requires = "leader_elect")]
+        lease_namespace: Option<String>,
+    },
+    /// Explain a live instance: its graph, each node's phase and what it is blocked on, the top
+    /// violations and the resolved module (uses the current kubeconfig).
+    Explain {
+        /// The instance's name.
+        name: String,
+        /// Its namespace (default: the kubeconfig's).
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+    },
+    /// Print the CustomResourceDefinition as YAML.
+    Crd,
+    /// Compile a manifest into its Graph offline, exactly as the operator would.
+    ///
+    /// Exit codes: 0 the Graph was printed; 3 policy violations (printed; as JSON with -o json);
+    /// 2 the input is malformed or does not match the schema (the field and line are named);
+    /// 4 the platform module failed.
+    Render {
+        /// The manifest (YAML or JSON); `-` reads standard input.
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        /// Cluster capabilities to assume, comma-separated (e.g. gateway-api, ack-iam).
+        #[arg(long, value_delimiter = ',')]
+        capabilities: Vec<String>,
+        /// A YAML/JSON map from node id to that node's live object, e.g.
+        /// `iamRole: {status: {ackResourceMetadata: {arn: ...}}}`.
+        #[arg(long)]
+        observe: Option<PathBuf>,
+        /// Output format.
+        #[arg(short = 'o', long = "output", value_enum, default_value = "yaml")]
+        output: Format,
+    },
+    /// Show what applying a manifest would change in the cluster (uses the current kubeconfig;
+    /// writes nothing): each object created, updated (field by field) or unchanged, and what
+    /// would be pruned. Exit 0: no changes; 1: changes; 2: bad input; 3: policy violations;
+    /// 4: the cluster or the module failed.
+    Diff {
+        /// The manifest (YAML or JSON); `-` reads standard input.
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        /// The instance's namespace when the manifest has none (default: the kubeconfig's).
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+    },
+}
+
+#[derive(Args, Debug)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Customises the operator `run` and `dev` start (e.g. another inventory).
+type Configure<A> = Arc<dyn Fn(Operator<A>) -> Operator<A> + Send + Sync>;
+
+/// An operator binary for `A`.
+pub struct App<A: Abstraction> {
+    name: String,
+    about: Option<String>,
+    sample: Option<String>,
+    dev: Option<Arc<dyn DevCluster>>,
+    configure: Configure<A>,
+}
+
+impl<A: Abstraction> std::fmt::Debug for App<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<A: Abstraction> App<A> {
+    /// A binary named `name` (used in `--help`).
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            about: None,
+            sample: None,
+            dev: None,
+            configure: Arc::new(|operator| operator),
+        }
+    }
+
+    /// The one-line description in `--help`.
+    pub fn about(mut self, about: impl Into<String>) -> Self {
+        self.about = Some(about.into());
+        self
+    }
+
+    /// The manifest `dev` applies unless given `--sample` or `--no-sample`.
+    pub fn sample(mut self, yaml: impl Into<String>) -> Self {
+        self.sample = Some(yaml.into());
+        self
+    }
+
+    /// Enables `dev` on this local cluster.
+    pub fn dev_cluster(mut self, cluster: impl DevCluster + 'static) -> Self {
+        self.dev = Some(Arc::new(cluster));
+        self
+    }
+
+    /// Adjusts the operator that `run` and `dev` start (swap the inventory, the adopter, ...).
+    ///
+    /// ```no_run
+    /// # fn f<A: cuebe::Abstraction>() -> std::process::ExitCode {
+    /// use std::sync::Arc;
+    /// cuebe_cli::App::<A>::new("my-operator")
+    ///     .configure(|operator| {
+    ///         let client = operator.client().clone();
+    ///         operator.with_inventory(Arc::new(cuebe::lifecycle::ConfigMapInventory::new(
+    ///             client,
+    ///             A::FIELD_MANAGER,
+    ///         )))
+    ///     })
+    ///     .main()
+    /// # }
+    /// ```
+    pub fn configure(
+        mut self,
+        configure: impl Fn(Operator<A>) -> Operator<A> + Send + Sync + 'static,
+    ) -> Self {
+        self.configure = Arc::new(configure);
+        self
+    }
+
+    fn command(&self) -> clap::Command {
+        let kind = A::kind(&());
+        let about = self
+            .about
+            .clone()
+            .unwrap_or_else(|| format!("The {kind} operator, built on cuebe"));
+        let mut command = Cli::augment_args(clap::Command::new(self.name.clone()))
+            .about(about)
+            .version(env!("CARGO_PKG_VERSION"))
+            .subcommand_required(true);
+        if let Some(dev) = &self.dev {
+            let extras = dev
+                .extras()
+                .iter()
+                .map(|(name, what)| format!("  {name}: {what}"))
+                .collect::<Vec<_>>()
+                .join("\n");
+            command =
+                command.mut_subcommand("dev", |c| c.after_help(format!("--with takes:\n{extras}")));
+        }
+        command
+    }
+
+    /// Parses the process arguments, sets up logging to stderr (`RUST_LOG`) and runs the
+    /// subcommand.
+    pub fn main(self) -> ExitCode {
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                // kube's client logs every refused connection while a local API server starts.
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "warn,kube_client::client::builder=off".into()),
+            )
+            .with_writer(std::io::stderr)
+            .init();
+        self.run_args(std::env::args_os())
+    }
+
+    /// Runs the subcommand in `args` (the first is the program name). Logging is the caller's.
+    pub fn run_args<I, T>(self, args: I) -> ExitCode
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches = match self.command().try_get_matches_from(args) {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = e.print();
+                return if e.use_stderr() {
+                    Exit::BadInput
+                } else {
+                    Exit::Success
+                }
+                .into();
+            }
+        };
+        let cli = match Cli::from_arg_matches(&matches) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = e.print();
+                return Exit::BadInput.into();
+            }
+        };
+        match cli.command {
+            Command::Crd => {
+                let yaml = serde_norway::to_string(&A::crd()).unwrap_or_default();
+                let _ = write!(std::io::stdout(), "{yaml}");
+                ExitCode::SUCCESS
+            }
+            Command::Diff { file, namespace } => run_diff::<A>(&file, namespace),
+            Command::Render {
+                file,
+                capabilities,
+                observe,
+                output,
+            } => run_render::<A>(&file, &capabilities, observe.as_deref(), output),
+            Command::Run {
+                namespace,
+                metrics_bind,
+                leader_elect,
+                lease_namespace,
+            } => self.run_operator(
+                namespace,
+                metrics_bind,
+                leader_elect.then_some(lease_namespace),
+            ),
+            Command::Explain { name, namespace } => run_explain::<A>(&name, namespace),
+            Command::Dev {
+                with,
+                sample,
+                no_sample,
+                metrics_bind,
+            } => self.run_dev(with, sample, no_sample, metrics_bind),
+        }
+    }
+
+    /// `leader_elect` is `Some(lease namespace)` with `--leader-elect`.
+    fn run_operator(
+        &self,
+        namespace: Option<String>,
+        metrics_bind: Option<std::net::SocketAddr>,
+        leader_elect: Option<Option<String>>,
+    ) -> ExitCode {
+        let Some(runtime) = runtime() else {
+            return Exit::Failed.into();
+        };
+        runtime.block_on(async {
+            let Some(client) = default_client().await else {
+                return Exit::Failed.into();
+            };
+            let mut operator = Operator::<A>::new(client).shutdown_on_signal(true);
+            if let Some(ns) = namespace {
+                operator = operator.namespace(ns);
+            }
+            if let Some(addr) = metrics_bind {
+                let Some(listener) = bind_metrics(addr).await else {
+                    return Exit::Failed.into();
+                };
+                operator = operator.serve_metrics(listener);
+            }
+            if let Some(lease_namespace) = leader_elect {
+                let lease_namespace = lease_namespace
+                    .or_else(|| std::env::var("POD_NAMESPACE").ok())
+                    .unwrap_or_else(|| operator.client().default_namespace().to_string());
+                let identity = std::env::var("POD_NAME").unwrap_or_else(|_| {
+                    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                        .map(|h| h.trim().to_string())
+                        .unwrap_or_else(|_| "operator".into());
+                    format!("{host}-{}", std::process::id())
+                });
+                tracing::info!(%lease_namespace, %identity, "leader election on");
+                operator = operator.leader_election(LeaderElection::new(
+                    format!("{}-leader", A::FIELD_MANAGER),
+                    lease_namespace,
+                    identity,
+                ));
+            }
+            (self.configure)(operator).run().await;
+            ExitCode::SUCCESS
+        })
+    }
+
+    fn run_dev(
+        &self,
+        with: Vec<String>,
+        sample: Option<PathBuf>,
+        no_sample: bool,
+        metrics_bind: Option<std::net::SocketAddr>,
+    ) -> ExitCode {
+        let Some(cluster) = self.dev.clone() else {
+            eprintln!(
+                "error: {} was built without a local control plane for `dev`",
+                self.name
+            );
+            return Exit::Failed.into();
+        };
+        let known: Vec<&str> = cluster.extras().iter().map(|(n, _)| *n).collect();
+        if let Some(bad) = with.iter().find(|w| !known.contains(&w.as_str())) {
+            eprintln!(
+                "error: --with: unknown extra {bad:?} (known: {})",
+                known.join(", ")
+            );
+            return Exit::BadInput.into();
+        }
+        let sample = if no_sample {
+            None
+        } else {
+            match sample {
+                Some(path) => match read(&path) {
+                    Ok(text) => Some((path.display().to_string(), text)),
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return Exit::BadInput.into();
+                    }
+                },
+                None => self.sample.clone().map(|s| ("sample".to_string(), s)),
+            }
+        };
+        let Some(runtime) = runtime() else {
+            return Exit::Failed.into();
+        };
+        let metrics = match metrics_bind {
+            Some(addr) => match runtime.block_on(bind_metrics(addr)) {
+                Some(listener) => Some(listener),
+                None => return Exit::Failed.into(),
+            },
+            None => None,
+        };
+        let options = DevOptions {
+            extras: with,
+            sample,
+            configure: self.configure.clone(),
+            metrics,
+        };
+        match runtime.block_on(crate::dev::run::<A>(cluster.as_ref(), options)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                Exit::Failed.into()
+            }
+        }
+    }
+}
+
+fn read(path: &Path) -> Result<String, String> {
+    if path.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .map_err(|e| format!("-: {e}"))?;
+        return Ok(s);
+    }
+    std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The async runtime for `run`, `dev` and `explain`; `None` (after saying why) when it cannot
+/// start.
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .inspect_err(|e| eprintln!("error: cannot start the async runtime: {e}"))
+        .ok()
+}
+
+/// A client from KUBECONFIG, ~/.kube/config or the in-cluster account; `None` after saying why.
+/// The listener for `--metrics-bind`; `None` (after saying why) when the address is taken.
+async fn bind_metrics(addr: std::net::SocketAddr) -> Option<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .inspect_err(|e| eprintln!("error: --metrics-bind {addr}: cannot listen: {e}"))
+        .ok()
+}
+
+async fn default_client() -> Option<kube::Client> {
+    kube::Client::try_default()
+        .await
+        .inspect_err(|e| eprintln!("error: no usable kubeconfig or in-cluster config: {e}"))
+        .ok()
+}
+
+fn run_explain<A: Abstraction>(name: &str, namespace: Option<String>) -> ExitCode {
+    let Some(runtime) = runtime() else {
+        return Exit::Failed.into();
+    };
+    runtime.block_on(async {
+        let Some(client) = default_client().await else {
+            return Exit::Failed.into();
+        };
+        let ns = namespace.unwrap_or_else(|| client.default_namespace().to_string());
+        let compiler = CueCompiler::new(A::modules());
+        let executor = Operator::<A>::default_executor(client.clone());
+        match crate::explain::explain::<A>(client, &compiler, &executor, &ns, name).await {
+            Ok(text) => {
+                let _ = write!(std::io::stdout(), "{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                Exit::Failed.into()
+            }
+        }
+    })
+}
+
+fn run_diff<A: Abstraction>(file: &Path, namespace: Option<String>) -> ExitCode {
+    let name = file.display().to_string();
+    let mut desired: A = match read(file)
+        .map_err(|message| RenderFailure::Input {
+            file: name.clone(),
+            message,
+        })
+        .and_then(|text| render::parse_instance::<A>(&name, &text))
+    {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Exit::BadInput.into();
+        }
+    };
+    let Some(runtime) = runtime() else {
+        return Exit::Failed.into();
+    };
+    runtime.block_on(async {
+        let Some(client) = default_client().await else {
+            return Exit::Failed.into();
+        };
+        if desired.meta().namespace.is_none() {
+            desired.meta_mut().namespace =
+                Some(namespace.unwrap_or_else(|| client.default_namespace().to_string()));
+        }
+        let compiler = CueCompiler::new(A::modules());
+        let executor = Operator::<A>::default_executor(client.clone());
+        match crate::diff::diff::<A>(client, &compiler, &executor, &desired).await {
+            Ok(report) => {
+                let _ = write!(std::io::stdout().lock(), "{}", report.to_text());
+                if report
+                    .violations
+                    .iter()
+                    .any(|v| v.severity == cuebe::graph::Severity::Error)
+                {
+                    eprintln!("error: policy fails; nothing would be applied");
+                    Exit::PolicyViolation.into()
+                } else if report.has_changes() {
+                    Exit::Changes.into()
+                } else {
+                    ExitCode::SUCCESS
+                }
+            }
+            Err(crate::diff::DiffError::Compile(e @ CompileError::InvalidInput { .. })) => {
+                eprintln!("error: {name}: {e}");
+                Exit::BadInput.into()
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                Exit::Failed.into()
+            }
+        }
+    })
+}
+
+fn run_render<A: Abstraction>(
+    file: &Path,
+    capabilities: &[String],
+    observe: Option<&Path>,
+    output: Format,
+) -> ExitCode {
+    let mut stdout = std::io::stdout().lock();
+    let text = match read(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Exit::BadInput.into();
+        }
+    };
+    let observed: BTreeMap<String, serde_json::Value> = match observe {
+        None => BTreeMap::new(),
+        Some(path) => match read(path)
+            .map_err(|e| RenderFailure::Input {
+                file: path.display().to_string(),
+                message: e,
+            })
+            .and_then(|t| render::parse_yaml(&path.display().to_string(), &t))
+        {
+            Ok(o) => o,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Exit::BadInput.into();
+            }
+        },
+    };
+    let known: Vec<&str> = A::capability_probes().iter().map(|p| p.name).collect();
+    if let Some(bad) = capabilities
+        .iter()
+        .find(|c| !c.is_empty() && !known.contains(&c.as_str()))
+    {
+        eprintln!(
+            "error: --capabilities: unknown capability {bad:?} (known: {})",
+            known.join(", ")
+        );
+        return Exit::BadInput.into();
+    }
+    let compiler = CueCompiler::new(A::modules());
+    let name = file.display().to_string();
+    match render::render::<A>(
+        &compiler,
+        &name,
+        &text,
+        Capabilities::from_names(capabilities),
+        observed,
+    ) {
+        Ok(graph) if graph.has_blocking_violations() => {
+            if output == Format::Json {
+                let body = serde_json::json!({"violations": graph.violations});
+                let _ = writeln!(
+                    stdout,
+                    "{}",
+                    serde_json::to_string_pretty(&body).unwrap_or_default()
+                );
+            } else {
+                for v in &graph.violations {
+                    let _ = writeln!(stdout, "{v}");
+                }
+            }
+            eprintln!(
+                "error: policy failed with {} violation(s); nothing would be applied",
+                graph.violations.len()
+            );
+            Exit::PolicyViolation.into()
+        }
+        Ok(graph) => {
+            let _ = write!(stdout, "{}", render::format_graph(&graph, output));
+            ExitCode::SUCCESS
+        }
+        Err(RenderFailure::Compile(e @ CompileError::InvalidInput { .. })) => {
+            eprintln!("error: {name}: {e}");
+            Exit::BadInput.into()
+        }
+        Err(e @ RenderFailure::Input { .. }) => {
+            eprintln!("error: {e}");
+            Exit::BadInput.into()
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Exit::Failed.into()
+        }
+    }
+}

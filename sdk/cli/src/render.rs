@@ -1,0 +1,119 @@
+//! `render`: compile an instance's manifest into its Graph, offline, exactly as the operator
+//! would.
+//!
+//! Owns reading the YAML (with the line and field named on error), building the compiler input
+//! and printing the result. Exit codes are decided by the binary from [`RenderFailure`].
+use std::collections::BTreeMap;
+
+use serde::de::DeserializeOwned;
+
+use cuebe::abstraction::{Abstraction, compile_input};
+use cuebe::compiler::{Capabilities, CompileError, CueCompiler};
+use cuebe::graph::Graph;
+
+/// Why `render` did not produce a graph.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderFailure {
+    /// The file is not valid YAML or does not match the custom resource's schema. Exit code 2.
+    #[error("{file}: {message}")]
+    Input {
+        /// The file.
+        file: String,
+        /// What is wrong, with the field path and the line.
+        message: String,
+    },
+    /// The platform module rejected or failed on the input. Exit code 2 for invalid input, 1
+    /// otherwise.
+    #[error(transparent)]
+    Compile(#[from] CompileError),
+}
+
+/// Parses a YAML (or JSON) document into `T`, naming the field path and line of any error.
+pub fn parse_yaml<T: DeserializeOwned>(file: &str, text: &str) -> Result<T, RenderFailure> {
+    let de = serde_norway::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        let message = if path.is_empty() || path == "." {
+            inner
+        } else {
+            format!("{path}: {inner}")
+        };
+        RenderFailure::Input {
+            file: file.to_string(),
+            message,
+        }
+    })
+}
+
+/// Reads a manifest of `A`, checking its apiVersion and kind and naming the field and line of
+/// any error.
+pub fn parse_instance<A: Abstraction>(file: &str, text: &str) -> Result<A, RenderFailure> {
+    let raw: serde_json::Value = parse_yaml(file, text)?;
+    let api_version = raw
+        .get("apiVersion")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default();
+    let kind = raw.get("kind").and_then(|v| v.as_str()).unwrap_or_default();
+    let (want_api, want_kind) = (A::api_version(&()), A::kind(&()));
+    if api_version != want_api || kind != want_kind {
+        return Err(RenderFailure::Input {
+            file: file.to_string(),
+            message: format!(
+                "expected apiVersion: {want_api} and kind: {want_kind}, found {api_version:?} {kind:?}"
+            ),
+        });
+    }
+    parse_yaml(file, text)
+}
+
+/// Output formats of `render`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Format {
+    /// The Graph as YAML.
+    #[default]
+    Yaml,
+    /// The Graph as JSON.
+    Json,
+    /// The DAG in Graphviz DOT.
+    Dot,
+    /// The DAG as a Mermaid flowchart.
+    Mermaid,
+}
+
+/// Renders a manifest of `A` to its Graph.
+///
+/// ```no_run
+/// # fn f<A: cuebe::Abstraction>() -> Result<(), cuebe_cli::render::RenderFailure> {
+/// let compiler = cuebe::CueCompiler::new(A::modules());
+/// let text = std::fs::read_to_string("web.yaml").unwrap_or_default();
+/// let graph = cuebe_cli::render::render::<A>(&compiler, "web.yaml", &text, Default::default(), Default::default())?;
+/// print!("{}", cuebe_cli::render::format_graph(graph.graph(), cuebe_cli::render::Format::Mermaid));
+/// # Ok(()) }
+/// ```
+pub fn render<A: Abstraction>(
+    compiler: &CueCompiler,
+    file: &str,
+    text: &str,
+    capabilities: Capabilities,
+    observed: BTreeMap<String, serde_json::Value>,
+) -> Result<std::sync::Arc<cuebe::plan::Plan>, RenderFailure> {
+    let object: A = parse_instance(file, text)?;
+    if object.meta().name.as_deref().unwrap_or_default().is_empty() {
+        return Err(RenderFailure::Input {
+            file: file.to_string(),
+            message: "metadata.name: required".to_string(),
+        });
+    }
+    Ok(compiler.compile_blocking(&compile_input(&object, capabilities, observed))?)
+}
+
+/// Formats a graph.
+pub fn format_graph(graph: &Graph, format: Format) -> String {
+    match format {
+        Format::Yaml => serde_norway::to_string(graph).unwrap_or_default(),
+        Format::Json => serde_json::to_string_pretty(graph).unwrap_or_default() + "\n",
+        Format::Dot => graph.to_dot(),
+        Format::Mermaid => graph.to_mermaid(),
+    }
+}

@@ -1,0 +1,856 @@
+//! The compiler: a pure function from (module, instance, capabilities, observed exports) to a
+//! [`Graph`].
+//!
+//! Owns: [`CueCompiler`] (the CUE compiler; the async `Compiler` trait over it lives in the
+//! runtime crate, which owns threads), the module protocol
+//! between cuebe and a platform module, and the two caches (built module per digest, rendered
+//! graph per digest and input hash).
+//!
+//! # The module protocol
+//!
+//! The entry package of a platform module is evaluated with one value filled at `input`:
+//!
+//! ```text
+//! input: {
+//!     metadata:     {name: string, namespace: string, labels: [string]: string}
+//!     spec:         {...}                  // the custom resource's spec
+//!     capabilities: [string]: bool         // e.g. "gateway-api": true, "ack-iam": true
+//!     exports:      [string]: _            // observed export values, only those seen so far
+//! }
+//! ```
+//!
+//! and must define:
+//!
+//! ```text
+//! module:     {name: string, version: string}          // static
+//! exports?:   [name=string]: {node: string, path: string}  // static: where each export is read
+//! nodes:      [id=string]: {object, dependsOn?, readyWhen?, applyPolicy?, deletionPolicy?, needs?: [...string]}
+//! violations?: [...{path, rule, message, severity?}]
+//! ```
+//!
+//! A node whose `object` is not concrete because an export it `needs` is not observed yet is
+//! *pending on* that export; so is every node downstream of it. Any other non-concrete field is a
+//! module error that names the node and the path.
+//!
+//! # Invariants
+//!
+//! - Same module digest, input and observed export values: byte-identical graph and
+//!   `renderHash` (keys are hashed in canonical, sorted order).
+//! - Observed objects contribute only the export values the module declares, so status churn on
+//!   a live object does not invalidate the render cache.
+//! - Evaluation blocks the calling thread: async callers run [`CueCompiler::compile_blocking`]
+//!   on a blocking thread and may first ask [`CueCompiler::cached`] on their own.
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::graph::{Export, GRAPH_VERSION, Graph, GraphError, GraphMetadata, Node, Violation};
+use crate::module::{ModuleSet, ModuleSource, PlatformRef, UnknownModule};
+use crate::plan::Plan;
+use cuebe_cue_sys::module::{
+    CueError, CueErrorKind, CueErrors, ExportRequest, Exported, Fill, LoadedModule,
+};
+
+/// What the cluster offers, as capability names (`gateway-api`, `ack-iam`, ...).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Capabilities(pub BTreeSet<String>);
+
+impl Capabilities {
+    /// Gateway API CRDs (HTTPRoute) are installed.
+    pub const GATEWAY_API: &'static str = "gateway-api";
+    /// ACK IAM CRDs (`iam.services.k8s.aws` Role, Policy) are installed.
+    pub const ACK_IAM: &'static str = "ack-iam";
+
+    /// From names; empty names are ignored.
+    pub fn from_names<S: AsRef<str>>(names: impl IntoIterator<Item = S>) -> Self {
+        Self(
+            names
+                .into_iter()
+                .map(|s| s.as_ref().trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect(),
+        )
+    }
+
+    /// True when the capability is present.
+    pub fn has(&self, name: &str) -> bool {
+        self.0.contains(name)
+    }
+}
+
+/// Identity of the instance being compiled.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceMeta {
+    /// `metadata.name`.
+    pub name: String,
+    /// `metadata.namespace`.
+    pub namespace: String,
+    /// `metadata.labels`.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Everything a render depends on.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CompileInput {
+    /// The instance.
+    pub instance: InstanceMeta,
+    /// The custom resource's `spec`, as JSON.
+    pub spec: Value,
+    /// Which module version; `None` is the newest embedded one.
+    pub platform_ref: Option<PlatformRef>,
+    /// What the cluster offers.
+    pub capabilities: Capabilities,
+    /// Live objects by node id; only the declared export values are read from them.
+    pub observed: BTreeMap<String, Value>,
+}
+
+/// One problem with the instance's input, naming the field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldError {
+    /// e.g. `spec.replicas`.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl std::fmt::Display for FieldError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Why a compile failed. Policy violations are not errors: they come back in [`Graph::violations`].
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CompileError {
+    /// `spec.platformRef` names no embedded module.
+    #[error(transparent)]
+    UnknownModule(#[from] UnknownModule),
+    /// The module does not load (syntax error, bad import). A module bug.
+    #[error("platform module {digest} does not load:\n{errors}")]
+    ModuleLoad {
+        /// The module's digest.
+        digest: String,
+        /// CUE's errors, with positions.
+        errors: CueErrors,
+    },
+    /// The input does not satisfy the module's schema (unknown field, wrong type, missing field).
+    #[error("invalid input:\n{}", errors.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
+    InvalidInput {
+        /// One entry per field.
+        errors: Vec<FieldError>,
+    },
+    /// The module evaluated to something that is not a valid graph (conflict, non-concrete value
+    /// outside a pending node, wrong shape). A module bug.
+    #[error("platform module error:\n{0}")]
+    Module(CueErrors),
+    /// The rendered graph breaks a Graph invariant (cycle, unknown dependency, ...).
+    #[error("invalid graph:\n{}", .0.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
+    InvalidGraph(Vec<GraphError>),
+    /// The evaluation exceeded its wall-clock limit.
+    #[error("platform module evaluation exceeded {0:?}; the module may not terminate")]
+    Timeout(Duration),
+    /// The blocking evaluation task failed (it panicked or was cancelled). Should never happen.
+    #[error("compiler task failed: {0}")]
+    Task(#[source] Arc<dyn std::error::Error + Send + Sync>),
+    /// The CUE bridge answered outside its contract (a bug in cuebe). Should never happen.
+    #[error("the CUE bridge broke its contract: {0}")]
+    Bridge(&'static str),
+}
+
+impl CompileError {
+    /// A short machine-readable reason, for status conditions.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::UnknownModule(_) => "UnknownPlatformModule",
+            Self::ModuleLoad { .. } => "ModuleLoadFailed",
+            Self::InvalidInput { .. } => "InvalidSpec",
+            Self::Module(_) => "ModuleError",
+            Self::InvalidGraph(_) => "InvalidGraph",
+            Self::Timeout(_) => "RenderTimeout",
+            Self::Task(_) | Self::Bridge(_) => "InternalError",
+        }
+    }
+}
+
+/// Counters of a render cache since the compiler was created.
+///
+/// ```
+/// use cuebe_core::compile::CueCompiler;
+/// use cuebe_core::module::ModuleSet;
+/// let compiler = CueCompiler::new(ModuleSet::default());
+/// let stats = compiler.cache_stats();
+/// assert_eq!((stats.hits, stats.misses, stats.entries), (0, 0, 0));
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RenderCacheStats {
+    /// Compiles answered from the cache.
+    pub hits: u64,
+    /// Compiles that had to evaluate CUE.
+    pub misses: u64,
+    /// Renders held now.
+    pub entries: usize,
+}
+
+/// Static facts a module declares, read once per digest.
+#[derive(Debug, Clone, Default, Deserialize)]
+struct ModuleInfo {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    version: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct ExportDecl {
+    node: String,
+    path: String,
+}
+
+#[derive(Debug)]
+struct BuiltModule {
+    module: LoadedModule,
+    label: String,
+    exports: BTreeMap<String, ExportDecl>,
+}
+
+/// A bounded map with first-in-first-out eviction.
+#[derive(Debug)]
+struct RenderCache {
+    map: HashMap<(String, [u8; 32]), Arc<Plan>>,
+    order: VecDeque<(String, [u8; 32])>,
+    capacity: usize,
+}
+
+impl RenderCache {
+    fn get(&self, key: &(String, [u8; 32])) -> Option<Arc<Plan>> {
+        self.map.get(key).cloned()
+    }
+
+    fn insert(&mut self, key: (String, [u8; 32]), graph: Arc<Plan>) {
+        if self.capacity == 0 {
+            return;
+        }
+        if self.map.insert(key.clone(), graph).is_none() {
+            self.order.push_back(key);
+        }
+        while self.order.len() > self.capacity {
+            if let Some(old) = self.order.pop_front() {
+                self.map.remove(&old);
+            }
+        }
+    }
+}
+
+/// Tuning for [`CueCompiler`].
+#[derive(Debug, Clone)]
+pub struct CueCompilerOptions {
+    /// Wall-clock limit of one evaluation.
+    pub eval_timeout: Duration,
+    /// Rendered graphs kept in memory.
+    pub render_cache_capacity: usize,
+    /// Built copies of a module that may evaluate at once.
+    pub evaluators_per_module: usize,
+}
+
+impl Default for CueCompilerOptions {
+    fn default() -> Self {
+        Self {
+            eval_timeout: Duration::from_secs(10),
+            render_cache_capacity: 4096,
+            evaluators_per_module: std::thread::available_parallelism()
+                .map(|n| n.get().min(4))
+                .unwrap_or(2),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    modules: ModuleSet,
+    options: CueCompilerOptions,
+    built: Mutex<HashMap<String, Arc<BuiltModule>>>,
+    cache: Mutex<RenderCache>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+/// The [`Compiler`] backed by CUE, evaluated in-process.
+///
+/// ```no_run
+/// use cuebe_core::compile::{CompileInput, CueCompiler, InstanceMeta};
+/// use cuebe_core::module::{ModuleSet, ModuleSource};
+///
+/// let module = ModuleSource::from_dir("cue/platform", "./webservice")?;
+/// let compiler = CueCompiler::new(ModuleSet::single("1.0.0", module));
+/// let graph = compiler.compile_blocking(&CompileInput {
+///     instance: InstanceMeta { name: "web".into(), namespace: "apps".into(), ..Default::default() },
+///     spec: serde_json::json!({"image": "registry.example.com/web:1"}),
+///     ..Default::default()
+/// });
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct CueCompiler {
+    inner: Arc<Inner>,
+}
+
+impl CueCompiler {
+    /// A compiler over these embedded modules, with default options.
+    pub fn new(modules: ModuleSet) -> Self {
+        Self::with_options(modules, CueCompilerOptions::default())
+    }
+
+    /// A compiler with explicit options.
+    pub fn with_options(modules: ModuleSet, options: CueCompilerOptions) -> Self {
+        let capacity = options.render_cache_capacity;
+        Self {
+            inner: Arc::new(Inner {
+                modules,
+                options,
+                built: Mutex::new(HashMap::new()),
+                cache: Mutex::new(RenderCache {
+                    map: HashMap::new(),
+                    order: VecDeque::new(),
+                    capacity,
+                }),
+                hits: AtomicU64::new(0),
+                misses: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// The embedded modules.
+    pub fn modules(&self) -> &ModuleSet {
+        &self.inner.modules
+    }
+
+    /// Builds (or returns the cached build of) the module an input asks for. Useful to pay the
+    /// cold cost at start-up.
+    pub fn preload(&self, platform_ref: Option<&PlatformRef>) -> Result<String, CompileError> {
+        let source = self.inner.modules.resolve(platform_ref)?.source.clone();
+        let digest = source.digest().to_string();
+        self.inner.built_module(&source)?;
+        Ok(digest)
+    }
+
+    /// Compiles on the calling thread (for CLIs, tests and benches).
+    pub fn compile_blocking(&self, input: &CompileInput) -> Result<Arc<Plan>, CompileError> {
+        let prepared = self.inner.prepare(input)?;
+        if let Some(hit) = self.inner.lookup(&prepared, true) {
+            return Ok(hit);
+        }
+        self.inner.render(prepared)
+    }
+
+    /// The exact value filled at `input` for this instance (after resolving observed exports):
+    /// what to hand the `cue` CLI to reproduce a render outside the operator.
+    pub fn module_input(&self, input: &CompileInput) -> Result<Value, CompileError> {
+        Ok(self.inner.prepare(input)?.input_value)
+    }
+
+    /// Drops every cached render (not the built modules).
+    pub fn clear_render_cache(&self) {
+        let mut cache = self
+            .inner
+            .cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        cache.map.clear();
+        cache.order.clear();
+    }
+}
+
+impl CueCompiler {
+    /// The render of `input` when it is in the render cache and its module is built already;
+    /// `None` otherwise. Never evaluates CUE nor builds a module, so an async caller may ask
+    /// on its own thread before handing a miss to a blocking thread.
+    pub fn cached(&self, input: &CompileInput) -> Result<Option<Arc<Plan>>, CompileError> {
+        let inner = &self.inner;
+        let source = inner
+            .modules
+            .resolve(input.platform_ref.as_ref())?
+            .source
+            .clone();
+        let built_now = inner
+            .built
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(source.digest())
+            .cloned();
+        let Some(built) = built_now else {
+            return Ok(None);
+        };
+        let prepared = inner.prepare_with(input, source, built)?;
+        Ok(inner.lookup(&prepared, false))
+    }
+
+    /// How the render cache has done since the compiler was created.
+    pub fn cache_stats(&self) -> RenderCacheStats {
+        let entries = self
+            .inner
+            .cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .map
+            .len();
+        RenderCacheStats {
+            hits: self.inner.hits.load(Ordering::Relaxed),
+            misses: self.inner.misses.load(Ordering::Relaxed),
+            entries,
+        }
+    }
+}
+
+/// An input ready to evaluate: the module, the exact value for `input`, and its hash.
+struct Prepared {
+    built: Arc<BuiltModule>,
+    digest: String,
+    input_value: Value,
+    input_hash: [u8; 32],
+    namespace: String,
+    exports: Vec<Export>,
+}
+
+impl Inner {
+    fn built_module(&self, source: &Arc<ModuleSource>) -> Result<Arc<BuiltModule>, CompileError> {
+        let digest = source.digest().to_string();
+        if let Some(b) = self
+            .built
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&digest)
+        {
+            return Ok(b.clone());
+        }
+        let started = std::time::Instant::now();
+        let module = LoadedModule::load(source.module_files(), self.options.evaluators_per_module)
+            .map_err(|errors| CompileError::ModuleLoad {
+                digest: digest.clone(),
+                errors,
+            })?;
+        let results = module
+            .eval(
+                &[],
+                &[
+                    ExportRequest::optional("module"),
+                    ExportRequest::optional("exports"),
+                ],
+                self.options.eval_timeout,
+            )
+            .map_err(|e| timeout_or(e, self.options.eval_timeout, CompileError::Module))?;
+        let info: ModuleInfo = decode_static(results.first(), "module")?;
+        let exports: BTreeMap<String, ExportDecl> = decode_static(results.get(1), "exports")?;
+        let label = match (info.name.is_empty(), info.version.is_empty()) {
+            (false, false) => format!("{}@{}", info.name, info.version),
+            (false, true) => info.name,
+            _ => String::new(),
+        };
+        tracing::info!(%digest, module = %label, elapsed = ?started.elapsed(), "built platform module");
+        let built = Arc::new(BuiltModule {
+            module,
+            label,
+            exports,
+        });
+        self.built
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(digest, built.clone());
+        Ok(built)
+    }
+
+    fn prepare(&self, input: &CompileInput) -> Result<Prepared, CompileError> {
+        let source = self
+            .modules
+            .resolve(input.platform_ref.as_ref())?
+            .source
+            .clone();
+        let built = self.built_module(&source)?;
+        self.prepare_with(input, source, built)
+    }
+
+    fn prepare_with(
+        &self,
+        input: &CompileInput,
+        source: Arc<ModuleSource>,
+        built: Arc<BuiltModule>,
+    ) -> Result<Prepared, CompileError> {
+        let mut export_values = Map::new();
+        let mut exports = Vec::with_capacity(built.exports.len());
+        for (name, decl) in &built.exports {
+            let value = input
+                .observed
+                .get(&decl.node)
+                .and_then(|obj| lookup_dotted(obj, &decl.path))
+                .filter(|v| !v.is_null())
+                .cloned();
+            if let Some(v) = &value {
+                export_values.insert(name.clone(), v.clone());
+            }
+            exports.push(Export {
+                name: name.clone(),
+                node: decl.node.clone(),
+                path: decl.path.clone(),
+                value,
+            });
+        }
+        let capabilities: Map<String, Value> = input
+            .capabilities
+            .0
+            .iter()
+            .map(|c| (c.clone(), Value::Bool(true)))
+            .collect();
+        let input_value = json!({
+            "metadata": {
+                "name": input.instance.name,
+                "namespace": input.instance.namespace,
+                "labels": input.instance.labels,
+            },
+            "spec": input.spec,
+            "capabilities": capabilities,
+            "exports": export_values,
+        });
+        let mut h = Sha256::new();
+        h.update(canonical_json(&input_value));
+        Ok(Prepared {
+            built,
+            digest: source.digest().to_string(),
+            input_value,
+            input_hash: h.finalize().into(),
+            namespace: input.instance.namespace.clone(),
+            exports,
+        })
+    }
+
+    /// Looks `p` up in the render cache; counts a hit, and a miss when `count_miss` (a miss
+    /// is counted once, by the call that goes on to render).
+    fn lookup(&self, p: &Prepared, count_miss: bool) -> Option<Arc<Plan>> {
+        let hit = self
+            .cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&(p.digest.clone(), p.input_hash));
+        if hit.is_some() {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+        } else if count_miss {
+            self.misses.fetch_add(1, Ordering::Relaxed);
+        }
+        hit
+    }
+
+    fn render(&self, p: Prepared) -> Result<Arc<Plan>, CompileError> {
+        let timeout = self.options.eval_timeout;
+        let results = p
+            .built
+            .module
+            .eval(
+                &[Fill {
+                    path: "input",
+                    value: &p.input_value,
+                }],
+                &[
+                    ExportRequest::validate("input"),
+                    ExportRequest::optional("violations"),
+                    ExportRequest::split("nodes", 2),
+                ],
+                timeout,
+            )
+            .map_err(|e| timeout_or(e, timeout, CompileError::Module))?;
+        let mut results = results.into_iter();
+        let (Some(input), Some(violations), Some(nodes)) =
+            (results.next(), results.next(), results.next())
+        else {
+            return Err(CompileError::Bridge("it returned too few results"));
+        };
+        if let Exported::Errors(errors) = input {
+            return Err(input_errors(errors));
+        }
+        let violations: Vec<Violation> = match violations {
+            Exported::Absent => vec![],
+            Exported::Value(v) => serde_json::from_value(v).map_err(|e| {
+                module_error(
+                    "violations",
+                    format!("not a list of {{path, rule, message, severity?}}: {e}"),
+                )
+            })?,
+            Exported::Errors(errors) => return Err(CompileError::Module(CueErrors(errors))),
+            Exported::Fields(_) => return Err(module_error("violations", "must be a list".into())),
+        };
+        let blocked = violations
+            .iter()
+            .any(|v| v.severity == crate::graph::Severity::Error);
+        let nodes = assemble_nodes(nodes, &p.exports, blocked)?;
+        for n in &nodes {
+            if let Some(unknown) = n
+                .pending_on
+                .iter()
+                .find(|e| !p.exports.iter().any(|x| &x.name == *e))
+            {
+                return Err(module_error(
+                    &format!("nodes.{}.needs", n.id),
+                    format!("names {unknown:?}, which is not declared under `exports`"),
+                ));
+            }
+        }
+        let mut graph = Graph {
+            graph_version: GRAPH_VERSION.to_string(),
+            metadata: GraphMetadata {
+                platform_ref_resolved: p.digest.clone(),
+                module: p.built.label.clone(),
+                render_hash: String::new(),
+            },
+            nodes,
+            exports: p.exports,
+            violations,
+        };
+        graph.metadata.render_hash = render_hash(&p.digest, &p.input_hash, &graph);
+        // A graph whose policy blocks it is never executed: it is kept for the status and the
+        // CLI without the executor's validation.
+        let graph = Arc::new(if blocked {
+            Plan::blocked(graph)
+        } else {
+            Plan::new(graph, &p.namespace).map_err(CompileError::InvalidGraph)?
+        });
+        self.cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert((p.digest, p.input_hash), graph.clone());
+        Ok(graph)
+    }
+}
+
+fn timeout_or(
+    errors: CueErrors,
+    timeout: Duration,
+    other: impl FnOnce(CueErrors) -> CompileError,
+) -> CompileError {
+    if errors.is_timeout() {
+        CompileError::Timeout(timeout)
+    } else {
+        other(errors)
+    }
+}
+
+fn module_error(path: &str, message: String) -> CompileError {
+    CompileError::Module(CueErrors(vec![CueError {
+        message,
+        path: path.to_string(),
+        positions: vec![],
+        kind: CueErrorKind::Eval,
+    }]))
+}
+
+fn decode_static<T: for<'de> Deserialize<'de> + Default>(
+    result: Option<&Exported>,
+    path: &str,
+) -> Result<T, CompileError> {
+    match result {
+        None | Some(Exported::Absent) => Ok(T::default()),
+        Some(Exported::Value(v)) => serde_json::from_value(v.clone())
+            .map_err(|e| module_error(path, format!("unexpected shape: {e}"))),
+        Some(Exported::Errors(errors)) => Err(CompileError::Module(CueErrors(errors.clone()))),
+        Some(Exported::Fields(_)) => Err(module_error(path, "unexpected split result".into())),
+    }
+}
+
+/// Maps CUE's errors on `input` to field errors a user understands.
+fn input_errors(errors: Vec<CueError>) -> CompileError {
+    let mut out: Vec<FieldError> = Vec::new();
+    for e in errors {
+        // CUE heads a failed disjunction with a summary; the lines after it say what conflicts.
+        if e.message.contains("errors in empty disjunction") {
+            continue;
+        }
+        let field = e.path.strip_prefix("input.").unwrap_or(&e.path).to_string();
+        let message = if e.kind == CueErrorKind::Incomplete {
+            "required field is missing".to_string()
+        } else if e.message.contains("field not allowed") {
+            "unknown field (not in the schema)".to_string()
+        } else {
+            e.message.clone()
+        };
+        // One message per field: the last one CUE gives is against the field's declared type.
+        match out.iter_mut().find(|f| f.field == field) {
+            Some(existing) => existing.message = message,
+            None => out.push(FieldError { field, message }),
+        }
+    }
+    CompileError::InvalidInput { errors: out }
+}
+
+fn lookup_dotted<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.')
+        .filter(|s| !s.is_empty())
+        .try_fold(v, |cur, key| cur.get(key))
+}
+
+fn assemble_nodes(
+    nodes: Exported,
+    exports: &[Export],
+    blocked: bool,
+) -> Result<Vec<Node>, CompileError> {
+    let fields = match nodes {
+        Exported::Fields(f) => f,
+        Exported::Errors(errors) => return Err(CompileError::Module(CueErrors(errors))),
+        Exported::Absent => {
+            return Err(module_error("nodes", "the module defines no nodes".into()));
+        }
+        Exported::Value(_) => {
+            return Err(module_error(
+                "nodes",
+                "must be a struct keyed by node id".into(),
+            ));
+        }
+    };
+    let missing_exports: BTreeSet<&str> = exports
+        .iter()
+        .filter(|e| e.value.is_none())
+        .map(|e| e.name.as_str())
+        .collect();
+    let mut out = Vec::with_capacity(fields.len());
+    for (id, node) in fields {
+        let Exported::Fields(parts) = node else {
+            if let Exported::Errors(errors) = node {
+                return Err(CompileError::Module(CueErrors(errors)));
+            }
+            return Err(module_error(
+                &format!("nodes.{id}"),
+                "must be a struct".into(),
+            ));
+        };
+        let mut body = Map::new();
+        let mut object_errors = None;
+        let mut needs: Vec<String> = Vec::new();
+        for (field, item) in parts {
+            match (field.as_str(), item) {
+                ("object", Exported::Errors(errors)) => object_errors = Some(errors),
+                ("needs", Exported::Value(v)) => {
+                    needs = serde_json::from_value(v).map_err(|e| {
+                        module_error(
+                            &format!("nodes.{id}.needs"),
+                            format!("must be a list of export names: {e}"),
+                        )
+                    })?;
+                }
+                (_, Exported::Value(v)) => {
+                    body.insert(field, v);
+                }
+                (_, Exported::Absent) => {}
+                (_, Exported::Errors(errors)) => {
+                    if blocked {
+                        continue;
+                    }
+                    return Err(CompileError::Module(CueErrors(errors)));
+                }
+                (_, Exported::Fields(_)) => {}
+            }
+        }
+        body.insert("id".into(), Value::String(id.clone()));
+        let mut node: Node = serde_json::from_value(Value::Object(body))
+            .map_err(|e| module_error(&format!("nodes.{id}"), e.to_string()))?;
+        let waiting: Vec<String> = needs
+            .iter()
+            .filter(|n| missing_exports.contains(n.as_str()))
+            .cloned()
+            .collect();
+        if let Some(errors) = object_errors {
+            if waiting.is_empty() {
+                if blocked {
+                    // Policy already failed; the object is incomplete because the input is bad.
+                    continue;
+                }
+                return Err(CompileError::Module(CueErrors(errors)));
+            }
+            node.object = None;
+        }
+        node.pending_on = waiting;
+        out.push(node);
+    }
+    propagate_pending(&mut out);
+    Ok(out)
+}
+
+/// A node downstream of a pending node waits for the same exports.
+fn propagate_pending(nodes: &mut [Node]) {
+    loop {
+        let pending: HashMap<String, Vec<String>> = nodes
+            .iter()
+            .filter(|n| n.is_pending())
+            .map(|n| (n.id.clone(), n.pending_on.clone()))
+            .collect();
+        let mut changed = false;
+        for n in nodes.iter_mut() {
+            for d in n.depends_on.clone() {
+                if let Some(upstream) = pending.get(&d) {
+                    for e in upstream {
+                        if !n.pending_on.contains(e) {
+                            n.pending_on.push(e.clone());
+                            changed = true;
+                        }
+                    }
+                }
+            }
+        }
+        if !changed {
+            return;
+        }
+    }
+}
+
+fn render_hash(digest: &str, input_hash: &[u8; 32], graph: &Graph) -> String {
+    let mut h = Sha256::new();
+    h.update(digest.as_bytes());
+    h.update([0]);
+    h.update(input_hash);
+    h.update([0]);
+    let output =
+        json!({"nodes": graph.nodes, "violations": graph.violations, "exports": graph.exports});
+    h.update(canonical_json(&output));
+    format!("sha256:{}", hex::encode(h.finalize()))
+}
+
+/// JSON with object keys sorted at every level: the stable form that hashes are taken over.
+///
+/// ```
+/// let a = cuebe_core::compile::canonical_json(&serde_json::json!({"b": 1, "a": [{"d": 2, "c": 3}]}));
+/// assert_eq!(a, br#"{"a":[{"c":3,"d":2}],"b":1}"#);
+/// ```
+pub fn canonical_json(v: &Value) -> Vec<u8> {
+    fn write(v: &Value, out: &mut Vec<u8>) {
+        match v {
+            Value::Object(map) => {
+                let mut keys: Vec<&String> = map.keys().collect();
+                keys.sort();
+                out.push(b'{');
+                for (i, k) in keys.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    out.extend(serde_json::to_vec(k).unwrap_or_default());
+                    out.push(b':');
+                    write(&map[k], out);
+                }
+                out.push(b'}');
+            }
+            Value::Array(items) => {
+                out.push(b'[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    write(item, out);
+                }
+                out.push(b']');
+            }
+            scalar => out.extend(serde_json::to_vec(scalar).unwrap_or_default()),
+        }
+    }
+    let mut out = Vec::new();
+    write(v, &mut out);
+    out
+}

@@ -1,0 +1,39 @@
+//! # cuebe-core
+//!
+//! The Kubernetes-free core of cuebe: everything between an instance's spec and the decisions of
+//! a reconcile pass, as functions over data. No cluster client, no async runtime: the runtime
+//! crate (`cuebe`) does the I/O and asks this crate what to do.
+//!
+//! The data flows one way, and so do the modules:
+//!
+//! - [`module`]: platform modules as in-memory files with an immutable digest (the spec's
+//!   `platformRef` resolves to one).
+//! - [`compile`]: the module protocol, the render cache and the `renderHash`: spec → [`graph::Graph`].
+//! - [`graph`]: the Graph artifact, its validation and its drawings (DOT, Mermaid).
+//! - [`plan`]: a validated Graph as the executor walks it (id index, apply and teardown order,
+//!   predicates compiled once), and the decisions of a pass: the frontier, each node's verdict,
+//!   what may be pruned.
+//! - [`readiness`]: judging a live object against a node's predicates.
+//! - [`status`]: the standard status and [`status::summarize`], which turns a pass into
+//!   conditions and events.
+//! - [`clock`]: the time a pass judges timeouts against (a fixed one in tests).
+//!
+//! Start with [`compile::CueCompiler`], then [`plan::Plan`].
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod clock;
+pub mod compile;
+pub mod graph;
+pub mod module;
+pub mod plan;
+pub mod readiness;
+pub mod status;
+
+/// Safe access to CUE through the in-process bridge (re-exported from `cuebe-cue-sys`).
+pub use cuebe_cue_sys::module as cue;
+
+/// Label naming the instance that manages an object.
+pub const INSTANCE_LABEL: &str = "cuebe.dev/instance";
+/// Label naming the instance's kind.
+pub const KIND_LABEL: &str = "cuebe.dev/kind";

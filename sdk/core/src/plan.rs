@@ -1,0 +1,746 @@
+//! The plan: a validated [`Graph`] as the executor walks it, and the decisions of one pass.
+//!
+//! Owns: [`Plan`] (immutable, built once per render and cached with it: an id index, the apply
+//! order, the teardown order and each node's readiness predicates compiled once), [`Pass`] (the
+//! fresh state of one reconcile pass over a plan), the per-node decisions ([`needs_read`],
+//! [`write_decision`], [`judge`]) and the prune plan ([`prune_plan`]). Everything here is a
+//! function over data: the runtime's executor does the API calls and asks.
+//!
+//! Workflow of a pass (the executor's loop):
+//! 1. [`Pass::start`]: nodes pending on an export are `Pending` and never applied;
+//! 2. [`Pass::frontier`]: nodes whose dependencies are all Ready; the executor applies them and
+//!    [`Pass::record`]s each result; repeat while the frontier is not empty (a chain of
+//!    quickly-ready nodes does not wait for a requeue per wave);
+//! 3. [`Pass::finish`]: unreached nodes are `Pending` on the dependencies that are not Ready;
+//! 4. [`prune_plan`]: what may be pruned — nothing unless the pass was complete and healthy.
+//!
+//! Safety rules (the invariants the table tests below hold):
+//! - never prunes while a node is pending, blocked or failed;
+//! - nothing to do, nothing written: an object whose rendered hash matches the inventory and
+//!   whose spec generation (or, without one, `resourceVersion`) is the one our last apply left is
+//!   not applied again;
+//! - an expired readiness timeout stays expired (the first time a node was seen waiting is
+//!   kept).
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::clock::{Timestamp, elapsed_since};
+use crate::graph::{ApplyMode, DeletionPolicy, Graph, GraphError, Node};
+use crate::readiness::{CompiledPredicate, Verdict};
+use crate::status::{InventoryEntry, InventoryMode, NodePhase, NodeStatus};
+
+/// A validated graph, ready to walk.
+///
+/// ```
+/// use cuebe_core::graph::Graph;
+/// use cuebe_core::plan::Plan;
+/// let graph: Graph = serde_json::from_value(serde_json::json!({
+///     "graphVersion": "cuebe.dev/v1alpha1",
+///     "metadata": {"platformRefResolved": "sha256:0", "renderHash": "sha256:0"},
+///     "nodes": [
+///         {"id": "sa", "object": {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "web"}}},
+///         {"id": "deploy", "dependsOn": ["sa"], "readyWhen": [{"type": "Cel", "expression": "self.status.ready == true"}],
+///          "object": {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}}}
+///     ]
+/// })).unwrap();
+/// let plan = Plan::new(graph, "apps").unwrap();
+/// assert_eq!(plan.apply_order().map(|n| n.id.as_str()).collect::<Vec<_>>(), ["sa", "deploy"]);
+/// assert_eq!(plan.teardown_order().map(|n| n.id.as_str()).collect::<Vec<_>>(), ["deploy", "sa"]);
+/// ```
+#[derive(Debug, Clone)]
+pub struct Plan {
+    graph: Graph,
+    index: HashMap<String, usize>,
+    apply_order: Vec<usize>,
+    predicates: Vec<Arc<[CompiledPredicate]>>,
+}
+
+impl Plan {
+    /// Validates `graph` for an instance in `namespace` ([`Graph::validate`]) and compiles its
+    /// predicates (a CEL expression that does not compile is an error here, not at run time).
+    pub fn new(graph: Graph, namespace: &str) -> Result<Self, Vec<GraphError>> {
+        graph.validate(namespace)?;
+        let mut errors = Vec::new();
+        let mut predicates = Vec::with_capacity(graph.nodes.len());
+        for node in &graph.nodes {
+            let mut compiled = Vec::with_capacity(node.ready_when.len());
+            for (index, p) in node.ready_when.iter().enumerate() {
+                match CompiledPredicate::compile(p) {
+                    Ok(c) => compiled.push(c),
+                    Err(message) => errors.push(GraphError::InvalidPredicate {
+                        node: node.id.clone(),
+                        index,
+                        message,
+                    }),
+                }
+            }
+            predicates.push(Arc::from(compiled));
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(Self::indexed(graph, predicates))
+    }
+
+    /// A plan for a graph whose policy violations block it: never executed, so not validated;
+    /// predicates that do not compile are left out.
+    pub fn blocked(graph: Graph) -> Self {
+        let predicates = graph
+            .nodes
+            .iter()
+            .map(|n| {
+                let compiled: Vec<CompiledPredicate> = n
+                    .ready_when
+                    .iter()
+                    .filter_map(|p| CompiledPredicate::compile(p).ok())
+                    .collect();
+                Arc::from(compiled)
+            })
+            .collect();
+        Self::indexed(graph, predicates)
+    }
+
+    fn indexed(graph: Graph, predicates: Vec<Arc<[CompiledPredicate]>>) -> Self {
+        let index: HashMap<String, usize> = graph
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.id.clone(), i))
+            .collect();
+        let apply_order = graph
+            .waves()
+            .into_iter()
+            .flatten()
+            .filter_map(|id| index.get(&id).copied())
+            .collect();
+        Self {
+            graph,
+            index,
+            apply_order,
+            predicates,
+        }
+    }
+
+    /// The graph.
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    /// The node with this id.
+    pub fn node(&self, id: &str) -> Option<&Node> {
+        self.index.get(id).map(|&i| &self.graph.nodes[i])
+    }
+
+    /// The compiled readiness predicates of a node (empty for an unknown id).
+    pub fn predicates(&self, id: &str) -> Arc<[CompiledPredicate]> {
+        self.index
+            .get(id)
+            .map(|&i| self.predicates[i].clone())
+            .unwrap_or_else(|| Arc::from(Vec::new()))
+    }
+
+    /// Nodes in apply order: every node after all of its dependencies.
+    pub fn apply_order(&self) -> impl DoubleEndedIterator<Item = &Node> {
+        self.apply_order.iter().map(|&i| &self.graph.nodes[i])
+    }
+
+    /// Nodes in teardown order: every node before its dependencies.
+    pub fn teardown_order(&self) -> impl Iterator<Item = &Node> {
+        self.apply_order().rev()
+    }
+}
+
+/// A plan reads as the graph it validated (a validated newtype, like `String` for `str`), so
+/// code that only looks at the graph does not need to know it holds a plan.
+impl std::ops::Deref for Plan {
+    type Target = Graph;
+
+    fn deref(&self) -> &Graph {
+        &self.graph
+    }
+}
+
+/// A plan's wire form is its graph (the artifact `render` prints and goldens record).
+impl serde::Serialize for Plan {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.graph.serialize(serializer)
+    }
+}
+
+/// An object taken over, deleted or let go by a pass: worth telling the instance's owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// The node the object belongs (or belonged) to.
+    pub node_id: String,
+    /// The object's kind.
+    pub kind: String,
+    /// The object's name.
+    pub name: String,
+    /// What happened.
+    pub action: ChangeAction,
+}
+
+/// What happened to an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeAction {
+    /// An existing object was taken over (the instance listed it, or its node is `AdoptOnly`).
+    Adopted,
+    /// Its node left the graph and the object was deleted.
+    Pruned,
+    /// Its node left the graph with `deletionPolicy: Orphan`: the object was left in place,
+    /// without the management labels.
+    Released,
+}
+
+impl ChangeAction {
+    /// The event reason and action for this change.
+    pub fn event(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Adopted => ("Adopted", "Adopt"),
+            Self::Pruned => ("Pruned", "Prune"),
+            Self::Released => ("Released", "Prune"),
+        }
+    }
+}
+
+impl std::fmt::Display for Change {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self {
+            node_id,
+            kind,
+            name,
+            action,
+        } = self;
+        match action {
+            ChangeAction::Adopted => write!(f, "adopted {kind} {name} as node {node_id}"),
+            ChangeAction::Pruned => {
+                write!(f, "deleted {kind} {name}: node {node_id} left the graph")
+            }
+            ChangeAction::Released => write!(
+                f,
+                "released {kind} {name}: node {node_id} left the graph and its deletionPolicy is Orphan"
+            ),
+        }
+    }
+}
+
+/// What one pass produced.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    /// Node states by id.
+    pub nodes: BTreeMap<String, NodeStatus>,
+    /// The inventory after this pass, in apply order.
+    pub inventory: Vec<InventoryEntry>,
+    /// Live objects of the nodes applied or observed in this pass, by node id.
+    pub live: BTreeMap<String, Value>,
+    /// Every node is Ready.
+    pub ready: bool,
+    /// A node failed terminally (its message).
+    pub stalled: Option<String>,
+    /// Writes made (applies, deletes).
+    pub writes: usize,
+    /// What the pass did to objects beyond applying them (the controller makes each an event).
+    pub changes: Vec<Change>,
+}
+
+/// What applying one node gave.
+#[derive(Debug, Clone)]
+pub struct NodeResult {
+    /// The node's state.
+    pub status: NodeStatus,
+    /// The error will not go away by retrying (a terminal condition, an expired timeout, a
+    /// broken predicate); API errors are retried.
+    pub terminal: bool,
+    /// The node's inventory entry after the apply (or the one it had).
+    pub entry: Option<InventoryEntry>,
+    /// The live object, when the node was applied or observed.
+    pub live: Option<Value>,
+    /// Writes made.
+    pub writes: usize,
+}
+
+impl NodeResult {
+    /// A result that wrote nothing and keeps `entry`.
+    pub fn unwritten(status: NodeStatus, entry: Option<InventoryEntry>) -> Self {
+        Self {
+            status,
+            terminal: false,
+            entry,
+            live: None,
+            writes: 0,
+        }
+    }
+}
+
+/// The state of one pass over a plan: what is decided, what is Ready, the inventory so far.
+///
+/// ```
+/// use cuebe_core::graph::Graph;
+/// use cuebe_core::plan::{NodeResult, Pass, Plan};
+/// use cuebe_core::status::NodeStatus;
+/// let graph: Graph = serde_json::from_value(serde_json::json!({
+///     "graphVersion": "cuebe.dev/v1alpha1",
+///     "metadata": {"platformRefResolved": "sha256:0", "renderHash": "sha256:0"},
+///     "nodes": [
+///         {"id": "a", "object": {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"}}},
+///         {"id": "b", "dependsOn": ["a"], "object": {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "b"}}}
+///     ]
+/// })).unwrap();
+/// let plan = Plan::new(graph, "apps").unwrap();
+/// let mut pass = Pass::start(&plan, &[]);
+/// assert_eq!(pass.frontier().iter().map(|n| n.id.as_str()).collect::<Vec<_>>(), ["a"]);
+/// pass.record("a", NodeResult::unwritten(NodeStatus::applied("waiting", "2026-01-01T00:00:00Z"), None));
+/// assert!(pass.frontier().is_empty()); // b waits for a to be Ready
+/// let outcome = pass.finish();
+/// assert_eq!(outcome.nodes["b"].blocked_on, ["a"]);
+/// assert!(!outcome.ready);
+/// ```
+#[derive(Debug)]
+pub struct Pass<'p> {
+    plan: &'p Plan,
+    done: HashSet<String>,
+    ready: HashSet<String>,
+    inventory: BTreeMap<String, InventoryEntry>,
+    out: Outcome,
+}
+
+impl<'p> Pass<'p> {
+    /// A fresh pass over `plan`, starting from the stored `inventory`. Nodes pending on an
+    /// export are decided at once (`Pending`, never applied).
+    pub fn start(plan: &'p Plan, inventory: &[InventoryEntry]) -> Self {
+        let mut pass = Self {
+            plan,
+            done: HashSet::new(),
+            ready: HashSet::new(),
+            inventory: inventory
+                .iter()
+                .map(|e| (e.node_id.clone(), e.clone()))
+                .collect(),
+            out: Outcome::default(),
+        };
+        for node in plan.graph.nodes.iter().filter(|n| n.is_pending()) {
+            let blocked_on = node
+                .pending_on
+                .iter()
+                .map(|e| format!("export:{e}"))
+                .collect();
+            let details = format!("waiting for {}", node.pending_on.join(", "));
+            pass.out
+                .nodes
+                .insert(node.id.clone(), NodeStatus::pending(blocked_on, details));
+            pass.done.insert(node.id.clone());
+        }
+        pass
+    }
+
+    /// The nodes to apply now: not decided yet, every dependency Ready.
+    pub fn frontier(&self) -> Vec<&'p Node> {
+        self.plan
+            .apply_order()
+            .filter(|n| {
+                !self.done.contains(&n.id) && n.depends_on.iter().all(|d| self.ready.contains(d))
+            })
+            .collect()
+    }
+
+    /// The inventory entry of a node as the pass knows it now.
+    pub fn entry(&self, node_id: &str) -> Option<&InventoryEntry> {
+        self.inventory.get(node_id)
+    }
+
+    /// Records what applying `node_id` gave.
+    pub fn record(&mut self, node_id: &str, result: NodeResult) {
+        self.done.insert(node_id.to_string());
+        self.out.writes += result.writes;
+        if let Some(entry) = result.entry {
+            let was_adopted = self
+                .inventory
+                .get(node_id)
+                .is_some_and(|e| e.mode == InventoryMode::Adopted);
+            if entry.mode == InventoryMode::Adopted && !was_adopted {
+                self.out.changes.push(Change {
+                    node_id: node_id.to_string(),
+                    kind: entry.kind.clone(),
+                    name: entry.name.clone(),
+                    action: ChangeAction::Adopted,
+                });
+            }
+            self.inventory.insert(node_id.to_string(), entry);
+        }
+        if let Some(live) = result.live {
+            self.out.live.insert(node_id.to_string(), live);
+        }
+        if result.status.phase == NodePhase::Ready {
+            self.ready.insert(node_id.to_string());
+        }
+        if result.status.phase == NodePhase::Error && result.terminal && self.out.stalled.is_none()
+        {
+            self.out.stalled = result
+                .status
+                .last_error
+                .clone()
+                .map(|e| format!("{node_id}: {e}"));
+        }
+        self.out.nodes.insert(node_id.to_string(), result.status);
+    }
+
+    /// Records that an inventory entry was pruned (deleted or released) or found gone.
+    pub fn pruned(&mut self, entry: &InventoryEntry, action: Option<ChangeAction>) {
+        self.inventory.remove(&entry.node_id);
+        if let Some(action) = action {
+            self.out.writes += 1;
+            self.out.changes.push(Change {
+                node_id: entry.node_id.clone(),
+                kind: entry.kind.clone(),
+                name: entry.name.clone(),
+                action,
+            });
+        }
+    }
+
+    /// Ends the walk: nodes never reached are `Pending` on the dependencies that are not
+    /// Ready. Call before [`prune_plan`] and [`Pass::into_outcome`].
+    pub fn finish(mut self) -> Outcome {
+        self.close();
+        self.into_outcome()
+    }
+
+    /// Marks the unreached nodes (see [`Pass::finish`]) and keeps the pass open for pruning.
+    pub fn close(&mut self) {
+        for node in self.plan.apply_order() {
+            if self.done.contains(&node.id) {
+                continue;
+            }
+            let waiting: Vec<String> = node
+                .depends_on
+                .iter()
+                .filter(|d| !self.ready.contains(*d))
+                .cloned()
+                .collect();
+            let details = format!("waiting for {} to be Ready", waiting.join(", "));
+            self.out
+                .nodes
+                .insert(node.id.clone(), NodeStatus::pending(waiting, details));
+        }
+        self.out.ready = self
+            .plan
+            .graph
+            .nodes
+            .iter()
+            .all(|n| self.ready.contains(&n.id));
+    }
+
+    /// Node states decided so far.
+    pub fn nodes(&self) -> &BTreeMap<String, NodeStatus> {
+        &self.out.nodes
+    }
+
+    /// The outcome, the inventory in apply order (graph order first, then leftovers).
+    pub fn into_outcome(mut self) -> Outcome {
+        let mut ordered = Vec::with_capacity(self.inventory.len());
+        for n in &self.plan.graph.nodes {
+            if let Some(e) = self.inventory.remove(&n.id) {
+                ordered.push(e);
+            }
+        }
+        ordered.extend(self.inventory.into_values());
+        self.out.inventory = ordered;
+        self.out
+    }
+}
+
+/// What a pass may prune: entries of the stored inventory whose node left the graph, last
+/// applied first, each with how it goes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PrunePlan {
+    /// Entries to delete or release, in that order.
+    pub entries: Vec<(InventoryEntry, DeletionPolicy)>,
+    /// Why nothing is pruned although entries left the graph (`None` when pruning goes ahead
+    /// or there is nothing to prune).
+    pub held_back: Option<String>,
+}
+
+/// The prune rule, shared by the executor and `diff`: only a complete, healthy pass (every node
+/// of the graph Ready or Applied) prunes; an entry whose node left the graph is deleted, or
+/// released when its node asked for `Orphan`; entries already `Orphaned` are left alone.
+///
+/// ```
+/// use std::collections::BTreeMap;
+/// use cuebe_core::graph::DeletionPolicy;
+/// use cuebe_core::plan::prune_plan;
+/// use cuebe_core::status::{InventoryEntry, InventoryMode, NodeStatus};
+/// let entry = |id: &str| InventoryEntry { node_id: id.into(), api_version: "v1".into(), kind: "ConfigMap".into(),
+///     namespace: "apps".into(), name: id.into(), uid: "u".into(), mode: InventoryMode::Managed,
+///     last_applied_hash: String::new(), last_applied_resource_version: String::new(),
+///     last_applied_generation: None, last_ready_transition: None, deletion_policy: None };
+/// let nodes = BTreeMap::from([("kept".to_string(), NodeStatus::ready("exists"))]);
+/// let plan = prune_plan(&["kept"], &[entry("kept"), entry("gone")], &nodes);
+/// assert_eq!(plan.entries, [(entry("gone"), DeletionPolicy::Delete)]);
+/// ```
+pub fn prune_plan(
+    graph_ids: &[&str],
+    inventory: &[InventoryEntry],
+    nodes: &BTreeMap<String, NodeStatus>,
+) -> PrunePlan {
+    let in_graph: HashSet<&str> = graph_ids.iter().copied().collect();
+    let stale: Vec<(InventoryEntry, DeletionPolicy)> = inventory
+        .iter()
+        .rev()
+        .filter(|e| !in_graph.contains(e.node_id.as_str()) && e.mode != InventoryMode::Orphaned)
+        .map(|e| (e.clone(), entry_policy(e, DeletionPolicy::Delete)))
+        .collect();
+    if stale.is_empty() {
+        return PrunePlan::default();
+    }
+    let unhealthy: Vec<String> = graph_ids
+        .iter()
+        .filter(|id| {
+            !nodes
+                .get(**id)
+                .is_some_and(|s| matches!(s.phase, NodePhase::Ready | NodePhase::Applied))
+        })
+        .map(|id| id.to_string())
+        .collect();
+    if unhealthy.is_empty() {
+        PrunePlan {
+            entries: stale,
+            held_back: None,
+        }
+    } else {
+        PrunePlan {
+            entries: Vec::new(),
+            held_back: Some(format!(
+                "not pruned while {} {} not Ready or Applied",
+                unhealthy.join(", "),
+                if unhealthy.len() == 1 { "is" } else { "are" }
+            )),
+        }
+    }
+}
+
+/// What removing one inventory object means: the instance's `Orphan` keeps everything;
+/// otherwise a node that asked to be orphaned is released and the rest follow the instance.
+///
+/// ```
+/// use cuebe_core::graph::DeletionPolicy::{Delete, Orphan};
+/// use cuebe_core::plan::entry_policy;
+/// # let mut e: cuebe_core::status::InventoryEntry = serde_json::from_value(serde_json::json!({
+/// #   "nodeId": "n", "apiVersion": "v1", "kind": "ConfigMap", "name": "n", "mode": "Managed"})).unwrap();
+/// assert_eq!(entry_policy(&e, Delete), Delete);
+/// e.deletion_policy = Some(Orphan);
+/// assert_eq!(entry_policy(&e, Delete), Orphan);
+/// ```
+pub fn entry_policy(entry: &InventoryEntry, instance: DeletionPolicy) -> DeletionPolicy {
+    match (instance, entry.deletion_policy) {
+        (DeletionPolicy::Orphan, _) | (_, Some(DeletionPolicy::Orphan)) => DeletionPolicy::Orphan,
+        _ => DeletionPolicy::Delete,
+    }
+}
+
+/// Identity and bookkeeping fields of a live object, as the decisions need them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LiveMeta {
+    /// `metadata.uid`.
+    pub uid: Option<String>,
+    /// `metadata.generation`.
+    pub generation: Option<i64>,
+    /// `metadata.resourceVersion`.
+    pub resource_version: Option<String>,
+}
+
+impl LiveMeta {
+    /// Reads the fields from a live object as JSON.
+    pub fn of(live: &Value) -> Self {
+        let text = |p: &str| live.pointer(p).and_then(Value::as_str).map(str::to_string);
+        Self {
+            uid: text("/metadata/uid"),
+            generation: live.pointer("/metadata/generation").and_then(Value::as_i64),
+            resource_version: text("/metadata/resourceVersion"),
+        }
+    }
+}
+
+/// Whether the executor must read the live object before deciding: only when it can save the
+/// write (same rendered hash as last time) or the mode needs to know whether the object exists
+/// (no record of it yet, or `CreateOnly`/`AdoptOnly`).
+pub fn needs_read(mode: ApplyMode, entry: Option<&InventoryEntry>, hash: &str) -> bool {
+    let same_render = entry.is_some_and(|e| e.last_applied_hash == hash);
+    let recorded = entry.is_some_and(|e| e.mode != InventoryMode::Orphaned);
+    same_render || !recorded || mode != ApplyMode::CreateOrUpdate
+}
+
+/// The live object is exactly what our last apply left: same rendered hash, and its spec
+/// generation (or, for objects without one, its `resourceVersion`) unchanged since. A
+/// controller's status update does not count as a change.
+pub fn is_unchanged(entry: Option<&InventoryEntry>, live: Option<&LiveMeta>, hash: &str) -> bool {
+    match (entry, live) {
+        (Some(e), Some(live)) if e.last_applied_hash == hash => {
+            match (e.last_applied_generation, live.generation) {
+                (Some(applied), Some(current)) => applied == current,
+                _ => {
+                    live.resource_version.as_deref()
+                        == Some(e.last_applied_resource_version.as_str())
+                }
+            }
+        }
+        _ => false,
+    }
+}
+
+/// The live object is the very one the inventory recorded (a recreated one has a new UID); an
+/// unknown existing object goes to the adoption policy.
+pub fn is_recorded_object(entry: Option<&InventoryEntry>, live: Option<&LiveMeta>) -> bool {
+    let Some(e) = entry.filter(|e| e.mode != InventoryMode::Orphaned) else {
+        return false;
+    };
+    live.is_some_and(|l| e.uid.is_empty() || l.uid.as_deref() == Some(e.uid.as_str()))
+}
+
+/// What to do about a node's object once its existence is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteDecision {
+    /// Apply it (Server-Side Apply).
+    Apply,
+    /// Leave it as it is: unchanged since our last apply, or `CreateOnly` and present.
+    Keep,
+    /// `AdoptOnly` and there is nothing to adopt: the node is Blocked.
+    NothingToAdopt,
+}
+
+/// Decides whether to write, from the node's mode, whether the object exists and whether it is
+/// unchanged since our last apply.
+///
+/// | mode           | exists | unchanged | decision       |
+/// |----------------|--------|-----------|----------------|
+/// | any            | yes    | yes       | Keep           |
+/// | CreateOnly     | yes    | no        | Keep           |
+/// | AdoptOnly      | no     | —         | NothingToAdopt |
+/// | otherwise      |        |           | Apply          |
+pub fn write_decision(mode: ApplyMode, exists: bool, unchanged: bool) -> WriteDecision {
+    match (mode, exists) {
+        (_, true) if unchanged => WriteDecision::Keep,
+        (ApplyMode::CreateOnly, true) => WriteDecision::Keep,
+        (ApplyMode::AdoptOnly, false) => WriteDecision::NothingToAdopt,
+        _ => WriteDecision::Apply,
+    }
+}
+
+/// Judges an applied node against its readiness verdict and the clock: Ready, still Applied
+/// (waiting since the first time it was seen waiting), or Error when the controller reports a
+/// terminal failure or the smallest predicate timeout has expired. Returns the status and
+/// whether the failure is terminal.
+///
+/// ```
+/// use std::time::Duration;
+/// use cuebe_core::plan::judge;
+/// use cuebe_core::readiness::Verdict;
+/// use cuebe_core::status::{NodePhase, NodeStatus};
+/// let waiting = Verdict { ready: false, details: "0/1 available".into(), terminal: None };
+/// let now = "2026-01-01T00:10:00Z".parse().unwrap();
+/// let before = NodeStatus::applied("0/1 available", "2026-01-01T00:00:00Z");
+/// let (status, terminal) = judge(&waiting, Some(&before), Some(Duration::from_secs(300)), now);
+/// assert_eq!(status.phase, NodePhase::Error);
+/// assert!(terminal);
+/// ```
+pub fn judge(
+    verdict: &Verdict,
+    previous: Option<&NodeStatus>,
+    timeout: Option<Duration>,
+    now: Timestamp,
+) -> (NodeStatus, bool) {
+    if let Some(terminal) = &verdict.terminal {
+        return (
+            NodeStatus::error(terminal.clone()).with_details(verdict.details.clone()),
+            true,
+        );
+    }
+    if verdict.ready {
+        return (NodeStatus::ready(verdict.details.clone()), false);
+    }
+    // An expired timeout stays expired: keep the first time the node was seen waiting.
+    let since = previous
+        .filter(|s| matches!(s.phase, NodePhase::Applied | NodePhase::Error))
+        .and_then(|s| s.waiting_since.clone())
+        .unwrap_or_else(|| now.to_string());
+    match (timeout, elapsed_since(&since, now)) {
+        (Some(t), Some(waited)) if waited > t => (
+            NodeStatus::error(format!("not ready after {t:?}: {}", verdict.details))
+                .with_details(verdict.details.clone())
+                .waiting_since(since),
+            true,
+        ),
+        _ => (NodeStatus::applied(verdict.details.clone(), since), false),
+    }
+}
+
+/// The inventory entry a node has after this pass applied (or kept) its object.
+///
+/// What our last apply left (`resourceVersion`, `generation`) is kept when this pass wrote
+/// nothing, so later status updates by the object's controller are not mistaken for our
+/// writes; a node newly Ready records the transition time.
+#[derive(Debug, Clone)]
+pub struct EntryUpdate<'a> {
+    /// The node.
+    pub node: &'a Node,
+    /// Its entry before this pass.
+    pub previous: Option<&'a InventoryEntry>,
+    /// apiVersion, kind and name of the object.
+    pub identity: (&'a str, &'a str, &'a str),
+    /// The live object's namespace.
+    pub namespace: String,
+    /// The live object's identity fields.
+    pub live: &'a LiveMeta,
+    /// The rendered object's hash.
+    pub hash: String,
+    /// This pass took the object over.
+    pub adopted: bool,
+    /// This pass wrote the object.
+    pub wrote: bool,
+}
+
+impl EntryUpdate<'_> {
+    /// The new entry.
+    pub fn entry(self) -> InventoryEntry {
+        let previous = self.previous;
+        let mode = match self.node.apply_policy.mode {
+            _ if self.adopted => InventoryMode::Adopted,
+            ApplyMode::AdoptOnly => InventoryMode::Adopted,
+            _ => previous
+                .map(|e| e.mode)
+                .filter(|m| *m != InventoryMode::Orphaned)
+                .unwrap_or(InventoryMode::Managed),
+        };
+        let (api_version, kind, name) = self.identity;
+        InventoryEntry {
+            node_id: self.node.id.clone(),
+            api_version: api_version.to_string(),
+            kind: kind.to_string(),
+            namespace: self.namespace,
+            name: name.to_string(),
+            uid: self.live.uid.clone().unwrap_or_default(),
+            mode,
+            last_applied_hash: self.hash,
+            last_applied_resource_version: match previous {
+                Some(e) if !self.wrote && !e.last_applied_resource_version.is_empty() => {
+                    e.last_applied_resource_version.clone()
+                }
+                _ => self.live.resource_version.clone().unwrap_or_default(),
+            },
+            last_applied_generation: match previous {
+                Some(e) if !self.wrote && e.last_applied_generation.is_some() => {
+                    e.last_applied_generation
+                }
+                _ => self.live.generation,
+            },
+            last_ready_transition: previous.and_then(|e| e.last_ready_transition.clone()),
+            deletion_policy: self.node.deletion_policy,
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;

@@ -1,0 +1,581 @@
+//! The standard status every abstraction embeds: conditions, per-node state, violations and the
+//! inventory of what the instance manages.
+//!
+//! kstatus-compatible: `observedGeneration`, and conditions `Rendered`, `PolicyPassed`,
+//! `Progressing`, `Ready`, plus `Stalled` on a terminal failure, so
+//! `kubectl wait --for=condition=Ready` works.
+//!
+//! [`summarize`] is the condition matrix: a pure function from what a pass did to the
+//! conditions; [`transitions`] says which events a status change is worth. The controller only
+//! writes what they return.
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::graph::{DeletionPolicy, Violation};
+use crate::plan::Outcome;
+
+/// The condition types of the standard status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ConditionType {
+    /// The spec compiled into a Graph (False: the spec or the module is wrong).
+    Rendered,
+    /// No policy violation blocks the apply.
+    PolicyPassed,
+    /// The operator is still working towards Ready.
+    Progressing,
+    /// Every node is Ready.
+    Ready,
+    /// The instance cannot proceed until its spec, its module or the cluster changes.
+    Stalled,
+}
+
+impl ConditionType {
+    /// The type as written in the status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Rendered => "Rendered",
+            Self::PolicyPassed => "PolicyPassed",
+            Self::Progressing => "Progressing",
+            Self::Ready => "Ready",
+            Self::Stalled => "Stalled",
+        }
+    }
+}
+
+impl std::fmt::Display for ConditionType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A status condition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// `Rendered`, `PolicyPassed`, `Progressing`, `Ready` or `Stalled`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    /// CamelCase reason.
+    pub reason: String,
+    /// Human-readable detail.
+    #[serde(default)]
+    pub message: String,
+    /// When the status last changed (RFC 3339).
+    #[serde(default)]
+    pub last_transition_time: String,
+    /// The generation this condition describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// Where a node is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum NodePhase {
+    /// Waiting for dependencies or exports.
+    Pending,
+    /// Applied; its readiness gate has not passed yet.
+    Applied,
+    /// Its readiness gate passed.
+    Ready,
+    /// Cannot proceed without a change (conflict under `Fail`, policy).
+    Blocked,
+    /// Failed: apply error, readiness timeout or terminal failure.
+    Error,
+}
+
+/// The state of one node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStatus {
+    /// Where the node is.
+    pub phase: NodePhase,
+    /// What it waits for: node ids or `export:<name>`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blocked_on: Vec<String>,
+    /// The last error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// What the readiness gate says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_details: Option<String>,
+    /// When the node was first applied without being ready (for predicate timeouts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_since: Option<String>,
+}
+
+impl NodeStatus {
+    fn with(phase: NodePhase) -> Self {
+        Self {
+            phase,
+            blocked_on: vec![],
+            last_error: None,
+            ready_details: None,
+            waiting_since: None,
+        }
+    }
+
+    /// Waiting for `blocked_on` (node ids, or `export:<name>`), with a human reason.
+    pub fn pending(blocked_on: Vec<String>, details: impl Into<String>) -> Self {
+        Self {
+            blocked_on,
+            ready_details: Some(details.into()),
+            ..Self::with(NodePhase::Pending)
+        }
+    }
+
+    /// Applied, its readiness gate not passed yet, waiting since `since` (RFC 3339).
+    pub fn applied(details: impl Into<String>, since: impl Into<String>) -> Self {
+        Self {
+            ready_details: Some(details.into()),
+            waiting_since: Some(since.into()),
+            ..Self::with(NodePhase::Applied)
+        }
+    }
+
+    /// Its readiness gate passed.
+    pub fn ready(details: impl Into<String>) -> Self {
+        Self {
+            ready_details: Some(details.into()),
+            ..Self::with(NodePhase::Ready)
+        }
+    }
+
+    /// Cannot proceed without a change; `error` says why, `details` what was (not) done.
+    pub fn blocked(error: impl Into<String>, details: Option<String>) -> Self {
+        Self {
+            last_error: Some(error.into()),
+            ready_details: details,
+            ..Self::with(NodePhase::Blocked)
+        }
+    }
+
+    /// Failed with `error`.
+    pub fn error(error: impl Into<String>) -> Self {
+        Self {
+            last_error: Some(error.into()),
+            ..Self::with(NodePhase::Error)
+        }
+    }
+
+    /// Adds what the readiness gate says.
+    pub fn with_details(mut self, details: impl Into<String>) -> Self {
+        self.ready_details = Some(details.into());
+        self
+    }
+
+    /// Adds since when the node waits (for timeouts).
+    pub fn waiting_since(mut self, since: impl Into<String>) -> Self {
+        self.waiting_since = Some(since.into());
+        self
+    }
+}
+
+/// How an inventory entry is held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum InventoryMode {
+    /// Created and kept by this instance.
+    Managed,
+    /// Taken over from an existing object.
+    Adopted,
+    /// Left in place, no longer managed.
+    Orphaned,
+}
+
+/// One object the instance manages (no manifest: identity and bookkeeping only).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InventoryEntry {
+    /// The node that rendered it.
+    pub node_id: String,
+    /// `apiVersion` of the object.
+    pub api_version: String,
+    /// `kind` of the object.
+    pub kind: String,
+    /// Namespace (empty for cluster-scoped objects).
+    #[serde(default)]
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// UID, for delete preconditions.
+    #[serde(default)]
+    pub uid: String,
+    /// Managed, Adopted or Orphaned.
+    pub mode: InventoryMode,
+    /// Hash of the last applied object.
+    #[serde(default)]
+    pub last_applied_hash: String,
+    /// `resourceVersion` right after the last apply (to skip writes when nothing changed).
+    #[serde(default)]
+    pub last_applied_resource_version: String,
+    /// `metadata.generation` right after the last apply: status updates by the object's own
+    /// controller do not change it, so they do not cause a re-apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_applied_generation: Option<i64>,
+    /// When the node last turned Ready (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_ready_transition: Option<String>,
+    /// The node's own `deletionPolicy` when it was last applied. Recorded here because teardown
+    /// and pruning run when there may be no render to read it from: an `Orphan` node's object is
+    /// released (our labels removed) instead of deleted, whatever the instance's policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_policy: Option<DeletionPolicy>,
+}
+
+/// The status an abstraction's custom resource embeds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AbstractionStatus {
+    /// The generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// kstatus-compatible conditions.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// Per-node state, by node id.
+    #[serde(default)]
+    pub nodes: BTreeMap<String, NodeStatus>,
+    /// `ready/total` nodes, for `kubectl get`.
+    #[serde(default)]
+    pub ready_nodes: String,
+    /// Policy violations (nothing is applied while any blocks).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub violations: Vec<Violation>,
+    /// What the instance manages.
+    #[serde(default)]
+    pub inventory: Vec<InventoryEntry>,
+    /// Digest of the platform module that rendered the last graph.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub platform_ref_resolved: String,
+    /// `renderHash` of the last graph.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub render_hash: String,
+}
+
+impl AbstractionStatus {
+    /// The condition of this type.
+    pub fn condition(&self, type_: ConditionType) -> Option<&Condition> {
+        self.conditions.iter().find(|c| c.type_ == type_.as_str())
+    }
+
+    /// Sets a condition, keeping `lastTransitionTime` when the status does not change.
+    pub fn set_condition(
+        &mut self,
+        type_: ConditionType,
+        status: bool,
+        reason: &str,
+        message: impl Into<String>,
+        generation: Option<i64>,
+        now: &str,
+    ) {
+        let status = if status { "True" } else { "False" }.to_string();
+        let message = message.into();
+        let type_ = type_.as_str();
+        let previous = self.conditions.iter().position(|c| c.type_ == type_);
+        let last_transition_time = match previous.map(|i| &self.conditions[i]) {
+            Some(c) if c.status == status => c.last_transition_time.clone(),
+            _ => now.to_string(),
+        };
+        let condition = Condition {
+            type_: type_.to_string(),
+            status,
+            reason: reason.to_string(),
+            message,
+            last_transition_time,
+            observed_generation: generation,
+        };
+        match previous {
+            Some(i) => self.conditions[i] = condition,
+            None => self.conditions.push(condition),
+        }
+    }
+
+    /// Drops a condition.
+    pub fn clear_condition(&mut self, type_: ConditionType) {
+        self.conditions.retain(|c| c.type_ != type_.as_str());
+    }
+
+    /// The inventory entry of a node.
+    pub fn inventory_entry(&self, node_id: &str) -> Option<&InventoryEntry> {
+        self.inventory.iter().find(|e| e.node_id == node_id)
+    }
+
+    /// True when the `Ready` condition is True.
+    pub fn is_ready(&self) -> bool {
+        self.condition(ConditionType::Ready)
+            .is_some_and(|c| c.status == "True")
+    }
+}
+
+/// What a pass amounted to, for the instance as a whole (the controller picks its requeue from
+/// it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PassVerdict {
+    /// Every node is Ready.
+    Ready,
+    /// A node failed terminally; retrying will not help.
+    Stalled,
+    /// An API call failed; the next pass retries it.
+    Retrying,
+    /// A node cannot proceed without a change (a conflict, a refused adoption).
+    Blocked,
+    /// Nodes are on their way to Ready.
+    Progressing,
+}
+
+impl AbstractionStatus {
+    /// The instance cannot proceed until its spec or module changes: `failed` (Rendered or
+    /// PolicyPassed) is False, Ready and Progressing are False and Stalled is True, all with
+    /// `reason`.
+    pub fn stop_before_apply(
+        &mut self,
+        failed: ConditionType,
+        reason: &str,
+        message: &str,
+        next_step: &str,
+        generation: Option<i64>,
+        now: &str,
+    ) {
+        self.set_condition(failed, false, reason, message, generation, now);
+        self.set_condition(
+            ConditionType::Ready,
+            false,
+            reason,
+            message,
+            generation,
+            now,
+        );
+        self.set_condition(
+            ConditionType::Progressing,
+            false,
+            reason,
+            next_step,
+            generation,
+            now,
+        );
+        self.set_condition(
+            ConditionType::Stalled,
+            true,
+            reason,
+            message,
+            generation,
+            now,
+        );
+    }
+}
+
+/// The condition matrix: sets `Ready`, `Progressing` and `Stalled` (and `readyNodes`) from the
+/// node states of a pass (`status.nodes`, already the pass's) and what it found terminal.
+///
+/// | the pass                     | Ready            | Progressing      | Stalled     |
+/// |------------------------------|------------------|------------------|-------------|
+/// | a node failed terminally     | False NodeFailed | False NodeFailed | True        |
+/// | every node Ready             | True             | False            | (removed)   |
+/// | an API call failed           | False ApplyFailed| True Retrying    | (removed)   |
+/// | a node Blocked               | False NodeBlocked| False NodeBlocked| (removed)   |
+/// | otherwise                    | False Progressing| True Progressing | (removed)   |
+///
+/// ```
+/// use cuebe_core::plan::Outcome;
+/// use cuebe_core::status::{AbstractionStatus, ConditionType, NodeStatus, PassVerdict, summarize};
+/// let mut status = AbstractionStatus::default();
+/// status.nodes.insert("web".into(), NodeStatus::ready("exists"));
+/// let outcome = Outcome { ready: true, ..Default::default() };
+/// let verdict = summarize(&mut status, &outcome, Some(1), "2026-01-01T00:00:00Z");
+/// assert_eq!(verdict, PassVerdict::Ready);
+/// assert!(status.is_ready());
+/// assert_eq!(status.ready_nodes, "1/1");
+/// ```
+pub fn summarize(
+    status: &mut AbstractionStatus,
+    outcome: &Outcome,
+    generation: Option<i64>,
+    now: &str,
+) -> PassVerdict {
+    use ConditionType::{Progressing, Ready, Stalled};
+    let total = status.nodes.len();
+    let ready = status
+        .nodes
+        .values()
+        .filter(|n| n.phase == NodePhase::Ready)
+        .count();
+    status.ready_nodes = format!("{ready}/{total}");
+    let failing = |phase: NodePhase| -> Vec<String> {
+        status
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.phase == phase)
+            .map(|(id, n)| format!("{id}: {}", n.last_error.clone().unwrap_or_default()))
+            .collect()
+    };
+    let blocked = failing(NodePhase::Blocked);
+    let retrying = failing(NodePhase::Error);
+    if let Some(stalled) = &outcome.stalled {
+        for type_ in [Ready, Progressing] {
+            status.set_condition(type_, false, "NodeFailed", stalled.clone(), generation, now);
+        }
+        status.set_condition(
+            Stalled,
+            true,
+            "NodeFailed",
+            stalled.clone(),
+            generation,
+            now,
+        );
+        return PassVerdict::Stalled;
+    }
+    let verdict = if outcome.ready {
+        status.set_condition(
+            Ready,
+            true,
+            "AllNodesReady",
+            format!("{ready}/{total} nodes ready"),
+            generation,
+            now,
+        );
+        status.set_condition(Progressing, false, "AllNodesReady", "", generation, now);
+        PassVerdict::Ready
+    } else if !retrying.is_empty() {
+        // API errors (a full service range, a webhook outage) are retried, not terminal.
+        let message = retrying.join("; ");
+        status.set_condition(
+            Ready,
+            false,
+            "ApplyFailed",
+            message.clone(),
+            generation,
+            now,
+        );
+        status.set_condition(Progressing, true, "Retrying", message, generation, now);
+        PassVerdict::Retrying
+    } else if !blocked.is_empty() {
+        let message = blocked.join("; ");
+        status.set_condition(
+            Ready,
+            false,
+            "NodeBlocked",
+            message.clone(),
+            generation,
+            now,
+        );
+        status.set_condition(Progressing, false, "NodeBlocked", message, generation, now);
+        PassVerdict::Blocked
+    } else {
+        let waiting: Vec<String> = status
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.phase != NodePhase::Ready)
+            .map(|(id, n)| format!("{id}: {}", n.ready_details.clone().unwrap_or_default()))
+            .collect();
+        status.set_condition(
+            Ready,
+            false,
+            "Progressing",
+            waiting.join("; "),
+            generation,
+            now,
+        );
+        status.set_condition(
+            Progressing,
+            true,
+            "Progressing",
+            format!("{ready}/{total} nodes ready"),
+            generation,
+            now,
+        );
+        PassVerdict::Progressing
+    };
+    status.clear_condition(Stalled);
+    verdict
+}
+
+/// An event worth publishing on the instance (the runtime turns it into a Kubernetes Event).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventNote {
+    /// A Warning event (else Normal).
+    pub warning: bool,
+    /// CamelCase reason, e.g. `Ready`, `NodeFailed`, `Pruned`.
+    pub reason: String,
+    /// Human-readable detail.
+    pub note: Option<String>,
+    /// What the operator was doing: `Render`, `Apply`, `Prune`, `Adopt`, `Reconcile`.
+    pub action: String,
+}
+
+impl EventNote {
+    fn new(warning: bool, reason: &str, note: Option<String>, action: &str) -> Self {
+        Self {
+            warning,
+            reason: reason.into(),
+            note,
+            action: action.into(),
+        }
+    }
+}
+
+/// Events for what changed between two statuses: the instance's Ready/Stalled/policy
+/// transitions and each node failing or being blocked. A node turning Ready is not an event of
+/// its own (it is in the status, and at hundreds of instances the writes add up).
+///
+/// ```
+/// use cuebe_core::status::{AbstractionStatus, ConditionType, transitions};
+/// let before = AbstractionStatus::default();
+/// let mut after = before.clone();
+/// after.set_condition(ConditionType::Ready, true, "AllNodesReady", "3/3 nodes ready", Some(1), "2026-01-01T00:00:00Z");
+/// let events = transitions(&before, &after);
+/// assert_eq!(events.len(), 1);
+/// assert_eq!(events[0].reason, "Ready");
+/// ```
+pub fn transitions(previous: &AbstractionStatus, current: &AbstractionStatus) -> Vec<EventNote> {
+    use ConditionType::{PolicyPassed, Ready, Rendered, Stalled};
+    let flipped = |t: ConditionType, to: &str| {
+        let now = current.condition(t).map(|c| c.status.as_str());
+        let before = previous.condition(t).map(|c| c.status.as_str());
+        now == Some(to) && before != Some(to)
+    };
+    let message = |t: ConditionType| current.condition(t).map(|c| c.message.clone());
+    let mut events = Vec::new();
+    if flipped(Rendered, "False") {
+        events.push(EventNote::new(
+            true,
+            "RenderFailed",
+            message(Rendered),
+            "Render",
+        ));
+    }
+    if flipped(PolicyPassed, "False") {
+        events.push(EventNote::new(
+            true,
+            "PolicyViolation",
+            message(PolicyPassed),
+            "Render",
+        ));
+    }
+    for (id, node) in &current.nodes {
+        if previous.nodes.get(id).map(|n| n.phase) == Some(node.phase) {
+            continue;
+        }
+        let reason = match node.phase {
+            NodePhase::Error => "NodeFailed",
+            NodePhase::Blocked => "NodeBlocked",
+            _ => continue,
+        };
+        let note = format!("{id}: {}", node.last_error.clone().unwrap_or_default());
+        events.push(EventNote::new(true, reason, Some(note), "Apply"));
+    }
+    if flipped(Ready, "True") {
+        events.push(EventNote::new(false, "Ready", message(Ready), "Reconcile"));
+    }
+    if flipped(Stalled, "True") {
+        events.push(EventNote::new(
+            true,
+            "Stalled",
+            message(Stalled),
+            "Reconcile",
+        ));
+    }
+    events
+}

@@ -1,0 +1,206 @@
+//! The [`Abstraction`] trait: what the generic controller, `explain` and the CLI need to know
+//! about a custom resource backed by a CUE module.
+//!
+//! Implement it with `#[derive(cuebe::Abstraction)]` on the spec struct of a kube
+//! `CustomResource` (see the macro's documentation); implementing it by hand is possible too.
+use std::collections::BTreeMap;
+
+use kube::core::NamespaceResourceScope;
+use kube::{CustomResourceExt, Resource};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::compiler::{Capabilities, CompileInput, InstanceMeta};
+use crate::lifecycle::{AdoptRef, DeletionPolicy, Instance};
+use crate::module::{ModuleSet, PlatformRef};
+use crate::status::AbstractionStatus;
+
+/// The finalizer the controller uses unless the abstraction names another.
+pub const DEFAULT_FINALIZER: &str = "cuebe.dev/cleanup";
+
+/// A custom resource whose children are rendered by a CUE module.
+///
+/// ```
+/// use cuebe::Abstraction;
+/// use kube::CustomResource;
+/// use schemars::JsonSchema;
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(CustomResource, cuebe::Abstraction, Serialize, Deserialize, Clone, Debug, JsonSchema)]
+/// #[kube(group = "example.com", version = "v1", kind = "Greeter", namespaced,
+///        status = "cuebe::status::AbstractionStatus")]
+/// #[abstraction(module = "../cue/platform", package = "./webservice",
+///               watches = ["apps/v1/Deployment", "v1/Service"])]
+/// pub struct GreeterSpec {
+///     pub message: String,
+/// }
+///
+/// assert_eq!(Greeter::FIELD_MANAGER, "cuebe-greeter");
+/// assert_eq!(Greeter::WATCHES, &["apps/v1/Deployment", "v1/Service"]);
+/// assert_eq!(Greeter::FINALIZER, "cuebe.dev/cleanup");
+/// ```
+pub trait Abstraction:
+    Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    + CustomResourceExt
+    + Clone
+    + std::fmt::Debug
+    + Serialize
+    + DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+    /// The field manager every apply uses (e.g. `cuebe-webservice`).
+    const FIELD_MANAGER: &'static str;
+    /// The finalizer that runs deletion.
+    const FINALIZER: &'static str = DEFAULT_FINALIZER;
+    /// Kinds of the children to watch, as `group/version/Kind` (`v1/Kind` for the core group).
+    /// A kind the cluster does not serve when the controller starts is skipped.
+    const WATCHES: &'static [&'static str] = &[];
+
+    /// Every embedded module version, newest last.
+    fn modules() -> ModuleSet;
+    /// The spec, as the module receives it (`input.spec`).
+    fn spec_value(&self) -> serde_json::Value;
+    /// The status, if written yet.
+    fn abstraction_status(&self) -> Option<&AbstractionStatus>;
+    /// The module version the instance pins (default: the newest embedded one).
+    fn platform_ref(&self) -> Option<PlatformRef> {
+        None
+    }
+    /// What happens to the children when the instance is deleted.
+    fn deletion_policy(&self) -> DeletionPolicy {
+        DeletionPolicy::Delete
+    }
+    /// Existing objects the instance asks to take over.
+    fn adopt(&self) -> Vec<AdoptRef> {
+        Vec::new()
+    }
+    /// The optional APIs the module may render for, and how to detect each.
+    fn capability_probes() -> Vec<CapabilityProbe> {
+        well_known_capabilities()
+    }
+}
+
+/// How to tell whether a cluster has an optional API: it serves `group/version/kind`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CapabilityProbe {
+    /// The capability's name as the module sees it (`input.capabilities`).
+    pub name: &'static str,
+    /// API group of the kind that proves it.
+    pub group: &'static str,
+    /// Its version.
+    pub version: &'static str,
+    /// The kind.
+    pub kind: &'static str,
+}
+
+/// `ack-iam` (the ACK IAM controller's `Role`) and `gateway-api` (`HTTPRoute`).
+pub fn well_known_capabilities() -> Vec<CapabilityProbe> {
+    vec![
+        CapabilityProbe {
+            name: Capabilities::ACK_IAM,
+            group: "iam.services.k8s.aws",
+            version: "v1alpha1",
+            kind: "Role",
+        },
+        CapabilityProbe {
+            name: Capabilities::GATEWAY_API,
+            group: "gateway.networking.k8s.io",
+            version: "v1",
+            kind: "HTTPRoute",
+        },
+    ]
+}
+
+pub use crate::discovery::{discover_capabilities, served_kind};
+
+/// The live objects of `inventory`, by node id: what `input.exports` is read from when an
+/// instance is compiled outside the controller (`explain`, `diff`). An object that cannot be
+/// read is left out, as if not yet observed.
+///
+/// ```no_run
+/// # async fn f(executor: &dyn cuebe::executor::Executor, status: &cuebe::status::AbstractionStatus) {
+/// let observed = cuebe::abstraction::observed_exports(executor, &status.inventory).await;
+/// # }
+/// ```
+pub async fn observed_exports(
+    executor: &dyn crate::executor::Executor,
+    inventory: &[crate::status::InventoryEntry],
+) -> BTreeMap<String, serde_json::Value> {
+    let mut observed = BTreeMap::new();
+    for entry in inventory {
+        if let Ok(Some(live)) = executor.live(entry).await {
+            observed.insert(entry.node_id.clone(), live);
+        }
+    }
+    observed
+}
+
+pub use crate::discovery::parse_watch;
+
+/// The executor's view of an instance.
+pub fn instance_of<A: Abstraction>(object: &A) -> Instance {
+    let meta = object.meta();
+    Instance {
+        kind: A::kind(&()).into_owned(),
+        name: meta.name.clone().unwrap_or_default(),
+        namespace: meta
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".to_string()),
+        generation: meta.generation,
+        adopt: object.adopt(),
+    }
+}
+
+/// The compiler input for an instance, exactly as the controller builds it.
+pub fn compile_input<A: Abstraction>(
+    object: &A,
+    capabilities: Capabilities,
+    observed: BTreeMap<String, serde_json::Value>,
+) -> CompileInput {
+    let meta = object.meta();
+    CompileInput {
+        instance: InstanceMeta {
+            name: meta.name.clone().unwrap_or_default(),
+            namespace: meta
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".to_string()),
+            labels: meta.labels.clone().unwrap_or_default(),
+        },
+        spec: object.spec_value(),
+        platform_ref: object.platform_ref(),
+        capabilities,
+        observed,
+    }
+}
+
+/// Helpers the derive's expansion calls; their signatures give type errors that name the field.
+#[doc(hidden)]
+pub mod __fields {
+    use crate::lifecycle::{AdoptRef, AdoptSpec, DeletionPolicy};
+    use crate::module::PlatformRef;
+    pub use serde_json::Value;
+
+    pub fn platform_ref(field: &Option<PlatformRef>) -> Option<PlatformRef> {
+        field.clone()
+    }
+
+    pub fn deletion_policy(field: &Option<DeletionPolicy>) -> DeletionPolicy {
+        field.unwrap_or_default()
+    }
+
+    pub fn adopt(field: &Option<AdoptSpec>) -> Vec<AdoptRef> {
+        field
+            .as_ref()
+            .map(|a| a.resources.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn to_value<T: serde::Serialize>(spec: &T) -> Value {
+        // A spec is plain data (strings, numbers, maps with string keys): it always serialises.
+        serde_json::to_value(spec).unwrap_or(Value::Null)
+    }
+}

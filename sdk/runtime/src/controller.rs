@@ -1,0 +1,915 @@
+//! The generic controller: compile each instance of an [`Abstraction`] into its Graph and
+//! execute it.
+//!
+//! Workflow of one reconcile (inside the abstraction's finalizer):
+//! 1. compile the spec with the cluster's capabilities and the exports observed on live objects
+//!    (from the inventory); a compile error or a policy violation stops here — nothing is applied
+//!    and the status says why;
+//! 2. execute the Graph; when a pass observes an export that a pending node waits for (an IAM
+//!    role's ARN), re-render and execute again in the same reconcile;
+//! 3. store the inventory and write the status, only when it changed; publish an event for each
+//!    transition.
+//!
+//! Children are watched by the `cuebe.dev/kind=<Kind>` label, so a Ready transition or a hand
+//! deletion reaches the instance at once rather than at the next requeue.
+//!
+//! The cluster's capabilities and served child kinds are asked again periodically; a change
+//! restarts the controller (watches included), which reconciles every instance with the new set.
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{Event, finalizer};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+use tokio::sync::RwLock;
+
+use cuebe_core::clock::{Clock, SystemClock};
+use cuebe_core::status::{ConditionType, EventNote, PassVerdict, summarize, transitions};
+
+use crate::abstraction::{Abstraction, compile_input, instance_of};
+use crate::compiler::{Capabilities, Compiler, CueCompiler};
+use crate::discovery::{Discovery, parse_watch};
+use crate::executor::{Change, Executor, INSTANCE_LABEL, KIND_LABEL, Outcome, SsaExecutor};
+use crate::lifecycle::{Adopter, ExplicitAdopter, Inventory, StatusInventory};
+use crate::ops::leader::LeaderElection;
+use crate::ops::metrics::{InstanceState, OperatorMetrics};
+use crate::readiness::{DefaultReadiness, Readiness};
+use crate::status::AbstractionStatus;
+
+/// Why a reconcile failed (it is retried).
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// Writing status failed.
+    #[error("writing status: {0}")]
+    Status(#[source] kube::Error),
+    /// The inventory could not be read or stored.
+    #[error("inventory: {0}")]
+    Inventory(#[from] crate::lifecycle::InventoryError),
+    /// Deleting the managed objects failed.
+    #[error("deleting: {0}")]
+    Teardown(#[source] crate::executor::ExecuteError),
+    /// Deletion is in progress: some managed objects are not gone yet (not a failure).
+    #[error("deleting: waiting for managed objects to be deleted")]
+    TeardownInProgress,
+    /// The finalizer protocol failed (adding or removing the finalizer).
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<ReconcileError>>),
+}
+
+/// An operator for one abstraction: the controller with its parts, each swappable.
+///
+/// ```no_run
+/// # async fn f<A: cuebe::Abstraction>(client: kube::Client) {
+/// use std::sync::Arc;
+/// cuebe::controller::Operator::<A>::new(client.clone())
+///     // Keep the inventory in a ConfigMap instead of the status.
+///     .with_inventory(Arc::new(cuebe::lifecycle::ConfigMapInventory::new(client, A::FIELD_MANAGER)))
+///     .run()
+///     .await;
+/// # }
+/// ```
+pub struct Operator<A: Abstraction> {
+    client: Client,
+    compiler: Option<Arc<dyn Compiler>>,
+    executor: Option<Arc<dyn Executor>>,
+    readiness: Arc<dyn Readiness>,
+    adopter: Arc<dyn Adopter>,
+    inventory: Arc<dyn Inventory>,
+    namespace: Option<String>,
+    shutdown_on_signal: bool,
+    rediscover_every: Duration,
+    metrics_listener: Option<tokio::net::TcpListener>,
+    leader_election: Option<LeaderElection>,
+    clock: Arc<dyn Clock>,
+    _kind: std::marker::PhantomData<fn() -> A>,
+}
+
+/// How often the operator asks the API server which optional APIs and watched kinds it serves,
+/// unless [`Operator::rediscover_every`] says otherwise.
+pub const DEFAULT_REDISCOVERY_INTERVAL: Duration = Duration::from_secs(30);
+
+impl<A: Abstraction> std::fmt::Debug for Operator<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Operator")
+            .field("kind", &A::kind(&()))
+            .field("namespace", &self.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<A: Abstraction> Operator<A> {
+    /// The default operator: [`CueCompiler`] over `A::modules()`, [`SsaExecutor`] with
+    /// [`DefaultReadiness`] and [`ExplicitAdopter`], [`StatusInventory`]; all namespaces.
+    pub fn new(client: Client) -> Self {
+        Self {
+            client,
+            compiler: None,
+            executor: None,
+            readiness: Arc::new(DefaultReadiness),
+            adopter: Arc::new(ExplicitAdopter),
+            inventory: Arc::new(StatusInventory),
+            namespace: None,
+            shutdown_on_signal: false,
+            rediscover_every: DEFAULT_REDISCOVERY_INTERVAL,
+            metrics_listener: None,
+            leader_election: None,
+            clock: Arc::new(SystemClock),
+            _kind: std::marker::PhantomData,
+        }
+    }
+
+    /// Replaces the clock readiness timeouts and condition times are taken from (tests).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The client the operator runs with (e.g. to build an inventory in
+    /// [`crate::cli::App::configure`]).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Replaces the compiler.
+    pub fn with_compiler(mut self, compiler: Arc<dyn Compiler>) -> Self {
+        self.compiler = Some(compiler);
+        self
+    }
+
+    /// Replaces the executor (then [`Operator::with_readiness`] and
+    /// [`Operator::with_adopter`] are the executor's business).
+    pub fn with_executor(mut self, executor: Arc<dyn Executor>) -> Self {
+        self.executor = Some(executor);
+        self
+    }
+
+    /// Replaces the readiness semantics of the default executor.
+    pub fn with_readiness(mut self, readiness: Arc<dyn Readiness>) -> Self {
+        self.readiness = readiness;
+        self
+    }
+
+    /// Replaces the adoption policy of the default executor.
+    pub fn with_adopter(mut self, adopter: Arc<dyn Adopter>) -> Self {
+        self.adopter = adopter;
+        self
+    }
+
+    /// Replaces where the inventory is kept.
+    pub fn with_inventory(mut self, inventory: Arc<dyn Inventory>) -> Self {
+        self.inventory = inventory;
+        self
+    }
+
+    /// Watches one namespace only.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = Some(namespace.into());
+        self
+    }
+
+    /// Stops on SIGINT or SIGTERM (finishing reconciles in flight).
+    pub fn shutdown_on_signal(mut self, yes: bool) -> Self {
+        self.shutdown_on_signal = yes;
+        self
+    }
+
+    /// How often to ask the API server which capabilities ([`Abstraction::capability_probes`])
+    /// and which of [`Abstraction::WATCHES`] it serves (default
+    /// [`DEFAULT_REDISCOVERY_INTERVAL`]). When either changes (say the Gateway API CRDs were
+    /// installed), the controller restarts its watches and reconciles every instance again.
+    pub fn rediscover_every(mut self, interval: Duration) -> Self {
+        self.rediscover_every = interval.max(Duration::from_millis(100));
+        self
+    }
+
+    /// Serves `/metrics`, `/healthz` and `/readyz` on `listener` while the operator runs (see
+    /// [`crate::ops::metrics`]). The caller binds it, so a taken port is the caller's error to report.
+    pub fn serve_metrics(mut self, listener: tokio::net::TcpListener) -> Self {
+        self.metrics_listener = Some(listener);
+        self
+    }
+
+    /// Reconciles only while this replica holds the election's Lease (see [`crate::ops::leader`]),
+    /// so several replicas can run. Without it, every replica reconciles.
+    pub fn leader_election(mut self, election: LeaderElection) -> Self {
+        self.leader_election = Some(election);
+        self
+    }
+
+    /// The default executor for an abstraction (what `explain` reads live objects with).
+    pub fn default_executor(client: Client) -> SsaExecutor {
+        SsaExecutor::new(client, A::FIELD_MANAGER)
+    }
+
+    /// Runs the controller until it is stopped (by a signal, with
+    /// [`Operator::shutdown_on_signal`]) or its watches end.
+    ///
+    /// The watched kinds are those of [`Abstraction::WATCHES`] the cluster serves. Every
+    /// [`Operator::rediscover_every`] the served APIs are asked again; when the capabilities or
+    /// the served watched kinds changed, the controller finishes the reconciles in flight and
+    /// starts again with the new set, which reconciles every instance with the new capabilities.
+    pub async fn run(mut self) {
+        let client = self.client.clone();
+        let kind = A::kind(&()).into_owned();
+        let compiler = self
+            .compiler
+            .clone()
+            .unwrap_or_else(|| Arc::new(CueCompiler::new(A::modules())));
+        let metrics = Arc::new(OperatorMetrics::new(&kind, Some(compiler.clone())));
+        // Dropped (and so stopped) when `run` returns.
+        let _metrics_server = self.metrics_listener.take().map(|listener| {
+            AbortOnDrop(tokio::spawn(crate::ops::metrics::serve(
+                listener,
+                metrics.clone(),
+            )))
+        });
+        let discovery = Discovery::default();
+        let ctx = Arc::new(Context::<A> {
+            recorder: Recorder::new(
+                client.clone(),
+                Reporter {
+                    controller: A::FIELD_MANAGER.into(),
+                    instance: std::env::var("POD_NAME").ok(),
+                },
+            ),
+            executor: self.executor.clone().unwrap_or_else(|| {
+                Arc::new(
+                    SsaExecutor::new(client.clone(), A::FIELD_MANAGER)
+                        .with_readiness(self.readiness.clone())
+                        .with_adopter(self.adopter.clone())
+                        .with_discovery(discovery.clone()),
+                )
+            }),
+            compiler,
+            metrics: metrics.clone(),
+            inventory: self.inventory.clone(),
+            client: client.clone(),
+            capabilities: RwLock::new(Capabilities::default()),
+            discovery,
+            clock: self.clock.clone(),
+            written: std::sync::Mutex::new(std::collections::HashMap::new()),
+            failures: std::sync::Mutex::new(std::collections::HashMap::new()),
+            _kind: std::marker::PhantomData,
+        });
+        let stop: Trigger = stop_signal(self.shutdown_on_signal).shared();
+        let Some(election) = self.leader_election.clone() else {
+            self.run_controller(
+                &ctx,
+                &metrics,
+                &stop,
+                &futures::future::pending().boxed().shared(),
+            )
+            .await;
+            return;
+        };
+        loop {
+            metrics.set_leading(false);
+            tokio::select! {
+                () = election.acquire(&client) => {}
+                () = stop.clone() => return,
+            }
+            metrics.set_leading(true);
+            // What another leader wrote meanwhile is newer than what this replica remembers.
+            ctx.written
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clear();
+            let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<()>();
+            let holding = AbortOnDrop(tokio::spawn({
+                let election = election.clone();
+                let client = client.clone();
+                async move {
+                    election.hold(&client).await;
+                    let _ = lost_tx.send(());
+                }
+            }));
+            let lost: Trigger = lost_rx.map(|_| ()).boxed().shared();
+            self.run_controller(&ctx, &metrics, &stop, &lost).await;
+            drop(holding);
+            metrics.set_leading(false);
+            if lost.peek().is_none() {
+                // Stopped (by a signal, or the watches ended): let a follower take over now.
+                if let Err(error) = election.release(&client).await {
+                    tracing::warn!(%error, "leader election: could not release the lease");
+                }
+                return;
+            }
+            tracing::warn!(%kind, "lost the leadership: stopped reconciling, waiting to lead again");
+        }
+    }
+
+    /// Runs the controller until `stop` or `lost` fires or its watches end, restarting it
+    /// whenever the cluster's APIs change.
+    async fn run_controller(
+        &self,
+        ctx: &Arc<Context<A>>,
+        metrics: &Arc<OperatorMetrics>,
+        stop: &Trigger,
+        lost: &Trigger,
+    ) {
+        let client = &self.client;
+        let kind = A::kind(&()).into_owned();
+        let api: Api<A> = match &self.namespace {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        };
+        let children = watcher::Config::default().labels(&format!("{KIND_LABEL}={kind}"));
+        loop {
+            let apis = tokio::select! {
+                apis = ServedApis::discover_until_ok::<A>(client) => apis,
+                () = stop.clone() => return,
+                () = lost.clone() => return,
+            };
+            *ctx.capabilities.write().await = apis.capabilities.clone();
+            // One discovery cache: the executor applies with what this round found.
+            ctx.discovery.adopt(&apis.discovery);
+            tracing::info!(
+                %kind,
+                capabilities = ?apis.capabilities,
+                watched = ?apis.watched.iter().map(|(entry, _)| *entry).collect::<Vec<_>>(),
+                "starting the controller"
+            );
+            let (changed_tx, changed_rx) = tokio::sync::oneshot::channel::<()>();
+            let mut rediscovery = AbortOnDrop(tokio::spawn(watch_for_api_changes::<A>(
+                client.clone(),
+                apis.clone(),
+                self.rediscover_every,
+                changed_tx,
+            )));
+            let mut controller = Controller::new(api.clone(), watcher::Config::default())
+                .graceful_shutdown_on(stop.clone())
+                .graceful_shutdown_on(lost.clone())
+                .graceful_shutdown_on(changed_rx.map(|_| ()));
+            metrics.set_watching(true);
+            for (_, resource) in &apis.watched {
+                let child_api: Api<DynamicObject> = match &self.namespace {
+                    Some(ns) => Api::namespaced_with(client.clone(), ns, resource),
+                    None => Api::all_with(client.clone(), resource),
+                };
+                let kind = kind.clone();
+                controller = controller.watches_with(
+                    child_api,
+                    resource.clone(),
+                    children.clone(),
+                    move |obj| owner_of::<A>(&obj, &kind),
+                );
+            }
+            controller
+                .run(reconcile::<A>, error_policy::<A>, ctx.clone())
+                .for_each(|result| async move {
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "reconcile error");
+                    }
+                })
+                .await;
+            metrics.set_watching(false);
+            rediscovery.0.abort();
+            // The poller ends only once it has seen a change; anything else stopped the
+            // controller for good.
+            let restart = matches!((&mut rediscovery.0).await, Ok(true));
+            if !restart || stop.peek().is_some() || lost.peek().is_some() {
+                return;
+            }
+            metrics.restarted();
+            tracing::info!(%kind, "the cluster's APIs changed: restarting the controller");
+        }
+    }
+}
+
+/// A shutdown trigger several controllers (one after another) can wait on.
+type Trigger = futures::future::Shared<futures::future::BoxFuture<'static, ()>>;
+
+/// Aborts a spawned task when dropped (so dropping `run`'s future stops everything it started).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// What the cluster serves that changes how the controller runs: the capabilities the module
+/// renders for and the watched child kinds.
+#[derive(Clone, Debug)]
+struct ServedApis {
+    capabilities: Capabilities,
+    watched: Vec<(&'static str, ApiResource)>,
+    /// What the round learned (the executor's cache takes it over when the controller starts).
+    discovery: Discovery,
+}
+
+impl PartialEq for ServedApis {
+    fn eq(&self, other: &Self) -> bool {
+        self.capabilities == other.capabilities
+            && self
+                .watched
+                .iter()
+                .map(|(e, _)| e)
+                .eq(other.watched.iter().map(|(e, _)| e))
+    }
+}
+
+impl ServedApis {
+    async fn discover<A: Abstraction>(client: &Client) -> Result<Self, kube::Error> {
+        let served = Discovery::default();
+        let mut watched = Vec::new();
+        for entry in A::WATCHES {
+            let Some(gvk) = parse_watch(entry) else {
+                tracing::warn!(%entry, "not a group/version/Kind; not watched");
+                continue;
+            };
+            match served.get(client, &gvk).await? {
+                Some(resource) => watched.push((*entry, resource)),
+                None => tracing::trace!(%entry, "not served by this cluster; not watched"),
+            }
+        }
+        let capabilities = served.capabilities(client, &A::capability_probes()).await?;
+        Ok(Self {
+            capabilities,
+            watched,
+            discovery: served,
+        })
+    }
+
+    /// Discovery, retried until the API server answers: rendering without knowing the
+    /// capabilities could render (and prune towards) the wrong objects.
+    async fn discover_until_ok<A: Abstraction>(client: &Client) -> Self {
+        let mut delay = Duration::from_millis(500);
+        loop {
+            match Self::discover::<A>(client).await {
+                Ok(apis) => return apis,
+                Err(error) => {
+                    tracing::warn!(%error, ?delay, "discovering the cluster's APIs failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+}
+
+/// Asks for the served APIs every `every`; returns `true` (after telling `changed`) once they
+/// differ from `known`. A failed discovery keeps what was known.
+async fn watch_for_api_changes<A: Abstraction>(
+    client: Client,
+    known: ServedApis,
+    every: Duration,
+    changed: tokio::sync::oneshot::Sender<()>,
+) -> bool {
+    loop {
+        tokio::time::sleep(every).await;
+        match ServedApis::discover::<A>(&client).await {
+            Ok(now) if now != known => {
+                tracing::info!(
+                    before = ?known.capabilities,
+                    after = ?now.capabilities,
+                    watched = ?now.watched.iter().map(|(entry, _)| *entry).collect::<Vec<_>>(),
+                    "the cluster's APIs changed"
+                );
+                let _ = changed.send(());
+                return true;
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(%error, "rediscovering the cluster's APIs failed; keeping what was known");
+            }
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM when `enabled`, never otherwise.
+fn stop_signal(enabled: bool) -> futures::future::BoxFuture<'static, ()> {
+    if !enabled {
+        return futures::future::pending().boxed();
+    }
+    async {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            match signal(SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot listen for SIGTERM; stopping on SIGINT only");
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        tracing::info!("signal received: finishing the reconciles in flight");
+    }
+    .boxed()
+}
+
+/// Shared state of the controller.
+struct Context<A: Abstraction> {
+    client: Client,
+    recorder: Recorder,
+    compiler: Arc<dyn Compiler>,
+    metrics: Arc<OperatorMetrics>,
+    executor: Arc<dyn Executor>,
+    inventory: Arc<dyn Inventory>,
+    /// What the cluster offers, as last discovered (a change restarts the controller).
+    capabilities: RwLock<Capabilities>,
+    /// What the API server serves, shared with the default executor.
+    discovery: Discovery,
+    clock: Arc<dyn Clock>,
+    /// Consecutive failed reconciles per instance (by namespace/name) and the last error's
+    /// text, for exponential backoff and one warning per change of error.
+    failures: std::sync::Mutex<std::collections::HashMap<String, (u32, String)>>,
+    /// The status last written per instance (by UID). The watch cache can lag behind our own
+    /// writes; starting from what we wrote avoids repeating writes and events.
+    written: std::sync::Mutex<std::collections::HashMap<String, AbstractionStatus>>,
+    _kind: std::marker::PhantomData<fn() -> A>,
+}
+
+impl<A: Abstraction> Context<A> {
+    async fn capabilities(&self) -> Capabilities {
+        self.capabilities.read().await.clone()
+    }
+}
+
+/// Publishes one event on the instance.
+async fn publish<A: Abstraction>(ctx: &Context<A>, object: &A, note: EventNote) {
+    let event = KubeEvent {
+        type_: if note.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: note.reason,
+        note: note.note,
+        action: note.action,
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &object.object_ref(&())).await {
+        tracing::debug!(error = %e, "could not publish an event");
+    }
+}
+
+/// One event per object the pass adopted, pruned or released: the instance's audit trail of
+/// what the operator did beyond applying.
+async fn publish_changes<A: Abstraction>(ctx: &Context<A>, object: &A, changes: &[Change]) {
+    for change in changes {
+        let (reason, action) = change.action.event();
+        let note = EventNote {
+            warning: false,
+            reason: reason.into(),
+            note: Some(change.to_string()),
+            action: action.into(),
+        };
+        publish(ctx, object, note).await;
+    }
+}
+
+/// The latest known status of an instance: what we last wrote, unless the cache is newer.
+fn known_status<A: Abstraction>(ctx: &Context<A>, object: &A) -> AbstractionStatus {
+    let uid = object.meta().uid.clone().unwrap_or_default();
+    let written = ctx
+        .written
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    match (written.get(&uid), object.abstraction_status()) {
+        (Some(ours), Some(cached)) if cached.observed_generation > ours.observed_generation => {
+            cached.clone()
+        }
+        (Some(ours), _) => ours.clone(),
+        (None, cached) => cached.cloned().unwrap_or_default(),
+    }
+}
+
+async fn write_status<A: Abstraction>(
+    ctx: &Context<A>,
+    api: &Api<A>,
+    object: &A,
+    status: &AbstractionStatus,
+) -> Result<(), ReconcileError> {
+    let uid = object.meta().uid.clone().unwrap_or_default();
+    ctx.metrics.instance_state(&uid, InstanceState::of(status));
+    let previous = known_status(ctx, object);
+    if &previous == status {
+        return Ok(());
+    }
+    let body = serde_json::json!({
+        "apiVersion": A::api_version(&()),
+        "kind": A::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &object.name_any(),
+        &PatchParams::apply(A::FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map_err(ReconcileError::Status)?;
+    // Events go out after the status they describe is stored: a refused status write publishes
+    // nothing that the status does not say.
+    for note in transitions(&previous, status) {
+        publish(ctx, object, note).await;
+    }
+    ctx.written
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(
+            object.meta().uid.clone().unwrap_or_default(),
+            status.clone(),
+        );
+    Ok(())
+}
+
+/// Hands the pass's inventory (kept in `status.inventory` while reconciling) to the
+/// [`Inventory`], which decides what stays in the status.
+async fn store_inventory<A: Abstraction>(
+    ctx: &Context<A>,
+    instance: &crate::lifecycle::Instance,
+    status: &mut AbstractionStatus,
+) -> Result<(), ReconcileError> {
+    let entries = std::mem::take(&mut status.inventory);
+    ctx.inventory.store(instance, &entries, status).await?;
+    Ok(())
+}
+
+async fn apply<A: Abstraction>(
+    object: Arc<A>,
+    ctx: Arc<Context<A>>,
+) -> Result<Action, ReconcileError> {
+    let ns = object.namespace().unwrap_or_else(|| "default".into());
+    let api: Api<A> = Api::namespaced(ctx.client.clone(), &ns);
+    let generation = object.meta().generation;
+    let pass_time = ctx.clock.now();
+    let now = pass_time.to_string();
+    let previous = known_status(&ctx, &object);
+    let mut status = previous.clone();
+    status.observed_generation = generation;
+    let capabilities = ctx.capabilities().await;
+    let instance = instance_of(object.as_ref());
+    status.inventory = ctx.inventory.load(&instance, &previous).await?;
+
+    // Observed exports come from the live objects of the inventory.
+    let mut observed: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    let mut last_exec: Option<Outcome> = None;
+    for _round in 0..3 {
+        let input = compile_input(object.as_ref(), capabilities.clone(), observed.clone());
+        let started = std::time::Instant::now();
+        let compiled = ctx.compiler.compile(&input).await;
+        ctx.metrics.rendered(started.elapsed());
+        let plan = match compiled {
+            Ok(p) => p,
+            Err(e) => {
+                status.stop_before_apply(
+                    ConditionType::Rendered,
+                    e.reason(),
+                    &e.to_string(),
+                    "fix the spec or the module",
+                    generation,
+                    &now,
+                );
+                store_inventory(&ctx, &instance, &mut status).await?;
+                write_status(&ctx, &api, &object, &status).await?;
+                return Ok(Action::await_change());
+            }
+        };
+        let graph = plan.graph();
+        status.platform_ref_resolved = graph.metadata.platform_ref_resolved.clone();
+        status.render_hash = graph.metadata.render_hash.clone();
+        status.violations = graph.violations.clone();
+        status.set_condition(
+            ConditionType::Rendered,
+            true,
+            "Rendered",
+            format!("{} nodes", graph.nodes.len()),
+            generation,
+            &now,
+        );
+        if graph.has_blocking_violations() {
+            let message = graph
+                .violations
+                .iter()
+                .map(|v| v.to_string())
+                .collect::<Vec<_>>()
+                .join("; ");
+            status.stop_before_apply(
+                ConditionType::PolicyPassed,
+                "PolicyViolation",
+                &message,
+                "nothing is applied while policy fails",
+                generation,
+                &now,
+            );
+            store_inventory(&ctx, &instance, &mut status).await?;
+            write_status(&ctx, &api, &object, &status).await?;
+            return Ok(Action::await_change());
+        }
+        status.set_condition(
+            ConditionType::PolicyPassed,
+            true,
+            "PolicyPassed",
+            "",
+            generation,
+            &now,
+        );
+
+        // Read the exports a pending node waits for from the objects applied so far.
+        let mut newly_observed = false;
+        for export in graph.exports.iter().filter(|e| e.value.is_none()) {
+            let live = match last_exec
+                .as_ref()
+                .and_then(|o| o.live.get(&export.node).cloned())
+            {
+                Some(l) => Some(l),
+                None => match status.inventory_entry(&export.node) {
+                    Some(entry) => ctx.executor.live(entry).await.ok().flatten(),
+                    None => None,
+                },
+            };
+            if let Some(live) = live
+                && !observed.contains_key(&export.node)
+            {
+                observed.insert(export.node.clone(), live);
+                newly_observed = true;
+            }
+        }
+        if newly_observed && last_exec.is_none() {
+            // Re-render with the values before applying anything.
+            continue;
+        }
+        let outcome = ctx
+            .executor
+            .execute(&instance, &plan, &status, pass_time)
+            .await;
+        status.nodes = outcome.nodes.clone();
+        status.inventory = outcome.inventory.clone();
+        publish_changes(&ctx, object.as_ref(), &outcome.changes).await;
+        let pending_export = graph.nodes.iter().any(|n| n.is_pending());
+        let export_now_visible = graph.exports.iter().filter(|e| e.value.is_none()).any(|e| {
+            outcome
+                .live
+                .get(&e.node)
+                .and_then(|o| e.path.split('.').try_fold(o, |cur, k| cur.get(k)))
+                .is_some_and(|v| !v.is_null())
+        });
+        last_exec = Some(outcome);
+        if pending_export && export_now_visible {
+            if let Some(o) = &last_exec {
+                for e in &graph.exports {
+                    if let Some(live) = o.live.get(&e.node) {
+                        observed.insert(e.node.clone(), live.clone());
+                    }
+                }
+            }
+            continue;
+        }
+        break;
+    }
+    store_inventory(&ctx, &instance, &mut status).await?;
+    let Some(outcome) = last_exec else {
+        write_status(&ctx, &api, &object, &status).await?;
+        return Ok(Action::requeue(Duration::from_secs(2)));
+    };
+    let verdict = summarize(&mut status, &outcome, generation, &now);
+    write_status(&ctx, &api, &object, &status).await?;
+    Ok(match verdict {
+        PassVerdict::Ready => Action::requeue(Duration::from_secs(300)),
+        PassVerdict::Stalled => Action::requeue(Duration::from_secs(60)),
+        _ => Action::requeue(Duration::from_secs(5)),
+    })
+}
+
+async fn cleanup<A: Abstraction>(
+    object: Arc<A>,
+    ctx: Arc<Context<A>>,
+) -> Result<Action, ReconcileError> {
+    let instance = instance_of(object.as_ref());
+    let status = object.abstraction_status().cloned().unwrap_or_default();
+    let inventory = ctx.inventory.load(&instance, &status).await?;
+    let done = ctx
+        .executor
+        .teardown(&inventory, object.deletion_policy())
+        .await
+        .map_err(ReconcileError::Teardown)?;
+    if done {
+        ctx.inventory.forget(&instance).await?;
+        ctx.metrics
+            .instance_gone(object.meta().uid.as_deref().unwrap_or_default());
+        Ok(Action::await_change())
+    } else {
+        // Returning an error keeps the finalizer until every object is gone.
+        Err(ReconcileError::TeardownInProgress)
+    }
+}
+
+async fn reconcile<A: Abstraction>(
+    object: Arc<A>,
+    ctx: Arc<Context<A>>,
+) -> Result<Action, ReconcileError> {
+    let started = std::time::Instant::now();
+    let ns = object.namespace().unwrap_or_else(|| "default".into());
+    let key = format!("{ns}/{}", object.name_any());
+    let api: Api<A> = Api::namespaced(ctx.client.clone(), &ns);
+    let result = finalizer(&api, A::FINALIZER, object, |event| async {
+        match event {
+            Event::Apply(object) => apply(object, ctx.clone()).await,
+            Event::Cleanup(object) => cleanup(object, ctx.clone()).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        kube::runtime::finalizer::Error::ApplyFailed(e)
+        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        other => ReconcileError::Finalizer(Box::new(other)),
+    });
+    ctx.metrics.reconciled(result.is_ok(), started.elapsed());
+    if result.is_ok() {
+        ctx.failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&key);
+    }
+    result
+}
+
+/// Retries a failed reconcile with exponential backoff per instance (a permanent error — RBAC
+/// Forbidden, a module that does not load — must not loop at a fixed rate), and warns once per
+/// change of error rather than at every retry.
+fn error_policy<A: Abstraction>(
+    object: Arc<A>,
+    error: &ReconcileError,
+    ctx: Arc<Context<A>>,
+) -> Action {
+    let key = format!(
+        "{}/{}",
+        object.namespace().unwrap_or_else(|| "default".into()),
+        object.name_any()
+    );
+    let text = error.to_string();
+    let (failures, changed) = {
+        let mut all = ctx
+            .failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let entry = all.entry(key.clone()).or_insert((0, String::new()));
+        entry.0 = entry.0.saturating_add(1);
+        let changed = entry.1 != text;
+        entry.1 = text;
+        (entry.0, changed)
+    };
+    let delay = match error {
+        // Deletion waiting for objects to go is progress, not a failure: start fast.
+        ReconcileError::TeardownInProgress => retry_delay(
+            failures,
+            Duration::from_millis(500),
+            Duration::from_secs(30),
+        ),
+        _ => retry_delay(failures, Duration::from_secs(2), Duration::from_secs(300)),
+    };
+    if changed && !matches!(error, ReconcileError::TeardownInProgress) {
+        tracing::warn!(instance = %key, %error, failures, retry_in = ?delay, "reconcile failed");
+    } else {
+        tracing::debug!(instance = %key, %error, failures, retry_in = ?delay, "reconcile failed again");
+    }
+    Action::requeue(delay)
+}
+
+/// `base · 2^(failures-1)`, at most `cap`.
+fn retry_delay(failures: u32, base: Duration, cap: Duration) -> Duration {
+    let exponent = failures.saturating_sub(1).min(20);
+    base.saturating_mul(1u32 << exponent).min(cap)
+}
+
+fn owner_of<A: Abstraction>(obj: &DynamicObject, kind: &str) -> Option<ObjectRef<A>> {
+    let labels = obj.metadata.labels.as_ref()?;
+    if labels.get(KIND_LABEL).map(String::as_str) != Some(kind) {
+        return None;
+    }
+    let name = labels.get(INSTANCE_LABEL)?;
+    Some(ObjectRef::new(name).within(obj.metadata.namespace.as_deref().unwrap_or("default")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_exponentially_up_to_the_cap() {
+        let base = Duration::from_secs(2);
+        let cap = Duration::from_secs(300);
+        let delays: Vec<u64> = (1..=10)
+            .map(|n| retry_delay(n, base, cap).as_secs())
+            .collect();
+        assert_eq!(delays, [2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
+        assert_eq!(retry_delay(u32::MAX, base, cap), cap);
+    }
+}

@@ -1,0 +1,651 @@
+//! The executor: applies a [`Plan`] to the cluster in dependency order and reports node state.
+//!
+//! Owns: the I/O of a pass — Server-Side Apply under the operator's field manager, reading live
+//! objects, deleting and releasing — and nothing else: every decision (the frontier, whether to
+//! read, whether to write, adoption, readiness against the clock, what may be pruned) is a pure
+//! function of [`cuebe_core::plan`], table-tested there. It never evaluates CUE.
+//!
+//! Workflow of [`Executor::execute`] (one reconcile pass): [`Pass::start`], then while
+//! [`Pass::frontier`] is not empty apply it concurrently and [`Pass::record`] each result; then
+//! [`prune_plan`] says what leaves (only from a complete, healthy pass), last applied first.
+//! Deletion and pruning use the stored inventory only, so a module that no longer renders can
+//! never block cleanup.
+use std::sync::Arc;
+
+pub use cuebe_core::plan::{Change, ChangeAction, Outcome};
+use cuebe_core::plan::{
+    EntryUpdate, LiveMeta, NodeResult, Pass, Plan, WriteDecision, entry_policy, is_recorded_object,
+    is_unchanged, needs_read, prune_plan, write_decision,
+};
+pub use cuebe_core::{INSTANCE_LABEL, KIND_LABEL};
+use kube::Client;
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::compiler::canonical_json;
+use crate::discovery::Discovery;
+use crate::graph::{ConflictPolicy, DeletionPolicy, Node};
+pub use crate::lifecycle::Instance;
+use crate::lifecycle::{AdoptDecision, AdoptRequest, Adopter, ExplicitAdopter};
+use crate::readiness::{DefaultReadiness, Readiness};
+use crate::status::{AbstractionStatus, InventoryEntry, InventoryMode, NodeStatus};
+
+/// Why a cluster operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecuteError {
+    /// The API server does not serve the object's kind.
+    #[error("{api_version} {kind} is not served by this cluster")]
+    UnknownKind {
+        /// apiVersion.
+        api_version: String,
+        /// kind.
+        kind: String,
+    },
+    /// Discovery failed: the API server could not say which kinds it serves.
+    #[error("discovering {api_version}: {source}")]
+    Discovery {
+        /// apiVersion asked for.
+        api_version: String,
+        /// The error.
+        source: kube::Error,
+    },
+    /// An API call failed.
+    #[error("{what}: {source}")]
+    Api {
+        /// What was being done.
+        what: String,
+        /// The error.
+        source: kube::Error,
+    },
+}
+
+/// Applies a [`Plan`] to the cluster: one pass per reconcile, deletion from the inventory.
+///
+/// [`SsaExecutor`] is the default. Wrap it to add behaviour around it (metrics, dry runs)
+/// without forking it:
+///
+/// ```
+/// use cuebe::executor::{ExecuteError, Executor, Instance, Outcome, SsaExecutor, Timestamp};
+/// use cuebe::graph::DeletionPolicy;
+/// use cuebe::plan::Plan;
+/// use cuebe::status::{AbstractionStatus, InventoryEntry};
+///
+/// /// Counts the writes of every pass.
+/// struct CountingExecutor { inner: SsaExecutor, writes: std::sync::atomic::AtomicUsize }
+///
+/// #[async_trait::async_trait]
+/// impl Executor for CountingExecutor {
+///     async fn execute(&self, instance: &Instance, plan: &Plan, previous: &AbstractionStatus,
+///         now: Timestamp) -> Outcome {
+///         let outcome = self.inner.execute(instance, plan, previous, now).await;
+///         self.writes.fetch_add(outcome.writes, std::sync::atomic::Ordering::Relaxed);
+///         outcome
+///     }
+///     async fn live(&self, entry: &InventoryEntry) -> Result<Option<serde_json::Value>, ExecuteError> {
+///         self.inner.live(entry).await
+///     }
+///     async fn teardown(&self, inventory: &[InventoryEntry], policy: DeletionPolicy) -> Result<bool, ExecuteError> {
+///         self.inner.teardown(inventory, policy).await
+///     }
+/// }
+/// ```
+#[async_trait::async_trait]
+pub trait Executor: Send + Sync {
+    /// One reconcile pass over `plan`. `previous` is the status from the last pass (its
+    /// `inventory` is the loaded inventory); `now` is the time readiness timeouts are judged
+    /// against (read once from the controller's clock).
+    async fn execute(
+        &self,
+        instance: &Instance,
+        plan: &Plan,
+        previous: &AbstractionStatus,
+        now: Timestamp,
+    ) -> Outcome;
+
+    /// Reads the live object of an inventory entry (`None` when it is gone).
+    async fn live(&self, entry: &InventoryEntry) -> Result<Option<Value>, ExecuteError>;
+
+    /// Removes everything in an inventory, last applied first, under the instance's `policy`;
+    /// an entry whose node asked for `Orphan` (`InventoryEntry::deletion_policy`) is orphaned
+    /// whatever `policy` says. Returns true once every deleted object is gone (orphaned ones are
+    /// only unlabelled).
+    async fn teardown(
+        &self,
+        inventory: &[InventoryEntry],
+        policy: DeletionPolicy,
+    ) -> Result<bool, ExecuteError>;
+}
+
+pub use cuebe_core::clock::Timestamp;
+
+/// The default [`Executor`]: Server-Side Apply under one field manager. Cheap to clone.
+///
+/// ```no_run
+/// # async fn f(client: kube::Client) {
+/// use std::sync::Arc;
+/// let executor = cuebe::executor::SsaExecutor::new(client, "cuebe-example")
+///     .with_readiness(Arc::new(cuebe::readiness::DefaultReadiness))
+///     .with_adopter(Arc::new(cuebe::lifecycle::ExplicitAdopter));
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct SsaExecutor {
+    client: Client,
+    field_manager: String,
+    readiness: Arc<dyn Readiness>,
+    adopter: Arc<dyn Adopter>,
+    discovery: Discovery,
+}
+
+impl std::fmt::Debug for SsaExecutor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SsaExecutor")
+            .field("field_manager", &self.field_manager)
+            .finish()
+    }
+}
+
+fn object_hash(object: &Value) -> String {
+    let mut h = Sha256::new();
+    h.update(canonical_json(object));
+    format!("sha256:{}", hex::encode(h.finalize()))
+}
+
+/// The API server's own message for an API error (what a user should read in status), else the
+/// error itself.
+fn api_message(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(status) => format!(
+            "{} ({}, HTTP {})",
+            status.message, status.reason, status.code
+        ),
+        other => other.to_string(),
+    }
+}
+
+/// Reads a field-manager conflict (HTTP 409 from an apply) into "manager: fields".
+fn describe_conflict(status: &kube::core::Status) -> String {
+    let fields: Vec<String> = status
+        .details
+        .as_ref()
+        .map(|d| {
+            d.causes
+                .iter()
+                .map(|c| format!("{} ({})", c.field, c.message))
+                .collect()
+        })
+        .unwrap_or_default();
+    if fields.is_empty() {
+        status.message.clone()
+    } else {
+        format!("conflict with another field manager: {}", fields.join("; "))
+    }
+}
+
+impl SsaExecutor {
+    /// An executor applying as `field_manager`, with the default readiness semantics and
+    /// adoption policy, and a discovery cache of its own.
+    pub fn new(client: Client, field_manager: impl Into<String>) -> Self {
+        Self {
+            client,
+            field_manager: field_manager.into(),
+            readiness: Arc::new(DefaultReadiness),
+            adopter: Arc::new(ExplicitAdopter),
+            discovery: Discovery::default(),
+        }
+    }
+
+    /// Replaces the readiness semantics.
+    pub fn with_readiness(mut self, readiness: Arc<dyn Readiness>) -> Self {
+        self.readiness = readiness;
+        self
+    }
+
+    /// Replaces the adoption policy.
+    pub fn with_adopter(mut self, adopter: Arc<dyn Adopter>) -> Self {
+        self.adopter = adopter;
+        self
+    }
+
+    /// Shares the operator's discovery cache (so a controller restart on API changes also
+    /// refreshes where this executor applies each kind).
+    pub fn with_discovery(mut self, discovery: Discovery) -> Self {
+        self.discovery = discovery;
+        self
+    }
+
+    /// The field manager it applies with.
+    pub fn field_manager(&self) -> &str {
+        &self.field_manager
+    }
+
+    async fn api_for(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: &str,
+    ) -> Result<Api<DynamicObject>, ExecuteError> {
+        let found = self
+            .discovery
+            .resource(&self.client, api_version, kind)
+            .await
+            .map_err(|source| ExecuteError::Discovery {
+                api_version: api_version.to_string(),
+                source,
+            })?;
+        let Some((ar, namespaced)) = found else {
+            return Err(ExecuteError::UnknownKind {
+                api_version: api_version.to_string(),
+                kind: kind.to_string(),
+            });
+        };
+        Ok(if namespaced {
+            Api::namespaced_with(self.client.clone(), namespace, &ar)
+        } else {
+            Api::all_with(self.client.clone(), &ar)
+        })
+    }
+
+    async fn read_live(&self, entry: &InventoryEntry) -> Result<Option<Value>, ExecuteError> {
+        let api = self
+            .api_for(&entry.api_version, &entry.kind, &entry.namespace)
+            .await?;
+        let obj = api
+            .get_opt(&entry.name)
+            .await
+            .map_err(|source| ExecuteError::Api {
+                what: format!("reading {} {}", entry.kind, entry.name),
+                source,
+            })?;
+        Ok(obj.and_then(|o| serde_json::to_value(o).ok()))
+    }
+
+    async fn pass(
+        &self,
+        instance: &Instance,
+        plan: &Plan,
+        previous: &AbstractionStatus,
+        now: Timestamp,
+    ) -> Outcome {
+        let mut pass = Pass::start(plan, &previous.inventory);
+        loop {
+            let frontier = pass.frontier();
+            if frontier.is_empty() {
+                break;
+            }
+            let results = futures::future::join_all(frontier.iter().map(|node| {
+                self.apply_node(
+                    instance,
+                    plan,
+                    node,
+                    previous,
+                    pass.entry(&node.id).cloned(),
+                    now,
+                )
+            }))
+            .await;
+            for (node, result) in frontier.iter().zip(results) {
+                pass.record(&node.id, result);
+            }
+        }
+        pass.close();
+        let ids: Vec<&str> = plan.graph().nodes.iter().map(|n| n.id.as_str()).collect();
+        let prune = prune_plan(&ids, &previous.inventory, pass.nodes());
+        if let Some(reason) = &prune.held_back {
+            tracing::debug!(instance = %instance.name, %reason, "pruning held back");
+        }
+        for (entry, policy) in prune.entries {
+            match self.remove(&entry, policy).await {
+                Ok(wrote) => pass.pruned(
+                    &entry,
+                    wrote.then_some(match policy {
+                        DeletionPolicy::Delete => ChangeAction::Pruned,
+                        DeletionPolicy::Orphan => ChangeAction::Released,
+                    }),
+                ),
+                Err(e) => {
+                    tracing::warn!(node = %entry.node_id, error = %e, "prune failed; will retry")
+                }
+            }
+        }
+        pass.into_outcome()
+    }
+
+    async fn apply_node(
+        &self,
+        instance: &Instance,
+        plan: &Plan,
+        node: &Node,
+        previous: &AbstractionStatus,
+        entry: Option<InventoryEntry>,
+        now: Timestamp,
+    ) -> NodeResult {
+        let error =
+            |message: String| NodeResult::unwritten(NodeStatus::error(message), entry.clone());
+        let Some(mut object) = node.object.clone() else {
+            return error("no object (pending)".into());
+        };
+        let (api_version, kind, name) = identity_of(&object);
+        stamp_labels(&mut object, instance);
+        let api = match self.api_for(&api_version, &kind, &instance.namespace).await {
+            Ok(api) => api,
+            Err(e) => return error(e.to_string()),
+        };
+        let hash = object_hash(&object);
+        let existing = if needs_read(node.apply_policy.mode, entry.as_ref(), &hash) {
+            match api.get_opt(&name).await {
+                Ok(o) => o.map(|o| serde_json::to_value(o).unwrap_or(Value::Null)),
+                Err(e) => return error(format!("reading {kind} {name}: {}", api_message(&e))),
+            }
+        } else {
+            None
+        };
+        let existing_meta = existing.as_ref().map(LiveMeta::of);
+        let unchanged = is_unchanged(entry.as_ref(), existing_meta.as_ref(), &hash);
+        let mut adopted = false;
+        if let Some(live) = existing
+            .as_ref()
+            .filter(|_| !is_recorded_object(entry.as_ref(), existing_meta.as_ref()))
+        {
+            let request = AdoptRequest {
+                instance,
+                node,
+                existing: live,
+                field_manager: &self.field_manager,
+            };
+            match self.adopter.decide(&request) {
+                AdoptDecision::Ours => {}
+                AdoptDecision::Adopt => adopted = true,
+                AdoptDecision::Refuse(message) => {
+                    return NodeResult::unwritten(
+                        NodeStatus::blocked(
+                            message,
+                            Some("not adopted: nothing was written".into()),
+                        ),
+                        entry,
+                    );
+                }
+            }
+        }
+        let mut writes = 0;
+        let live = match (
+            write_decision(node.apply_policy.mode, existing.is_some(), unchanged),
+            existing,
+        ) {
+            (WriteDecision::Keep, Some(live)) => live,
+            (WriteDecision::NothingToAdopt, _) => {
+                return NodeResult::unwritten(
+                    NodeStatus::blocked(
+                        format!("AdoptOnly: no existing {kind} {name} to adopt"),
+                        None,
+                    ),
+                    entry,
+                );
+            }
+            _ => {
+                let mut params = PatchParams::apply(&self.field_manager);
+                if node.apply_policy.conflict_policy == ConflictPolicy::Force {
+                    params = params.force();
+                }
+                writes += 1;
+                match api.patch(&name, &params, &Patch::Apply(&object)).await {
+                    Ok(applied) => serde_json::to_value(applied).unwrap_or(Value::Null),
+                    Err(kube::Error::Api(status)) if status.code == 409 => {
+                        return NodeResult {
+                            writes,
+                            ..NodeResult::unwritten(
+                                NodeStatus::blocked(
+                                    describe_conflict(&status),
+                                    Some("conflictPolicy: Fail — nothing was overwritten".into()),
+                                ),
+                                entry,
+                            )
+                        };
+                    }
+                    Err(e) => return error(format!("applying {kind} {name}: {}", api_message(&e))),
+                }
+            }
+        };
+        let live_meta = LiveMeta::of(&live);
+        let mut new_entry = EntryUpdate {
+            node,
+            previous: entry.as_ref(),
+            identity: (&api_version, &kind, &name),
+            namespace: live
+                .pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            live: &live_meta,
+            hash,
+            adopted,
+            wrote: writes > 0,
+        }
+        .entry();
+        let predicates = plan.predicates(&node.id);
+        let verdict = match self.readiness.evaluate(&predicates, &live) {
+            Ok(v) => v,
+            Err(e) => {
+                // A predicate that cannot be evaluated is a module bug: retrying will not help.
+                return NodeResult {
+                    status: NodeStatus::error(e.to_string()),
+                    terminal: true,
+                    entry: Some(new_entry),
+                    live: None,
+                    writes,
+                };
+            }
+        };
+        let timeout = predicates.iter().filter_map(|p| p.timeout).min();
+        let previous_node = previous.nodes.get(&node.id);
+        let (status, terminal) = cuebe_core::plan::judge(&verdict, previous_node, timeout, now);
+        let was_ready = previous_node.is_some_and(|s| s.phase == crate::status::NodePhase::Ready);
+        if status.phase == crate::status::NodePhase::Ready && !was_ready {
+            new_entry.last_ready_transition = Some(now.to_string());
+        }
+        NodeResult {
+            terminal,
+            status,
+            entry: Some(new_entry),
+            live: Some(live),
+            writes,
+        }
+    }
+
+    /// What applying `object` for `instance` would do, asked of the API server without writing
+    /// anything: a server-side apply with `dryRun=All` under this executor's field manager
+    /// (forced, as a `Force` node is), next to the object as it is now.
+    ///
+    /// ```no_run
+    /// # async fn f(client: kube::Client, instance: cuebe::lifecycle::Instance) -> Result<(), cuebe::executor::ExecuteError> {
+    /// let executor = cuebe::executor::SsaExecutor::new(client, "cuebe-webservice");
+    /// let object = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+    ///     "metadata": {"name": "settings", "namespace": "apps"}, "data": {"mode": "fast"}});
+    /// let preview = executor.preview(&instance, &object).await?;
+    /// println!("exists: {}, would be: {}", preview.live.is_some(), preview.applied);
+    /// # Ok(()) }
+    /// ```
+    pub async fn preview(
+        &self,
+        instance: &Instance,
+        object: &Value,
+    ) -> Result<Preview, ExecuteError> {
+        let mut object = object.clone();
+        let (api_version, kind, name) = identity_of(&object);
+        stamp_labels(&mut object, instance);
+        let api = self
+            .api_for(&api_version, &kind, &instance.namespace)
+            .await?;
+        let live = api
+            .get_opt(&name)
+            .await
+            .map_err(|source| ExecuteError::Api {
+                what: format!("reading {kind} {name}"),
+                source,
+            })?;
+        let params = PatchParams::apply(&self.field_manager).force().dry_run();
+        let applied = api
+            .patch(&name, &params, &Patch::Apply(&object))
+            .await
+            .map_err(|source| ExecuteError::Api {
+                what: format!("dry-run applying {kind} {name}"),
+                source,
+            })?;
+        Ok(Preview {
+            live: live.map(|l| serde_json::to_value(l).unwrap_or(Value::Null)),
+            applied: serde_json::to_value(applied).unwrap_or(Value::Null),
+        })
+    }
+
+    /// Deletes (with a UID precondition) or orphans one inventory object. Returns whether it
+    /// wrote anything; a missing object is already done.
+    pub async fn remove(
+        &self,
+        entry: &InventoryEntry,
+        policy: DeletionPolicy,
+    ) -> Result<bool, ExecuteError> {
+        let api = self
+            .api_for(&entry.api_version, &entry.kind, &entry.namespace)
+            .await?;
+        match policy {
+            DeletionPolicy::Delete => {
+                let params = DeleteParams {
+                    preconditions: (!entry.uid.is_empty()).then(|| Preconditions {
+                        uid: Some(entry.uid.clone()),
+                        resource_version: None,
+                    }),
+                    propagation_policy: Some(kube::api::PropagationPolicy::Background),
+                    ..DeleteParams::default()
+                };
+                match api.delete(&entry.name, &params).await {
+                    Ok(_) => Ok(true),
+                    Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(false),
+                    Err(source) => Err(ExecuteError::Api {
+                        what: format!("deleting {} {}", entry.kind, entry.name),
+                        source,
+                    }),
+                }
+            }
+            DeletionPolicy::Orphan => {
+                let patch = serde_json::json!({"metadata": {"labels": {INSTANCE_LABEL: null, KIND_LABEL: null}}});
+                match api
+                    .patch(&entry.name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                {
+                    Ok(_) => Ok(true),
+                    Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
+                    Err(source) => Err(ExecuteError::Api {
+                        what: format!("orphaning {} {}", entry.kind, entry.name),
+                        source,
+                    }),
+                }
+            }
+        }
+    }
+
+    async fn remove_all(
+        &self,
+        inventory: &[InventoryEntry],
+        policy: DeletionPolicy,
+    ) -> Result<bool, ExecuteError> {
+        let mut all_gone = true;
+        for entry in inventory.iter().rev() {
+            if entry.mode == InventoryMode::Orphaned {
+                continue;
+            }
+            match entry_policy(entry, policy) {
+                DeletionPolicy::Delete => {
+                    if let Some(live) = self.read_live(entry).await? {
+                        let uid = live.pointer("/metadata/uid").and_then(Value::as_str);
+                        if !entry.uid.is_empty() && uid != Some(entry.uid.as_str()) {
+                            // Someone replaced our object with one of the same name: it is not
+                            // ours to delete, and a UID-preconditioned delete would fail for
+                            // ever.
+                            tracing::warn!(kind = %entry.kind, name = %entry.name,
+                                "replaced by an object this instance did not create; released, not deleted");
+                            continue;
+                        }
+                        self.remove(entry, DeletionPolicy::Delete).await?;
+                        all_gone = false;
+                        // Wave by wave: wait for this object before the ones it depends on.
+                        break;
+                    }
+                }
+                DeletionPolicy::Orphan => {
+                    self.remove(entry, DeletionPolicy::Orphan).await?;
+                }
+            }
+        }
+        Ok(all_gone)
+    }
+}
+
+#[async_trait::async_trait]
+impl Executor for SsaExecutor {
+    async fn execute(
+        &self,
+        instance: &Instance,
+        plan: &Plan,
+        previous: &AbstractionStatus,
+        now: Timestamp,
+    ) -> Outcome {
+        self.pass(instance, plan, previous, now).await
+    }
+
+    async fn live(&self, entry: &InventoryEntry) -> Result<Option<Value>, ExecuteError> {
+        self.read_live(entry).await
+    }
+
+    async fn teardown(
+        &self,
+        inventory: &[InventoryEntry],
+        policy: DeletionPolicy,
+    ) -> Result<bool, ExecuteError> {
+        self.remove_all(inventory, policy).await
+    }
+}
+
+/// An object before and after a dry-run apply (see [`SsaExecutor::preview`]).
+#[derive(Debug, Clone)]
+pub struct Preview {
+    /// The object as it is, if it exists.
+    pub live: Option<Value>,
+    /// The object as it would be after the apply (API server defaults and other managers'
+    /// fields included).
+    pub applied: Value,
+}
+
+/// apiVersion, kind and metadata.name of a rendered object (empty when missing: the Graph was
+/// validated before).
+fn identity_of(object: &Value) -> (String, String, String) {
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or_default().to_string();
+    (
+        text(object.get("apiVersion")),
+        text(object.get("kind")),
+        text(object.pointer("/metadata/name")),
+    )
+}
+
+/// Puts the instance labels on an object, as every apply does (they drive the child watches).
+fn stamp_labels(object: &mut Value, instance: &Instance) {
+    if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+        let labels = meta
+            .entry("labels")
+            .or_insert_with(|| Value::Object(Default::default()));
+        if let Some(labels) = labels.as_object_mut() {
+            labels.insert(INSTANCE_LABEL.into(), Value::String(instance.name.clone()));
+            labels.insert(KIND_LABEL.into(), Value::String(instance.kind.clone()));
+        }
+    }
+}
+
+/// How long ago an RFC 3339 time was (by the system clock).
+pub fn age_of(timestamp: &str) -> Option<std::time::Duration> {
+    cuebe_core::clock::elapsed_since(timestamp, Timestamp::now())
+}
+
+/// The current time, RFC 3339.
+pub fn now() -> String {
+    Timestamp::now().to_string()
+}

@@ -1,0 +1,413 @@
+//! What an operator reports about itself: Prometheus metrics, and health for probes.
+//!
+//! [`OperatorMetrics`] is what the controller records into (reconciles, renders, the state of
+//! every instance, restarts on API changes); [`serve`] answers HTTP on a listener:
+//!
+//! | path | answer |
+//! | --- | --- |
+//! | `/metrics` | the metrics, OpenMetrics text format |
+//! | `/healthz` | `200 ok` while the process serves |
+//! | `/readyz` | `200 ok` once the controller's watches run, `503` before (and while it restarts) |
+//!
+//! Every metric carries the abstraction's kind as the label `kind`.
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::compiler::Compiler;
+use crate::status::AbstractionStatus;
+
+/// Where an instance stands, as its status says (the `state` label of `cuebe_instances`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum InstanceState {
+    /// `Ready=True`.
+    Ready,
+    /// Applied or applying, not Ready yet and not stalled.
+    Progressing,
+    /// `Stalled=True`: a node failed for good (e.g. ACK reported a terminal error).
+    Stalled,
+    /// `PolicyPassed=False`: nothing is applied.
+    PolicyFailed,
+    /// `Rendered=False`: the spec or the module failed to render.
+    RenderFailed,
+}
+
+impl InstanceState {
+    const ALL: [InstanceState; 5] = [
+        InstanceState::Ready,
+        InstanceState::Progressing,
+        InstanceState::Stalled,
+        InstanceState::PolicyFailed,
+        InstanceState::RenderFailed,
+    ];
+
+    /// The state a status describes.
+    ///
+    /// ```
+    /// use cuebe::ops::metrics::InstanceState;
+    /// use cuebe::status::{AbstractionStatus, ConditionType};
+    /// let mut status = AbstractionStatus::default();
+    /// status.set_condition(ConditionType::Ready, true, "AllNodesReady", "3/3", Some(1), "2026-01-01T00:00:00Z");
+    /// assert_eq!(InstanceState::of(&status), InstanceState::Ready);
+    /// ```
+    pub fn of(status: &AbstractionStatus) -> Self {
+        use crate::status::ConditionType;
+        let is = |t: ConditionType, value: &str| {
+            status
+                .condition(t)
+                .is_some_and(|c| c.status.as_str() == value)
+        };
+        if is(ConditionType::Rendered, "False") {
+            Self::RenderFailed
+        } else if is(ConditionType::PolicyPassed, "False") {
+            Self::PolicyFailed
+        } else if is(ConditionType::Stalled, "True") {
+            Self::Stalled
+        } else if is(ConditionType::Ready, "True") {
+            Self::Ready
+        } else {
+            Self::Progressing
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Ready => "Ready",
+            Self::Progressing => "Progressing",
+            Self::Stalled => "Stalled",
+            Self::PolicyFailed => "PolicyFailed",
+            Self::RenderFailed => "RenderFailed",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: &'static str,
+}
+
+/// The metrics of one operator (one abstraction kind).
+///
+/// | metric | type | what |
+/// | --- | --- | --- |
+/// | `cuebe_reconciles_total{result}` | counter | reconciles, `result` = `success` or `error` |
+/// | `cuebe_reconcile_duration_seconds` | histogram | one reconcile, render to status write |
+/// | `cuebe_render_duration_seconds` | histogram | one compile call (a cache hit included) |
+/// | `cuebe_render_cache_hits_total`, `cuebe_render_cache_misses_total` | counter | the compiler's render cache |
+/// | `cuebe_render_cache_entries` | gauge | renders the cache holds |
+/// | `cuebe_instances{state}` | gauge | instances by [`InstanceState`] |
+/// | `cuebe_controller_restarts_total` | counter | restarts because the cluster's APIs changed |
+/// | `cuebe_leader` | gauge | 1 while this replica reconciles, 0 while it stands by |
+///
+/// ```
+/// use cuebe::ops::metrics::OperatorMetrics;
+/// let metrics = OperatorMetrics::new("WebService", None);
+/// metrics.reconciled(true, std::time::Duration::from_millis(12));
+/// let text = metrics.encode().expect("metrics encode");
+/// assert!(text.contains("cuebe_reconciles_total{kind=\"WebService\",result=\"success\"} 1"));
+/// ```
+pub struct OperatorMetrics {
+    registry: Registry,
+    reconciles: Family<ResultLabels, Counter>,
+    reconcile_seconds: Histogram,
+    render_seconds: Histogram,
+    instances: Family<StateLabels, Gauge>,
+    restarts: Counter,
+    leading: Gauge,
+    states: Mutex<HashMap<String, InstanceState>>,
+    watching: AtomicBool,
+    standing_by: AtomicBool,
+}
+
+impl std::fmt::Debug for OperatorMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OperatorMetrics").finish_non_exhaustive()
+    }
+}
+
+impl OperatorMetrics {
+    /// Metrics for the abstraction `kind`; with a compiler, its render cache is reported too.
+    pub fn new(kind: &str, compiler: Option<Arc<dyn Compiler>>) -> Self {
+        let mut registry = Registry::with_prefix_and_labels(
+            "cuebe",
+            [("kind".into(), kind.to_string().into())].into_iter(),
+        );
+        let reconciles = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "reconciles",
+            "Reconciles of an instance, by result",
+            reconciles.clone(),
+        );
+        // 1 ms to ~4 min: a reconcile waits on the API server.
+        let reconcile_seconds = Histogram::new(exponential_buckets(0.001, 2.5, 14));
+        registry.register(
+            "reconcile_duration_seconds",
+            "Duration of one reconcile, render to status write",
+            reconcile_seconds.clone(),
+        );
+        // 10 µs (a cache hit) to ~10 s (the evaluation limit).
+        let render_seconds = Histogram::new(exponential_buckets(0.00001, 3.0, 13));
+        registry.register(
+            "render_duration_seconds",
+            "Duration of one compile of an instance into its Graph, cache hits included",
+            render_seconds.clone(),
+        );
+        let instances = Family::<StateLabels, Gauge>::default();
+        for state in InstanceState::ALL {
+            // Present at zero, so that a dashboard sees every state before it happens.
+            let _ = instances.get_or_create(&StateLabels {
+                state: state.label(),
+            });
+        }
+        registry.register(
+            "instances",
+            "Instances by state (Ready, Progressing, Stalled, PolicyFailed, RenderFailed)",
+            instances.clone(),
+        );
+        let restarts = Counter::default();
+        registry.register(
+            "controller_restarts",
+            "Controller restarts because the cluster's capabilities or served kinds changed",
+            restarts.clone(),
+        );
+        let leading = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica reconciles (always, without leader election), 0 while it stands by",
+            leading.clone(),
+        );
+        if let Some(compiler) = compiler {
+            registry.register_collector(Box::new(RenderCacheCollector(compiler)));
+        }
+        Self {
+            registry,
+            reconciles,
+            reconcile_seconds,
+            render_seconds,
+            instances,
+            restarts,
+            leading,
+            states: Mutex::new(HashMap::new()),
+            watching: AtomicBool::new(false),
+            standing_by: AtomicBool::new(false),
+        }
+    }
+
+    /// Records one reconcile.
+    pub fn reconciled(&self, success: bool, took: Duration) {
+        let result = if success { "success" } else { "error" };
+        self.reconciles
+            .get_or_create(&ResultLabels { result })
+            .inc();
+        self.reconcile_seconds.observe(took.as_secs_f64());
+    }
+
+    /// Records one compile call.
+    pub fn rendered(&self, took: Duration) {
+        self.render_seconds.observe(took.as_secs_f64());
+    }
+
+    /// Records the state of the instance `uid` from the status just written.
+    pub fn instance_state(&self, uid: &str, state: InstanceState) {
+        let mut states = self.states.lock().unwrap_or_else(PoisonError::into_inner);
+        let before = states.insert(uid.to_string(), state);
+        if before == Some(state) {
+            return;
+        }
+        if let Some(before) = before {
+            self.instances
+                .get_or_create(&StateLabels {
+                    state: before.label(),
+                })
+                .dec();
+        }
+        self.instances
+            .get_or_create(&StateLabels {
+                state: state.label(),
+            })
+            .inc();
+    }
+
+    /// Forgets the instance `uid` (it is gone).
+    pub fn instance_gone(&self, uid: &str) {
+        let mut states = self.states.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(before) = states.remove(uid) {
+            self.instances
+                .get_or_create(&StateLabels {
+                    state: before.label(),
+                })
+                .dec();
+        }
+    }
+
+    /// Records a restart of the controller because the cluster's APIs changed.
+    pub fn restarted(&self) {
+        self.restarts.inc();
+    }
+
+    /// Whether the controller's watches are running.
+    pub fn set_watching(&self, watching: bool) {
+        self.watching.store(watching, Ordering::Relaxed);
+        if watching {
+            self.leading.set(1);
+        }
+    }
+
+    /// With leader election: whether this replica leads (`false`: it stands by).
+    pub fn set_leading(&self, leading: bool) {
+        self.standing_by.store(!leading, Ordering::Relaxed);
+        self.leading.set(i64::from(leading));
+    }
+
+    /// What `/readyz` answers: the watches run, or this replica is a follower standing by (a
+    /// follower is ready too, or a rolling update of a replicated operator would never finish).
+    pub fn is_ready(&self) -> bool {
+        self.watching.load(Ordering::Relaxed) || self.standing_by.load(Ordering::Relaxed)
+    }
+
+    /// The metrics in the OpenMetrics text format.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+/// Reads the compiler's render cache counters at each scrape.
+struct RenderCacheCollector(Arc<dyn Compiler>);
+
+impl std::fmt::Debug for RenderCacheCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RenderCacheCollector")
+    }
+}
+
+impl Collector for RenderCacheCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(stats) = self.0.cache_stats() else {
+            return Ok(());
+        };
+        for (name, help, value) in [
+            (
+                "render_cache_hits",
+                "Compiles answered from the render cache",
+                stats.hits,
+            ),
+            (
+                "render_cache_misses",
+                "Compiles that evaluated CUE",
+                stats.misses,
+            ),
+        ] {
+            let counter = ConstCounter::new(value);
+            let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(metric)?;
+        }
+        let entries = ConstGauge::new(i64::try_from(stats.entries).unwrap_or(i64::MAX));
+        let metric = encoder.encode_descriptor(
+            "render_cache_entries",
+            "Renders the render cache holds",
+            None,
+            entries.metric_type(),
+        )?;
+        entries.encode(metric)
+    }
+}
+
+/// Answers `/metrics`, `/healthz` and `/readyz` on `listener` until the task is dropped.
+///
+/// ```no_run
+/// # async fn f() -> std::io::Result<()> {
+/// use std::sync::Arc;
+/// let metrics = Arc::new(cuebe::ops::metrics::OperatorMetrics::new("WebService", None));
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+/// tokio::spawn(cuebe::ops::metrics::serve(listener, metrics));
+/// # Ok(()) }
+/// ```
+pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<OperatorMetrics>) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of file descriptors and the like: wait rather than spin.
+                tracing::warn!(%error, "metrics endpoint: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let metrics = metrics.clone();
+                async move { Ok::<_, Infallible>(answer(&request, &metrics)) }
+            });
+            if let Err(error) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(%error, "metrics endpoint: connection ended");
+            }
+        });
+    }
+}
+
+fn answer(request: &Request<Incoming>, metrics: &OperatorMetrics) -> Response<Full<Bytes>> {
+    let reply = |status: StatusCode, content_type: &'static str, body: String| {
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        *response.status_mut() = status;
+        response.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static(content_type),
+        );
+        response
+    };
+    const TEXT: &str = "text/plain; charset=utf-8";
+    match request.uri().path() {
+        "/metrics" => match metrics.encode() {
+            Ok(text) => reply(
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                text,
+            ),
+            Err(_) => reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                TEXT,
+                "the metrics could not be encoded\n".into(),
+            ),
+        },
+        "/healthz" => reply(StatusCode::OK, TEXT, "ok\n".into()),
+        "/readyz" if metrics.is_ready() => reply(StatusCode::OK, TEXT, "ok\n".into()),
+        "/readyz" => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            TEXT,
+            "the controller is not watching yet\n".into(),
+        ),
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            TEXT,
+            "not found; try /metrics, /healthz or /readyz\n".into(),
+        ),
+    }
+}

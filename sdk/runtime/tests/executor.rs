@@ -1,0 +1,409 @@
+//! The executor against a real API server: conflict policies (`Fail` overwrites nothing and
+//! names the other manager and the field; `Force` takes the field back), readiness timeouts,
+//! explicit adoption, the ConfigMap inventory and per-node deletion policies.
+#![allow(clippy::unwrap_used)]
+
+use cuebe::executor::{Executor, Instance, SsaExecutor, Timestamp};
+use cuebe::graph::{
+    ApplyPolicy, ConflictPolicy, GRAPH_VERSION, Graph, GraphMetadata, Node, ReadinessPredicate,
+};
+use cuebe::plan::Plan;
+use cuebe::status::{AbstractionStatus, NodePhase};
+use cuebe_testkit::cluster::{ClusterOptions, TestCluster};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::json;
+
+fn graph(ns: &str, policy: ConflictPolicy) -> Graph {
+    Graph {
+        graph_version: GRAPH_VERSION.into(),
+        metadata: GraphMetadata {
+            platform_ref_resolved: "sha256:test".into(),
+            module: String::new(),
+            render_hash: "sha256:test".into(),
+        },
+        nodes: vec![Node {
+            id: "config".into(),
+            object: Some(
+                json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings", "namespace": ns}, "data": {"mode": "safe"}}),
+            ),
+            apply_policy: ApplyPolicy {
+                conflict_policy: policy,
+                ..Default::default()
+            },
+            depends_on: vec![],
+            ready_when: vec![],
+            deletion_policy: None,
+            pending_on: vec![],
+        }],
+        exports: vec![],
+        violations: vec![],
+    }
+}
+
+/// The instance every test's graph belongs to.
+fn instance(ns: &str) -> Instance {
+    Instance {
+        kind: "Test".into(),
+        name: "t".into(),
+        namespace: ns.into(),
+        generation: Some(1),
+        ..Default::default()
+    }
+}
+
+/// The executor walks validated plans.
+fn plan_of(graph: &Graph, instance: &Instance) -> Plan {
+    Plan::new(graph.clone(), &instance.namespace).unwrap()
+}
+
+async fn pass(
+    executor: &SsaExecutor,
+    ns: &str,
+    g: &Graph,
+    previous: &AbstractionStatus,
+) -> AbstractionStatus {
+    let instance = instance(ns);
+    let out = executor
+        .execute(
+            &instance,
+            &plan_of(g, &instance),
+            previous,
+            Timestamp::now(),
+        )
+        .await;
+    AbstractionStatus {
+        nodes: out.nodes,
+        inventory: out.inventory,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fail_blocks_and_names_the_other_manager_force_reverts() {
+    let cluster = TestCluster::start(ClusterOptions::api_only())
+        .await
+        .unwrap();
+    let client = cluster.client();
+    let ns = cluster.namespace("conflict").await.unwrap();
+    let executor = SsaExecutor::new(client.clone(), "cuebe-test");
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+
+    let fail = graph(&ns, ConflictPolicy::Fail);
+    let first = pass(&executor, &ns, &fail, &AbstractionStatus::default()).await;
+    assert_eq!(first.nodes["config"].phase, NodePhase::Ready, "{first:?}");
+
+    // A second pass with nothing changed writes nothing.
+    let instance = instance(&ns);
+    let steady = executor
+        .execute(
+            &instance,
+            &plan_of(&fail, &instance),
+            &first,
+            Timestamp::now(),
+        )
+        .await;
+    assert_eq!(steady.writes, 0);
+
+    // Another manager takes the field.
+    let intruder = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings"}, "data": {"mode": "fast"}});
+    cms.patch(
+        "settings",
+        &PatchParams::apply("intruder").force(),
+        &Patch::Apply(&intruder),
+    )
+    .await
+    .unwrap();
+
+    let blocked = pass(&executor, &ns, &fail, &first).await;
+    let node = &blocked.nodes["config"];
+    assert_eq!(node.phase, NodePhase::Blocked);
+    let message = node.last_error.clone().unwrap();
+    assert!(
+        message.contains("intruder") && message.contains(".data.mode"),
+        "{message}"
+    );
+    assert_eq!(
+        cms.get("settings").await.unwrap().data.unwrap()["mode"],
+        "fast",
+        "nothing overwritten"
+    );
+
+    let force = graph(&ns, ConflictPolicy::Force);
+    let forced = pass(&executor, &ns, &force, &blocked).await;
+    assert_eq!(forced.nodes["config"].phase, NodePhase::Ready);
+    assert_eq!(
+        cms.get("settings").await.unwrap().data.unwrap()["mode"],
+        "safe",
+        "reverted under Force"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_readiness_timeout_puts_the_node_in_error_and_holds_its_dependents() {
+    let cluster = TestCluster::start(ClusterOptions::api_only())
+        .await
+        .unwrap();
+    let ns = cluster.namespace("timeout").await.unwrap();
+    let executor = SsaExecutor::new(cluster.client(), "cuebe-test");
+    let mut g = graph(&ns, ConflictPolicy::Force);
+    g.nodes[0].ready_when = vec![ReadinessPredicate::Cel {
+        expression: "self.data.mode == 'ready'".into(),
+        timeout: Some("1s".into()),
+    }];
+    let mut dependent = g.nodes[0].clone();
+    dependent.id = "after".into();
+    dependent.object = Some(
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "after", "namespace": ns}}),
+    );
+    dependent.ready_when = vec![];
+    dependent.depends_on = vec!["config".into()];
+    g.nodes.push(dependent);
+
+    let first = pass(&executor, &ns, &g, &AbstractionStatus::default()).await;
+    assert_eq!(first.nodes["config"].phase, NodePhase::Applied);
+    assert!(
+        first.nodes["config"]
+            .ready_details
+            .as_deref()
+            .unwrap()
+            .contains("is false")
+    );
+    assert_eq!(first.nodes["after"].phase, NodePhase::Pending);
+    assert_eq!(first.nodes["after"].blocked_on, ["config"]);
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let second = pass(&executor, &ns, &g, &first).await;
+    assert_eq!(second.nodes["config"].phase, NodePhase::Error);
+    assert!(
+        second.nodes["config"]
+            .last_error
+            .as_deref()
+            .unwrap()
+            .starts_with("not ready after 1s"),
+        "{:?}",
+        second.nodes["config"]
+    );
+    assert_eq!(
+        second.nodes["after"].phase,
+        NodePhase::Pending,
+        "nothing downstream of a failed node is applied"
+    );
+    let cms: Api<ConfigMap> = Api::namespaced(cluster.client(), &ns);
+    assert!(cms.get_opt("after").await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_existing_object_is_adopted_only_when_listed_and_is_recorded_adopted() {
+    use cuebe::lifecycle::AdoptRef;
+    use cuebe::status::InventoryMode;
+    let cluster = TestCluster::shared().await.unwrap();
+    let client = cluster.client();
+    let ns = cluster.namespace("adopt").await.unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    // Somebody else's ConfigMap with the name the graph renders.
+    let existing = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings"}, "data": {"mode": "legacy", "owner": "team-a"}});
+    cms.patch(
+        "settings",
+        &PatchParams::apply("kubectl"),
+        &Patch::Apply(&existing),
+    )
+    .await
+    .unwrap();
+    let executor = SsaExecutor::new(client.clone(), "cuebe-test");
+    let g = graph(&ns, ConflictPolicy::Force);
+    let mut instance = instance(&ns);
+
+    let refused = executor
+        .execute(
+            &instance,
+            &plan_of(&g, &instance),
+            &AbstractionStatus::default(),
+            Timestamp::now(),
+        )
+        .await;
+    let node = &refused.nodes["config"];
+    assert_eq!(node.phase, NodePhase::Blocked, "{node:?}");
+    let message = node.last_error.clone().unwrap();
+    assert!(
+        message.contains("ConfigMap settings already exists")
+            && message.contains("spec.adopt.resources"),
+        "{message}"
+    );
+    assert_eq!(refused.writes, 0);
+    assert!(refused.inventory.is_empty());
+    assert_eq!(
+        cms.get("settings").await.unwrap().data.unwrap()["mode"],
+        "legacy",
+        "nothing written before adoption"
+    );
+
+    instance.adopt = vec![AdoptRef {
+        api_version: "v1".into(),
+        kind: "ConfigMap".into(),
+        name: "settings".into(),
+    }];
+    let adopted = executor
+        .execute(
+            &instance,
+            &plan_of(&g, &instance),
+            &AbstractionStatus::default(),
+            Timestamp::now(),
+        )
+        .await;
+    assert_eq!(
+        adopted.nodes["config"].phase,
+        NodePhase::Ready,
+        "{adopted:?}"
+    );
+    assert_eq!(adopted.inventory[0].mode, InventoryMode::Adopted);
+    let live = cms.get("settings").await.unwrap();
+    let data = live.data.unwrap();
+    assert_eq!(data["mode"], "safe", "our field applied");
+    assert_eq!(data["owner"], "team-a", "fields we do not render are kept");
+    assert_eq!(
+        live.metadata.labels.unwrap()["cuebe.dev/instance"],
+        "t",
+        "labelled as ours after adoption"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_configmap_inventory_round_trips_and_leaves_the_status_empty() {
+    use cuebe::lifecycle::{ConfigMapInventory, Inventory};
+    let cluster = TestCluster::shared().await.unwrap();
+    let client = cluster.client();
+    let ns = cluster.namespace("inventory").await.unwrap();
+    let executor = SsaExecutor::new(client.clone(), "cuebe-test");
+    let inventory = ConfigMapInventory::new(client.clone(), "cuebe-test");
+    let g = graph(&ns, ConflictPolicy::Fail);
+    let instance = instance(&ns);
+    let out = executor
+        .execute(
+            &instance,
+            &plan_of(&g, &instance),
+            &AbstractionStatus::default(),
+            Timestamp::now(),
+        )
+        .await;
+    let mut status = AbstractionStatus::default();
+    inventory
+        .store(&instance, &out.inventory, &mut status)
+        .await
+        .unwrap();
+    assert!(status.inventory.is_empty(), "the status holds no entries");
+    let cm: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    assert!(cm.get_opt("test-t-inventory").await.unwrap().is_some());
+    let loaded = inventory.load(&instance, &status).await.unwrap();
+    assert_eq!(loaded, out.inventory);
+
+    // Pruning works from the loaded inventory: an empty graph deletes the object.
+    let empty = Graph {
+        nodes: vec![],
+        ..g.clone()
+    };
+    let previous = AbstractionStatus {
+        inventory: loaded,
+        ..Default::default()
+    };
+    let pruned = executor
+        .execute(
+            &instance,
+            &plan_of(&empty, &instance),
+            &previous,
+            Timestamp::now(),
+        )
+        .await;
+    assert!(pruned.inventory.is_empty());
+    assert!(
+        cm.get_opt("settings")
+            .await
+            .unwrap()
+            .is_none_or(|c| c.metadata.deletion_timestamp.is_some())
+    );
+
+    inventory.forget(&instance).await.unwrap();
+    assert!(cm.get_opt("test-t-inventory").await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_that_asks_to_be_orphaned_outlives_its_instance_and_its_node() {
+    use cuebe::executor::INSTANCE_LABEL;
+    use cuebe::graph::DeletionPolicy;
+    let cluster = TestCluster::shared().await.unwrap();
+    let client = cluster.client();
+    let ns = cluster.namespace("orphan-node").await.unwrap();
+    let executor = SsaExecutor::new(client.clone(), "cuebe-test");
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let config_map = |id: &str, name: &str, policy: Option<DeletionPolicy>| Node {
+        id: id.into(),
+        object: Some(
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": ns}, "data": {"k": "v"}}),
+        ),
+        deletion_policy: policy,
+        ..graph(&ns, ConflictPolicy::Force).nodes[0].clone()
+    };
+    let labelled = |cm: &ConfigMap| {
+        cm.metadata
+            .labels
+            .as_ref()
+            .is_some_and(|l| l.contains_key(INSTANCE_LABEL))
+    };
+
+    // Teardown: the instance says Delete, the `keep` node says Orphan.
+    let g = Graph {
+        nodes: vec![
+            config_map("keep", "kept", Some(DeletionPolicy::Orphan)),
+            config_map("drop", "dropped", None),
+        ],
+        ..graph(&ns, ConflictPolicy::Force)
+    };
+    let status = pass(&executor, &ns, &g, &AbstractionStatus::default()).await;
+    assert_eq!(
+        status.inventory[0].deletion_policy,
+        Some(DeletionPolicy::Orphan),
+        "the node's policy is recorded for teardown"
+    );
+    assert!(labelled(&cms.get("kept").await.unwrap()));
+    let mut rounds = 0;
+    while !executor
+        .teardown(&status.inventory, DeletionPolicy::Delete)
+        .await
+        .unwrap()
+    {
+        rounds += 1;
+        assert!(rounds < 50, "teardown did not finish");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let kept = cms.get("kept").await.unwrap();
+    assert!(kept.metadata.deletion_timestamp.is_none(), "not deleted");
+    assert!(
+        !labelled(&kept),
+        "released: no longer carries the instance label"
+    );
+    assert!(
+        cms.get_opt("dropped")
+            .await
+            .unwrap()
+            .is_none_or(|c| c.metadata.deletion_timestamp.is_some()),
+        "the other node followed the instance's Delete"
+    );
+
+    // Pruning: a node that leaves the graph is released, not deleted, when it asked to be.
+    let g = Graph {
+        nodes: vec![
+            config_map("anchor", "anchor", None),
+            config_map("keep", "kept-by-prune", Some(DeletionPolicy::Orphan)),
+        ],
+        ..graph(&ns, ConflictPolicy::Force)
+    };
+    let first = pass(&executor, &ns, &g, &AbstractionStatus::default()).await;
+    let smaller = Graph {
+        nodes: vec![g.nodes[0].clone()],
+        ..g.clone()
+    };
+    let second = pass(&executor, &ns, &smaller, &first).await;
+    assert!(second.inventory.iter().all(|e| e.node_id != "keep"));
+    let kept = cms.get("kept-by-prune").await.unwrap();
+    assert!(kept.metadata.deletion_timestamp.is_none(), "not deleted");
+    assert!(!labelled(&kept));
+}
