@@ -280,7 +280,7 @@ struct Inner {
     misses: AtomicU64,
 }
 
-/// The [`Compiler`] backed by CUE, evaluated in-process.
+/// The compiler backed by CUE, evaluated in-process.
 ///
 /// ```no_run
 /// use cuebe_core::compile::{CompileInput, CueCompiler, InstanceMeta};

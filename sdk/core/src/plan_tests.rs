@@ -1,1 +1,402 @@
+//! Table tests of the pass decisions: no cluster, milliseconds each.
+#![allow(clippy::unwrap_used)]
 
+use serde_json::json;
+
+use super::*;
+use crate::graph::{ApplyPolicy, GRAPH_VERSION, GraphMetadata, ReadinessPredicate};
+use crate::readiness::Verdict;
+
+fn node(id: &str, deps: &[&str]) -> Node {
+    Node {
+        id: id.into(),
+        object: Some(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": id}})),
+        apply_policy: ApplyPolicy::default(),
+        depends_on: deps.iter().map(|s| s.to_string()).collect(),
+        ready_when: vec![],
+        deletion_policy: None,
+        pending_on: vec![],
+    }
+}
+
+fn plan(nodes: Vec<Node>) -> Plan {
+    Plan::new(
+        Graph {
+            graph_version: GRAPH_VERSION.into(),
+            metadata: GraphMetadata {
+                platform_ref_resolved: "sha256:0".into(),
+                module: String::new(),
+                render_hash: "sha256:0".into(),
+            },
+            nodes,
+            exports: vec![],
+            violations: vec![],
+        },
+        "apps",
+    )
+    .unwrap()
+}
+
+fn entry(id: &str) -> InventoryEntry {
+    InventoryEntry {
+        node_id: id.into(),
+        api_version: "v1".into(),
+        kind: "ConfigMap".into(),
+        namespace: "apps".into(),
+        name: id.into(),
+        uid: format!("uid-{id}"),
+        mode: InventoryMode::Managed,
+        last_applied_hash: "h1".into(),
+        last_applied_resource_version: "10".into(),
+        last_applied_generation: Some(1),
+        last_ready_transition: None,
+        deletion_policy: None,
+    }
+}
+
+fn ready() -> NodeResult {
+    NodeResult::unwritten(NodeStatus::ready("exists"), None)
+}
+
+fn ids(nodes: &[&Node]) -> Vec<String> {
+    nodes.iter().map(|n| n.id.clone()).collect()
+}
+
+#[test]
+fn the_frontier_advances_only_past_ready_nodes() {
+    // a → b → c, and d independent.
+    let p = plan(vec![
+        node("a", &[]),
+        node("b", &["a"]),
+        node("c", &["b"]),
+        node("d", &[]),
+    ]);
+    let mut pass = Pass::start(&p, &[]);
+    assert_eq!(ids(&pass.frontier()), ["a", "d"]);
+    pass.record("a", ready());
+    pass.record(
+        "d",
+        NodeResult::unwritten(NodeStatus::applied("waiting", "t"), None),
+    );
+    assert_eq!(ids(&pass.frontier()), ["b"]);
+    pass.record("b", NodeResult::unwritten(NodeStatus::error("boom"), None));
+    assert!(pass.frontier().is_empty(), "c waits for b, which failed");
+    let out = pass.finish();
+    assert_eq!(out.nodes["c"].phase, NodePhase::Pending);
+    assert_eq!(out.nodes["c"].blocked_on, ["b"]);
+    assert!(!out.ready);
+    assert_eq!(out.stalled, None, "a retried API error is not terminal");
+}
+
+#[test]
+fn pending_nodes_are_decided_at_start_and_never_applied() {
+    let mut waiting = node("sa", &[]);
+    waiting.pending_on = vec!["roleArn".into()];
+    let p = plan(vec![node("role", &[]), waiting]);
+    let pass = Pass::start(&p, &[]);
+    assert_eq!(ids(&pass.frontier()), ["role"]);
+    assert_eq!(pass.nodes()["sa"].blocked_on, ["export:roleArn"]);
+}
+
+#[test]
+fn a_terminal_error_stalls_the_pass_with_the_node_named() {
+    let p = plan(vec![node("a", &[])]);
+    let mut pass = Pass::start(&p, &[]);
+    pass.record(
+        "a",
+        NodeResult {
+            terminal: true,
+            ..NodeResult::unwritten(NodeStatus::error("ACK.Terminal: denied"), None)
+        },
+    );
+    assert_eq!(
+        pass.finish().stalled.as_deref(),
+        Some("a: ACK.Terminal: denied")
+    );
+}
+
+#[test]
+fn an_adoption_is_a_change_once() {
+    let p = plan(vec![node("a", &[])]);
+    let adopted = InventoryEntry {
+        mode: InventoryMode::Adopted,
+        ..entry("a")
+    };
+    for (before, expected) in [(vec![], 1), (vec![adopted.clone()], 0)] {
+        let mut pass = Pass::start(&p, &before);
+        pass.record(
+            "a",
+            NodeResult::unwritten(NodeStatus::ready("exists"), Some(adopted.clone())),
+        );
+        let changes = pass.finish().changes;
+        assert_eq!(changes.len(), expected, "before: {before:?}");
+    }
+}
+
+#[test]
+fn prune_only_from_a_complete_healthy_pass() {
+    let inventory = [entry("kept"), entry("gone")];
+    let status = |phase: NodePhase| {
+        let mut s = NodeStatus::ready("");
+        s.phase = phase;
+        BTreeMap::from([("kept".to_string(), s)])
+    };
+    let cases = [
+        (NodePhase::Ready, true),
+        (NodePhase::Applied, true),
+        (NodePhase::Pending, false),
+        (NodePhase::Blocked, false),
+        (NodePhase::Error, false),
+    ];
+    for (phase, prunes) in cases {
+        let plan = prune_plan(&["kept"], &inventory, &status(phase));
+        assert_eq!(!plan.entries.is_empty(), prunes, "{phase:?}");
+        assert_eq!(plan.held_back.is_some(), !prunes, "{phase:?}");
+    }
+    // A node of the graph that the pass never decided counts as not healthy.
+    let plan = prune_plan(&["kept", "new"], &inventory, &status(NodePhase::Ready));
+    assert!(plan.entries.is_empty());
+    assert!(plan.held_back.unwrap().contains("new"));
+}
+
+#[test]
+fn prune_order_policy_and_orphaned_entries() {
+    let orphan_node = InventoryEntry {
+        deletion_policy: Some(DeletionPolicy::Orphan),
+        ..entry("b")
+    };
+    let already = InventoryEntry {
+        mode: InventoryMode::Orphaned,
+        ..entry("c")
+    };
+    let plan = prune_plan(
+        &[],
+        &[entry("a"), orphan_node.clone(), already],
+        &BTreeMap::new(),
+    );
+    assert_eq!(
+        plan.entries,
+        [
+            (orphan_node, DeletionPolicy::Orphan),
+            (entry("a"), DeletionPolicy::Delete)
+        ],
+        "last applied first; Orphaned entries are left alone"
+    );
+}
+
+#[test]
+fn when_to_read_before_writing() {
+    use ApplyMode::*;
+    let recorded = entry("a");
+    let orphaned = InventoryEntry {
+        mode: InventoryMode::Orphaned,
+        ..entry("a")
+    };
+    let cases: [(ApplyMode, Option<&InventoryEntry>, &str, bool); 6] = [
+        (CreateOrUpdate, Some(&recorded), "h1", true), // same render: may skip the write
+        (CreateOrUpdate, Some(&recorded), "h2", false), // changed render: just apply
+        (CreateOrUpdate, None, "h1", true),            // unknown object may exist: adoption
+        (CreateOrUpdate, Some(&orphaned), "h2", true), // released earlier: ask again
+        (CreateOnly, Some(&recorded), "h2", true),     // must know whether it exists
+        (AdoptOnly, Some(&recorded), "h2", true),
+    ];
+    for (mode, e, hash, expected) in cases {
+        assert_eq!(needs_read(mode, e, hash), expected, "{mode:?} {e:?} {hash}");
+    }
+}
+
+#[test]
+fn unchanged_means_same_render_and_our_generation() {
+    let e = entry("a");
+    let live = |generation: Option<i64>, rv: &str| LiveMeta {
+        uid: Some("uid-a".into()),
+        generation,
+        resource_version: Some(rv.into()),
+    };
+    let no_generation = InventoryEntry {
+        last_applied_generation: None,
+        ..entry("a")
+    };
+    let cases = [
+        (&e, live(Some(1), "99"), "h1", true), // status update by its controller: same generation
+        (&e, live(Some(2), "99"), "h1", false), // someone changed the spec
+        (&e, live(Some(1), "10"), "h2", false), // our render changed
+        (&no_generation, live(None, "10"), "h1", true), // no generation: resourceVersion
+        (&no_generation, live(None, "11"), "h1", false),
+    ];
+    for (entry, live, hash, expected) in cases {
+        assert_eq!(
+            is_unchanged(Some(entry), Some(&live), hash),
+            expected,
+            "{live:?} {hash}"
+        );
+    }
+    assert!(!is_unchanged(None, Some(&live(Some(1), "10")), "h1"));
+}
+
+#[test]
+fn a_recreated_object_is_not_the_recorded_one() {
+    let e = entry("a");
+    let uid = |u: &str| LiveMeta {
+        uid: Some(u.into()),
+        ..Default::default()
+    };
+    assert!(is_recorded_object(Some(&e), Some(&uid("uid-a"))));
+    assert!(!is_recorded_object(Some(&e), Some(&uid("other"))));
+    assert!(!is_recorded_object(None, Some(&uid("uid-a"))));
+    assert!(!is_recorded_object(Some(&e), None));
+}
+
+#[test]
+fn the_write_decision_table() {
+    use ApplyMode::*;
+    use WriteDecision::*;
+    let cases = [
+        (CreateOrUpdate, true, true, Keep),
+        (CreateOrUpdate, true, false, Apply),
+        (CreateOrUpdate, false, false, Apply),
+        (CreateOnly, true, false, Keep),
+        (CreateOnly, false, false, Apply),
+        (AdoptOnly, false, false, NothingToAdopt),
+        (AdoptOnly, true, false, Apply),
+        (AdoptOnly, true, true, Keep),
+    ];
+    for (mode, exists, unchanged, expected) in cases {
+        assert_eq!(
+            write_decision(mode, exists, unchanged),
+            expected,
+            "{mode:?} exists={exists} unchanged={unchanged}"
+        );
+    }
+}
+
+#[test]
+fn readiness_against_the_clock() {
+    let now: Timestamp = "2026-01-01T00:10:00Z".parse().unwrap();
+    let waiting = Verdict {
+        ready: false,
+        details: "0/1".into(),
+        terminal: None,
+    };
+    let five_min = Some(Duration::from_secs(300));
+    let since = |t: &str| NodeStatus::applied("0/1", t);
+    type Case = (
+        Verdict,
+        Option<NodeStatus>,
+        Option<Duration>,
+        NodePhase,
+        bool,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            Verdict {
+                ready: true,
+                ..waiting.clone()
+            },
+            None,
+            five_min,
+            NodePhase::Ready,
+            false,
+        ),
+        (waiting.clone(), None, five_min, NodePhase::Applied, false),
+        (
+            waiting.clone(),
+            Some(since("2026-01-01T00:09:00Z")),
+            five_min,
+            NodePhase::Applied,
+            false,
+        ),
+        (
+            waiting.clone(),
+            Some(since("2026-01-01T00:00:00Z")),
+            five_min,
+            NodePhase::Error,
+            true,
+        ),
+        (
+            waiting.clone(),
+            Some(since("2026-01-01T00:00:00Z")),
+            None,
+            NodePhase::Applied,
+            false,
+        ),
+        (
+            Verdict {
+                terminal: Some("Stalled: quota".into()),
+                ..waiting.clone()
+            },
+            None,
+            None,
+            NodePhase::Error,
+            true,
+        ),
+    ];
+    for (verdict, previous, timeout, phase, terminal) in cases {
+        let (status, is_terminal) = judge(&verdict, previous.as_ref(), timeout, now);
+        assert_eq!(
+            (status.phase, is_terminal),
+            (phase, terminal),
+            "{verdict:?} {previous:?}"
+        );
+    }
+    // An expired timeout stays expired, from the first time the node was seen waiting.
+    let expired = NodeStatus::error("not ready").waiting_since("2026-01-01T00:00:00Z");
+    let (status, _) = judge(&waiting, Some(&expired), five_min, now);
+    assert_eq!(status.phase, NodePhase::Error);
+    assert_eq!(
+        status.waiting_since.as_deref(),
+        Some("2026-01-01T00:00:00Z")
+    );
+    // A Ready node that falls back starts waiting anew.
+    let (status, _) = judge(&waiting, Some(&NodeStatus::ready("ok")), five_min, now);
+    assert_eq!(status.waiting_since, Some(now.to_string()));
+}
+
+#[test]
+fn a_malformed_cel_predicate_fails_the_plan_naming_the_node() {
+    let mut bad = node("pvc", &[]);
+    bad.ready_when = vec![ReadinessPredicate::Cel {
+        expression: "self.status.(".into(),
+        timeout: None,
+    }];
+    let graph = plan(vec![node("a", &[])]).graph().clone();
+    let graph = Graph {
+        nodes: vec![bad],
+        ..graph
+    };
+    let errors = Plan::new(graph, "apps").unwrap_err();
+    assert!(
+        errors[0]
+            .to_string()
+            .starts_with("nodes.pvc.readyWhen[0]: expression: does not compile"),
+        "{}",
+        errors[0]
+    );
+}
+
+#[test]
+fn the_inventory_keeps_what_our_last_apply_left_when_nothing_was_written() {
+    let n = node("a", &[]);
+    let previous = entry("a");
+    let live = LiveMeta {
+        uid: Some("uid-a".into()),
+        generation: Some(1),
+        resource_version: Some("57".into()),
+    };
+    let update = |wrote: bool| {
+        EntryUpdate {
+            node: &n,
+            previous: Some(&previous),
+            identity: ("v1", "ConfigMap", "a"),
+            namespace: "apps".into(),
+            live: &live,
+            hash: "h1".into(),
+            adopted: false,
+            wrote,
+        }
+        .entry()
+    };
+    assert_eq!(update(false).last_applied_resource_version, "10");
+    assert_eq!(update(true).last_applied_resource_version, "57");
+    assert_eq!(update(true).mode, InventoryMode::Managed);
+}

@@ -535,4 +535,75 @@ mod tests {
         assert!(eval(ReadinessPredicate::Current { timeout: None }, cr("True")).ready);
         assert!(!eval(ReadinessPredicate::Current { timeout: None }, cr("False")).ready);
     }
+
+    #[test]
+    fn current_judges_each_workload_kind_by_its_own_rollout() {
+        let current = || ReadinessPredicate::Current { timeout: None };
+        let sts = |ready: i64, updated: i64, update_rev: &str| {
+            json!({
+                "apiVersion": "apps/v1", "kind": "StatefulSet",
+                "metadata": {"generation": 2}, "spec": {"replicas": 3},
+                "status": {"observedGeneration": 2, "replicas": 3, "readyReplicas": ready,
+                           "updatedReplicas": updated, "currentRevision": "r1", "updateRevision": update_rev}
+            })
+        };
+        let ds = |updated: i64, available: i64| {
+            json!({
+                "apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"generation": 1},
+                "status": {"observedGeneration": 1, "desiredNumberScheduled": 2,
+                           "updatedNumberScheduled": updated, "numberAvailable": available, "numberReady": available}
+            })
+        };
+        let job = |condition: &str| {
+            json!({
+                "apiVersion": "batch/v1", "kind": "Job", "metadata": {"generation": 1},
+                "status": {"active": 1, "conditions": [{"type": condition, "status": "True", "message": "BackoffLimitExceeded"}]}
+            })
+        };
+        let cases = [
+            // Before the fix a generation-current StatefulSet counted as Ready at once.
+            ("statefulset rolling", sts(3, 1, "r2"), false),
+            ("statefulset not ready", sts(1, 3, "r1"), false),
+            ("statefulset done", sts(3, 3, "r1"), true),
+            ("daemonset rolling", ds(1, 2), false),
+            ("daemonset unavailable", ds(2, 1), false),
+            ("daemonset done", ds(2, 2), true),
+            ("job running", job("Suspended"), false),
+            ("job complete", job("Complete"), true),
+            (
+                "pvc pending",
+                json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "status": {"phase": "Pending"}}),
+                false,
+            ),
+            (
+                "pvc bound",
+                json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "status": {"phase": "Bound"}}),
+                true,
+            ),
+            (
+                "custom, no conditions",
+                json!({"apiVersion": "x/v1", "kind": "Thing", "metadata": {"generation": 1}, "status": {"observedGeneration": 1}}),
+                true,
+            ),
+            (
+                "custom, Ready False",
+                json!({"apiVersion": "x/v1", "kind": "Thing", "status": {"conditions": [{"type": "Ready", "status": "False"}]}}),
+                false,
+            ),
+            (
+                "statefulset without status",
+                json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"generation": 1}, "spec": {}}),
+                false,
+            ),
+        ];
+        for (name, live, ready) in cases {
+            assert_eq!(eval(current(), live).ready, ready, "{name}");
+        }
+        let failed = eval(current(), job("Failed"));
+        assert!(!failed.ready);
+        assert_eq!(
+            failed.terminal.as_deref(),
+            Some("Failed: BackoffLimitExceeded")
+        );
+    }
 }

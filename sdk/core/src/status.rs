@@ -579,3 +579,190 @@ pub fn transitions(previous: &AbstractionStatus, current: &AbstractionStatus) ->
     }
     events
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: &str = "2026-01-01T00:00:00Z";
+
+    fn nodes(phases: &[(&str, NodePhase)]) -> AbstractionStatus {
+        let mut status = AbstractionStatus::default();
+        for (id, phase) in phases {
+            let mut s = NodeStatus::ready("ok");
+            s.phase = *phase;
+            if matches!(phase, NodePhase::Error | NodePhase::Blocked) {
+                s.last_error = Some("why".into());
+            }
+            status.nodes.insert(id.to_string(), s);
+        }
+        status
+    }
+
+    fn condition(status: &AbstractionStatus, t: ConditionType) -> Option<(String, String)> {
+        status
+            .condition(t)
+            .map(|c| (c.status.clone(), c.reason.clone()))
+    }
+
+    #[test]
+    fn the_condition_matrix() {
+        use NodePhase::*;
+        let t = |s: &str, r: &str| Some((s.to_string(), r.to_string()));
+        type Row = (
+            &'static [(&'static str, NodePhase)],
+            bool,
+            Option<&'static str>,
+            PassVerdict,
+            Option<(String, String)>,
+            Option<(String, String)>,
+            bool,
+        );
+        let rows: Vec<Row> = vec![
+            (
+                &[("a", Ready)],
+                true,
+                None,
+                PassVerdict::Ready,
+                t("True", "AllNodesReady"),
+                t("False", "AllNodesReady"),
+                false,
+            ),
+            (
+                &[("a", Error)],
+                false,
+                Some("a: dead"),
+                PassVerdict::Stalled,
+                t("False", "NodeFailed"),
+                t("False", "NodeFailed"),
+                true,
+            ),
+            (
+                &[("a", Error), ("b", Blocked)],
+                false,
+                None,
+                PassVerdict::Retrying,
+                t("False", "ApplyFailed"),
+                t("True", "Retrying"),
+                false,
+            ),
+            (
+                &[("a", Blocked), ("b", Ready)],
+                false,
+                None,
+                PassVerdict::Blocked,
+                t("False", "NodeBlocked"),
+                t("False", "NodeBlocked"),
+                false,
+            ),
+            (
+                &[("a", Applied), ("b", Pending)],
+                false,
+                None,
+                PassVerdict::Progressing,
+                t("False", "Progressing"),
+                t("True", "Progressing"),
+                false,
+            ),
+        ];
+        for (phases, ready, stalled, verdict, ready_c, progressing_c, stalled_c) in rows {
+            let mut status = nodes(phases);
+            // A Stalled from an earlier pass must go when the instance recovers.
+            status.set_condition(ConditionType::Stalled, true, "Old", "", Some(1), NOW);
+            let outcome = Outcome {
+                ready,
+                stalled: stalled.map(str::to_string),
+                ..Default::default()
+            };
+            assert_eq!(
+                summarize(&mut status, &outcome, Some(2), NOW),
+                verdict,
+                "{phases:?}"
+            );
+            assert_eq!(
+                condition(&status, ConditionType::Ready),
+                ready_c,
+                "{phases:?}"
+            );
+            assert_eq!(
+                condition(&status, ConditionType::Progressing),
+                progressing_c,
+                "{phases:?}"
+            );
+            assert_eq!(
+                status.condition(ConditionType::Stalled).is_some(),
+                stalled_c,
+                "{phases:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_condition_keeps_its_transition_time_while_its_status_holds() {
+        let mut status = AbstractionStatus::default();
+        status.set_condition(
+            ConditionType::Ready,
+            false,
+            "Progressing",
+            "",
+            Some(1),
+            "t1",
+        );
+        status.set_condition(
+            ConditionType::Ready,
+            false,
+            "NodeBlocked",
+            "",
+            Some(1),
+            "t2",
+        );
+        assert_eq!(status.conditions[0].last_transition_time, "t1");
+        status.set_condition(
+            ConditionType::Ready,
+            true,
+            "AllNodesReady",
+            "",
+            Some(1),
+            "t3",
+        );
+        assert_eq!(status.conditions[0].last_transition_time, "t3");
+    }
+
+    #[test]
+    fn events_only_for_transitions() {
+        let mut before = nodes(&[("a", NodePhase::Applied)]);
+        before.stop_before_apply(
+            ConditionType::PolicyPassed,
+            "PolicyViolation",
+            "spec.image",
+            "",
+            Some(1),
+            NOW,
+        );
+        let mut after = before.clone();
+        assert!(
+            transitions(&before, &after).is_empty(),
+            "no change, no event"
+        );
+        after.nodes.insert("a".into(), NodeStatus::error("quota"));
+        after.set_condition(
+            ConditionType::Ready,
+            true,
+            "AllNodesReady",
+            "1/1",
+            Some(1),
+            NOW,
+        );
+        let reasons: Vec<String> = transitions(&before, &after)
+            .into_iter()
+            .map(|e| e.reason)
+            .collect();
+        assert_eq!(reasons, ["NodeFailed", "Ready"]);
+        let fresh = AbstractionStatus::default();
+        let reasons: Vec<String> = transitions(&fresh, &before)
+            .into_iter()
+            .map(|e| e.reason)
+            .collect();
+        assert_eq!(reasons, ["PolicyViolation", "Stalled"]);
+    }
+}

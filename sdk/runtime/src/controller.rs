@@ -131,7 +131,7 @@ impl<A: Abstraction> Operator<A> {
     }
 
     /// The client the operator runs with (e.g. to build an inventory in
-    /// [`crate::cli::App::configure`]).
+    /// `cuebe_cli::App::configure`).
     pub fn client(&self) -> &Client {
         &self.client
     }

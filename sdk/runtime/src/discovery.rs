@@ -58,8 +58,11 @@ pub async fn served_kind(
 pub struct Discovery {
     /// By apiVersion: its kinds and whether each is namespaced; empty when the server does not
     /// serve that group/version.
-    by_api_version: Arc<Mutex<HashMap<String, Arc<Vec<(ApiResource, bool)>>>>>,
+    by_api_version: Arc<Mutex<HashMap<String, Arc<ServedKinds>>>>,
 }
+
+/// The kinds of one group/version, each with whether it is namespaced.
+type ServedKinds = Vec<(ApiResource, bool)>;
 
 impl Discovery {
     /// The resource of `api_version`/`kind` and whether it is namespaced; `None` when the server
