@@ -290,7 +290,14 @@ impl<A: Abstraction> Operator<A> {
                 }
             }));
             let lost: Trigger = lost_rx.map(|_| ()).boxed().shared();
-            self.run_controller(&ctx, &metrics, &stop, &lost).await;
+            // Losing the lease stops writing at once: the controller (and every reconcile in
+            // flight in it) is dropped, not drained, because another replica may lead already.
+            tokio::select! {
+                () = self.run_controller(&ctx, &metrics, &stop, &lost) => {}
+                () = lost.clone() => {
+                    tracing::warn!(%kind, "lost the lease: reconciles in flight were cancelled");
+                }
+            }
             drop(holding);
             metrics.set_leading(false);
             if lost.peek().is_none() {

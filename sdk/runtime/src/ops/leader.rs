@@ -132,15 +132,25 @@ impl LeaderElection {
         let mut renewed = Instant::now();
         let give_up_after = self.lease_duration * 2 / 3;
         loop {
-            tokio::time::sleep(self.renew_every).await;
-            match self.try_acquire_or_renew(client, &mut observed).await {
-                Ok(true) => renewed = Instant::now(),
-                Ok(false) => {
+            // Never sleep or wait on a request past the point where the lease could lapse: a
+            // renew that hangs (no read timeout on the client) must not keep a replica leading
+            // while another one takes over.
+            let left = give_up_after.saturating_sub(renewed.elapsed());
+            tokio::time::sleep(self.renew_every.min(left)).await;
+            let left = give_up_after.saturating_sub(renewed.elapsed());
+            match tokio::time::timeout(left, self.try_acquire_or_renew(client, &mut observed))
+                .await
+            {
+                Ok(Ok(true)) => renewed = Instant::now(),
+                Ok(Ok(false)) => {
                     tracing::warn!(lease = %self.lease_name, "leader election: another replica holds the lease");
                     return;
                 }
-                Err(error) => {
+                Ok(Err(error)) => {
                     tracing::warn!(%error, "leader election: renewing the lease failed");
+                }
+                Err(_) => {
+                    tracing::warn!(lease = %self.lease_name, "leader election: renewing the lease did not answer in time");
                 }
             }
             if renewed.elapsed() >= give_up_after {

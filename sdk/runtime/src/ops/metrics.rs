@@ -20,6 +20,9 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
+
+/// How long a client may take to send its request headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -363,7 +366,11 @@ pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<OperatorMetri
                 let metrics = metrics.clone();
                 async move { Ok::<_, Infallible>(answer(&request, &metrics)) }
             });
+            // A client that never finishes its request headers must not hold a connection
+            // (and a task) for ever.
             if let Err(error) = http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service)
                 .await
             {
