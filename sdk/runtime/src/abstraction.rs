@@ -29,7 +29,7 @@ pub const DEFAULT_FINALIZER: &str = "cuebe.dev/cleanup";
 /// #[derive(CustomResource, cuebe::Abstraction, Serialize, Deserialize, Clone, Debug, JsonSchema)]
 /// #[kube(group = "example.com", version = "v1", kind = "Greeter", namespaced,
 ///        status = "cuebe::status::AbstractionStatus")]
-/// #[abstraction(module = "../cue/platform", package = "./webservice",
+/// #[abstraction(module = "../../cue/platform", package = "./webservice",
 ///               watches = ["apps/v1/Deployment", "v1/Service"])]
 /// pub struct GreeterSpec {
 ///     pub message: String,

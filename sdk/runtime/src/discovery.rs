@@ -33,7 +33,7 @@ pub async fn discover_capabilities(
 ///
 /// ```no_run
 /// # async fn f(client: kube::Client) -> Result<(), kube::Error> {
-/// let gvk = GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute");
+/// let gvk = kube::api::GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute");
 /// if cuebe::abstraction::served_kind(&client, &gvk).await?.is_none() {
 ///     println!("the Gateway API is not installed");
 /// }

@@ -76,7 +76,7 @@ pub enum ClusterError {
     Pki(String),
     /// A component could not bind its ports however often they were picked again.
     #[error(
-        "{component}: its port was taken by another process {attempts} times in a row; last lines of its log ({log}):\n{tail}"
+        "{component} could not bind its ports: another process had one of them at each of its {attempts} starts; last lines of its log ({log}):\n{tail}"
     )]
     PortsTaken {
         /// Which component.
@@ -1178,6 +1178,6 @@ async fn config_from(kubeconfig: &Path) -> Result<Config, ClusterError> {
     // error and sent the controllers' watches into backoff together. kube's watcher already
     // detects a dead watch connection itself (no event for the watch timeout + 5 s), and every
     // wait in this crate has its own deadline.
-    config.read_timeout = Some(Duration::from_secs(60)); // TEMP-REVERT
+    config.read_timeout = None;
     Ok(config)
 }

@@ -138,8 +138,7 @@ impl LeaderElection {
             let left = give_up_after.saturating_sub(renewed.elapsed());
             tokio::time::sleep(self.renew_every.min(left)).await;
             let left = give_up_after.saturating_sub(renewed.elapsed());
-            match tokio::time::timeout(left, self.try_acquire_or_renew(client, &mut observed))
-                .await
+            match tokio::time::timeout(left, self.try_acquire_or_renew(client, &mut observed)).await
             {
                 Ok(Ok(true)) => renewed = Instant::now(),
                 Ok(Ok(false)) => {
