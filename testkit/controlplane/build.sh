@@ -2,7 +2,7 @@
 # Builds the pinned Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager,
 # kube-scheduler, kubectl, kwok) from Go modules into a cache outside the clone, keyed by the content
 # of this wrapper module. A warm machine never rebuilds; a fresh one builds once (about half an hour
-# on 2 cores; a few minutes when Go's build cache already holds the compiled packages).
+# on 2 cores; about a minute when Go's build cache already holds the compiled packages).
 #
 # Prints the bin directory on the last line of stdout. Progress goes to stderr: which of the 6 steps
 # is running and how long that step usually takes, so a first build does not look like a hang.
@@ -55,23 +55,28 @@ ldflags="-s -w -X $v.gitVersion=$K8S_VERSION -X $v.gitMajor=1 -X $v.gitMinor=37 
 
 # Typical duration of each step on 2 cores with an empty Go build cache (a first build measured
 # on a 2-core machine: 31 min in all). Later steps reuse what earlier ones compiled, so the figures
-# hold for this order only. With a warm Go build cache each step is mostly linking: under a minute.
+# hold for this order only; kwok's includes downloading its own modules. With a warm Go build cache
+# each step is mostly linking: seconds (about a minute for all six, measured on the same machine).
 steps=6
 typical_etcd="3-4 min"
 typical_kube_apiserver="13-16 min"
 typical_kube_controller_manager="4-6 min"
 typical_kube_scheduler="under 1 min"
 typical_kubectl="1-2 min"
-typical_kwok="5-7 min, its own modules included"
+typical_kwok="5-7 min"
 typical() { local var="typical_${1//-/_}"; echo "${!var}"; }
 
 build_started=$SECONDS
+elapsed() {
+  local s=$((SECONDS - build_started))
+  if [ "$s" -lt 120 ]; then echo "${s}s"; else echo "$((s / 60)) min"; fi
+}
 echo "controlplane: building the control plane into $bin ($steps steps; a first build takes about" \
-  "half an hour on 2 cores, a few minutes if Go's build cache is warm; only once per machine)" >&2
+  "half an hour on 2 cores, about a minute if Go's build cache is warm; only once per machine)" >&2
 
 step() { # number name: announces a step
-  echo "controlplane: building $2 (step $1 of $steps, typically $(typical "$2") on 2 cores;" \
-    "$(( (SECONDS - build_started) / 60 )) min elapsed so far)" >&2
+  echo "controlplane: building $2 (step $1 of $steps, typically $(typical "$2") on 2 cores" \
+    "with a cold Go build cache; $(elapsed) elapsed so far)" >&2
 }
 
 build() { # step name package
@@ -120,5 +125,5 @@ if [ ! -e "$bin/kwok-stages.yaml" ]; then
   } > "$bin/kwok-stages.yaml.tmp"
   mv "$bin/kwok-stages.yaml.tmp" "$bin/kwok-stages.yaml"
 fi
-echo "controlplane: the control plane is ready in $bin ($(( (SECONDS - build_started) / 60 )) min)" >&2
+echo "controlplane: the control plane is ready in $bin (built in $(elapsed))" >&2
 echo "$bin"

@@ -300,34 +300,41 @@ async fn start_up_time_and_peak_memory_are_reported() {
 }
 
 /// A first build of the control plane must not count against the start deadline: binaries built
-/// into an empty cache (minutes, even with Go's build cache warm), then a start that has to fit
-/// into 60 s.
+/// into an empty cache (about a minute with Go's build cache warm, half an hour without), then a
+/// start that has to fit into 40 s.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cluster_whose_binaries_are_built_first_still_starts_within_its_deadline() {
+    // Well above a start-up (5-20 s, with other tests running), well below the build.
+    let start_timeout = Duration::from_secs(40);
     let cache = tempfile::Builder::new()
         .prefix("cuebe-fresh-cache-")
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
         .unwrap();
     let began = Instant::now();
     let cluster = TestCluster::start(ClusterOptions {
-        start_timeout: Duration::from_secs(60),
+        start_timeout,
         cache_dir: Some(cache.path().to_path_buf()),
         ..ClusterOptions::default()
     })
     .await
     .unwrap_or_else(|e| panic!("the cluster with freshly built binaries did not start: {e}"));
     let total = began.elapsed();
+    let build = total.saturating_sub(cluster.startup_time());
     eprintln!(
-        "fresh cache: binaries built and cluster started in {:.0?}, of which start-up {:.1?}",
-        total,
+        "fresh cache: binaries built in about {:.0?}, cluster started in {:.1?}",
+        build,
         cluster.startup_time()
     );
+    if build < start_timeout {
+        // Then this run does not tell a deadline that includes the build from one that does not.
+        eprintln!("fresh cache: the build was quicker than start_timeout; this run proves little");
+    }
     assert!(
         cluster.kubectl().starts_with(cache.path()),
         "the binaries come from the fresh cache, not {}",
         cluster.kubectl().display()
     );
-    assert!(cluster.startup_time() < Duration::from_secs(60));
+    assert!(cluster.startup_time() < start_timeout);
     Api::<Node>::all(cluster.client())
         .get("kwok-node-0")
         .await
