@@ -10,15 +10,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use cuebe::plan::prune_plan;
-use cuebe::status::NodeStatus;
+use cuebe::status::NodePhase;
 use std::fmt::Write as _;
 
 use kube::{Api, Client, ResourceExt};
 use serde_json::Value;
 
-use cuebe::abstraction::{
-    Abstraction, compile_input, discover_capabilities, instance_of, observed_exports,
-};
+use cuebe::abstraction::{Abstraction, compile_input, instance_of, observed_exports};
 use cuebe::compiler::{CompileError, Compiler};
 use cuebe::executor::SsaExecutor;
 use cuebe::graph::Violation;
@@ -226,7 +224,10 @@ pub async fn diff<A: Abstraction>(
         .as_ref()
         .and_then(|l| l.abstraction_status().cloned())
         .unwrap_or_default();
-    let capabilities = discover_capabilities(&client, &A::capability_probes())
+    // The executor's discovery cache: the groups asked for here serve its previews too.
+    let capabilities = executor
+        .discovery()
+        .capabilities(&client, &A::capability_probes())
         .await
         .map_err(DiffError::Discovery)?;
     let observed = observed_exports(executor, &status.inventory).await;
@@ -297,21 +298,21 @@ pub async fn diff<A: Abstraction>(
     }
     // The executor's own prune rule: only a pass in which every node would be applied prunes.
     // Predict each node's state from the preview (pending, failed, or blocked on adoption).
-    let predicted: BTreeMap<String, NodeStatus> = report
+    let predicted: BTreeMap<&str, NodePhase> = report
         .entries
         .iter()
         .map(|e| {
-            let status = match &e.change {
-                NodeChange::Pending(on) => NodeStatus::pending(on.clone(), "pending"),
-                NodeChange::Failed(message) => NodeStatus::error(message.clone()),
-                _ if e.needs_adoption => NodeStatus::blocked("needs adoption", None),
-                _ => NodeStatus::applied("", ""),
+            let phase = match &e.change {
+                NodeChange::Pending(_) => NodePhase::Pending,
+                NodeChange::Failed(_) => NodePhase::Error,
+                _ if e.needs_adoption => NodePhase::Blocked,
+                _ => NodePhase::Applied,
             };
-            (e.node_id.clone(), status)
+            (e.node_id.as_str(), phase)
         })
         .collect();
     let ids: Vec<&str> = graph.nodes.iter().map(|n| n.id.as_str()).collect();
-    let prune = prune_plan(&ids, &status.inventory, &predicted);
+    let prune = prune_plan(&ids, &status.inventory, |id| predicted.get(id).copied());
     report.prune_held_back = prune.held_back;
     for (entry, policy) in prune.entries {
         report.entries.push(DiffEntry {

@@ -665,11 +665,11 @@ pub fn json_schema() -> Value {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::json;
 
-    fn node(id: &str, deps: &[&str]) -> Node {
+    pub(crate) fn node(id: &str, deps: &[&str]) -> Node {
         Node {
             id: id.into(),
             object: Some(
@@ -683,7 +683,7 @@ mod tests {
         }
     }
 
-    fn graph(nodes: Vec<Node>) -> Graph {
+    pub(crate) fn graph(nodes: Vec<Node>) -> Graph {
         Graph {
             graph_version: GRAPH_VERSION.into(),
             metadata: GraphMetadata {

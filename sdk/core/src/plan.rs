@@ -467,23 +467,23 @@ pub struct PrunePlan {
 /// of the graph Ready or Applied) prunes; an entry whose node left the graph is deleted, or
 /// released when its node asked for `Orphan`; entries already `Orphaned` are left alone.
 ///
+/// `phase_of` says where each node of the graph ended the pass (`None`: not decided).
+///
 /// ```
-/// use std::collections::BTreeMap;
 /// use cuebe_core::graph::DeletionPolicy;
 /// use cuebe_core::plan::prune_plan;
-/// use cuebe_core::status::{InventoryEntry, InventoryMode, NodeStatus};
+/// use cuebe_core::status::{InventoryEntry, InventoryMode, NodePhase};
 /// let entry = |id: &str| InventoryEntry { node_id: id.into(), api_version: "v1".into(), kind: "ConfigMap".into(),
 ///     namespace: "apps".into(), name: id.into(), uid: "u".into(), mode: InventoryMode::Managed,
 ///     last_applied_hash: String::new(), last_applied_resource_version: String::new(),
 ///     last_applied_generation: None, last_ready_transition: None, deletion_policy: None };
-/// let nodes = BTreeMap::from([("kept".to_string(), NodeStatus::ready("exists"))]);
-/// let plan = prune_plan(&["kept"], &[entry("kept"), entry("gone")], &nodes);
+/// let plan = prune_plan(&["kept"], &[entry("kept"), entry("gone")], |_| Some(NodePhase::Ready));
 /// assert_eq!(plan.entries, [(entry("gone"), DeletionPolicy::Delete)]);
 /// ```
 pub fn prune_plan(
     graph_ids: &[&str],
     inventory: &[InventoryEntry],
-    nodes: &BTreeMap<String, NodeStatus>,
+    phase_of: impl Fn(&str) -> Option<NodePhase>,
 ) -> PrunePlan {
     let in_graph: HashSet<&str> = graph_ids.iter().copied().collect();
     let stale: Vec<(InventoryEntry, DeletionPolicy)> = inventory
@@ -497,11 +497,7 @@ pub fn prune_plan(
     }
     let unhealthy: Vec<String> = graph_ids
         .iter()
-        .filter(|id| {
-            !nodes
-                .get(**id)
-                .is_some_and(|s| matches!(s.phase, NodePhase::Ready | NodePhase::Applied))
-        })
+        .filter(|id| !matches!(phase_of(id), Some(NodePhase::Ready | NodePhase::Applied)))
         .map(|id| id.to_string())
         .collect();
     if unhealthy.is_empty() {

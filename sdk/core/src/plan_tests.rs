@@ -1,40 +1,15 @@
 //! Table tests of the pass decisions: no cluster, milliseconds each.
 #![allow(clippy::unwrap_used)]
 
-use serde_json::json;
-
 use super::*;
-use crate::graph::{ApplyPolicy, GRAPH_VERSION, GraphMetadata, ReadinessPredicate};
+use crate::graph::ReadinessPredicate;
 use crate::readiness::Verdict;
 
-fn node(id: &str, deps: &[&str]) -> Node {
-    Node {
-        id: id.into(),
-        object: Some(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": id}})),
-        apply_policy: ApplyPolicy::default(),
-        depends_on: deps.iter().map(|s| s.to_string()).collect(),
-        ready_when: vec![],
-        deletion_policy: None,
-        pending_on: vec![],
-    }
-}
+/// The graph tests' own builders: ConfigMap nodes named after their ids.
+use crate::graph::tests::{graph, node};
 
 fn plan(nodes: Vec<Node>) -> Plan {
-    Plan::new(
-        Graph {
-            graph_version: GRAPH_VERSION.into(),
-            metadata: GraphMetadata {
-                platform_ref_resolved: "sha256:0".into(),
-                module: String::new(),
-                render_hash: "sha256:0".into(),
-            },
-            nodes,
-            exports: vec![],
-            violations: vec![],
-        },
-        "apps",
-    )
-    .unwrap()
+    Plan::new(graph(nodes), "apps").unwrap()
 }
 
 fn entry(id: &str) -> InventoryEntry {
@@ -136,11 +111,7 @@ fn an_adoption_is_a_change_once() {
 #[test]
 fn prune_only_from_a_complete_healthy_pass() {
     let inventory = [entry("kept"), entry("gone")];
-    let status = |phase: NodePhase| {
-        let mut s = NodeStatus::ready("");
-        s.phase = phase;
-        BTreeMap::from([("kept".to_string(), s)])
-    };
+    let status = |phase: NodePhase| move |id: &str| (id == "kept").then_some(phase);
     let cases = [
         (NodePhase::Ready, true),
         (NodePhase::Applied, true),
@@ -149,12 +120,12 @@ fn prune_only_from_a_complete_healthy_pass() {
         (NodePhase::Error, false),
     ];
     for (phase, prunes) in cases {
-        let plan = prune_plan(&["kept"], &inventory, &status(phase));
+        let plan = prune_plan(&["kept"], &inventory, status(phase));
         assert_eq!(!plan.entries.is_empty(), prunes, "{phase:?}");
         assert_eq!(plan.held_back.is_some(), !prunes, "{phase:?}");
     }
     // A node of the graph that the pass never decided counts as not healthy.
-    let plan = prune_plan(&["kept", "new"], &inventory, &status(NodePhase::Ready));
+    let plan = prune_plan(&["kept", "new"], &inventory, status(NodePhase::Ready));
     assert!(plan.entries.is_empty());
     assert!(plan.held_back.unwrap().contains("new"));
 }
@@ -169,11 +140,7 @@ fn prune_order_policy_and_orphaned_entries() {
         mode: InventoryMode::Orphaned,
         ..entry("c")
     };
-    let plan = prune_plan(
-        &[],
-        &[entry("a"), orphan_node.clone(), already],
-        &BTreeMap::new(),
-    );
+    let plan = prune_plan(&[], &[entry("a"), orphan_node.clone(), already], |_| None);
     assert_eq!(
         plan.entries,
         [

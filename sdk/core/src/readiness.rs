@@ -362,12 +362,9 @@ fn check(
                 predicate: predicate.label(),
                 message,
             };
-            let program = match &compiled.program {
-                Some(p) => p.clone(),
-                None => std::sync::Arc::new(
-                    cel::Program::compile(expression)
-                        .map_err(|e| err(format!("does not compile: {e}")))?,
-                ),
+            // `CompiledPredicate::compile` is the only constructor and compiles every Cel.
+            let Some(program) = &compiled.program else {
+                return Err(err("was not compiled".into()));
             };
             let mut ctx = cel::Context::default();
             let value = cel::to_value(live).map_err(|e| err(e.to_string()))?;

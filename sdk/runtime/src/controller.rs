@@ -350,8 +350,8 @@ impl<A: Abstraction> Operator<A> {
                 changed_tx,
             )));
             let mut controller = Controller::new(api.clone(), watcher::Config::default())
+                // A lost lease is not waited for here: `run` drops this future at once.
                 .graceful_shutdown_on(stop.clone())
-                .graceful_shutdown_on(lost.clone())
                 .graceful_shutdown_on(changed_rx.map(|_| ()));
             metrics.set_watching(true);
             for (_, resource) in &apis.watched {
@@ -424,7 +424,7 @@ impl PartialEq for ServedApis {
 
 impl ServedApis {
     async fn discover<A: Abstraction>(client: &Client) -> Result<Self, kube::Error> {
-        let served = Discovery::default();
+        let served = Discovery::round();
         let mut watched = Vec::new();
         for entry in A::WATCHES {
             let Some(gvk) = parse_watch(entry) else {

@@ -25,7 +25,7 @@ pub async fn discover_capabilities(
     client: &kube::Client,
     probes: &[CapabilityProbe],
 ) -> Result<Capabilities, kube::Error> {
-    Discovery::default().capabilities(client, probes).await
+    Discovery::round().capabilities(client, probes).await
 }
 
 /// Whether the API server serves `gvk`: its resource when it does, `None` when the group, the
@@ -43,28 +43,41 @@ pub async fn served_kind(
     client: &kube::Client,
     gvk: &GroupVersionKind,
 ) -> Result<Option<ApiResource>, kube::Error> {
-    Discovery::default().get(client, gvk).await
+    Discovery::round().get(client, gvk).await
 }
 
 /// The one cache of what the API server serves, by group/version: the kinds (with their scope)
 /// the executor applies and the controller watches, and the capabilities the module renders for.
 /// Cheap to clone (clones share the cache).
 ///
-/// A discovery round (at start and at each rediscovery) asks into a fresh `Discovery` so it sees
-/// what the server serves now; when the controller (re)starts on a round's answers it
-/// [`Discovery::adopt`]s them, so the executor never works from kinds the cluster stopped
-/// serving, and learns new ones at once.
+/// A discovery round (at start and at each rediscovery) asks into a fresh [`Discovery::round`]
+/// so it sees what the server serves now, and remembers what is absent so that one round asks
+/// for each group/version once; when the controller (re)starts on a round's answers it
+/// [`Discovery::adopt`]s what is served, so the executor never works from kinds the cluster
+/// stopped serving. The long-lived cache ([`Discovery::default`]) remembers only what is served:
+/// a kind it does not know is asked for again, so a CRD installed after start is applied as soon
+/// as it is served.
 #[derive(Debug, Default, Clone)]
 pub struct Discovery {
     /// By apiVersion: its kinds and whether each is namespaced; empty when the server does not
-    /// serve that group/version.
+    /// serve that group/version (kept only by a round).
     by_api_version: Arc<Mutex<HashMap<String, Arc<ServedKinds>>>>,
+    /// A round: what is absent stays absent until the next round.
+    remember_absent: bool,
 }
 
 /// The kinds of one group/version, each with whether it is namespaced.
 type ServedKinds = Vec<(ApiResource, bool)>;
 
 impl Discovery {
+    /// A fresh round of discovery: one consistent answer per group/version, absences included.
+    pub fn round() -> Self {
+        Self {
+            remember_absent: true,
+            ..Self::default()
+        }
+    }
+
     /// The resource of `api_version`/`kind` and whether it is namespaced; `None` when the server
     /// does not serve it; an error when the server could not be asked. Asks once per
     /// group/version.
@@ -80,6 +93,8 @@ impl Discovery {
             .unwrap_or_else(PoisonError::into_inner)
             .get(api_version)
             .cloned();
+        let known =
+            known.filter(|kinds| self.remember_absent || kinds.iter().any(|(r, _)| r.kind == kind));
         let kinds = match known {
             Some(kinds) => kinds,
             None => {
@@ -101,10 +116,12 @@ impl Discovery {
                         Err(e) => return Err(e),
                     };
                 let kinds = Arc::new(kinds);
-                self.by_api_version
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(api_version.to_string(), kinds.clone());
+                if self.remember_absent || !kinds.is_empty() {
+                    self.by_api_version
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(api_version.to_string(), kinds.clone());
+                }
                 kinds
             }
         };
@@ -139,13 +156,17 @@ impl Discovery {
         Ok(Capabilities::from_names(names))
     }
 
-    /// Takes over what another (fresher) discovery learned, dropping everything known before.
+    /// Takes over what another (fresher) discovery found served, dropping everything known
+    /// before.
     pub fn adopt(&self, fresher: &Discovery) {
-        let learned = fresher
+        let mut learned = fresher
             .by_api_version
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
+        if !self.remember_absent {
+            learned.retain(|_, kinds| !kinds.is_empty());
+        }
         *self
             .by_api_version
             .lock()

@@ -215,6 +215,11 @@ impl SsaExecutor {
         self
     }
 
+    /// The discovery cache it applies with (share it to ask the server once).
+    pub fn discovery(&self) -> &Discovery {
+        &self.discovery
+    }
+
     /// The field manager it applies with.
     pub fn field_manager(&self) -> &str {
         &self.field_manager
@@ -291,7 +296,9 @@ impl SsaExecutor {
         }
         pass.close();
         let ids: Vec<&str> = plan.graph().nodes.iter().map(|n| n.id.as_str()).collect();
-        let prune = prune_plan(&ids, &previous.inventory, pass.nodes());
+        let prune = prune_plan(&ids, &previous.inventory, |id| {
+            pass.nodes().get(id).map(|s| s.phase)
+        });
         if let Some(reason) = &prune.held_back {
             tracing::debug!(instance = %instance.name, %reason, "pruning held back");
         }

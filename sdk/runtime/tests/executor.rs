@@ -407,3 +407,68 @@ async fn a_node_that_asks_to_be_orphaned_outlives_its_instance_and_its_node() {
     assert!(kept.metadata.deletion_timestamp.is_none(), "not deleted");
     assert!(!labelled(&kept));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kind_served_after_a_pass_found_it_missing_is_applied_by_the_next_pass() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let cluster = TestCluster::shared().await.unwrap();
+    let ns = cluster.namespace("late-crd").await.unwrap();
+    let executor = SsaExecutor::new(cluster.client(), "cuebe-test");
+    let instance = instance(&ns);
+    let mut g = graph(&ns, ConflictPolicy::Fail);
+    g.nodes[0].object = Some(json!({
+        "apiVersion": "late.cuebe.dev/v1", "kind": "Gadget",
+        "metadata": {"name": "g1", "namespace": ns}, "spec": {"size": 1}
+    }));
+    let first = executor
+        .execute(
+            &instance,
+            &plan_of(&g, &instance),
+            &AbstractionStatus::default(),
+            Timestamp::now(),
+        )
+        .await;
+    let node = &first.nodes["config"];
+    assert_eq!(node.phase, NodePhase::Error);
+    assert!(
+        node.last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("not served"),
+        "{node:?}"
+    );
+
+    // The CRD is installed after the executor was told the group does not exist: the executor's
+    // discovery cache must not remember that absence.
+    let crd: CustomResourceDefinition = serde_json::from_value(json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "gadgets.late.cuebe.dev"},
+        "spec": {"group": "late.cuebe.dev", "scope": "Namespaced",
+                 "names": {"plural": "gadgets", "singular": "gadget", "kind": "Gadget"},
+                 "versions": [{"name": "v1", "served": true, "storage": true,
+                               "schema": {"openAPIV3Schema": {"type": "object",
+                                   "x-kubernetes-preserve-unknown-fields": true}}}]}
+    }))
+    .unwrap();
+    cluster
+        .apply_crds(
+            &[crd],
+            std::time::Instant::now() + std::time::Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    let second = executor
+        .execute(
+            &instance,
+            &plan_of(&g, &instance),
+            &AbstractionStatus::default(),
+            Timestamp::now(),
+        )
+        .await;
+    assert_eq!(
+        second.nodes["config"].phase,
+        NodePhase::Ready,
+        "{:?}",
+        second.nodes
+    );
+}
