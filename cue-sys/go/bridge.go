@@ -9,8 +9,12 @@
 //
 // Safety rules: a CUE value is not safe for concurrent use, so each handle has one long-lived
 // worker goroutine that runs its evaluations one at a time. An evaluation that exceeds its
-// wall-clock limit returns an error at once; the worker cannot be interrupted, so the handle is
-// marked poisoned and every later call on it fails fast.
+// wall-clock limit returns an error at once; the worker cannot be interrupted (CUE's evaluator
+// takes no context), so the handle is marked poisoned, every later call on it fails fast, and the
+// handle is listed as abandoned until its worker finishes. The Rust side asks that list
+// (cuebe_module_abandoned) and refuses to start more evaluations of a module while too many of
+// its abandoned ones still run: a module that never terminates costs a bounded number of
+// goroutines, not one per render.
 //
 // Why a long-lived worker rather than a goroutine per call: CUE's evaluator recurses deeply, and
 // a fresh goroutine starts with a few KB of stack that grows by copying, again on every call. The
@@ -28,6 +32,7 @@ import (
 	"io/fs"
 	"os"
 	"path"
+	"runtime"
 	"runtime/debug"
 	"strings"
 	"sync"
@@ -43,10 +48,14 @@ import (
 )
 
 type module struct {
+	id       uint64
 	ctx      *cue.Context
 	value    cue.Value
 	poisoned atomic.Bool
 	jobs     chan evalJob
+	// busy is true while the worker runs an evaluation; guarded by abandonedMu so that marking
+	// an abandoned evaluation and its end cannot cross.
+	busy bool
 }
 
 type evalJob struct {
@@ -54,8 +63,8 @@ type evalJob struct {
 	done chan evalResponse
 }
 
-func newModule(ctx *cue.Context, v cue.Value) *module {
-	m := &module{ctx: ctx, value: v, jobs: make(chan evalJob)}
+func newModule(id uint64, ctx *cue.Context, v cue.Value) *module {
+	m := &module{id: id, ctx: ctx, value: v, jobs: make(chan evalJob)}
 	go m.serve()
 	return m
 }
@@ -63,9 +72,34 @@ func newModule(ctx *cue.Context, v cue.Value) *module {
 // serve runs the handle's evaluations until the handle is freed.
 func (m *module) serve() {
 	for job := range m.jobs {
-		job.done <- m.run(job.req)
+		abandonedMu.Lock()
+		m.busy = true
+		abandonedMu.Unlock()
+		resp := m.run(job.req)
+		abandonedMu.Lock()
+		m.busy = false
+		delete(abandoned, m.id)
+		abandonedMu.Unlock()
+		job.done <- resp
 	}
 }
+
+// abandon poisons the handle after a timeout and, if its worker is still evaluating, lists it
+// as abandoned until that evaluation ends.
+func (m *module) abandon() {
+	abandonedMu.Lock()
+	defer abandonedMu.Unlock()
+	m.poisoned.Store(true)
+	if m.busy {
+		abandoned[m.id] = struct{}{}
+	}
+}
+
+var (
+	abandonedMu sync.Mutex
+	// abandoned holds the handles whose worker still runs an evaluation a caller gave up on.
+	abandoned = map[uint64]struct{}{}
+)
 
 func (m *module) run(req evalRequest) (resp evalResponse) {
 	defer func() {
@@ -235,7 +269,7 @@ func cuebe_module_load(reqJSON *C.char) (out *C.char) {
 	handlesMu.Lock()
 	nextID++
 	id := nextID
-	handles[id] = newModule(ctx, v)
+	handles[id] = newModule(id, ctx, v)
 	handlesMu.Unlock()
 	return respond(loadResponse{Handle: id})
 }
@@ -361,16 +395,31 @@ func cuebe_module_eval(handle C.ulonglong, reqJSON *C.char) (out *C.char) {
 	select {
 	case m.jobs <- job:
 	case <-timer.C:
-		m.poisoned.Store(true)
+		m.abandon()
 		return respond(timeoutResponse(req.TimeoutMs))
 	}
 	select {
 	case r := <-done:
 		return respond(r)
 	case <-timer.C:
-		m.poisoned.Store(true)
+		m.abandon()
 		return respond(timeoutResponse(req.TimeoutMs))
 	}
+}
+
+//export cuebe_module_abandoned
+func cuebe_module_abandoned(handle C.ulonglong) C.int {
+	abandonedMu.Lock()
+	defer abandonedMu.Unlock()
+	if _, ok := abandoned[uint64(handle)]; ok {
+		return 1
+	}
+	return 0
+}
+
+//export cuebe_goroutines
+func cuebe_goroutines() C.longlong {
+	return C.longlong(runtime.NumGoroutine())
 }
 
 func timeoutResponse(ms int64) evalResponse {

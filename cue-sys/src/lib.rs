@@ -14,7 +14,7 @@ pub mod module;
 /// Strings returned by the bridge are owned by C's allocator and must be released with
 /// [`ffi::cuebe_string_free`]. Only [`module`] calls these.
 pub mod ffi {
-    use std::ffi::{c_char, c_ulonglong};
+    use std::ffi::{c_char, c_int, c_longlong, c_ulonglong};
 
     unsafe extern "C" {
         /// Loads a module from `{"files": {path: content}, "package": "./pkg"}`.
@@ -24,6 +24,12 @@ pub mod ffi {
         pub fn cuebe_module_eval(handle: c_ulonglong, request: *const c_char) -> *mut c_char;
         /// Releases a module handle. Unknown handles are ignored.
         pub fn cuebe_module_free(handle: c_ulonglong);
+        /// 1 while the handle's worker still runs an evaluation that exceeded its limit (the
+        /// handle may already be freed), else 0.
+        pub fn cuebe_module_abandoned(handle: c_ulonglong) -> c_int;
+        /// How many goroutines the bridge's Go runtime has (a diagnostic: abandoned evaluations
+        /// each keep one).
+        pub fn cuebe_goroutines() -> c_longlong;
         /// Releases a string returned by the bridge.
         pub fn cuebe_string_free(s: *mut c_char);
     }

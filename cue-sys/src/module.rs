@@ -12,7 +12,11 @@
 //!   The module keeps a small pool of separately built handles and grows it on demand up to
 //!   [`LoadedModule::max_handles`]; callers beyond that wait for a free handle.
 //! - A handle whose evaluation exceeded its time limit is discarded (the Go side marks it
-//!   poisoned); the next evaluation builds a fresh one.
+//!   poisoned); the next evaluation builds a fresh one. CUE cannot interrupt an evaluation, so
+//!   the discarded one keeps running on its goroutine until it ends, perhaps never. At most
+//!   [`MAX_ABANDONED_EVALUATIONS`] of a module's evaluations may be in that state: beyond it,
+//!   evaluations fail at once with a timeout error that says so, instead of starting another
+//!   goroutine that would never end. A module that does not terminate costs a bounded amount.
 //! - The calls block: from async code run them inside `tokio::task::spawn_blocking`.
 use std::ffi::{CStr, CString};
 use std::fmt;
@@ -328,6 +332,25 @@ fn build_handle(source: &ModuleFiles) -> Result<Handle, CueErrors> {
 struct Pool {
     idle: Vec<Handle>,
     total: usize,
+    /// Handles (already freed) whose timed-out evaluation may still be running in the bridge.
+    abandoned: Vec<u64>,
+}
+
+/// How many evaluations of one module may still be running after their callers gave up on them
+/// (timeouts) before the module refuses new evaluations. Each holds a goroutine and the memory of
+/// its evaluation; a module that never terminates would otherwise leak one per render.
+pub const MAX_ABANDONED_EVALUATIONS: usize = 2;
+
+/// How many goroutines the bridge's Go runtime runs now. Abandoned evaluations each keep one;
+/// tests and diagnostics use this to see that they are bounded.
+pub fn bridge_goroutines() -> i64 {
+    // SAFETY: takes no arguments and only reads the Go runtime's counter.
+    unsafe { crate::ffi::cuebe_goroutines() }
+}
+
+fn still_running(handle: u64) -> bool {
+    // SAFETY: takes a plain integer; unknown handles answer 0.
+    unsafe { crate::ffi::cuebe_module_abandoned(handle) != 0 }
 }
 
 /// A module's files, held in memory (path relative to the module root → content), and the
@@ -390,6 +413,7 @@ impl LoadedModule {
             pool: Mutex::new(Pool {
                 idle: vec![first],
                 total: 1,
+                abandoned: Vec::new(),
             }),
             freed: Condvar::new(),
             max_handles: max_handles.max(1),
@@ -406,8 +430,29 @@ impl LoadedModule {
         self.max_handles
     }
 
+    /// Evaluations of this module that exceeded their limit and are still running.
+    pub fn abandoned_evaluations(&self) -> usize {
+        let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
+        pool.abandoned.retain(|&id| still_running(id));
+        pool.abandoned.len()
+    }
+
     fn acquire(&self) -> Result<Handle, CueErrors> {
         let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
+        pool.abandoned.retain(|&id| still_running(id));
+        if pool.abandoned.len() >= MAX_ABANDONED_EVALUATIONS {
+            return Err(CueErrors(vec![CueError {
+                message: format!(
+                    "{} earlier evaluations of this module exceeded their time limit and are \
+                     still running; no new evaluation starts until one ends (the module may \
+                     not terminate: fix it, or raise the evaluation time limit)",
+                    pool.abandoned.len()
+                ),
+                path: String::new(),
+                positions: vec![],
+                kind: CueErrorKind::Timeout,
+            }]));
+        }
         loop {
             if let Some(h) = pool.idle.pop() {
                 return Ok(h);
@@ -428,12 +473,19 @@ impl LoadedModule {
         }
     }
 
-    fn release(&self, handle: Option<Handle>) {
+    fn release(&self, handle: Handle) {
         let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
-        match handle {
-            Some(h) => pool.idle.push(h),
-            None => pool.total -= 1,
-        }
+        pool.idle.push(handle);
+        self.freed.notify_one();
+    }
+
+    /// Gives up on a handle whose evaluation timed out: it is freed (the bridge ends its worker
+    /// once the evaluation ends) and remembered until then.
+    fn abandon(&self, handle: Handle) {
+        let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
+        pool.total -= 1;
+        pool.abandoned.push(handle.0);
+        drop(handle);
         self.freed.notify_one();
     }
 
@@ -465,11 +517,15 @@ impl LoadedModule {
             Ok(resp) if !resp.errors.is_empty() => {
                 let errors = CueErrors(resp.errors);
                 // A timed-out handle is poisoned on the Go side: never reuse it.
-                self.release((!errors.is_timeout()).then_some(handle));
+                if errors.is_timeout() {
+                    self.abandon(handle);
+                } else {
+                    self.release(handle);
+                }
                 Err(errors)
             }
             Ok(resp) => {
-                self.release(Some(handle));
+                self.release(handle);
                 Ok(resp
                     .results
                     .into_iter()
@@ -478,7 +534,7 @@ impl LoadedModule {
                     .collect())
             }
             Err(e) => {
-                self.release(Some(handle));
+                self.release(handle);
                 Err(e)
             }
         }

@@ -27,8 +27,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use cuebe::compiler::{Capabilities, CompileInput, CueCompiler, InstanceMeta};
 use cuebe::module::{ModuleSet, ModuleSource, PlatformRef};
+use cuebe::renderer::{Capabilities, CueRenderer, RenderInput};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -57,7 +57,7 @@ pub enum GoldenOutcome {
     Graph(Value),
     /// Policy violations.
     Violations(Vec<cuebe::Violation>),
-    /// A compile error, as the user would read it.
+    /// A render error, as the user would read it.
     Error(String),
 }
 
@@ -177,8 +177,8 @@ impl GoldenSuite {
             .map(serde_json::from_value)
             .transpose()
             .map_err(|e| bad(format!("resource.spec.platformRef: {e}")))?;
-        let input = CompileInput {
-            instance: InstanceMeta {
+        let input = RenderInput {
+            instance: cuebe::instance::Instance {
                 name: meta
                     .get("name")
                     .and_then(Value::as_str)
@@ -196,6 +196,7 @@ impl GoldenSuite {
                     .transpose()
                     .map_err(|e| bad(format!("resource.metadata.labels: {e}")))?
                     .unwrap_or_default(),
+                ..Default::default()
             },
             spec,
             platform_ref: platform_ref.clone(),
@@ -205,8 +206,8 @@ impl GoldenSuite {
         let version = platform_ref
             .map(|r| r.embedded)
             .unwrap_or_else(|| "0.0.0".into());
-        let compiler = CueCompiler::new(ModuleSet::single(version, module));
-        Ok(match compiler.compile_blocking(&input) {
+        let renderer = CueRenderer::new(ModuleSet::single(version, module));
+        Ok(match renderer.render_blocking(&input) {
             Ok(g) if g.has_blocking_violations() => GoldenOutcome::Violations(g.violations.clone()),
             Ok(g) => GoldenOutcome::Graph(serde_json::to_value(g.graph()).unwrap_or(Value::Null)),
             Err(e) => GoldenOutcome::Error(e.to_string()),

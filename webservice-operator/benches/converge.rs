@@ -19,7 +19,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cuebe::compiler::Capabilities;
+use cuebe::renderer::Capabilities;
 use cuebe_testkit::cluster::{ClusterOptions, TestCluster};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, ListParams, Patch, PatchParams};
@@ -174,8 +174,8 @@ fn kubectl_apply(cluster: &TestCluster, docs: &[serde_json::Value]) {
 
 async fn baseline_run(cluster: &TestCluster, n: usize) -> Duration {
     let ns = cluster.namespace(&format!("kubectl{n}")).await.unwrap();
-    // The same objects the operator applies, rendered offline by the same compiler.
-    let compiler = cuebe::CueCompiler::new(webservice_operator::platform_modules());
+    // The same objects the operator applies, rendered offline by the same renderer.
+    let renderer = cuebe::CueRenderer::new(webservice_operator::platform_modules());
     let mut waves: Vec<Vec<serde_json::Value>> = Vec::new();
     for i in 0..n {
         let ws: WebService = serde_json::from_value(serde_json::json!({
@@ -183,9 +183,8 @@ async fn baseline_run(cluster: &TestCluster, n: usize) -> Duration {
             "metadata": {"name": format!("svc-{i}"), "namespace": ns}, "spec": spec()
         }))
         .unwrap();
-        let input =
-            cuebe::abstraction::compile_input(&ws, Capabilities::default(), BTreeMap::new());
-        let graph = compiler.compile_blocking(&input).unwrap();
+        let input = cuebe::abstraction::render_input(&ws, Capabilities::default(), BTreeMap::new());
+        let graph = renderer.render_blocking(&input).unwrap();
         for (w, ids) in graph.waves().iter().enumerate() {
             if waves.len() <= w {
                 waves.push(Vec::new());

@@ -4,9 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use cuebe::CueCompiler;
-use cuebe::abstraction::compile_input;
-use cuebe::compiler::Capabilities;
+use cuebe::CueRenderer;
+use cuebe::abstraction::render_input;
+use cuebe::renderer::Capabilities;
 use webservice_operator::WebService;
 fn parse_webservice(
     file: &str,
@@ -50,7 +50,7 @@ fn module_on_disk() -> tempfile::TempDir {
 #[test]
 fn in_process_render_matches_the_cue_cli() {
     let dir = module_on_disk();
-    let compiler = CueCompiler::new(webservice_operator::platform_modules());
+    let renderer = CueRenderer::new(webservice_operator::platform_modules());
     let observed: BTreeMap<String, serde_json::Value> =
         serde_norway::from_str(&example("irsa-observed.yaml")).unwrap();
     let scenarios = [
@@ -61,12 +61,12 @@ fn in_process_render_matches_the_cue_cli() {
     ];
     for (file, caps, observed) in scenarios {
         let ws = parse_webservice(file, &example(file)).unwrap();
-        let input = compile_input(&ws, Capabilities::from_names(caps), observed);
-        let graph = compiler.compile_blocking(&input).unwrap();
-        let cli_nodes = cue_export(dir.path(), &compiler.module_input(&input).unwrap(), "nodes");
+        let input = render_input(&ws, Capabilities::from_names(caps), observed);
+        let graph = renderer.render_blocking(&input).unwrap();
+        let cli_nodes = cue_export(dir.path(), &renderer.module_input(&input).unwrap(), "nodes");
         let cli_violations = cue_export(
             dir.path(),
-            &compiler.module_input(&input).unwrap(),
+            &renderer.module_input(&input).unwrap(),
             "violations",
         );
         assert_eq!(cli_violations, serde_json::json!([]), "{file}");
@@ -87,13 +87,13 @@ fn in_process_render_matches_the_cue_cli() {
 #[test]
 fn violations_match_the_cue_cli() {
     let dir = module_on_disk();
-    let compiler = CueCompiler::new(webservice_operator::platform_modules());
+    let renderer = CueRenderer::new(webservice_operator::platform_modules());
     let ws = parse_webservice("irsa.yaml", &example("irsa.yaml")).unwrap();
-    let input = compile_input(&ws, Capabilities::default(), BTreeMap::new());
-    let graph = compiler.compile_blocking(&input).unwrap();
+    let input = render_input(&ws, Capabilities::default(), BTreeMap::new());
+    let graph = renderer.render_blocking(&input).unwrap();
     let cli = cue_export(
         dir.path(),
-        &compiler.module_input(&input).unwrap(),
+        &renderer.module_input(&input).unwrap(),
         "violations",
     );
     assert_eq!(cli, serde_json::to_value(&graph.violations).unwrap());

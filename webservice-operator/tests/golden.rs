@@ -25,8 +25,8 @@ fn platform_module_golden_cases() {
 /// changes, by design, whenever the module or the examples change.
 #[test]
 fn render_hashes_are_stable() {
-    use cuebe::abstraction::compile_input;
-    use cuebe::compiler::Capabilities;
+    use cuebe::abstraction::render_input;
+    use cuebe::renderer::Capabilities;
     use std::collections::BTreeMap;
     use webservice_operator::WebService;
     fn parse_webservice(
@@ -36,7 +36,7 @@ fn render_hashes_are_stable() {
         cuebe_cli::render::parse_instance(file, text)
     }
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/webservices");
-    let compiler = cuebe::CueCompiler::new(webservice_operator::platform_modules());
+    let renderer = cuebe::CueRenderer::new(webservice_operator::platform_modules());
     let mut hashes = BTreeMap::new();
     for (file, caps) in [
         ("simple.yaml", vec![]),
@@ -45,8 +45,8 @@ fn render_hashes_are_stable() {
     ] {
         let text = std::fs::read_to_string(format!("{dir}/{file}")).unwrap();
         let ws = parse_webservice(file, &text).unwrap();
-        let g = compiler
-            .compile_blocking(&compile_input(
+        let g = renderer
+            .render_blocking(&render_input(
                 &ws,
                 Capabilities::from_names(caps),
                 BTreeMap::new(),

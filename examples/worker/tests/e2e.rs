@@ -6,7 +6,8 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use cuebe::status::{AbstractionStatus, InventoryMode, NodePhase};
+use cuebe::inventory::InventoryMode;
+use cuebe::status::{AbstractionStatus, NodePhase};
 use cuebe_testkit::cluster::TestCluster;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::ServiceAccount;

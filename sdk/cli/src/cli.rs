@@ -27,9 +27,9 @@ use crate::exit::Exit;
 use crate::dev::{DevCluster, DevOptions};
 use crate::render::{self, Format, RenderFailure};
 use cuebe::abstraction::Abstraction;
-use cuebe::compiler::{Capabilities, CompileError, CueCompiler};
 use cuebe::controller::Operator;
 use cuebe::ops::leader::LeaderElection;
+use cuebe::renderer::{Capabilities, CueRenderer, RenderError};
 
 /// Subcommands every operator binary gets.
 #[derive(Subcommand, Debug)]
@@ -84,7 +84,7 @@ enum Command {
     },
     /// Print the CustomResourceDefinition as YAML.
     Crd,
-    /// Compile a manifest into its Graph offline, exactly as the operator would.
+    /// Render a manifest into its Graph offline, exactly as the operator would.
     ///
     /// Exit codes: 0 the Graph was printed; 3 policy violations (printed; as JSON with -o json);
     /// 2 the input is malformed or does not match the schema (the field and line are named);
@@ -182,7 +182,7 @@ impl<A: Abstraction> App<A> {
     /// cuebe_cli::App::<A>::new("my-operator")
     ///     .configure(|operator| {
     ///         let client = operator.client().clone();
-    ///         operator.with_inventory(Arc::new(cuebe::lifecycle::ConfigMapInventory::new(
+    ///         operator.with_inventory(Arc::new(cuebe::inventory::ConfigMapInventory::new(
     ///             client,
     ///             A::FIELD_MANAGER,
     ///         )))
@@ -447,9 +447,9 @@ fn run_explain<A: Abstraction>(name: &str, namespace: Option<String>) -> ExitCod
             return Exit::Failed.into();
         };
         let ns = namespace.unwrap_or_else(|| client.default_namespace().to_string());
-        let compiler = CueCompiler::new(A::modules());
+        let renderer = CueRenderer::new(A::modules());
         let executor = Operator::<A>::default_executor(client.clone());
-        match crate::explain::explain::<A>(client, &compiler, &executor, &ns, name).await {
+        match crate::explain::explain::<A>(client, &renderer, &executor, &ns, name).await {
             Ok(text) => {
                 let _ = write!(std::io::stdout(), "{text}");
                 ExitCode::SUCCESS
@@ -488,9 +488,9 @@ fn run_diff<A: Abstraction>(file: &Path, namespace: Option<String>) -> ExitCode 
             desired.meta_mut().namespace =
                 Some(namespace.unwrap_or_else(|| client.default_namespace().to_string()));
         }
-        let compiler = CueCompiler::new(A::modules());
+        let renderer = CueRenderer::new(A::modules());
         let executor = Operator::<A>::default_executor(client.clone());
-        match crate::diff::diff::<A>(client, &compiler, &executor, &desired).await {
+        match crate::diff::diff::<A>(client, &renderer, &executor, &desired).await {
             Ok(report) => {
                 let _ = write!(std::io::stdout().lock(), "{}", report.to_text());
                 if report
@@ -506,7 +506,7 @@ fn run_diff<A: Abstraction>(file: &Path, namespace: Option<String>) -> ExitCode 
                     ExitCode::SUCCESS
                 }
             }
-            Err(crate::diff::DiffError::Compile(e @ CompileError::InvalidInput { .. })) => {
+            Err(crate::diff::DiffError::Render(e @ RenderError::InvalidInput { .. })) => {
                 eprintln!("error: {name}: {e}");
                 Exit::BadInput.into()
             }
@@ -559,10 +559,10 @@ fn run_render<A: Abstraction>(
         );
         return Exit::BadInput.into();
     }
-    let compiler = CueCompiler::new(A::modules());
+    let renderer = CueRenderer::new(A::modules());
     let name = file.display().to_string();
     match render::render::<A>(
-        &compiler,
+        &renderer,
         &name,
         &text,
         Capabilities::from_names(capabilities),
@@ -591,7 +591,7 @@ fn run_render<A: Abstraction>(
             let _ = write!(stdout, "{}", render::format_graph(&graph, output));
             ExitCode::SUCCESS
         }
-        Err(RenderFailure::Compile(e @ CompileError::InvalidInput { .. })) => {
+        Err(RenderFailure::Render(e @ RenderError::InvalidInput { .. })) => {
             eprintln!("error: {name}: {e}");
             Exit::BadInput.into()
         }

@@ -1,7 +1,7 @@
 //! What applying an instance would change in the cluster, without changing anything: the
 //! `diff` subcommand.
 //!
-//! The instance is compiled as the controller would compile it (the cluster's capabilities, the
+//! The instance is rendered as the controller would render it (the cluster's capabilities, the
 //! exports observed on the live instance's inventory), then each rendered object is sent as a
 //! server-side apply with `dryRun=All` under the operator's field manager. The API server's
 //! answer (its defaults and other managers' fields included) is compared with the live object,
@@ -16,12 +16,13 @@ use std::fmt::Write as _;
 use kube::{Api, Client, ResourceExt};
 use serde_json::Value;
 
-use cuebe::abstraction::{Abstraction, compile_input, instance_of, observed_exports};
-use cuebe::compiler::{CompileError, Compiler};
+use cuebe::abstraction::{Abstraction, instance_of, observed_exports, render_input};
 use cuebe::executor::SsaExecutor;
 use cuebe::graph::Violation;
+use cuebe::inventory::InventoryMode;
 use cuebe::lifecycle::DeletionPolicy;
-use cuebe::status::{AbstractionStatus, InventoryMode};
+use cuebe::renderer::{RenderError, Renderer};
+use cuebe::status::AbstractionStatus;
 
 /// Why a diff could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -32,9 +33,9 @@ pub enum DiffError {
     /// The API server could not be asked which optional APIs it serves.
     #[error("discovering the cluster's capabilities: {0}")]
     Discovery(#[source] kube::Error),
-    /// The instance did not compile.
+    /// The instance did not render.
     #[error(transparent)]
-    Compile(#[from] CompileError),
+    Render(#[from] RenderError),
 }
 
 /// What would happen to one node's object.
@@ -202,15 +203,15 @@ impl DiffReport {
 ///
 /// ```no_run
 /// # async fn f<A: cuebe::Abstraction>(client: kube::Client, desired: A) -> Result<(), cuebe_cli::diff::DiffError> {
-/// let compiler = cuebe::CueCompiler::new(A::modules());
+/// let renderer = cuebe::CueRenderer::new(A::modules());
 /// let executor = cuebe::executor::SsaExecutor::new(client.clone(), A::FIELD_MANAGER);
-/// let report = cuebe_cli::diff::diff::<A>(client, &compiler, &executor, &desired).await?;
+/// let report = cuebe_cli::diff::diff::<A>(client, &renderer, &executor, &desired).await?;
 /// print!("{}", report.to_text());
 /// # Ok(()) }
 /// ```
 pub async fn diff<A: Abstraction>(
     client: Client,
-    compiler: &dyn Compiler,
+    renderer: &dyn Renderer,
     executor: &SsaExecutor,
     desired: &A,
 ) -> Result<DiffReport, DiffError> {
@@ -231,8 +232,8 @@ pub async fn diff<A: Abstraction>(
         .await
         .map_err(DiffError::Discovery)?;
     let observed = observed_exports(executor, &status.inventory).await;
-    let plan = compiler
-        .compile(&compile_input(desired, capabilities, observed))
+    let plan = renderer
+        .render(&render_input(desired, capabilities, observed))
         .await?;
     let graph = plan.graph();
     let mut report = DiffReport {

@@ -1,6 +1,6 @@
 //! `explain NAME`: what a live instance is, and what it is waiting for.
 //!
-//! Reads the instance's status and re-renders its Graph (same compiler, the cluster's
+//! Reads the instance's status and re-renders its Graph (same renderer, the cluster's
 //! capabilities, the exports observed on its inventory) to print the DAG with each node's phase,
 //! what it is blocked on, the top violations and the resolved module.
 use std::fmt::Write as _;
@@ -8,9 +8,9 @@ use std::fmt::Write as _;
 use kube::api::Api;
 use kube::{Client, ResourceExt};
 
-use cuebe::abstraction::{Abstraction, compile_input, discover_capabilities, observed_exports};
-use cuebe::compiler::Compiler;
+use cuebe::abstraction::{Abstraction, discover_capabilities, observed_exports, render_input};
 use cuebe::executor::Executor;
+use cuebe::renderer::Renderer;
 use cuebe::status::AbstractionStatus;
 
 /// Why `explain` failed.
@@ -39,15 +39,15 @@ pub enum ExplainError {
 ///
 /// ```no_run
 /// # async fn f<A: cuebe::Abstraction>(client: kube::Client) -> Result<(), cuebe_cli::explain::ExplainError> {
-/// let compiler = cuebe::CueCompiler::new(A::modules());
+/// let renderer = cuebe::CueRenderer::new(A::modules());
 /// let executor = cuebe::executor::SsaExecutor::new(client.clone(), A::FIELD_MANAGER);
-/// let text = cuebe_cli::explain::explain::<A>(client, &compiler, &executor, "apps", "web").await?;
+/// let text = cuebe_cli::explain::explain::<A>(client, &renderer, &executor, "apps", "web").await?;
 /// print!("{text}");
 /// # Ok(()) }
 /// ```
 pub async fn explain<A: Abstraction>(
     client: Client,
-    compiler: &dyn Compiler,
+    renderer: &dyn Renderer,
     executor: &dyn Executor,
     namespace: &str,
     name: &str,
@@ -100,8 +100,8 @@ pub async fn explain<A: Abstraction>(
         .await
         .map_err(ExplainError::Discovery)?;
     let observed = observed_exports(executor, &status.inventory).await;
-    let input = compile_input(&ws, capabilities, observed);
-    match compiler.compile(&input).await {
+    let input = render_input(&ws, capabilities, observed);
+    match renderer.render(&input).await {
         Ok(plan) => {
             let graph = plan.graph();
             let _ = writeln!(out, "graph ({}):", graph.metadata.module);

@@ -1,15 +1,15 @@
-//! `render`: compile an instance's manifest into its Graph, offline, exactly as the operator
+//! `render`: render an instance's manifest into its Graph, offline, exactly as the operator
 //! would.
 //!
-//! Owns reading the YAML (with the line and field named on error), building the compiler input
+//! Owns reading the YAML (with the line and field named on error), building the renderer input
 //! and printing the result. Exit codes are decided by the binary from [`RenderFailure`].
 use std::collections::BTreeMap;
 
 use serde::de::DeserializeOwned;
 
-use cuebe::abstraction::{Abstraction, compile_input};
-use cuebe::compiler::{Capabilities, CompileError, CueCompiler};
+use cuebe::abstraction::{Abstraction, render_input};
 use cuebe::graph::Graph;
+use cuebe::renderer::{Capabilities, CueRenderer, RenderError};
 
 /// Why `render` did not produce a graph.
 #[derive(Debug, thiserror::Error)]
@@ -22,10 +22,10 @@ pub enum RenderFailure {
         /// What is wrong, with the field path and the line.
         message: String,
     },
-    /// The platform module rejected or failed on the input. Exit code 2 for invalid input, 1
-    /// otherwise.
+    /// The platform module rejected or failed on the input. Exit code 2 for invalid input, 4
+    /// otherwise (see `crate::exit`).
     #[error(transparent)]
-    Compile(#[from] CompileError),
+    Render(#[from] RenderError),
 }
 
 /// Parses a YAML (or JSON) document into `T`, naming the field path and line of any error.
@@ -85,14 +85,14 @@ pub enum Format {
 ///
 /// ```no_run
 /// # fn f<A: cuebe::Abstraction>() -> Result<(), cuebe_cli::render::RenderFailure> {
-/// let compiler = cuebe::CueCompiler::new(A::modules());
+/// let renderer = cuebe::CueRenderer::new(A::modules());
 /// let text = std::fs::read_to_string("web.yaml").unwrap_or_default();
-/// let graph = cuebe_cli::render::render::<A>(&compiler, "web.yaml", &text, Default::default(), Default::default())?;
+/// let graph = cuebe_cli::render::render::<A>(&renderer, "web.yaml", &text, Default::default(), Default::default())?;
 /// print!("{}", cuebe_cli::render::format_graph(graph.graph(), cuebe_cli::render::Format::Mermaid));
 /// # Ok(()) }
 /// ```
 pub fn render<A: Abstraction>(
-    compiler: &CueCompiler,
+    renderer: &CueRenderer,
     file: &str,
     text: &str,
     capabilities: Capabilities,
@@ -105,7 +105,7 @@ pub fn render<A: Abstraction>(
             message: "metadata.name: required".to_string(),
         });
     }
-    Ok(compiler.compile_blocking(&compile_input(&object, capabilities, observed))?)
+    Ok(renderer.render_blocking(&render_input(&object, capabilities, observed))?)
 }
 
 /// Formats a graph.

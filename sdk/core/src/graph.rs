@@ -1,4 +1,4 @@
-//! The Graph artifact: the contract between the compiler (CUE) and the executor.
+//! The Graph artifact: the contract between the renderer (CUE) and the executor.
 //!
 //! Owns: the serde types (with a published JSON Schema), [`Graph::validate`] and drawing the DAG
 //! as DOT or Mermaid. No cluster client and no CUE here.
@@ -18,7 +18,7 @@ use serde_json::Value;
 /// The version of the Graph artifact format.
 pub const GRAPH_VERSION: &str = "cuebe.dev/v1alpha1";
 
-/// A compiled instance: the objects to apply, in which order, and when each is ready.
+/// A rendered instance: the objects to apply, in which order, and when each is ready.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Graph {

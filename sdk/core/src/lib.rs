@@ -6,28 +6,32 @@
 //!
 //! The data flows one way, and so do the modules:
 //!
+//! - [`instance`]: the custom resource as cuebe sees it (identity, what it asks to adopt).
 //! - [`module`]: platform modules as in-memory files with an immutable digest (the spec's
 //!   `platformRef` resolves to one).
-//! - [`compile`]: the module protocol, the render cache and the `renderHash`: spec → [`graph::Graph`].
+//! - [`render`]: the module protocol, the render cache and the `renderHash`: spec → [`graph::Graph`].
 //! - [`graph`]: the Graph artifact, its validation and its drawings (DOT, Mermaid).
 //! - [`plan`]: a validated Graph as the executor walks it (id index, apply and teardown order,
 //!   predicates compiled once), and the decisions of a pass: the frontier, each node's verdict,
 //!   what may be pruned.
 //! - [`readiness`]: judging a live object against a node's predicates.
+//! - [`inventory`]: the entries recording what an instance manages.
 //! - [`status`]: the standard status and [`status::summarize`], which turns a pass into
 //!   conditions and events.
 //! - [`clock`]: the time a pass judges timeouts against (a fixed one in tests).
 //!
-//! Start with [`compile::CueCompiler`], then [`plan::Plan`].
+//! Start with [`render::CueRenderer`], then [`plan::Plan`].
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod clock;
-pub mod compile;
 pub mod graph;
+pub mod instance;
+pub mod inventory;
 pub mod module;
 pub mod plan;
 pub mod readiness;
+pub mod render;
 pub mod status;
 
 /// Safe access to CUE through the in-process bridge (re-exported from `cuebe-cue-sys`).

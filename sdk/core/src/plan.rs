@@ -29,8 +29,9 @@ use serde_json::Value;
 
 use crate::clock::{Timestamp, elapsed_since};
 use crate::graph::{ApplyMode, DeletionPolicy, Graph, GraphError, Node};
+use crate::inventory::{InventoryEntry, InventoryMode};
 use crate::readiness::{CompiledPredicate, Verdict};
-use crate::status::{InventoryEntry, InventoryMode, NodePhase, NodeStatus};
+use crate::status::{NodePhase, NodeStatus};
 
 /// A validated graph, ready to walk.
 ///
@@ -472,7 +473,8 @@ pub struct PrunePlan {
 /// ```
 /// use cuebe_core::graph::DeletionPolicy;
 /// use cuebe_core::plan::prune_plan;
-/// use cuebe_core::status::{InventoryEntry, InventoryMode, NodePhase};
+/// use cuebe_core::inventory::{InventoryEntry, InventoryMode};
+/// use cuebe_core::status::NodePhase;
 /// let entry = |id: &str| InventoryEntry { node_id: id.into(), api_version: "v1".into(), kind: "ConfigMap".into(),
 ///     namespace: "apps".into(), name: id.into(), uid: "u".into(), mode: InventoryMode::Managed,
 ///     last_applied_hash: String::new(), last_applied_resource_version: String::new(),
@@ -523,7 +525,7 @@ pub fn prune_plan(
 /// ```
 /// use cuebe_core::graph::DeletionPolicy::{Delete, Orphan};
 /// use cuebe_core::plan::entry_policy;
-/// # let mut e: cuebe_core::status::InventoryEntry = serde_json::from_value(serde_json::json!({
+/// # let mut e: cuebe_core::inventory::InventoryEntry = serde_json::from_value(serde_json::json!({
 /// #   "nodeId": "n", "apiVersion": "v1", "kind": "ConfigMap", "name": "n", "mode": "Managed"})).unwrap();
 /// assert_eq!(entry_policy(&e, Delete), Delete);
 /// e.deletion_policy = Some(Orphan);

@@ -1,6 +1,6 @@
 //! Warm render against the `cue` CLI, interleaved: `cargo bench -p cuebe --bench versus_cli`.
 //!
-//! criterion (`benches/compiler.rs`) runs the warm renders and the CLI baseline minutes apart; on
+//! criterion (`benches/renderer.rs`) runs the warm renders and the CLI baseline minutes apart; on
 //! a shared machine whose speed drifts by up to 2x over minutes, the ratio of two such medians
 //! says as much about the drift as about cuebe. Here every round times a burst of warm renders
 //! and one CLI export of the same scenario back to back, so each round's ratio is taken under the
@@ -15,8 +15,8 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use common::{CliBaseline, platform, scenarios};
-use cuebe::compiler::CueCompilerOptions;
-use cuebe::{CueCompiler, ModuleSet};
+use cuebe::renderer::CueRendererOptions;
+use cuebe::{CueRenderer, ModuleSet};
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -35,14 +35,14 @@ fn main() {
     let rounds = env_usize("CUEBE_BENCH_ROUNDS", 30).max(1);
     let burst = env_usize("CUEBE_BENCH_BURST", 20).max(1);
     let module = platform();
-    let compiler = CueCompiler::with_options(
+    let renderer = CueRenderer::with_options(
         ModuleSet::single("1.0.0", module.clone()),
-        CueCompilerOptions {
+        CueRendererOptions {
             render_cache_capacity: 0,
             ..Default::default()
         },
     );
-    let baseline = CliBaseline::new(&module, &compiler, "versus");
+    let baseline = CliBaseline::new(&module, &renderer, "versus");
 
     println!(
         "{rounds} rounds; each: {burst} warm renders, then one `cue export`, per scenario (ms)"
@@ -54,7 +54,7 @@ fn main() {
     for (name, input) in scenarios() {
         // Warm up: module built, CPU caches and the Go heap settled.
         for _ in 0..burst {
-            black_box(compiler.compile_blocking(&input).expect("renders"));
+            black_box(renderer.render_blocking(&input).expect("renders"));
         }
         let mut warm_all = Vec::new();
         let mut cli_all = Vec::new();
@@ -63,7 +63,7 @@ fn main() {
             let mut warm = Vec::with_capacity(burst);
             for _ in 0..burst {
                 let t = Instant::now();
-                black_box(compiler.compile_blocking(&input).expect("renders"));
+                black_box(renderer.render_blocking(&input).expect("renders"));
                 warm.push(ms(t.elapsed()));
             }
             let t = Instant::now();

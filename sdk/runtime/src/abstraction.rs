@@ -10,9 +10,10 @@ use kube::{CustomResourceExt, Resource};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::compiler::{Capabilities, CompileInput, InstanceMeta};
-use crate::lifecycle::{AdoptRef, DeletionPolicy, Instance};
+use crate::instance::Instance;
+use crate::lifecycle::{AdoptRef, DeletionPolicy};
 use crate::module::{ModuleSet, PlatformRef};
+use crate::renderer::{Capabilities, RenderInput};
 use crate::status::AbstractionStatus;
 
 /// The finalizer the controller uses unless the abstraction names another.
@@ -116,7 +117,7 @@ pub fn well_known_capabilities() -> Vec<CapabilityProbe> {
 pub use crate::discovery::{discover_capabilities, served_kind};
 
 /// The live objects of `inventory`, by node id: what `input.exports` is read from when an
-/// instance is compiled outside the controller (`explain`, `diff`). An object that cannot be
+/// instance is rendered outside the controller (`explain`, `diff`). An object that cannot be
 /// read is left out, as if not yet observed.
 ///
 /// ```no_run
@@ -126,7 +127,7 @@ pub use crate::discovery::{discover_capabilities, served_kind};
 /// ```
 pub async fn observed_exports(
     executor: &dyn crate::executor::Executor,
-    inventory: &[crate::status::InventoryEntry],
+    inventory: &[crate::inventory::InventoryEntry],
 ) -> BTreeMap<String, serde_json::Value> {
     let mut observed = BTreeMap::new();
     for entry in inventory {
@@ -149,27 +150,20 @@ pub fn instance_of<A: Abstraction>(object: &A) -> Instance {
             .namespace
             .clone()
             .unwrap_or_else(|| "default".to_string()),
+        labels: meta.labels.clone().unwrap_or_default(),
         generation: meta.generation,
         adopt: object.adopt(),
     }
 }
 
-/// The compiler input for an instance, exactly as the controller builds it.
-pub fn compile_input<A: Abstraction>(
+/// The renderer input for an instance, exactly as the controller builds it.
+pub fn render_input<A: Abstraction>(
     object: &A,
     capabilities: Capabilities,
     observed: BTreeMap<String, serde_json::Value>,
-) -> CompileInput {
-    let meta = object.meta();
-    CompileInput {
-        instance: InstanceMeta {
-            name: meta.name.clone().unwrap_or_default(),
-            namespace: meta
-                .namespace
-                .clone()
-                .unwrap_or_else(|| "default".to_string()),
-            labels: meta.labels.clone().unwrap_or_default(),
-        },
+) -> RenderInput {
+    RenderInput {
+        instance: instance_of(object),
         spec: object.spec_value(),
         platform_ref: object.platform_ref(),
         capabilities,

@@ -1,9 +1,9 @@
-//! The generic controller: compile each instance of an [`Abstraction`] into its Graph and
+//! The generic controller: render each instance of an [`Abstraction`] into its Graph and
 //! execute it.
 //!
 //! Workflow of one reconcile (inside the abstraction's finalizer):
-//! 1. compile the spec with the cluster's capabilities and the exports observed on live objects
-//!    (from the inventory); a compile error or a policy violation stops here — nothing is applied
+//! 1. render the spec with the cluster's capabilities and the exports observed on live objects
+//!    (from the inventory); a render error or a policy violation stops here — nothing is applied
 //!    and the status says why;
 //! 2. execute the Graph; when a pass observes an export that a pending node waits for (an IAM
 //!    role's ARN), re-render and execute again in the same reconcile;
@@ -32,14 +32,15 @@ use tokio::sync::RwLock;
 use cuebe_core::clock::{Clock, SystemClock};
 use cuebe_core::status::{ConditionType, EventNote, PassVerdict, summarize, transitions};
 
-use crate::abstraction::{Abstraction, compile_input, instance_of};
-use crate::compiler::{Capabilities, Compiler, CueCompiler};
+use crate::abstraction::{Abstraction, instance_of, render_input};
 use crate::discovery::{Discovery, parse_watch};
 use crate::executor::{Change, Executor, INSTANCE_LABEL, KIND_LABEL, Outcome, SsaExecutor};
-use crate::lifecycle::{Adopter, ExplicitAdopter, Inventory, StatusInventory};
+use crate::inventory::{Inventory, StatusInventory};
+use crate::lifecycle::{Adopter, ExplicitAdopter};
 use crate::ops::leader::LeaderElection;
 use crate::ops::metrics::{InstanceState, OperatorMetrics};
 use crate::readiness::{DefaultReadiness, Readiness};
+use crate::renderer::{Capabilities, CueRenderer, Renderer};
 use crate::status::AbstractionStatus;
 
 /// Why a reconcile failed (it is retried).
@@ -50,7 +51,7 @@ pub enum ReconcileError {
     Status(#[source] kube::Error),
     /// The inventory could not be read or stored.
     #[error("inventory: {0}")]
-    Inventory(#[from] crate::lifecycle::InventoryError),
+    Inventory(#[from] crate::inventory::InventoryError),
     /// Deleting the managed objects failed.
     #[error("deleting: {0}")]
     Teardown(#[source] crate::executor::ExecuteError),
@@ -69,14 +70,14 @@ pub enum ReconcileError {
 /// use std::sync::Arc;
 /// cuebe::controller::Operator::<A>::new(client.clone())
 ///     // Keep the inventory in a ConfigMap instead of the status.
-///     .with_inventory(Arc::new(cuebe::lifecycle::ConfigMapInventory::new(client, A::FIELD_MANAGER)))
+///     .with_inventory(Arc::new(cuebe::inventory::ConfigMapInventory::new(client, A::FIELD_MANAGER)))
 ///     .run()
 ///     .await;
 /// # }
 /// ```
 pub struct Operator<A: Abstraction> {
     client: Client,
-    compiler: Option<Arc<dyn Compiler>>,
+    renderer: Option<Arc<dyn Renderer>>,
     executor: Option<Arc<dyn Executor>>,
     readiness: Arc<dyn Readiness>,
     adopter: Arc<dyn Adopter>,
@@ -104,12 +105,12 @@ impl<A: Abstraction> std::fmt::Debug for Operator<A> {
 }
 
 impl<A: Abstraction> Operator<A> {
-    /// The default operator: [`CueCompiler`] over `A::modules()`, [`SsaExecutor`] with
+    /// The default operator: [`CueRenderer`] over `A::modules()`, [`SsaExecutor`] with
     /// [`DefaultReadiness`] and [`ExplicitAdopter`], [`StatusInventory`]; all namespaces.
     pub fn new(client: Client) -> Self {
         Self {
             client,
-            compiler: None,
+            renderer: None,
             executor: None,
             readiness: Arc::new(DefaultReadiness),
             adopter: Arc::new(ExplicitAdopter),
@@ -136,9 +137,9 @@ impl<A: Abstraction> Operator<A> {
         &self.client
     }
 
-    /// Replaces the compiler.
-    pub fn with_compiler(mut self, compiler: Arc<dyn Compiler>) -> Self {
-        self.compiler = Some(compiler);
+    /// Replaces the renderer.
+    pub fn with_renderer(mut self, renderer: Arc<dyn Renderer>) -> Self {
+        self.renderer = Some(renderer);
         self
     }
 
@@ -217,11 +218,11 @@ impl<A: Abstraction> Operator<A> {
     pub async fn run(mut self) {
         let client = self.client.clone();
         let kind = A::kind(&()).into_owned();
-        let compiler = self
-            .compiler
+        let renderer = self
+            .renderer
             .clone()
-            .unwrap_or_else(|| Arc::new(CueCompiler::new(A::modules())));
-        let metrics = Arc::new(OperatorMetrics::new(&kind, Some(compiler.clone())));
+            .unwrap_or_else(|| Arc::new(CueRenderer::new(A::modules())));
+        let metrics = Arc::new(OperatorMetrics::new(&kind, Some(renderer.clone())));
         // Dropped (and so stopped) when `run` returns.
         let _metrics_server = self.metrics_listener.take().map(|listener| {
             AbortOnDrop(tokio::spawn(crate::ops::metrics::serve(
@@ -246,7 +247,7 @@ impl<A: Abstraction> Operator<A> {
                         .with_discovery(discovery.clone()),
                 )
             }),
-            compiler,
+            renderer,
             metrics: metrics.clone(),
             inventory: self.inventory.clone(),
             client: client.clone(),
@@ -525,7 +526,7 @@ fn stop_signal(enabled: bool) -> futures::future::BoxFuture<'static, ()> {
 struct Context<A: Abstraction> {
     client: Client,
     recorder: Recorder,
-    compiler: Arc<dyn Compiler>,
+    renderer: Arc<dyn Renderer>,
     metrics: Arc<OperatorMetrics>,
     executor: Arc<dyn Executor>,
     inventory: Arc<dyn Inventory>,
@@ -641,7 +642,7 @@ async fn write_status<A: Abstraction>(
 /// [`Inventory`], which decides what stays in the status.
 async fn store_inventory<A: Abstraction>(
     ctx: &Context<A>,
-    instance: &crate::lifecycle::Instance,
+    instance: &crate::instance::Instance,
     status: &mut AbstractionStatus,
 ) -> Result<(), ReconcileError> {
     let entries = std::mem::take(&mut status.inventory);
@@ -669,11 +670,11 @@ async fn apply<A: Abstraction>(
     let mut observed: BTreeMap<String, serde_json::Value> = BTreeMap::new();
     let mut last_exec: Option<Outcome> = None;
     for _round in 0..3 {
-        let input = compile_input(object.as_ref(), capabilities.clone(), observed.clone());
+        let input = render_input(object.as_ref(), capabilities.clone(), observed.clone());
         let started = std::time::Instant::now();
-        let compiled = ctx.compiler.compile(&input).await;
+        let rendered = ctx.renderer.render(&input).await;
         ctx.metrics.rendered(started.elapsed());
-        let plan = match compiled {
+        let plan = match rendered {
             Ok(p) => p,
             Err(e) => {
                 status.stop_before_apply(

@@ -7,7 +7,7 @@ use kube::api::{ApiResource, GroupVersionKind};
 use kube::discovery::Scope;
 
 use crate::abstraction::CapabilityProbe;
-use crate::compiler::Capabilities;
+use crate::renderer::Capabilities;
 
 /// Asks the API server which of `probes` it serves.
 ///

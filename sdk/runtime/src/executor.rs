@@ -23,13 +23,14 @@ use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, Preconditi
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::compiler::canonical_json;
 use crate::discovery::Discovery;
 use crate::graph::{ConflictPolicy, DeletionPolicy, Node};
-pub use crate::lifecycle::Instance;
+use crate::instance::Instance;
+use crate::inventory::{InventoryEntry, InventoryMode};
 use crate::lifecycle::{AdoptDecision, AdoptRequest, Adopter, ExplicitAdopter};
 use crate::readiness::{DefaultReadiness, Readiness};
-use crate::status::{AbstractionStatus, InventoryEntry, InventoryMode, NodeStatus};
+use crate::renderer::canonical_json;
+use crate::status::{AbstractionStatus, NodeStatus};
 
 /// Why a cluster operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -66,10 +67,12 @@ pub enum ExecuteError {
 /// without forking it:
 ///
 /// ```
-/// use cuebe::executor::{ExecuteError, Executor, Instance, Outcome, SsaExecutor, Timestamp};
+/// use cuebe::executor::{ExecuteError, Executor, Outcome, SsaExecutor, Timestamp};
+/// use cuebe::instance::Instance;
 /// use cuebe::graph::DeletionPolicy;
 /// use cuebe::plan::Plan;
-/// use cuebe::status::{AbstractionStatus, InventoryEntry};
+/// use cuebe::inventory::InventoryEntry;
+/// use cuebe::status::AbstractionStatus;
 ///
 /// /// Counts the writes of every pass.
 /// struct CountingExecutor { inner: SsaExecutor, writes: std::sync::atomic::AtomicUsize }
@@ -465,7 +468,7 @@ impl SsaExecutor {
     /// (forced, as a `Force` node is), next to the object as it is now.
     ///
     /// ```no_run
-    /// # async fn f(client: kube::Client, instance: cuebe::lifecycle::Instance) -> Result<(), cuebe::executor::ExecuteError> {
+    /// # async fn f(client: kube::Client, instance: cuebe::instance::Instance) -> Result<(), cuebe::executor::ExecuteError> {
     /// let executor = cuebe::executor::SsaExecutor::new(client, "cuebe-webservice");
     /// let object = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
     ///     "metadata": {"name": "settings", "namespace": "apps"}, "data": {"mode": "fast"}});

@@ -6,9 +6,9 @@
 //! Start with [`controller::Operator`] (or, for a whole binary, `cuebe_cli::App`). The layers:
 //!
 //! - `cuebe-core` (re-exported here as [`module`], [`graph`], [`plan`], [`readiness`],
-//!   [`status`], [`clock`]): everything that needs no cluster — platform modules, the compiler,
+//!   [`status`], [`clock`]): everything that needs no cluster — platform modules, the renderer,
 //!   the Graph and its plan, readiness predicates, the decisions of a pass, the condition matrix.
-//! - this crate: what talks to the API server — [`discovery`], the async [`compiler`], the
+//! - this crate: what talks to the API server — [`discovery`], the async [`renderer`], the
 //!   [`executor`] (Server-Side Apply, prune, teardown), [`lifecycle`] (inventory storage,
 //!   explicit adoption), the generic [`controller`] and [`ops`] (leader election, metrics).
 //! - `cuebe-cli`: the operator's command line (`run`, `dev`, `crd`, `render`, `diff`, `explain`).
@@ -18,19 +18,20 @@
 #![warn(missing_docs)]
 
 pub mod abstraction;
-pub mod compiler;
 pub mod controller;
 pub mod discovery;
 pub mod executor;
+pub mod inventory;
 pub mod lifecycle;
 pub mod ops;
+pub mod renderer;
 
-pub use cuebe_core::{clock, cue, graph, module, plan, readiness, status};
+pub use cuebe_core::{clock, cue, graph, instance, module, plan, readiness, status};
 
 pub use abstraction::Abstraction;
-pub use compiler::{CompileError, CompileInput, Compiler, CueCompiler, InstanceMeta};
 /// `#[derive(Abstraction)]`: see [`cuebe_macros::Abstraction`].
 pub use cuebe_macros::Abstraction;
 pub use cuebe_macros::embed_module;
 pub use graph::{Graph, Node, ReadinessPredicate, Violation};
 pub use module::{ModuleSet, ModuleSource, PlatformRef};
+pub use renderer::{CueRenderer, RenderError, RenderInput, Renderer};

@@ -3,10 +3,11 @@
 //! explicit adoption, the ConfigMap inventory and per-node deletion policies.
 #![allow(clippy::unwrap_used)]
 
-use cuebe::executor::{Executor, Instance, SsaExecutor, Timestamp};
+use cuebe::executor::{Executor, SsaExecutor, Timestamp};
 use cuebe::graph::{
     ApplyPolicy, ConflictPolicy, GRAPH_VERSION, Graph, GraphMetadata, Node, ReadinessPredicate,
 };
+use cuebe::instance::Instance;
 use cuebe::plan::Plan;
 use cuebe::status::{AbstractionStatus, NodePhase};
 use cuebe_testkit::cluster::{ClusterOptions, TestCluster};
@@ -194,8 +195,8 @@ async fn an_expired_readiness_timeout_puts_the_node_in_error_and_holds_its_depen
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_existing_object_is_adopted_only_when_listed_and_is_recorded_adopted() {
+    use cuebe::inventory::InventoryMode;
     use cuebe::lifecycle::AdoptRef;
-    use cuebe::status::InventoryMode;
     let cluster = TestCluster::shared().await.unwrap();
     let client = cluster.client();
     let ns = cluster.namespace("adopt").await.unwrap();
@@ -269,7 +270,7 @@ async fn an_existing_object_is_adopted_only_when_listed_and_is_recorded_adopted(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_configmap_inventory_round_trips_and_leaves_the_status_empty() {
-    use cuebe::lifecycle::{ConfigMapInventory, Inventory};
+    use cuebe::inventory::{ConfigMapInventory, Inventory};
     let cluster = TestCluster::shared().await.unwrap();
     let client = cluster.client();
     let ns = cluster.namespace("inventory").await.unwrap();

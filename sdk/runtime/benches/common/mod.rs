@@ -1,10 +1,10 @@
-//! What the compiler benches share: the WebService module, the three scenarios and the `cue`
+//! What the renderer benches share: the WebService module, the three scenarios and the `cue`
 //! CLI baseline run on the same module and input.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use cuebe::compiler::{Capabilities, CompileInput, InstanceMeta};
-use cuebe::{CueCompiler, ModuleSource};
+use cuebe::renderer::{Capabilities, RenderInput};
+use cuebe::{CueRenderer, ModuleSource};
 use serde_json::json;
 
 /// The WebService platform module (`cue/platform`).
@@ -18,11 +18,12 @@ pub fn platform() -> ModuleSource {
 
 /// `simple` (internal service), `public` (Public + autoscaling, Gateway API) and `irsa` (IAM role
 /// + inline policy, ARN observed).
-pub fn scenarios() -> Vec<(&'static str, CompileInput)> {
-    let meta = InstanceMeta {
+pub fn scenarios() -> Vec<(&'static str, RenderInput)> {
+    let meta = cuebe::instance::Instance {
         name: "web".into(),
         namespace: "apps".into(),
         labels: BTreeMap::new(),
+        ..Default::default()
     };
     let base = json!({"image": "registry.example.com/web:1.4.2", "resources": {"cpu": "250m", "memory": "256Mi"}});
     let mut public = base.clone();
@@ -37,7 +38,7 @@ pub fn scenarios() -> Vec<(&'static str, CompileInput)> {
     vec![
         (
             "simple",
-            CompileInput {
+            RenderInput {
                 instance: meta.clone(),
                 spec: base,
                 ..Default::default()
@@ -45,7 +46,7 @@ pub fn scenarios() -> Vec<(&'static str, CompileInput)> {
         ),
         (
             "public",
-            CompileInput {
+            RenderInput {
                 instance: meta.clone(),
                 spec: public,
                 capabilities: Capabilities::from_names(["gateway-api"]),
@@ -54,7 +55,7 @@ pub fn scenarios() -> Vec<(&'static str, CompileInput)> {
         ),
         (
             "irsa",
-            CompileInput {
+            RenderInput {
                 instance: meta,
                 spec: irsa,
                 capabilities: Capabilities::from_names(["ack-iam"]),
@@ -73,8 +74,8 @@ pub struct CliBaseline {
 
 impl CliBaseline {
     /// Writes `module` to a temporary directory and each scenario's exact module input (as
-    /// `compiler` fills it) next to it.
-    pub fn new(module: &ModuleSource, compiler: &CueCompiler, tag: &str) -> Self {
+    /// `renderer` fills it) next to it.
+    pub fn new(module: &ModuleSource, renderer: &CueRenderer, tag: &str) -> Self {
         let cue = cuebe_testkit::cue_cli::cue_binary().expect("cue CLI for the baseline");
         let dir = std::env::temp_dir().join(format!("cuebe-{tag}-{}", std::process::id()));
         for (path, content) in module.files() {
@@ -83,7 +84,7 @@ impl CliBaseline {
             std::fs::write(p, content).expect("write module file");
         }
         for (name, input) in scenarios() {
-            let value = compiler.module_input(&input).expect("input");
+            let value = renderer.module_input(&input).expect("input");
             std::fs::write(
                 input_file(&dir, name),
                 serde_json::to_vec(&json!({"input": value})).expect("json"),

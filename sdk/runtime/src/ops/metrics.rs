@@ -34,7 +34,7 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::compiler::Compiler;
+use crate::renderer::Renderer;
 use crate::status::AbstractionStatus;
 
 /// Where an instance stands, as its status says (the `state` label of `cuebe_instances`).
@@ -117,9 +117,10 @@ struct StateLabels {
 /// | --- | --- | --- |
 /// | `cuebe_reconciles_total{result}` | counter | reconciles, `result` = `success` or `error` |
 /// | `cuebe_reconcile_duration_seconds` | histogram | one reconcile, render to status write |
-/// | `cuebe_render_duration_seconds` | histogram | one compile call (a cache hit included) |
-/// | `cuebe_render_cache_hits_total`, `cuebe_render_cache_misses_total` | counter | the compiler's render cache |
+/// | `cuebe_render_duration_seconds` | histogram | one render (a cache hit included) |
+/// | `cuebe_render_cache_hits_total`, `cuebe_render_cache_misses_total` | counter | the renderer's render cache |
 /// | `cuebe_render_cache_entries` | gauge | renders the cache holds |
+/// | `cuebe_render_abandoned_evaluations` | gauge | timed-out CUE evaluations still running (bounded per module) |
 /// | `cuebe_instances{state}` | gauge | instances by [`InstanceState`] |
 /// | `cuebe_controller_restarts_total` | counter | restarts because the cluster's APIs changed |
 /// | `cuebe_leader` | gauge | 1 while this replica reconciles, 0 while it stands by |
@@ -151,8 +152,8 @@ impl std::fmt::Debug for OperatorMetrics {
 }
 
 impl OperatorMetrics {
-    /// Metrics for the abstraction `kind`; with a compiler, its render cache is reported too.
-    pub fn new(kind: &str, compiler: Option<Arc<dyn Compiler>>) -> Self {
+    /// Metrics for the abstraction `kind`; with a renderer, its render cache is reported too.
+    pub fn new(kind: &str, renderer: Option<Arc<dyn Renderer>>) -> Self {
         let mut registry = Registry::with_prefix_and_labels(
             "cuebe",
             [("kind".into(), kind.to_string().into())].into_iter(),
@@ -174,7 +175,7 @@ impl OperatorMetrics {
         let render_seconds = Histogram::new(exponential_buckets(0.00001, 3.0, 13));
         registry.register(
             "render_duration_seconds",
-            "Duration of one compile of an instance into its Graph, cache hits included",
+            "Duration of one render of an instance into its Graph, cache hits included",
             render_seconds.clone(),
         );
         let instances = Family::<StateLabels, Gauge>::default();
@@ -201,8 +202,8 @@ impl OperatorMetrics {
             "1 while this replica reconciles (always, without leader election), 0 while it stands by",
             leading.clone(),
         );
-        if let Some(compiler) = compiler {
-            registry.register_collector(Box::new(RenderCacheCollector(compiler)));
+        if let Some(renderer) = renderer {
+            registry.register_collector(Box::new(RenderCacheCollector(renderer)));
         }
         Self {
             registry,
@@ -227,7 +228,7 @@ impl OperatorMetrics {
         self.reconcile_seconds.observe(took.as_secs_f64());
     }
 
-    /// Records one compile call.
+    /// Records one render.
     pub fn rendered(&self, took: Duration) {
         self.render_seconds.observe(took.as_secs_f64());
     }
@@ -298,8 +299,8 @@ impl OperatorMetrics {
     }
 }
 
-/// Reads the compiler's render cache counters at each scrape.
-struct RenderCacheCollector(Arc<dyn Compiler>);
+/// Reads the renderer's render cache counters at each scrape.
+struct RenderCacheCollector(Arc<dyn Renderer>);
 
 impl std::fmt::Debug for RenderCacheCollector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -315,12 +316,12 @@ impl Collector for RenderCacheCollector {
         for (name, help, value) in [
             (
                 "render_cache_hits",
-                "Compiles answered from the render cache",
+                "Renders answered from the render cache",
                 stats.hits,
             ),
             (
                 "render_cache_misses",
-                "Compiles that evaluated CUE",
+                "Renders that evaluated CUE",
                 stats.misses,
             ),
         ] {
@@ -335,7 +336,16 @@ impl Collector for RenderCacheCollector {
             None,
             entries.metric_type(),
         )?;
-        entries.encode(metric)
+        entries.encode(metric)?;
+        let abandoned =
+            ConstGauge::new(i64::try_from(stats.abandoned_evaluations).unwrap_or(i64::MAX));
+        let metric = encoder.encode_descriptor(
+            "render_abandoned_evaluations",
+            "CUE evaluations that exceeded the time limit and still run (a module that may not terminate)",
+            None,
+            abandoned.metric_type(),
+        )?;
+        abandoned.encode(metric)
     }
 }
 

@@ -1,7 +1,7 @@
-//! The compiler: a pure function from (module, instance, capabilities, observed exports) to a
+//! The renderer: a pure function from (module, instance, capabilities, observed exports) to a
 //! [`Graph`].
 //!
-//! Owns: [`CueCompiler`] (the CUE compiler; the async `Compiler` trait over it lives in the
+//! Owns: [`CueRenderer`] (the CUE renderer; the async `Renderer` trait over it lives in the
 //! runtime crate, which owns threads), the module protocol
 //! between cuebe and a platform module, and the two caches (built module per digest, rendered
 //! graph per digest and input hash).
@@ -38,8 +38,8 @@
 //!   `renderHash` (keys are hashed in canonical, sorted order).
 //! - Observed objects contribute only the export values the module declares, so status churn on
 //!   a live object does not invalidate the render cache.
-//! - Evaluation blocks the calling thread: async callers run [`CueCompiler::compile_blocking`]
-//!   on a blocking thread and may first ask [`CueCompiler::cached`] on their own.
+//! - Evaluation blocks the calling thread: async callers run [`CueRenderer::render_blocking`]
+//!   on a blocking thread and may first ask [`CueRenderer::cached`] on their own.
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -50,6 +50,7 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::graph::{Export, GRAPH_VERSION, Graph, GraphError, GraphMetadata, Node, Violation};
+use crate::instance::Instance;
 use crate::module::{ModuleSet, ModuleSource, PlatformRef, UnknownModule};
 use crate::plan::Plan;
 use cuebe_cue_sys::module::{
@@ -83,23 +84,11 @@ impl Capabilities {
     }
 }
 
-/// Identity of the instance being compiled.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InstanceMeta {
-    /// `metadata.name`.
-    pub name: String,
-    /// `metadata.namespace`.
-    pub namespace: String,
-    /// `metadata.labels`.
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-}
-
 /// Everything a render depends on.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct CompileInput {
-    /// The instance.
-    pub instance: InstanceMeta,
+pub struct RenderInput {
+    /// The instance (the renderer reads its name, namespace and labels).
+    pub instance: Instance,
     /// The custom resource's `spec`, as JSON.
     pub spec: Value,
     /// Which module version; `None` is the newest embedded one.
@@ -125,9 +114,9 @@ impl std::fmt::Display for FieldError {
     }
 }
 
-/// Why a compile failed. Policy violations are not errors: they come back in [`Graph::violations`].
+/// Why a render failed. Policy violations are not errors: they come back in [`Graph::violations`].
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum CompileError {
+pub enum RenderError {
     /// `spec.platformRef` names no embedded module.
     #[error(transparent)]
     UnknownModule(#[from] UnknownModule),
@@ -152,18 +141,33 @@ pub enum CompileError {
     /// The rendered graph breaks a Graph invariant (cycle, unknown dependency, ...).
     #[error("invalid graph:\n{}", .0.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
     InvalidGraph(Vec<GraphError>),
-    /// The evaluation exceeded its wall-clock limit.
-    #[error("platform module evaluation exceeded {0:?}; the module may not terminate")]
-    Timeout(Duration),
+    /// The evaluation exceeded its wall-clock limit, or earlier ones did and still run.
+    ///
+    /// CUE cannot interrupt an evaluation, so a timed-out one keeps running in the bridge. At
+    /// most `cuebe_cue_sys::module::MAX_ABANDONED_EVALUATIONS` per module may; beyond that the
+    /// module refuses new evaluations at once (`still_running` says how many are pending) rather
+    /// than leak one goroutine per render.
+    #[error(
+        "platform module evaluation exceeded {limit:?}; the module may not terminate{}",
+        if *still_running == 0 { String::new() } else {
+            format!(" ({still_running} timed-out evaluations of it are still running; no new one starts until one ends)")
+        }
+    )]
+    Timeout {
+        /// The limit (`CueRendererOptions::eval_timeout`).
+        limit: Duration,
+        /// Timed-out evaluations of this module still running in the bridge.
+        still_running: usize,
+    },
     /// The blocking evaluation task failed (it panicked or was cancelled). Should never happen.
-    #[error("compiler task failed: {0}")]
+    #[error("renderer task failed: {0}")]
     Task(#[source] Arc<dyn std::error::Error + Send + Sync>),
     /// The CUE bridge answered outside its contract (a bug in cuebe). Should never happen.
     #[error("the CUE bridge broke its contract: {0}")]
     Bridge(&'static str),
 }
 
-impl CompileError {
+impl RenderError {
     /// A short machine-readable reason, for status conditions.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -172,29 +176,32 @@ impl CompileError {
             Self::InvalidInput { .. } => "InvalidSpec",
             Self::Module(_) => "ModuleError",
             Self::InvalidGraph(_) => "InvalidGraph",
-            Self::Timeout(_) => "RenderTimeout",
+            Self::Timeout { .. } => "RenderTimeout",
             Self::Task(_) | Self::Bridge(_) => "InternalError",
         }
     }
 }
 
-/// Counters of a render cache since the compiler was created.
+/// Counters of a render cache since the renderer was created.
 ///
 /// ```
-/// use cuebe_core::compile::CueCompiler;
+/// use cuebe_core::render::CueRenderer;
 /// use cuebe_core::module::ModuleSet;
-/// let compiler = CueCompiler::new(ModuleSet::default());
-/// let stats = compiler.cache_stats();
+/// let renderer = CueRenderer::new(ModuleSet::default());
+/// let stats = renderer.cache_stats();
 /// assert_eq!((stats.hits, stats.misses, stats.entries), (0, 0, 0));
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RenderCacheStats {
-    /// Compiles answered from the cache.
+    /// Renders answered from the cache.
     pub hits: u64,
-    /// Compiles that had to evaluate CUE.
+    /// Renders that had to evaluate CUE.
     pub misses: u64,
     /// Renders held now.
     pub entries: usize,
+    /// Evaluations that exceeded the time limit and still run in the bridge (CUE cannot stop
+    /// them). Bounded per module by `cuebe_cue_sys::module::MAX_ABANDONED_EVALUATIONS`.
+    pub abandoned_evaluations: usize,
 }
 
 /// Static facts a module declares, read once per digest.
@@ -247,9 +254,9 @@ impl RenderCache {
     }
 }
 
-/// Tuning for [`CueCompiler`].
+/// Tuning for [`CueRenderer`].
 #[derive(Debug, Clone)]
-pub struct CueCompilerOptions {
+pub struct CueRendererOptions {
     /// Wall-clock limit of one evaluation.
     pub eval_timeout: Duration,
     /// Rendered graphs kept in memory.
@@ -258,7 +265,7 @@ pub struct CueCompilerOptions {
     pub evaluators_per_module: usize,
 }
 
-impl Default for CueCompilerOptions {
+impl Default for CueRendererOptions {
     fn default() -> Self {
         Self {
             eval_timeout: Duration::from_secs(10),
@@ -273,41 +280,42 @@ impl Default for CueCompilerOptions {
 #[derive(Debug)]
 struct Inner {
     modules: ModuleSet,
-    options: CueCompilerOptions,
+    options: CueRendererOptions,
     built: Mutex<HashMap<String, Arc<BuiltModule>>>,
     cache: Mutex<RenderCache>,
     hits: AtomicU64,
     misses: AtomicU64,
 }
 
-/// The compiler backed by CUE, evaluated in-process.
+/// The renderer backed by CUE, evaluated in-process.
 ///
 /// ```no_run
-/// use cuebe_core::compile::{CompileInput, CueCompiler, InstanceMeta};
+/// use cuebe_core::instance::Instance;
+/// use cuebe_core::render::{CueRenderer, RenderInput};
 /// use cuebe_core::module::{ModuleSet, ModuleSource};
 ///
 /// let module = ModuleSource::from_dir("cue/platform", "./webservice")?;
-/// let compiler = CueCompiler::new(ModuleSet::single("1.0.0", module));
-/// let graph = compiler.compile_blocking(&CompileInput {
-///     instance: InstanceMeta { name: "web".into(), namespace: "apps".into(), ..Default::default() },
+/// let renderer = CueRenderer::new(ModuleSet::single("1.0.0", module));
+/// let graph = renderer.render_blocking(&RenderInput {
+///     instance: Instance { name: "web".into(), namespace: "apps".into(), ..Default::default() },
 ///     spec: serde_json::json!({"image": "registry.example.com/web:1"}),
 ///     ..Default::default()
 /// });
 /// # Ok::<(), std::io::Error>(())
 /// ```
 #[derive(Debug, Clone)]
-pub struct CueCompiler {
+pub struct CueRenderer {
     inner: Arc<Inner>,
 }
 
-impl CueCompiler {
-    /// A compiler over these embedded modules, with default options.
+impl CueRenderer {
+    /// A renderer over these embedded modules, with default options.
     pub fn new(modules: ModuleSet) -> Self {
-        Self::with_options(modules, CueCompilerOptions::default())
+        Self::with_options(modules, CueRendererOptions::default())
     }
 
-    /// A compiler with explicit options.
-    pub fn with_options(modules: ModuleSet, options: CueCompilerOptions) -> Self {
+    /// A renderer with explicit options.
+    pub fn with_options(modules: ModuleSet, options: CueRendererOptions) -> Self {
         let capacity = options.render_cache_capacity;
         Self {
             inner: Arc::new(Inner {
@@ -332,15 +340,15 @@ impl CueCompiler {
 
     /// Builds (or returns the cached build of) the module an input asks for. Useful to pay the
     /// cold cost at start-up.
-    pub fn preload(&self, platform_ref: Option<&PlatformRef>) -> Result<String, CompileError> {
+    pub fn preload(&self, platform_ref: Option<&PlatformRef>) -> Result<String, RenderError> {
         let source = self.inner.modules.resolve(platform_ref)?.source.clone();
         let digest = source.digest().to_string();
         self.inner.built_module(&source)?;
         Ok(digest)
     }
 
-    /// Compiles on the calling thread (for CLIs, tests and benches).
-    pub fn compile_blocking(&self, input: &CompileInput) -> Result<Arc<Plan>, CompileError> {
+    /// Renders on the calling thread (for CLIs, tests and benches).
+    pub fn render_blocking(&self, input: &RenderInput) -> Result<Arc<Plan>, RenderError> {
         let prepared = self.inner.prepare(input)?;
         if let Some(hit) = self.inner.lookup(&prepared, true) {
             return Ok(hit);
@@ -350,7 +358,7 @@ impl CueCompiler {
 
     /// The exact value filled at `input` for this instance (after resolving observed exports):
     /// what to hand the `cue` CLI to reproduce a render outside the operator.
-    pub fn module_input(&self, input: &CompileInput) -> Result<Value, CompileError> {
+    pub fn module_input(&self, input: &RenderInput) -> Result<Value, RenderError> {
         Ok(self.inner.prepare(input)?.input_value)
     }
 
@@ -366,11 +374,11 @@ impl CueCompiler {
     }
 }
 
-impl CueCompiler {
+impl CueRenderer {
     /// The render of `input` when it is in the render cache and its module is built already;
     /// `None` otherwise. Never evaluates CUE nor builds a module, so an async caller may ask
     /// on its own thread before handing a miss to a blocking thread.
-    pub fn cached(&self, input: &CompileInput) -> Result<Option<Arc<Plan>>, CompileError> {
+    pub fn cached(&self, input: &RenderInput) -> Result<Option<Arc<Plan>>, RenderError> {
         let inner = &self.inner;
         let source = inner
             .modules
@@ -390,7 +398,7 @@ impl CueCompiler {
         Ok(inner.lookup(&prepared, false))
     }
 
-    /// How the render cache has done since the compiler was created.
+    /// How the render cache has done since the renderer was created.
     pub fn cache_stats(&self) -> RenderCacheStats {
         let entries = self
             .inner
@@ -399,10 +407,19 @@ impl CueCompiler {
             .unwrap_or_else(PoisonError::into_inner)
             .map
             .len();
+        let abandoned_evaluations = self
+            .inner
+            .built
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .map(|b| b.module.abandoned_evaluations())
+            .sum();
         RenderCacheStats {
             hits: self.inner.hits.load(Ordering::Relaxed),
             misses: self.inner.misses.load(Ordering::Relaxed),
             entries,
+            abandoned_evaluations,
         }
     }
 }
@@ -418,7 +435,7 @@ struct Prepared {
 }
 
 impl Inner {
-    fn built_module(&self, source: &Arc<ModuleSource>) -> Result<Arc<BuiltModule>, CompileError> {
+    fn built_module(&self, source: &Arc<ModuleSource>) -> Result<Arc<BuiltModule>, RenderError> {
         let digest = source.digest().to_string();
         if let Some(b) = self
             .built
@@ -430,7 +447,7 @@ impl Inner {
         }
         let started = std::time::Instant::now();
         let module = LoadedModule::load(source.module_files(), self.options.evaluators_per_module)
-            .map_err(|errors| CompileError::ModuleLoad {
+            .map_err(|errors| RenderError::ModuleLoad {
                 digest: digest.clone(),
                 errors,
             })?;
@@ -443,7 +460,7 @@ impl Inner {
                 ],
                 self.options.eval_timeout,
             )
-            .map_err(|e| timeout_or(e, self.options.eval_timeout, CompileError::Module))?;
+            .map_err(|e| timeout_or(e, &module, self.options.eval_timeout, RenderError::Module))?;
         let info: ModuleInfo = decode_static(results.first(), "module")?;
         let exports: BTreeMap<String, ExportDecl> = decode_static(results.get(1), "exports")?;
         let label = match (info.name.is_empty(), info.version.is_empty()) {
@@ -464,7 +481,7 @@ impl Inner {
         Ok(built)
     }
 
-    fn prepare(&self, input: &CompileInput) -> Result<Prepared, CompileError> {
+    fn prepare(&self, input: &RenderInput) -> Result<Prepared, RenderError> {
         let source = self
             .modules
             .resolve(input.platform_ref.as_ref())?
@@ -476,10 +493,10 @@ impl Inner {
 
     fn prepare_with(
         &self,
-        input: &CompileInput,
+        input: &RenderInput,
         source: Arc<ModuleSource>,
         built: Arc<BuiltModule>,
-    ) -> Result<Prepared, CompileError> {
+    ) -> Result<Prepared, RenderError> {
         let mut export_values = Map::new();
         let mut exports = Vec::with_capacity(built.exports.len());
         for (name, decl) in &built.exports {
@@ -543,7 +560,7 @@ impl Inner {
         hit
     }
 
-    fn render(&self, p: Prepared) -> Result<Arc<Plan>, CompileError> {
+    fn render(&self, p: Prepared) -> Result<Arc<Plan>, RenderError> {
         let timeout = self.options.eval_timeout;
         let results = p
             .built
@@ -560,12 +577,12 @@ impl Inner {
                 ],
                 timeout,
             )
-            .map_err(|e| timeout_or(e, timeout, CompileError::Module))?;
+            .map_err(|e| timeout_or(e, &p.built.module, timeout, RenderError::Module))?;
         let mut results = results.into_iter();
         let (Some(input), Some(violations), Some(nodes)) =
             (results.next(), results.next(), results.next())
         else {
-            return Err(CompileError::Bridge("it returned too few results"));
+            return Err(RenderError::Bridge("it returned too few results"));
         };
         if let Exported::Errors(errors) = input {
             return Err(input_errors(errors));
@@ -578,7 +595,7 @@ impl Inner {
                     format!("not a list of {{path, rule, message, severity?}}: {e}"),
                 )
             })?,
-            Exported::Errors(errors) => return Err(CompileError::Module(CueErrors(errors))),
+            Exported::Errors(errors) => return Err(RenderError::Module(CueErrors(errors))),
             Exported::Fields(_) => return Err(module_error("violations", "must be a list".into())),
         };
         let blocked = violations
@@ -614,7 +631,7 @@ impl Inner {
         let graph = Arc::new(if blocked {
             Plan::blocked(graph)
         } else {
-            Plan::new(graph, &p.namespace).map_err(CompileError::InvalidGraph)?
+            Plan::new(graph, &p.namespace).map_err(RenderError::InvalidGraph)?
         });
         self.cache
             .lock()
@@ -626,18 +643,22 @@ impl Inner {
 
 fn timeout_or(
     errors: CueErrors,
+    module: &LoadedModule,
     timeout: Duration,
-    other: impl FnOnce(CueErrors) -> CompileError,
-) -> CompileError {
+    other: impl FnOnce(CueErrors) -> RenderError,
+) -> RenderError {
     if errors.is_timeout() {
-        CompileError::Timeout(timeout)
+        RenderError::Timeout {
+            limit: timeout,
+            still_running: module.abandoned_evaluations(),
+        }
     } else {
         other(errors)
     }
 }
 
-fn module_error(path: &str, message: String) -> CompileError {
-    CompileError::Module(CueErrors(vec![CueError {
+fn module_error(path: &str, message: String) -> RenderError {
+    RenderError::Module(CueErrors(vec![CueError {
         message,
         path: path.to_string(),
         positions: vec![],
@@ -648,18 +669,18 @@ fn module_error(path: &str, message: String) -> CompileError {
 fn decode_static<T: for<'de> Deserialize<'de> + Default>(
     result: Option<&Exported>,
     path: &str,
-) -> Result<T, CompileError> {
+) -> Result<T, RenderError> {
     match result {
         None | Some(Exported::Absent) => Ok(T::default()),
         Some(Exported::Value(v)) => serde_json::from_value(v.clone())
             .map_err(|e| module_error(path, format!("unexpected shape: {e}"))),
-        Some(Exported::Errors(errors)) => Err(CompileError::Module(CueErrors(errors.clone()))),
+        Some(Exported::Errors(errors)) => Err(RenderError::Module(CueErrors(errors.clone()))),
         Some(Exported::Fields(_)) => Err(module_error(path, "unexpected split result".into())),
     }
 }
 
 /// Maps CUE's errors on `input` to field errors a user understands.
-fn input_errors(errors: Vec<CueError>) -> CompileError {
+fn input_errors(errors: Vec<CueError>) -> RenderError {
     let mut out: Vec<FieldError> = Vec::new();
     for e in errors {
         // CUE heads a failed disjunction with a summary; the lines after it say what conflicts.
@@ -680,7 +701,7 @@ fn input_errors(errors: Vec<CueError>) -> CompileError {
             None => out.push(FieldError { field, message }),
         }
     }
-    CompileError::InvalidInput { errors: out }
+    RenderError::InvalidInput { errors: out }
 }
 
 fn lookup_dotted<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
@@ -693,10 +714,10 @@ fn assemble_nodes(
     nodes: Exported,
     exports: &[Export],
     blocked: bool,
-) -> Result<Vec<Node>, CompileError> {
+) -> Result<Vec<Node>, RenderError> {
     let fields = match nodes {
         Exported::Fields(f) => f,
-        Exported::Errors(errors) => return Err(CompileError::Module(CueErrors(errors))),
+        Exported::Errors(errors) => return Err(RenderError::Module(CueErrors(errors))),
         Exported::Absent => {
             return Err(module_error("nodes", "the module defines no nodes".into()));
         }
@@ -716,7 +737,7 @@ fn assemble_nodes(
     for (id, node) in fields {
         let Exported::Fields(parts) = node else {
             if let Exported::Errors(errors) = node {
-                return Err(CompileError::Module(CueErrors(errors)));
+                return Err(RenderError::Module(CueErrors(errors)));
             }
             return Err(module_error(
                 &format!("nodes.{id}"),
@@ -745,7 +766,7 @@ fn assemble_nodes(
                     if blocked {
                         continue;
                     }
-                    return Err(CompileError::Module(CueErrors(errors)));
+                    return Err(RenderError::Module(CueErrors(errors)));
                 }
                 (_, Exported::Fields(_)) => {}
             }
@@ -764,7 +785,7 @@ fn assemble_nodes(
                     // Policy already failed; the object is incomplete because the input is bad.
                     continue;
                 }
-                return Err(CompileError::Module(CueErrors(errors)));
+                return Err(RenderError::Module(CueErrors(errors)));
             }
             node.object = None;
         }
@@ -817,7 +838,7 @@ fn render_hash(digest: &str, input_hash: &[u8; 32], graph: &Graph) -> String {
 /// JSON with object keys sorted at every level: the stable form that hashes are taken over.
 ///
 /// ```
-/// let a = cuebe_core::compile::canonical_json(&serde_json::json!({"b": 1, "a": [{"d": 2, "c": 3}]}));
+/// let a = cuebe_core::render::canonical_json(&serde_json::json!({"b": 1, "a": [{"d": 2, "c": 3}]}));
 /// assert_eq!(a, br#"{"a":[{"c":3,"d":2}],"b":1}"#);
 /// ```
 pub fn canonical_json(v: &Value) -> Vec<u8> {

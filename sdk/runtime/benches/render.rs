@@ -1,4 +1,4 @@
-//! Compiler benchmarks on the WebService platform module (`cue/platform`).
+//! Renderer benchmarks on the WebService platform module (`cue/platform`).
 //!
 //! - `cold_module_load`: build the module from its files (what the first render of a digest pays).
 //! - `warm_render/<scenario>`: module built, render cache off: a full CUE evaluation and export.
@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use common::{CliBaseline, platform, scenarios};
 use criterion::{Criterion, criterion_group, criterion_main};
-use cuebe::compiler::CueCompilerOptions;
 use cuebe::cue::LoadedModule;
-use cuebe::{CueCompiler, ModuleSet};
+use cuebe::renderer::CueRendererOptions;
+use cuebe::{CueRenderer, ModuleSet};
 
 fn benches(c: &mut Criterion) {
     let module = platform();
@@ -22,19 +22,19 @@ fn benches(c: &mut Criterion) {
         b.iter(|| black_box(LoadedModule::load(module.module_files(), 1).expect("module loads")))
     });
 
-    let uncached = CueCompiler::with_options(
+    let uncached = CueRenderer::with_options(
         ModuleSet::single("1.0.0", module.clone()),
-        CueCompilerOptions {
+        CueRendererOptions {
             render_cache_capacity: 0,
             ..Default::default()
         },
     );
-    let cached = CueCompiler::new(ModuleSet::single("1.0.0", module.clone()));
+    let cached = CueRenderer::new(ModuleSet::single("1.0.0", module.clone()));
     let mut warm = c.benchmark_group("warm_render");
     for (name, input) in scenarios() {
-        uncached.compile_blocking(&input).expect("renders");
+        uncached.render_blocking(&input).expect("renders");
         warm.bench_function(name, |b| {
-            b.iter(|| black_box(uncached.compile_blocking(&input).expect("renders")))
+            b.iter(|| black_box(uncached.render_blocking(&input).expect("renders")))
         });
     }
     warm.finish();
@@ -68,9 +68,9 @@ fn benches(c: &mut Criterion) {
 
     let mut hit = c.benchmark_group("cached_hit");
     for (name, input) in scenarios() {
-        cached.compile_blocking(&input).expect("renders");
+        cached.render_blocking(&input).expect("renders");
         hit.bench_function(name, |b| {
-            b.iter(|| black_box(cached.compile_blocking(&input).expect("renders")))
+            b.iter(|| black_box(cached.render_blocking(&input).expect("renders")))
         });
     }
     hit.finish();
@@ -85,5 +85,5 @@ fn benches(c: &mut Criterion) {
     cli.finish();
 }
 
-criterion_group!(compiler, benches);
-criterion_main!(compiler);
+criterion_group!(render, benches);
+criterion_main!(render);

@@ -1,11 +1,10 @@
-//! The CUE compiler against the real platform module in `cue/platform`.
+//! The CUE renderer against the real platform module in `cue/platform`.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
-use cuebe::compiler::{Capabilities, CompileError, CompileInput, CueCompilerOptions, InstanceMeta};
-use cuebe::{CueCompiler, ModuleSet, ModuleSource};
+use cuebe::renderer::{Capabilities, CueRendererOptions, RenderError, RenderInput};
+use cuebe::{CueRenderer, ModuleSet, ModuleSource};
 use serde_json::json;
 
 fn platform() -> ModuleSource {
@@ -16,12 +15,13 @@ fn platform() -> ModuleSource {
     .expect("cue/platform is readable")
 }
 
-fn input(spec: serde_json::Value) -> CompileInput {
-    CompileInput {
-        instance: InstanceMeta {
+fn input(spec: serde_json::Value) -> RenderInput {
+    RenderInput {
+        instance: cuebe::instance::Instance {
             name: "web".into(),
             namespace: "apps".into(),
             labels: BTreeMap::new(),
+            ..Default::default()
         },
         spec,
         ..Default::default()
@@ -30,15 +30,15 @@ fn input(spec: serde_json::Value) -> CompileInput {
 
 #[test]
 fn simple_service_renders_and_is_byte_stable() {
-    let c = CueCompiler::new(ModuleSet::single("1.0.0", platform()));
+    let c = CueRenderer::new(ModuleSet::single("1.0.0", platform()));
     let spec = json!({"image": "registry.example.com/web:1.4.2", "resources": {"cpu": "250m", "memory": "256Mi"}});
-    let g = c.compile_blocking(&input(spec.clone())).unwrap();
+    let g = c.render_blocking(&input(spec.clone())).unwrap();
     let ids: Vec<&str> = g.nodes.iter().map(|n| n.id.as_str()).collect();
     assert_eq!(ids, ["serviceAccount", "deployment", "service", "pdb"]);
     assert!(g.violations.is_empty(), "{:?}", g.violations);
-    // A fresh compiler (no cache) gives the same bytes and hash.
-    let c2 = CueCompiler::new(ModuleSet::single("1.0.0", platform()));
-    let g2 = c2.compile_blocking(&input(spec)).unwrap();
+    // A fresh renderer (no cache) gives the same bytes and hash.
+    let c2 = CueRenderer::new(ModuleSet::single("1.0.0", platform()));
+    let g2 = c2.render_blocking(&input(spec)).unwrap();
     assert_eq!(
         serde_json::to_string(&*g).unwrap(),
         serde_json::to_string(&*g2).unwrap()
@@ -48,12 +48,12 @@ fn simple_service_renders_and_is_byte_stable() {
 
 #[test]
 fn irsa_is_pending_until_the_arn_is_observed() {
-    let c = CueCompiler::new(ModuleSet::single("1.0.0", platform()));
+    let c = CueRenderer::new(ModuleSet::single("1.0.0", platform()));
     let mut i = input(
         json!({"image": "registry.example.com/web:1.4.2", "resources": {"cpu": "250m", "memory": "256Mi"}, "iam": {"policyARNs": []}}),
     );
     i.capabilities = Capabilities::from_names(["ack-iam"]);
-    let before = c.compile_blocking(&i).unwrap();
+    let before = c.render_blocking(&i).unwrap();
     let sa = before.node("serviceAccount").unwrap();
     assert_eq!(sa.pending_on, ["roleArn"]);
     assert!(sa.object.is_none());
@@ -62,7 +62,7 @@ fn irsa_is_pending_until_the_arn_is_observed() {
     assert!(before.node("service").unwrap().pending_on.is_empty());
 
     i.observed.insert("iamRole".into(), json!({"status": {"ackResourceMetadata": {"arn": "arn:aws:iam::111122223333:role/apps-web"}}}));
-    let after = c.compile_blocking(&i).unwrap();
+    let after = c.render_blocking(&i).unwrap();
     let sa = after.node("serviceAccount").unwrap();
     assert!(sa.pending_on.is_empty());
     assert_eq!(
@@ -77,23 +77,23 @@ fn irsa_is_pending_until_the_arn_is_observed() {
 
 #[test]
 fn unknown_field_and_wrong_type_name_the_field() {
-    let c = CueCompiler::new(ModuleSet::single("1.0.0", platform()));
+    let c = CueRenderer::new(ModuleSet::single("1.0.0", platform()));
     let err = c
-        .compile_blocking(&input(
+        .render_blocking(&input(
             json!({"image": "registry.example.com/web:1", "colour": "red"}),
         ))
         .unwrap_err();
-    let CompileError::InvalidInput { errors } = &err else {
+    let RenderError::InvalidInput { errors } = &err else {
         panic!("{err}")
     };
     assert_eq!(errors[0].field, "spec.colour", "{err}");
     assert_eq!(errors[0].message, "unknown field (not in the schema)");
     let err = c
-        .compile_blocking(&input(
+        .render_blocking(&input(
             json!({"image": "registry.example.com/web:1", "replicas": "two"}),
         ))
         .unwrap_err();
-    let CompileError::InvalidInput { errors } = &err else {
+    let RenderError::InvalidInput { errors } = &err else {
         panic!("{err}")
     };
     assert_eq!(errors.len(), 1, "{err}");
@@ -107,49 +107,23 @@ fn unknown_field_and_wrong_type_name_the_field() {
 }
 
 #[test]
-fn a_module_that_does_not_terminate_times_out() {
-    let looping = platform().with_files([(
-        "webservice/loop.cue",
-        "package webservice\nimport \"list\"\n_spin: [for i in list.Range(0, 100000, 1) for j in list.Range(0, 100000 + len(input.metadata.name), 1) if false {i}]\nnodes: service: object: metadata: annotations: x: \"\\(len(_spin))\"\n",
-    )]);
-    let c = CueCompiler::with_options(
-        ModuleSet::single("1.0.0", looping),
-        CueCompilerOptions {
-            eval_timeout: Duration::from_millis(1500),
-            ..Default::default()
-        },
-    );
-    let err = c
-        .compile_blocking(&input(json!({"image": "registry.example.com/web:1"})))
-        .unwrap_err();
-    assert!(matches!(err, CompileError::Timeout(_)), "{err}");
-    assert!(err.to_string().contains("may not terminate"));
-    // The timed-out evaluator is discarded: the next render builds a fresh one and times out
-    // again rather than hanging.
-    let again = c
-        .compile_blocking(&input(json!({"image": "registry.example.com/web:2"})))
-        .unwrap_err();
-    assert!(matches!(again, CompileError::Timeout(_)), "{again}");
-}
-
-#[test]
 fn concurrent_renders_match_sequential_ones() {
     // Several threads share two evaluators of one module; every render must come out exactly as
     // it does alone (a CUE value shared unsafely would mix inputs or crash).
-    let options = CueCompilerOptions {
+    let options = CueRendererOptions {
         render_cache_capacity: 0,
         evaluators_per_module: 2,
         ..Default::default()
     };
-    let c = std::sync::Arc::new(CueCompiler::with_options(
+    let c = std::sync::Arc::new(CueRenderer::with_options(
         ModuleSet::single("1.0.0", platform()),
         options.clone(),
     ));
     let spec_for = |i: usize| json!({"image": format!("registry.example.com/web:1.{i}.0"), "replicas": 1 + i % 5, "resources": {"cpu": "250m", "memory": "256Mi"}});
-    let alone = CueCompiler::with_options(ModuleSet::single("1.0.0", platform()), options);
+    let alone = CueRenderer::with_options(ModuleSet::single("1.0.0", platform()), options);
     let expected: Vec<String> = (0..8)
         .map(|i| {
-            serde_json::to_string(&*alone.compile_blocking(&input(spec_for(i))).unwrap()).unwrap()
+            serde_json::to_string(&*alone.render_blocking(&input(spec_for(i))).unwrap()).unwrap()
         })
         .collect();
     let threads: Vec<_> = (0..8)
@@ -159,7 +133,7 @@ fn concurrent_renders_match_sequential_ones() {
             std::thread::spawn(move || {
                 (0..5)
                     .map(|_| {
-                        serde_json::to_string(&*c.compile_blocking(&input(spec.clone())).unwrap())
+                        serde_json::to_string(&*c.render_blocking(&input(spec.clone())).unwrap())
                             .unwrap()
                     })
                     .collect::<Vec<_>>()

@@ -1,0 +1,54 @@
+//! The renderer as the runtime calls it: the async [`Renderer`] trait over the core's
+//! [`CueRenderer`], which evaluates CUE on a blocking thread.
+//!
+//! Everything else here is the core's [`cuebe_core::render`], re-exported.
+use std::sync::Arc;
+
+use cuebe_core::plan::Plan;
+pub use cuebe_core::render::*;
+
+/// Turns an instance into a validated [`Plan`] of its Graph. Implementations must be pure: the
+/// same input gives the same graph.
+///
+/// ```no_run
+/// # async fn demo(renderer: &dyn cuebe::renderer::Renderer) -> Result<(), cuebe::renderer::RenderError> {
+/// use cuebe::renderer::{RenderInput};
+/// let plan = renderer
+///     .render(&RenderInput {
+///         instance: cuebe::instance::Instance { name: "web".into(), namespace: "apps".into(), ..Default::default() },
+///         spec: serde_json::json!({"image": "registry.example.com/web:1"}),
+///         ..Default::default()
+///     })
+///     .await?;
+/// println!("{} nodes", plan.graph().nodes.len());
+/// # Ok(()) }
+/// ```
+#[async_trait::async_trait]
+pub trait Renderer: Send + Sync {
+    /// Renders one instance.
+    async fn render(&self, input: &RenderInput) -> Result<Arc<Plan>, RenderError>;
+
+    /// How the renderer's render cache has done so far, if it has one (reported as metrics).
+    fn cache_stats(&self) -> Option<RenderCacheStats> {
+        None
+    }
+}
+
+#[async_trait::async_trait]
+impl Renderer for CueRenderer {
+    async fn render(&self, input: &RenderInput) -> Result<Arc<Plan>, RenderError> {
+        // A cache hit never leaves this thread; CUE runs on a blocking thread.
+        if let Some(hit) = self.cached(input)? {
+            return Ok(hit);
+        }
+        let renderer = self.clone();
+        let input = input.clone();
+        tokio::task::spawn_blocking(move || renderer.render_blocking(&input))
+            .await
+            .map_err(|e| RenderError::Task(Arc::new(e)))?
+    }
+
+    fn cache_stats(&self) -> Option<RenderCacheStats> {
+        Some(CueRenderer::cache_stats(self))
+    }
+}
