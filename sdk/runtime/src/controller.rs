@@ -255,7 +255,7 @@ impl<A: Abstraction> Operator<A> {
             discovery,
             clock: self.clock.clone(),
             written: std::sync::Mutex::new(std::collections::HashMap::new()),
-            failures: std::sync::Mutex::new(std::collections::HashMap::new()),
+            failures: std::sync::Mutex::new(RetryBook::default()),
             _kind: std::marker::PhantomData,
         });
         let stop: Trigger = stop_signal(self.shutdown_on_signal).shared();
@@ -537,7 +537,7 @@ struct Context<A: Abstraction> {
     clock: Arc<dyn Clock>,
     /// Consecutive failed reconciles per instance (by namespace/name) and the last error's
     /// text, for exponential backoff and one warning per change of error.
-    failures: std::sync::Mutex<std::collections::HashMap<String, (u32, String)>>,
+    failures: std::sync::Mutex<RetryBook>,
     /// The status last written per instance (by UID). The watch cache can lag behind our own
     /// writes; starting from what we wrote avoids repeating writes and events.
     written: std::sync::Mutex<std::collections::HashMap<String, AbstractionStatus>>,
@@ -844,7 +844,7 @@ async fn reconcile<A: Abstraction>(
         ctx.failures
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&key);
+            .succeeded(&key);
     }
     result
 }
@@ -862,33 +862,69 @@ fn error_policy<A: Abstraction>(
         object.namespace().unwrap_or_else(|| "default".into()),
         object.name_any()
     );
-    let text = error.to_string();
-    let (failures, changed) = {
-        let mut all = ctx
-            .failures
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let entry = all.entry(key.clone()).or_insert((0, String::new()));
-        entry.0 = entry.0.saturating_add(1);
-        let changed = entry.1 != text;
-        entry.1 = text;
-        (entry.0, changed)
-    };
-    let delay = match error {
-        // Deletion waiting for objects to go is progress, not a failure: start fast.
-        ReconcileError::TeardownInProgress => retry_delay(
-            failures,
-            Duration::from_millis(500),
-            Duration::from_secs(30),
-        ),
-        _ => retry_delay(failures, Duration::from_secs(2), Duration::from_secs(300)),
-    };
-    if changed && !matches!(error, ReconcileError::TeardownInProgress) {
+    let teardown = matches!(error, ReconcileError::TeardownInProgress);
+    let retry = ctx
+        .failures
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .failed(&key, &error.to_string(), teardown);
+    let (failures, delay) = (retry.failures, retry.delay);
+    if retry.warn {
         tracing::warn!(instance = %key, %error, failures, retry_in = ?delay, "reconcile failed");
     } else {
         tracing::debug!(instance = %key, %error, failures, retry_in = ?delay, "reconcile failed again");
     }
     Action::requeue(delay)
+}
+
+/// What to do after a failed reconcile: when to retry and whether to warn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Retry {
+    /// Consecutive failures of this instance, this one included.
+    failures: u32,
+    delay: Duration,
+    /// Warn (rather than debug): the first failure, or a different error than the last one.
+    warn: bool,
+}
+
+/// Consecutive failures per instance (`namespace/name`) and the last error's text: the state
+/// the error policy decides from. Kept apart from the controller so the decision is a function
+/// over data with table tests.
+#[derive(Debug, Default)]
+struct RetryBook(std::collections::HashMap<String, (u32, String)>);
+
+impl RetryBook {
+    /// A permanent error (RBAC Forbidden, a module that does not load) backs off exponentially
+    /// (2 s doubling up to 5 min) instead of looping at a fixed rate; deletion waiting for its
+    /// objects to go is progress, so it starts fast (0.5 s doubling up to 30 s) and never warns.
+    fn failed(&mut self, key: &str, error: &str, teardown_in_progress: bool) -> Retry {
+        let entry = self.0.entry(key.to_string()).or_insert((0, String::new()));
+        entry.0 = entry.0.saturating_add(1);
+        let changed = entry.1 != error;
+        if changed {
+            entry.1 = error.to_string();
+        }
+        let failures = entry.0;
+        let delay = if teardown_in_progress {
+            retry_delay(
+                failures,
+                Duration::from_millis(500),
+                Duration::from_secs(30),
+            )
+        } else {
+            retry_delay(failures, Duration::from_secs(2), Duration::from_secs(300))
+        };
+        Retry {
+            failures,
+            delay,
+            warn: changed && !teardown_in_progress,
+        }
+    }
+
+    /// A reconcile succeeded: the next failure starts from the shortest delay and warns again.
+    fn succeeded(&mut self, key: &str) {
+        self.0.remove(key);
+    }
 }
 
 /// `base · 2^(failures-1)`, at most `cap`.
@@ -909,6 +945,94 @@ fn owner_of<A: Abstraction>(obj: &DynamicObject, kind: &str) -> Option<ObjectRef
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failed_reconciles_back_off_per_instance_and_warn_once_per_change_of_error() {
+        let secs = Duration::from_secs;
+        let ms = Duration::from_millis;
+        let mut book = RetryBook::default();
+        // (instance, error, teardown in progress) → (failures, delay, warn)
+        let steps: [(&str, &str, bool, (u32, Duration, bool)); 10] = [
+            (
+                "a/web",
+                "Forbidden: delete deployments",
+                false,
+                (1, secs(2), true),
+            ),
+            (
+                "a/web",
+                "Forbidden: delete deployments",
+                false,
+                (2, secs(4), false),
+            ),
+            (
+                "a/web",
+                "Forbidden: delete deployments",
+                false,
+                (3, secs(8), false),
+            ),
+            // Another instance has its own count.
+            (
+                "b/api",
+                "Forbidden: delete deployments",
+                false,
+                (1, secs(2), true),
+            ),
+            // A different error warns again but keeps backing off.
+            ("a/web", "module does not load", false, (4, secs(16), true)),
+            ("a/web", "module does not load", false, (5, secs(32), false)),
+            // Deletion in progress starts fast and never warns.
+            (
+                "c/gone",
+                "waiting for objects to go",
+                true,
+                (1, ms(500), false),
+            ),
+            (
+                "c/gone",
+                "waiting for objects to go",
+                true,
+                (2, secs(1), false),
+            ),
+            (
+                "c/gone",
+                "waiting for objects to go",
+                true,
+                (3, secs(2), false),
+            ),
+            (
+                "b/api",
+                "Forbidden: delete deployments",
+                false,
+                (2, secs(4), false),
+            ),
+        ];
+        for (i, (key, error, teardown, (failures, delay, warn))) in steps.into_iter().enumerate() {
+            let got = book.failed(key, error, teardown);
+            assert_eq!(
+                got,
+                Retry {
+                    failures,
+                    delay,
+                    warn
+                },
+                "step {i}: {key} {error}"
+            );
+        }
+        // A success resets the instance: the next failure is the first again.
+        book.succeeded("a/web");
+        let again = book.failed("a/web", "module does not load", false);
+        assert_eq!(
+            (again.failures, again.delay, again.warn),
+            (1, secs(2), true)
+        );
+        // The cap holds however long it fails.
+        let mut last = Duration::ZERO;
+        for _ in 0..40 {
+            last = book.failed("d/stuck", "Forbidden", false).delay;
+        }
+        assert_eq!(last, secs(300));
+    }
 
     #[test]
     fn retries_back_off_exponentially_up_to_the_cap() {

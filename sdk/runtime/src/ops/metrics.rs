@@ -360,6 +360,14 @@ impl Collector for RenderCacheCollector {
 /// # Ok(()) }
 /// ```
 pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<OperatorMetrics>) {
+    serve_with(listener, metrics, HEADER_READ_TIMEOUT).await
+}
+
+async fn serve_with(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<OperatorMetrics>,
+    header_read_timeout: Duration,
+) {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -380,7 +388,7 @@ pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<OperatorMetri
             // (and a task) for ever.
             if let Err(error) = http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .header_read_timeout(header_read_timeout)
                 .serve_connection(TokioIo::new(stream), service)
                 .await
             {
@@ -426,5 +434,42 @@ fn answer(request: &Request<Incoming>, metrics: &OperatorMetrics) -> Response<Fu
             TEXT,
             "not found; try /metrics, /healthz or /readyz\n".into(),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn a_client_that_never_finishes_its_headers_is_disconnected() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let metrics = Arc::new(OperatorMetrics::new("WebService", None));
+        let server = tokio::spawn(serve_with(listener, metrics, Duration::from_millis(300)));
+
+        // A slow (or hostile) client: half a request line, then silence.
+        let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"GET /metrics HTTP/1.1\r\nHost: x")
+            .await
+            .unwrap();
+        let mut rest = Vec::new();
+        let closed =
+            tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut rest)).await;
+        assert!(
+            closed.is_ok(),
+            "the server still holds the connection after 5 s"
+        );
+
+        // A normal client is still served.
+        let mut ok = tokio::net::TcpStream::connect(addr).await.unwrap();
+        ok.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        ok.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        server.abort();
     }
 }
