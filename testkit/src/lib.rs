@@ -7,8 +7,13 @@
 //!   kube-scheduler, kwok) built from pinned Go modules, and [`cluster::ack`], a stand-in for the
 //!   ACK IAM controller.
 //! - [`dev`]: the control plane as the cluster of an operator's `dev` subcommand.
+//! - [`fault`]: a relay in front of the API server that a test can freeze or cut.
+//! - [`eventually()`](eventually::eventually): wait for a condition with a deadline, and say what
+//!   was awaited when it does not come.
 //! - [`cue_cli`]: the official `cue` CLI at the bridge's pinned version, built once and cached.
 pub mod cluster;
 pub mod cue_cli;
 pub mod dev;
+pub mod eventually;
+pub mod fault;
 pub mod golden;

@@ -25,20 +25,15 @@ async fn cluster() -> &'static TestCluster {
     }
 }
 
-async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
+async fn eventually<F, Fut>(what: &str, timeout: Duration, check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let c = cluster().await;
-    panic!("timed out waiting for {what}\n{}", c.log_tails(20));
+    cuebe_testkit::eventually::eventually(what, timeout, check, || async {
+        cluster().await.log_tails(20)
+    })
+    .await;
 }
 
 fn deployment(name: &str, replicas: i32) -> Deployment {

@@ -98,34 +98,30 @@ impl Env {
             .unwrap_or_default()
     }
 
-    async fn eventually<F, Fut>(&self, what: &str, timeout: Duration, mut check: F)
+    async fn eventually<F, Fut>(&self, what: &str, timeout: Duration, check: F)
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = bool>,
     {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if check().await {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let statuses: Vec<String> = self
-            .webservices()
-            .list(&Default::default())
-            .await
-            .map(|l| {
-                l.items
-                    .into_iter()
-                    .map(|w| serde_json::to_string_pretty(&w.status).unwrap())
-                    .collect()
-            })
-            .unwrap_or_default();
-        panic!(
-            "timed out waiting for {what}\nstatuses: {}\n{}",
-            statuses.join("\n"),
-            self.cluster.log_tails(10)
-        );
+        cuebe_testkit::eventually::eventually(what, timeout, check, || async {
+            let statuses: Vec<String> = self
+                .webservices()
+                .list(&Default::default())
+                .await
+                .map(|l| {
+                    l.items
+                        .into_iter()
+                        .map(|w| serde_json::to_string_pretty(&w.status).unwrap())
+                        .collect()
+                })
+                .unwrap_or_default();
+            format!(
+                "statuses: {}\n{}",
+                statuses.join("\n"),
+                self.cluster.log_tails(10)
+            )
+        })
+        .await;
     }
 
     async fn ready(&self, name: &str) {

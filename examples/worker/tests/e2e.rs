@@ -17,19 +17,15 @@ use kube::{Client, CustomResourceExt};
 use serde_json::json;
 use worker_operator::Worker;
 
-async fn eventually<F, Fut>(what: &str, cluster: &TestCluster, mut check: F)
+async fn eventually<F, Fut>(what: &str, cluster: &TestCluster, check: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("timed out waiting for {what}\n{}", cluster.log_tails(10));
+    cuebe_testkit::eventually::eventually(what, Duration::from_secs(60), check, || async {
+        cluster.log_tails(10)
+    })
+    .await;
 }
 
 async fn status(workers: &Api<Worker>, name: &str) -> AbstractionStatus {

@@ -1063,6 +1063,25 @@ impl TestCluster {
         &self.server
     }
 
+    /// The API server's loopback address (what a [`crate::fault::FaultProxy`] relays to).
+    pub fn api_addr(&self) -> std::net::SocketAddr {
+        let port = self.config.cluster_url.port_u16().unwrap_or(443);
+        std::net::SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    /// An admin client whose every request goes through `proxy`, so a test can freeze or cut
+    /// the path between it and the real API server. The server's certificate names 127.0.0.1,
+    /// so TLS verifies as on the direct path.
+    pub fn client_via(&self, proxy: &crate::fault::FaultProxy) -> Client {
+        let mut config = self.config.clone();
+        let url = format!("https://{}", proxy.addr());
+        #[allow(clippy::expect_used)]
+        {
+            config.cluster_url = url.parse().expect("a socket address makes a valid URI");
+            Client::try_from(config).expect("the generated kubeconfig always yields a client")
+        }
+    }
+
     /// The `kubectl` of the same release.
     pub fn kubectl(&self) -> PathBuf {
         self.bin.join("kubectl")
