@@ -952,7 +952,8 @@ mod tests {
         let ms = Duration::from_millis;
         let mut book = RetryBook::default();
         // (instance, error, teardown in progress) → (failures, delay, warn)
-        let steps: [(&str, &str, bool, (u32, Duration, bool)); 10] = [
+        type Step<'a> = (&'a str, &'a str, bool, (u32, Duration, bool));
+        let steps: [Step<'_>; 10] = [
             (
                 "a/web",
                 "Forbidden: delete deployments",
