@@ -22,9 +22,9 @@ use std::time::{Duration, Instant};
 use cuebe::renderer::Capabilities;
 use cuebe_testkit::cluster::{ClusterOptions, TestCluster};
 use k8s_openapi::api::apps::v1::Deployment;
+use kube::Client;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::client::ClientBuilder;
-use kube::{Client, CustomResourceExt};
 use webservice_operator::WebService;
 
 type Counts = Arc<Mutex<BTreeMap<String, u64>>>;
@@ -243,7 +243,7 @@ fn main() {
     runtime.block_on(async {
         let cluster = TestCluster::start(ClusterOptions::default()).await.expect("control plane starts");
         cluster
-            .apply_crds(&[WebService::crd()], Instant::now() + Duration::from_secs(30))
+            .apply_crds(&[cuebe::abstraction::crd::<WebService>()], Instant::now() + Duration::from_secs(30))
             .await
             .unwrap();
         let rss_before = peak_rss_mib();

@@ -59,10 +59,9 @@ async fn env_with(
 }
 
 async fn install_crd(cluster: &TestCluster) {
-    use kube::CustomResourceExt;
     cluster
         .apply_crds(
-            &[WebService::crd()],
+            &[cuebe::abstraction::crd::<WebService>()],
             Instant::now() + Duration::from_secs(30),
         )
         .await
@@ -386,6 +385,146 @@ async fn removing_autoscaling_prunes_the_hpa() {
             })
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn objects_written_but_never_recorded_are_pruned_after_a_restart_and_deleted_with_the_instance()
+ {
+    use cuebe::Abstraction;
+    let e = env("unrecorded").await;
+    let mut spec = simple();
+    spec["autoscaling"] = json!({"minReplicas": 2, "maxReplicas": 5});
+    e.apply("leaky", spec).await;
+    e.ready("leaky").await;
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(e.client.clone(), &e.ns);
+    assert!(hpas.get_opt("leaky").await.unwrap().is_some());
+
+    // The operator dies between applying the HPA and storing the inventory that records it:
+    // the HPA carries the instance's labels and the operator's field manager, and the stored
+    // inventory does not list it. Meanwhile autoscaling is turned off.
+    e.controller.abort();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut status = e.status("leaky").await;
+    status.inventory.retain(|i| i.node_id != "hpa");
+    let body = json!({"apiVersion": "platform.example.com/v1alpha1", "kind": "WebService", "status": status});
+    e.webservices()
+        .patch_status(
+            "leaky",
+            &PatchParams::apply(WebService::FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await
+        .unwrap();
+    e.apply("leaky", simple()).await;
+    let _restarted = tokio::spawn(
+        Operator::<WebService>::new(e.client.clone())
+            .namespace(e.ns.clone())
+            .run(),
+    );
+    e.eventually(
+        "the unrecorded HPA to be pruned after the restart",
+        Duration::from_secs(30),
+        || async { hpas.get_opt("leaky").await.unwrap().is_none() },
+    )
+    .await;
+    e.eventually(
+        "leaky Ready without an HPA",
+        Duration::from_secs(30),
+        || async {
+            let s = e.status("leaky").await;
+            s.is_ready()
+                && s.inventory
+                    .iter()
+                    .all(|i| i.kind != "HorizontalPodAutoscaler")
+        },
+    )
+    .await;
+
+    // An object written while the operator runs, and never recorded (its store failed): the
+    // instance's deletion removes it with the rest.
+    let services: Api<Service> = Api::namespaced(e.client.clone(), &e.ns);
+    let stray = json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "leaky-old", "labels": {"cuebe.dev/instance": "leaky", "cuebe.dev/kind": "WebService"}},
+        "spec": {"ports": [{"port": 80}]},
+    });
+    services
+        .patch(
+            "leaky-old",
+            &PatchParams::apply(WebService::FIELD_MANAGER),
+            &Patch::Apply(&stray),
+        )
+        .await
+        .unwrap();
+    // Our labels without our field manager: not ours, so it survives the deletion.
+    let copied = json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "leaky-copy", "labels": {"cuebe.dev/instance": "leaky", "cuebe.dev/kind": "WebService"}},
+        "spec": {"ports": [{"port": 80}]},
+    });
+    services
+        .patch(
+            "leaky-copy",
+            &PatchParams::apply("someone-else"),
+            &Patch::Apply(&copied),
+        )
+        .await
+        .unwrap();
+    e.webservices()
+        .delete("leaky", &DeleteParams::default())
+        .await
+        .unwrap();
+    e.eventually("leaky to be deleted", Duration::from_secs(60), || async {
+        e.webservices().get_opt("leaky").await.unwrap().is_none()
+    })
+    .await;
+    e.eventually(
+        "the unrecorded Service to be deleted with the instance",
+        Duration::from_secs(30),
+        || async {
+            services
+                .get_opt("leaky-old")
+                .await
+                .unwrap()
+                .is_none_or(|s| s.metadata.deletion_timestamp.is_some())
+        },
+    )
+    .await;
+    assert!(services.get_opt("leaky-copy").await.unwrap().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_name_the_module_cannot_render_is_refused_at_admission_and_the_longest_that_fits_works() {
+    let e = env("names").await;
+    let too_long = "a".repeat(64);
+    for name in [too_long.as_str(), "web.example"] {
+        let body = json!({
+            "apiVersion": "platform.example.com/v1alpha1", "kind": "WebService",
+            "metadata": {"name": name}, "spec": simple(),
+        });
+        let err = e
+            .webservices()
+            .patch(name, &PatchParams::apply("e2e-test"), &Patch::Apply(&body))
+            .await
+            .expect_err("the API server refuses the name");
+        let kube::Error::Api(status) = err else {
+            panic!("{name}: {err}")
+        };
+        assert_eq!(status.code, 422, "{name}: {status:?}");
+        assert!(
+            status.message.contains("metadata.name must be a DNS label"),
+            "{name}: {}",
+            status.message
+        );
+        // Nothing was created, so nothing can be half-applied.
+        assert!(e.webservices().get_opt(name).await.unwrap().is_none());
+    }
+    // 63 characters is the longest name that fits every object name and label value.
+    let longest = format!("w{}", "x".repeat(62));
+    e.apply(&longest, simple()).await;
+    e.ready(&longest).await;
+    let services: Api<Service> = Api::namespaced(e.client.clone(), &e.ns);
+    assert!(services.get_opt(&longest).await.unwrap().is_some());
 }
 
 #[tokio::test(flavor = "multi_thread")]

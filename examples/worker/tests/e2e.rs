@@ -12,8 +12,8 @@ use cuebe_testkit::cluster::TestCluster;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
-use kube::{Client, CustomResourceExt};
 use serde_json::json;
 use worker_operator::Worker;
 
@@ -58,7 +58,10 @@ async fn a_worker_adopts_only_what_it_lists_becomes_ready_and_is_deleted_with_it
     let client: Client = cluster.client();
     let ns = cluster.namespace("worker").await.unwrap();
     cluster
-        .apply_crds(&[Worker::crd()], Instant::now() + Duration::from_secs(30))
+        .apply_crds(
+            &[cuebe::abstraction::crd::<Worker>()],
+            Instant::now() + Duration::from_secs(30),
+        )
         .await
         .unwrap();
     let _operator = tokio::spawn(

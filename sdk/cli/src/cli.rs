@@ -262,7 +262,8 @@ impl<A: Abstraction> App<A> {
         };
         match cli.command {
             Command::Crd => {
-                let yaml = serde_norway::to_string(&A::crd()).unwrap_or_default();
+                let yaml =
+                    serde_norway::to_string(&cuebe::abstraction::crd::<A>()).unwrap_or_default();
                 let _ = write!(std::io::stdout(), "{yaml}");
                 ExitCode::SUCCESS
             }

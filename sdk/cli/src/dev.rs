@@ -120,7 +120,7 @@ pub async fn run<A: Abstraction>(
     }
     let client = running.client();
     running
-        .install_crds(&[A::crd()])
+        .install_crds(&[cuebe::abstraction::crd::<A>()])
         .await
         .map_err(DevError::Cluster)?;
 

@@ -51,3 +51,86 @@ pub struct AdoptRef {
     /// Its name.
     pub name: String,
 }
+
+/// The longest instance name cuebe renders. The name becomes part of object names and the value
+/// of the `cuebe.dev/instance` label, and label values (like Service names) stop at 63
+/// characters.
+pub const MAX_NAME_LENGTH: usize = 63;
+
+/// The admission rule for instance names, as a CEL expression at the root of the CRD's schema
+/// (where `self.metadata.name` is visible): what [`name_problem`] checks, enforced by the API
+/// server so that `kubectl apply` refuses a name the module cannot render.
+pub const NAME_RULE_CEL: &str =
+    "self.metadata.name.size() <= 63 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')";
+
+/// The message of [`NAME_RULE_CEL`], naming the field and the rule.
+pub const NAME_RULE_MESSAGE: &str = "metadata.name must be a DNS label: at most 63 characters of \
+     lowercase letters, digits and '-', starting with a letter and ending with a letter or digit \
+     (it becomes part of object names and label values)";
+
+/// Why `name` cannot be an instance's name, if it cannot: it must be a DNS-1035 label, as a
+/// Service name must.
+///
+/// ```
+/// use cuebe_core::instance::name_problem;
+/// assert_eq!(name_problem("web"), None);
+/// assert!(name_problem(&"a".repeat(64)).unwrap().contains("64 characters"));
+/// assert!(name_problem("web.example").unwrap().contains("'.'"));
+/// ```
+pub fn name_problem(name: &str) -> Option<String> {
+    let len = name.chars().count();
+    let rule = "an instance name must be a DNS label: at most 63 characters of lowercase letters, \
+                digits and '-', starting with a letter and ending with a letter or digit";
+    if len == 0 {
+        return Some(format!("is empty; {rule}"));
+    }
+    if len > MAX_NAME_LENGTH {
+        return Some(format!("is {len} characters long; {rule}"));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+    {
+        return Some(format!("contains {bad:?}; {rule}"));
+    }
+    if !name.starts_with(|c: char| c.is_ascii_lowercase()) {
+        return Some(format!("does not start with a letter; {rule}"));
+    }
+    if name.ends_with('-') {
+        return Some(format!("ends with '-'; {rule}"));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instance_names_must_be_dns_labels() {
+        let max = "a".repeat(63);
+        let too_long = "a".repeat(64);
+        let cases: [(&str, Option<&str>); 9] = [
+            ("web", None),
+            ("web-2", None),
+            (max.as_str(), None),
+            (too_long.as_str(), Some("is 64 characters long")),
+            ("web.example", Some("contains '.'")),
+            ("Web", Some("contains 'W'")),
+            ("2web", Some("does not start with a letter")),
+            ("web-", Some("ends with '-'")),
+            ("", Some("is empty")),
+        ];
+        for (name, expected) in cases {
+            let got = name_problem(name);
+            match expected {
+                None => assert_eq!(got, None, "{name:?}"),
+                Some(start) => {
+                    let got = got.unwrap_or_default();
+                    assert!(got.starts_with(start), "{name:?}: {got}");
+                    assert!(got.contains("DNS label"), "{name:?}: {got}");
+                }
+            }
+        }
+    }
+}

@@ -57,3 +57,183 @@ pub struct InventoryEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deletion_policy: Option<DeletionPolicy>,
 }
+
+/// An object found in the cluster carrying an instance's management labels (what a sweep by
+/// label selector returns), reduced to what [`unrecorded_entries`] needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabelledObject {
+    /// `apiVersion`.
+    pub api_version: String,
+    /// `kind`.
+    pub kind: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// UID.
+    pub uid: String,
+    /// True when the operator's field manager owns fields of it (`metadata.managedFields`).
+    pub managed_by_us: bool,
+}
+
+/// The group of an `apiVersion` (`apps/v1` → `apps`, `v1` → ``): versions of one kind name the
+/// same object.
+fn group_of(api_version: &str) -> &str {
+    api_version.rsplit_once('/').map_or("", |(g, _)| g)
+}
+
+/// Inventory entries for objects this instance wrote but never recorded.
+///
+/// An apply and the store of the inventory that records it are two writes; an operator that
+/// dies between them leaves an object with the instance's labels and the operator's field
+/// manager that no inventory lists. If the node then leaves the graph, nothing would ever prune
+/// it — not even deleting the instance. A sweep by label selector finds such objects (`found`);
+/// each one managed by us and not already in `inventory` becomes an entry again, so pruning and
+/// teardown treat it like any other. Objects with our labels but not our field manager are left
+/// alone (someone else copied the labels).
+///
+/// `node_of` names the node of the current render that renders an object of that identity
+/// (api group, kind, name), if any; the entry takes that node's id, so the pass applies it as
+/// usual. An object no node renders gets the id `unrecorded:<Kind>/<name>`, which no node has,
+/// so the next healthy pass prunes it.
+///
+/// ```
+/// use cuebe_core::inventory::{LabelledObject, unrecorded_entries};
+/// let found = [LabelledObject {
+///     api_version: "autoscaling/v2".into(), kind: "HorizontalPodAutoscaler".into(),
+///     namespace: "apps".into(), name: "web".into(), uid: "u-1".into(), managed_by_us: true,
+/// }];
+/// let entries = unrecorded_entries(&[], &found, |_, _, _| None);
+/// assert_eq!(entries[0].node_id, "unrecorded:HorizontalPodAutoscaler/web");
+/// assert_eq!(entries[0].uid, "u-1");
+/// ```
+pub fn unrecorded_entries(
+    inventory: &[InventoryEntry],
+    found: &[LabelledObject],
+    node_of: impl Fn(&str, &str, &str) -> Option<String>,
+) -> Vec<InventoryEntry> {
+    let recorded = |o: &LabelledObject| {
+        inventory.iter().any(|e| {
+            (!e.uid.is_empty() && e.uid == o.uid)
+                || (group_of(&e.api_version) == group_of(&o.api_version)
+                    && e.kind == o.kind
+                    && e.namespace == o.namespace
+                    && e.name == o.name)
+        })
+    };
+    let mut entries: Vec<InventoryEntry> = Vec::new();
+    for object in found.iter().filter(|o| o.managed_by_us && !recorded(o)) {
+        let node_id = node_of(group_of(&object.api_version), &object.kind, &object.name)
+            .filter(|id| !inventory.iter().any(|e| &e.node_id == id))
+            .unwrap_or_else(|| format!("unrecorded:{}/{}", object.kind, object.name));
+        if entries.iter().any(|e| e.node_id == node_id) {
+            continue;
+        }
+        entries.push(InventoryEntry {
+            node_id,
+            api_version: object.api_version.clone(),
+            kind: object.kind.clone(),
+            namespace: object.namespace.clone(),
+            name: object.name.clone(),
+            uid: object.uid.clone(),
+            mode: InventoryMode::Managed,
+            last_applied_hash: String::new(),
+            last_applied_resource_version: String::new(),
+            last_applied_generation: None,
+            last_ready_transition: None,
+            deletion_policy: None,
+        });
+    }
+    entries
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn found(api_version: &str, kind: &str, name: &str, uid: &str, ours: bool) -> LabelledObject {
+        LabelledObject {
+            api_version: api_version.into(),
+            kind: kind.into(),
+            namespace: "apps".into(),
+            name: name.into(),
+            uid: uid.into(),
+            managed_by_us: ours,
+        }
+    }
+
+    fn entry(node: &str, api_version: &str, kind: &str, name: &str, uid: &str) -> InventoryEntry {
+        let mut e = unrecorded_entries(
+            &[],
+            &[found(api_version, kind, name, uid, true)],
+            |_, _, _| None,
+        )
+        .remove(0);
+        e.node_id = node.into();
+        e
+    }
+
+    #[test]
+    fn only_our_unrecorded_objects_come_back_and_take_their_node_when_rendered() {
+        let inventory = [
+            entry("deployment", "apps/v1", "Deployment", "web", "u-dep"),
+            entry("service", "v1", "Service", "web", "u-svc"),
+        ];
+        let renders = |group: &str, kind: &str, name: &str| match (group, kind, name) {
+            ("policy", "PodDisruptionBudget", "web") => Some("pdb".to_string()),
+            ("apps", "Deployment", "web") => Some("deployment".to_string()),
+            _ => None,
+        };
+        // (found object, expected node id of its entry; None: no entry)
+        let cases: [(LabelledObject, Option<&str>); 6] = [
+            // Recorded by UID, or by identity under another version: nothing to recover.
+            (found("apps/v1", "Deployment", "web", "u-dep", true), None),
+            (
+                found("apps/v1beta1", "Deployment", "web", "u-other", true),
+                None,
+            ),
+            // Ours and unrecorded, still rendered: it takes its node back.
+            (
+                found("policy/v1", "PodDisruptionBudget", "web", "u-pdb", true),
+                Some("pdb"),
+            ),
+            // Ours and unrecorded, no longer rendered: an id no node has, so it is pruned.
+            (
+                found(
+                    "autoscaling/v2",
+                    "HorizontalPodAutoscaler",
+                    "web",
+                    "u-hpa",
+                    true,
+                ),
+                Some("unrecorded:HorizontalPodAutoscaler/web"),
+            ),
+            // Our labels without our field manager: someone else's, left alone.
+            (found("v1", "ConfigMap", "copied", "u-cm", false), None),
+            // Same name as a recorded Service but another kind: a different object.
+            (
+                found("v1", "ServiceAccount", "web", "u-sa", true),
+                Some("unrecorded:ServiceAccount/web"),
+            ),
+        ];
+        for (object, expected) in cases {
+            let got = unrecorded_entries(&inventory, std::slice::from_ref(&object), renders);
+            let ids: Vec<&str> = got.iter().map(|e| e.node_id.as_str()).collect();
+            assert_eq!(ids, expected.into_iter().collect::<Vec<_>>(), "{object:?}");
+            if let Some(e) = got.first() {
+                assert_eq!(
+                    (e.uid.as_str(), e.mode),
+                    (object.uid.as_str(), InventoryMode::Managed)
+                );
+                assert!(
+                    e.last_applied_hash.is_empty(),
+                    "a recovered entry is re-applied, never skipped"
+                );
+            }
+        }
+        // A node already in the inventory is not given to a second object.
+        let twin = found("apps/v1", "Deployment", "web-2", "u-dep2", true);
+        let got = unrecorded_entries(&inventory, &[twin], |_, _, _| Some("deployment".into()));
+        assert_eq!(got[0].node_id, "unrecorded:Deployment/web-2");
+    }
+}

@@ -497,6 +497,16 @@ impl Inner {
         source: Arc<ModuleSource>,
         built: Arc<BuiltModule>,
     ) -> Result<Prepared, RenderError> {
+        // The name ends up in object names and label values: one the module cannot render is
+        // refused before anything is evaluated, let alone applied.
+        if let Some(message) = crate::instance::name_problem(&input.instance.name) {
+            return Err(RenderError::InvalidInput {
+                errors: vec![FieldError {
+                    field: "metadata.name".into(),
+                    message,
+                }],
+            });
+        }
         let mut export_values = Map::new();
         let mut exports = Vec::with_capacity(built.exports.len());
         for (name, decl) in &built.exports {

@@ -5,6 +5,9 @@
 //! `CustomResource` (see the macro's documentation); implementing it by hand is possible too.
 use std::collections::BTreeMap;
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, ValidationRule,
+};
 use kube::core::NamespaceResourceScope;
 use kube::{CustomResourceExt, Resource};
 use serde::Serialize;
@@ -115,6 +118,52 @@ pub fn well_known_capabilities() -> Vec<CapabilityProbe> {
 }
 
 pub use crate::discovery::{discover_capabilities, served_kind};
+
+/// The CustomResourceDefinition to install for `A`: kube's [`CustomResourceExt::crd`] with the
+/// instance name rule ([`crate::instance::NAME_RULE_CEL`]) at the root of every version's
+/// schema, so that the API server refuses — at `kubectl apply`, naming the field — a name the
+/// platform module cannot render (64 characters, a dot), instead of the operator half-applying
+/// it. The `crd` command, `dev` and the testkit install this one.
+///
+/// ```
+/// # use kube::CustomResource;
+/// # use schemars::JsonSchema;
+/// # use serde::{Deserialize, Serialize};
+/// # #[derive(CustomResource, cuebe::Abstraction, Serialize, Deserialize, Clone, Debug, JsonSchema)]
+/// # #[kube(group = "example.com", version = "v1", kind = "Greeter", namespaced,
+/// #        status = "cuebe::status::AbstractionStatus")]
+/// # #[abstraction(module = "../../cue/platform", package = "./webservice")]
+/// # pub struct GreeterSpec { pub message: String }
+/// let crd = cuebe::abstraction::crd::<Greeter>();
+/// let schema = crd.spec.versions[0].schema.as_ref().unwrap().open_api_v3_schema.as_ref().unwrap();
+/// let rules = schema.x_kubernetes_validations.as_ref().unwrap();
+/// assert_eq!(rules[0].rule, cuebe::instance::NAME_RULE_CEL);
+/// ```
+pub fn crd<A: Abstraction>() -> CustomResourceDefinition {
+    let mut crd = A::crd();
+    for version in &mut crd.spec.versions {
+        let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        else {
+            continue;
+        };
+        let rules = schema.x_kubernetes_validations.get_or_insert_with(Vec::new);
+        if !rules
+            .iter()
+            .any(|r| r.rule == crate::instance::NAME_RULE_CEL)
+        {
+            rules.push(ValidationRule {
+                rule: crate::instance::NAME_RULE_CEL.to_string(),
+                message: Some(crate::instance::NAME_RULE_MESSAGE.to_string()),
+                reason: Some("FieldValueInvalid".to_string()),
+                ..ValidationRule::default()
+            });
+        }
+    }
+    crd
+}
 
 /// The live objects of `inventory`, by node id: what `input.exports` is read from when an
 /// instance is rendered outside the controller (`explain`, `diff`). An object that cannot be

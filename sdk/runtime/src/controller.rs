@@ -55,6 +55,9 @@ pub enum ReconcileError {
     /// Deleting the managed objects failed.
     #[error("deleting: {0}")]
     Teardown(#[source] crate::executor::ExecuteError),
+    /// Looking for objects the instance wrote but never recorded failed.
+    #[error("looking for unrecorded objects: {0}")]
+    Sweep(#[source] crate::executor::ExecuteError),
     /// Deletion is in progress: some managed objects are not gone yet (not a failure).
     #[error("deleting: waiting for managed objects to be deleted")]
     TeardownInProgress,
@@ -256,6 +259,9 @@ impl<A: Abstraction> Operator<A> {
             clock: self.clock.clone(),
             written: std::sync::Mutex::new(std::collections::HashMap::new()),
             failures: std::sync::Mutex::new(RetryBook::default()),
+            watched: std::sync::RwLock::new(Vec::new()),
+            swept: std::sync::Mutex::new(std::collections::HashSet::new()),
+            seen: std::sync::Mutex::new(std::collections::HashSet::new()),
             _kind: std::marker::PhantomData,
         });
         let stop: Trigger = stop_signal(self.shutdown_on_signal).shared();
@@ -337,6 +343,18 @@ impl<A: Abstraction> Operator<A> {
             *ctx.capabilities.write().await = apis.capabilities.clone();
             // One discovery cache: the executor applies with what this round found.
             ctx.discovery.adopt(&apis.discovery);
+            *ctx.watched
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = apis
+                .watched
+                .iter()
+                .map(|(_, r)| (r.api_version.clone(), r.kind.clone()))
+                .collect();
+            // Another replica may have led meanwhile: what it wrote is not known here.
+            ctx.swept
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clear();
             tracing::info!(
                 %kind,
                 capabilities = ?apis.capabilities,
@@ -541,6 +559,14 @@ struct Context<A: Abstraction> {
     /// The status last written per instance (by UID). The watch cache can lag behind our own
     /// writes; starting from what we wrote avoids repeating writes and events.
     written: std::sync::Mutex<std::collections::HashMap<String, AbstractionStatus>>,
+    /// Child kinds the controller watches (`apiVersion`, `kind`), as last discovered: where a
+    /// sweep for unrecorded objects looks.
+    watched: std::sync::RwLock<Vec<(String, String)>>,
+    /// Instances (by UID) whose inventory this process knows to list everything they wrote:
+    /// swept since it started, or new to it with nothing written before.
+    swept: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Instances (by UID) this process has reconciled at least once.
+    seen: std::sync::Mutex<std::collections::HashSet<String>>,
     _kind: std::marker::PhantomData<fn() -> A>,
 }
 
@@ -650,6 +676,71 @@ async fn store_inventory<A: Abstraction>(
     Ok(())
 }
 
+/// The kinds a sweep looks at: every watched kind, every kind of the inventory and of `plan`.
+fn sweep_kinds<A: Abstraction>(
+    ctx: &Context<A>,
+    inventory: &[crate::inventory::InventoryEntry],
+    plan: Option<&crate::plan::Plan>,
+) -> Vec<(String, String)> {
+    let mut kinds: Vec<(String, String)> = ctx
+        .watched
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let rendered = plan
+        .into_iter()
+        .flat_map(|p| p.graph().nodes.iter())
+        .filter_map(|n| {
+            let o = n.object.as_ref()?;
+            Some((
+                o.get("apiVersion")?.as_str()?.to_string(),
+                o.get("kind")?.as_str()?.to_string(),
+            ))
+        });
+    let recorded = inventory
+        .iter()
+        .map(|e| (e.api_version.clone(), e.kind.clone()));
+    for kind in rendered.chain(recorded) {
+        if !kinds.contains(&kind) {
+            kinds.push(kind);
+        }
+    }
+    kinds
+}
+
+/// Objects this instance wrote but never recorded (see
+/// [`cuebe_core::inventory::unrecorded_entries`]), as inventory entries; `plan` gives a still
+/// rendered object its node back.
+async fn sweep_unrecorded<A: Abstraction>(
+    ctx: &Context<A>,
+    instance: &crate::instance::Instance,
+    inventory: &[crate::inventory::InventoryEntry],
+    plan: Option<&crate::plan::Plan>,
+) -> Result<Vec<crate::inventory::InventoryEntry>, crate::executor::ExecuteError> {
+    let kinds = sweep_kinds(ctx, inventory, plan);
+    let found = ctx.executor.labelled(instance, &kinds).await?;
+    let node_of = |group: &str, kind: &str, name: &str| {
+        plan?.graph().nodes.iter().find_map(|n| {
+            let o = n.object.as_ref()?;
+            let api_version = o.get("apiVersion")?.as_str()?;
+            let same = api_version.rsplit_once('/').map_or("", |(g, _)| g) == group
+                && o.get("kind")?.as_str()? == kind
+                && o.pointer("/metadata/name")?.as_str()? == name;
+            same.then(|| n.id.clone())
+        })
+    };
+    let recovered = cuebe_core::inventory::unrecorded_entries(inventory, &found, node_of);
+    for entry in &recovered {
+        tracing::warn!(
+            instance = %format!("{}/{}", instance.namespace, instance.name),
+            kind = %entry.kind, name = %entry.name, node = %entry.node_id,
+            "found an object this instance wrote but never recorded (the operator stopped between \
+             applying it and storing the inventory); it is managed again"
+        );
+    }
+    Ok(recovered)
+}
+
 async fn apply<A: Abstraction>(
     object: Arc<A>,
     ctx: Arc<Context<A>>,
@@ -665,6 +756,24 @@ async fn apply<A: Abstraction>(
     let capabilities = ctx.capabilities().await;
     let instance = instance_of(object.as_ref());
     status.inventory = ctx.inventory.load(&instance, &previous).await?;
+    // Was everything this instance wrote recorded? Unknown after a start, a change of leader,
+    // or a pass that did not finish storing its inventory; then this pass sweeps by label.
+    let uid = object.meta().uid.clone().unwrap_or_default();
+    let known_complete = ctx
+        .swept
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .remove(&uid);
+    let first_sight = ctx
+        .seen
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(uid.clone());
+    let nothing_written_before =
+        previous.observed_generation.is_none() && status.inventory.is_empty();
+    // A new instance this process meets before anything was written for it has nothing to find.
+    let new_and_untouched = first_sight && nothing_written_before;
+    let mut sweep_pending = !(known_complete || new_and_untouched);
 
     // Observed exports come from the live objects of the inventory.
     let mut observed: BTreeMap<String, serde_json::Value> = BTreeMap::new();
@@ -754,6 +863,13 @@ async fn apply<A: Abstraction>(
             // Re-render with the values before applying anything.
             continue;
         }
+        if sweep_pending {
+            let recovered = sweep_unrecorded(&ctx, &instance, &status.inventory, Some(&plan))
+                .await
+                .map_err(ReconcileError::Sweep)?;
+            status.inventory.extend(recovered);
+            sweep_pending = false;
+        }
         let outcome = ctx
             .executor
             .execute(&instance, &plan, &status, pass_time)
@@ -789,6 +905,13 @@ async fn apply<A: Abstraction>(
     };
     let verdict = summarize(&mut status, &outcome, generation, &now);
     write_status(&ctx, &api, &object, &status).await?;
+    if !sweep_pending {
+        // The stored inventory lists everything written so far.
+        ctx.swept
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(uid);
+    }
     Ok(match verdict {
         PassVerdict::Ready => Action::requeue(Duration::from_secs(300)),
         PassVerdict::Stalled => Action::requeue(Duration::from_secs(60)),
@@ -802,7 +925,13 @@ async fn cleanup<A: Abstraction>(
 ) -> Result<Action, ReconcileError> {
     let instance = instance_of(object.as_ref());
     let status = object.abstraction_status().cloned().unwrap_or_default();
-    let inventory = ctx.inventory.load(&instance, &status).await?;
+    let mut inventory = ctx.inventory.load(&instance, &status).await?;
+    // Deleting an instance removes what it wrote, recorded or not: an object applied just
+    // before the operator stopped, and never stored in the inventory, goes too.
+    let recovered = sweep_unrecorded(&ctx, &instance, &inventory, None)
+        .await
+        .map_err(ReconcileError::Sweep)?;
+    inventory.extend(recovered);
     let done = ctx
         .executor
         .teardown(&inventory, object.deletion_policy())
@@ -810,6 +939,12 @@ async fn cleanup<A: Abstraction>(
         .map_err(ReconcileError::Teardown)?;
     if done {
         ctx.inventory.forget(&instance).await?;
+        let uid = object.meta().uid.clone().unwrap_or_default();
+        for set in [&ctx.swept, &ctx.seen] {
+            set.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&uid);
+        }
         ctx.metrics
             .instance_gone(object.meta().uid.as_deref().unwrap_or_default());
         Ok(Action::await_change())

@@ -31,6 +31,7 @@ use crate::lifecycle::{AdoptDecision, AdoptRequest, Adopter, ExplicitAdopter};
 use crate::readiness::{DefaultReadiness, Readiness};
 use crate::renderer::canonical_json;
 use crate::status::{AbstractionStatus, NodeStatus};
+use cuebe_core::inventory::LabelledObject;
 
 /// Why a cluster operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +119,19 @@ pub trait Executor: Send + Sync {
         inventory: &[InventoryEntry],
         policy: DeletionPolicy,
     ) -> Result<bool, ExecuteError>;
+
+    /// The objects of `kinds` (`apiVersion`, `kind`) in the instance's namespace that carry its
+    /// management labels, for [`cuebe_core::inventory::unrecorded_entries`]: how the controller
+    /// finds objects a pass wrote but never recorded (the operator died between the apply and
+    /// the inventory's store). The default finds nothing, for executors that cannot list.
+    async fn labelled(
+        &self,
+        instance: &Instance,
+        kinds: &[(String, String)],
+    ) -> Result<Vec<LabelledObject>, ExecuteError> {
+        let _ = (instance, kinds);
+        Ok(Vec::new())
+    }
 }
 
 pub use cuebe_core::clock::Timestamp;
@@ -613,6 +627,54 @@ impl Executor for SsaExecutor {
         policy: DeletionPolicy,
     ) -> Result<bool, ExecuteError> {
         self.remove_all(inventory, policy).await
+    }
+
+    async fn labelled(
+        &self,
+        instance: &Instance,
+        kinds: &[(String, String)],
+    ) -> Result<Vec<LabelledObject>, ExecuteError> {
+        let selector = format!(
+            "{INSTANCE_LABEL}={},{KIND_LABEL}={}",
+            instance.name, instance.kind
+        );
+        // resourceVersion=0: answered from the API server's watch cache, not etcd.
+        let params = kube::api::ListParams::default()
+            .labels(&selector)
+            .match_any();
+        let mut found = Vec::new();
+        for (api_version, kind) in kinds {
+            let api = match self.api_for(api_version, kind, &instance.namespace).await {
+                Ok(api) => api,
+                // A kind the cluster no longer serves has no objects to find.
+                Err(ExecuteError::UnknownKind { .. }) => continue,
+                Err(e) => return Err(e),
+            };
+            let list = api
+                .list_metadata(&params)
+                .await
+                .map_err(|source| ExecuteError::Api {
+                    what: format!("listing {kind} labelled {selector}"),
+                    source,
+                })?;
+            for item in list.items {
+                let meta = item.metadata;
+                let managed_by_us = meta
+                    .managed_fields
+                    .iter()
+                    .flatten()
+                    .any(|f| f.manager.as_deref() == Some(self.field_manager.as_str()));
+                found.push(LabelledObject {
+                    api_version: api_version.clone(),
+                    kind: kind.clone(),
+                    namespace: meta.namespace.unwrap_or_default(),
+                    name: meta.name.unwrap_or_default(),
+                    uid: meta.uid.unwrap_or_default(),
+                    managed_by_us,
+                });
+            }
+        }
+        Ok(found)
     }
 }
 

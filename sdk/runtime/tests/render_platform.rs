@@ -146,3 +146,21 @@ fn concurrent_renders_match_sequential_ones() {
         }
     }
 }
+
+#[test]
+fn a_name_the_module_cannot_render_is_invalid_input_naming_the_field() {
+    // Admission refuses such names (the CRD's rule); a CRD installed without it still never
+    // gets a half-applied instance: the render stops, naming the field.
+    let c = CueRenderer::new(ModuleSet::single("1.0.0", platform()));
+    for name in ["a".repeat(64), "web.example".to_string()] {
+        let mut request = input(json!({"image": "registry.example.com/web:1"}));
+        request.instance.name = name.clone();
+        let err = c.render_blocking(&request).unwrap_err();
+        let RenderError::InvalidInput { errors } = &err else {
+            panic!("{name}: {err}")
+        };
+        assert_eq!(errors[0].field, "metadata.name", "{err}");
+        assert!(errors[0].message.contains("DNS label"), "{err}");
+        assert_eq!(err.reason(), "InvalidSpec");
+    }
+}
