@@ -739,6 +739,28 @@ impl EntryUpdate<'_> {
     }
 }
 
+/// Whether the API server's refusal of a write will come back on every retry: then the node
+/// fails terminally (the instance is Stalled with the server's message and retried slowly),
+/// instead of being retried every few seconds for ever.
+///
+/// Permanent: the object is invalid (422: a bad value, an immutable field changed), malformed
+/// (400), too large (413, or etcd's "request is too large"), or the operator may not write it
+/// (403: RBAC must change first) or the server does not allow the verb (405). Everything else
+/// — conflicts, throttling (429), timeouts, an unavailable server or webhook (5xx) — may pass.
+///
+/// ```
+/// use cuebe_core::plan::is_permanent_refusal;
+/// assert!(is_permanent_refusal(422, "Service \"web\" is invalid: spec.clusterIP: field is immutable"));
+/// assert!(!is_permanent_refusal(503, "the server is currently unable to handle the request"));
+/// ```
+pub fn is_permanent_refusal(code: u16, message: &str) -> bool {
+    match code {
+        400 | 403 | 405 | 413 | 415 | 422 => true,
+        500 => message.contains("request is too large"),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 #[path = "plan_tests.rs"]
 mod tests;

@@ -367,3 +367,50 @@ fn the_inventory_keeps_what_our_last_apply_left_when_nothing_was_written() {
     assert_eq!(update(true).last_applied_resource_version, "57");
     assert_eq!(update(true).mode, InventoryMode::Managed);
 }
+
+#[test]
+fn refusals_that_repeat_on_retry_are_permanent() {
+    let cases: [(u16, &str, bool); 10] = [
+        (
+            422,
+            "Deployment.apps \"web\" is invalid: spec.selector: field is immutable",
+            true,
+        ),
+        (
+            422,
+            "metadata.name: Invalid value: must be no more than 63 characters",
+            true,
+        ),
+        (400, "the object provided is unrecognized", true),
+        (
+            403,
+            "deployments.apps is forbidden: User cannot patch resource",
+            true,
+        ),
+        (413, "Request entity too large: limit is 3145728", true),
+        (500, "etcdserver: request is too large", true),
+        (
+            500,
+            "Internal error occurred: failed calling webhook",
+            false,
+        ),
+        (
+            503,
+            "the server is currently unable to handle the request",
+            false,
+        ),
+        (429, "too many requests", false),
+        (
+            409,
+            "Operation cannot be fulfilled: the object has been modified",
+            false,
+        ),
+    ];
+    for (code, message, permanent) in cases {
+        assert_eq!(
+            super::is_permanent_refusal(code, message),
+            permanent,
+            "{code} {message}"
+        );
+    }
+}

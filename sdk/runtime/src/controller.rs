@@ -912,9 +912,17 @@ async fn apply<A: Abstraction>(
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(uid);
     }
+    let key = format!("{}/{}", instance.namespace, instance.name);
+    let mut book = ctx
+        .failures
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if verdict != PassVerdict::Stalled {
+        book.not_stalled(&key);
+    }
     Ok(match verdict {
         PassVerdict::Ready => Action::requeue(Duration::from_secs(300)),
-        PassVerdict::Stalled => Action::requeue(Duration::from_secs(60)),
+        PassVerdict::Stalled => Action::requeue(book.stalled(&key)),
         _ => Action::requeue(Duration::from_secs(5)),
     })
 }
@@ -1026,14 +1034,21 @@ struct Retry {
 /// the error policy decides from. Kept apart from the controller so the decision is a function
 /// over data with table tests.
 #[derive(Debug, Default)]
-struct RetryBook(std::collections::HashMap<String, (u32, String)>);
+struct RetryBook {
+    failures: std::collections::HashMap<String, (u32, String)>,
+    /// Consecutive Stalled passes per instance.
+    stalls: std::collections::HashMap<String, u32>,
+}
 
 impl RetryBook {
     /// A permanent error (RBAC Forbidden, a module that does not load) backs off exponentially
     /// (2 s doubling up to 5 min) instead of looping at a fixed rate; deletion waiting for its
     /// objects to go is progress, so it starts fast (0.5 s doubling up to 30 s) and never warns.
     fn failed(&mut self, key: &str, error: &str, teardown_in_progress: bool) -> Retry {
-        let entry = self.0.entry(key.to_string()).or_insert((0, String::new()));
+        let entry = self
+            .failures
+            .entry(key.to_string())
+            .or_insert((0, String::new()));
         entry.0 = entry.0.saturating_add(1);
         let changed = entry.1 != error;
         if changed {
@@ -1058,7 +1073,21 @@ impl RetryBook {
 
     /// A reconcile succeeded: the next failure starts from the shortest delay and warns again.
     fn succeeded(&mut self, key: &str) {
-        self.0.remove(key);
+        self.failures.remove(key);
+    }
+
+    /// When to look again at an instance whose pass ended Stalled (a terminal failure: an
+    /// invalid object, a forbidden write, a failed cloud resource). Nothing changes by itself,
+    /// and a change of spec or of a child triggers a pass anyway, so 30 s doubling up to 10 min.
+    fn stalled(&mut self, key: &str) -> Duration {
+        let n = self.stalls.entry(key.to_string()).or_insert(0);
+        *n = n.saturating_add(1);
+        retry_delay(*n, Duration::from_secs(30), Duration::from_secs(600))
+    }
+
+    /// The instance's pass did not stall: the next stall starts from 30 s again.
+    fn not_stalled(&mut self, key: &str) {
+        self.stalls.remove(key);
     }
 }
 
@@ -1162,6 +1191,11 @@ mod tests {
             (again.failures, again.delay, again.warn),
             (1, secs(2), true)
         );
+        // Stalled passes back off on their own count, from 30 s to 10 min, and reset.
+        let stalls: Vec<u64> = (0..7).map(|_| book.stalled("e/bad").as_secs()).collect();
+        assert_eq!(stalls, [30, 60, 120, 240, 480, 600, 600]);
+        book.not_stalled("e/bad");
+        assert_eq!(book.stalled("e/bad"), secs(30));
         // The cap holds however long it fails.
         let mut last = Duration::ZERO;
         for _ in 0..40 {

@@ -181,6 +181,11 @@ fn api_message(e: &kube::Error) -> String {
     }
 }
 
+/// Whether an API error will come back on every retry ([`cuebe_core::plan::is_permanent_refusal`]).
+fn is_permanent(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if cuebe_core::plan::is_permanent_refusal(s.code, &s.message))
+}
+
 /// Reads a field-manager conflict (HTTP 409 from an apply) into "manager: fields".
 fn describe_conflict(status: &kube::core::Status) -> String {
     let fields: Vec<String> = status
@@ -360,7 +365,12 @@ impl SsaExecutor {
         let existing = if needs_read(node.apply_policy.mode, entry.as_ref(), &hash) {
             match api.get_opt(&name).await {
                 Ok(o) => o.map(|o| serde_json::to_value(o).unwrap_or(Value::Null)),
-                Err(e) => return error(format!("reading {kind} {name}: {}", api_message(&e))),
+                Err(e) => {
+                    return NodeResult {
+                        terminal: is_permanent(&e),
+                        ..error(format!("reading {kind} {name}: {}", api_message(&e)))
+                    };
+                }
             }
         } else {
             None
@@ -427,7 +437,14 @@ impl SsaExecutor {
                             )
                         };
                     }
-                    Err(e) => return error(format!("applying {kind} {name}: {}", api_message(&e))),
+                    Err(e) => {
+                        // A refusal that will repeat (invalid, immutable, too large, forbidden)
+                        // stalls the instance with the server's message; others are retried.
+                        return NodeResult {
+                            terminal: is_permanent(&e),
+                            ..error(format!("applying {kind} {name}: {}", api_message(&e)))
+                        };
+                    }
                 }
             }
         };

@@ -473,3 +473,96 @@ async fn a_kind_served_after_a_pass_found_it_missing_is_applied_by_the_next_pass
         second.nodes
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_the_server_refuses_for_good_stalls_with_its_message() {
+    let cluster = TestCluster::start(ClusterOptions::api_only())
+        .await
+        .unwrap();
+    let ns = cluster.namespace("refused").await.unwrap();
+    let executor = SsaExecutor::new(cluster.client(), "cuebe-test");
+    let mut g = graph(&ns, ConflictPolicy::Fail);
+    // The API server refuses this key (422 Invalid) on every attempt.
+    g.nodes[0].object = Some(json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "settings", "namespace": ns},
+        "data": {"not a key!": "x"},
+    }));
+    let instance = instance(&ns);
+    let out = executor
+        .execute(
+            &instance,
+            &plan_of(&g, &instance),
+            &AbstractionStatus::default(),
+            Timestamp::now(),
+        )
+        .await;
+    let node = &out.nodes["config"];
+    assert_eq!(node.phase, NodePhase::Error);
+    let message = node.last_error.clone().unwrap_or_default();
+    assert!(
+        message.contains("HTTP 422") && message.contains("not a key!"),
+        "{message}"
+    );
+    // Terminal: the instance is Stalled with the server's message, not retried every few
+    // seconds as if it might pass.
+    let stalled = out.stalled.clone().unwrap_or_default();
+    assert!(
+        stalled.starts_with("config: ") && stalled.contains("HTTP 422"),
+        "{stalled}"
+    );
+    let mut status = AbstractionStatus {
+        nodes: out.nodes.clone(),
+        ..Default::default()
+    };
+    let verdict = cuebe::status::summarize(&mut status, &out, Some(1), "2026-01-01T00:00:00Z");
+    assert_eq!(verdict, cuebe::status::PassVerdict::Stalled);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn teardown_completes_when_someone_replaced_an_object_and_leaves_the_replacement() {
+    let cluster = TestCluster::start(ClusterOptions::api_only())
+        .await
+        .unwrap();
+    let client = cluster.client();
+    let ns = cluster.namespace("replaced").await.unwrap();
+    let executor = SsaExecutor::new(client.clone(), "cuebe-test");
+    let first = pass(
+        &executor,
+        &ns,
+        &graph(&ns, ConflictPolicy::Fail),
+        &AbstractionStatus::default(),
+    )
+    .await;
+    assert_eq!(first.nodes["config"].phase, NodePhase::Ready, "{first:?}");
+
+    // Someone deletes our ConfigMap and creates their own under the same name.
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    cms.delete("settings", &Default::default()).await.unwrap();
+    let theirs = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings"}, "data": {"owner": "them"}});
+    let replacement = cms
+        .patch(
+            "settings",
+            &PatchParams::apply("someone-else"),
+            &Patch::Apply(&theirs),
+        )
+        .await
+        .unwrap();
+
+    // Deleting the instance neither deletes their object nor waits for it for ever: a
+    // UID-preconditioned delete would be refused (409) at every attempt.
+    let done = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        executor.teardown(&first.inventory, cuebe::graph::DeletionPolicy::Delete),
+    )
+    .await
+    .expect("teardown returns")
+    .unwrap();
+    assert!(
+        done,
+        "teardown is complete: the replacement is not ours to wait for"
+    );
+    let still = cms.get("settings").await.unwrap();
+    assert_eq!(still.metadata.uid, replacement.metadata.uid);
+    assert_eq!(still.data.unwrap()["owner"], "them");
+}
