@@ -80,8 +80,10 @@ pub struct WebServiceSpec {
     /// CPU and memory requests (required by policy); limits are set equal.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<Resources>,
-    /// Environment variables.
+    /// Environment variables (at most 1,000: bulk configuration belongs in a ConfigMap; a huge
+    /// list makes every render slow and memory-hungry).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1000))]
     pub env: Option<Vec<EnvVar>>,
     /// Overrides the image's entrypoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -263,7 +263,16 @@ pub struct CueRendererOptions {
     pub render_cache_capacity: usize,
     /// Built copies of a module that may evaluate at once.
     pub evaluators_per_module: usize,
+    /// Largest `spec` (as canonical JSON) a render accepts. CUE's evaluation time and memory
+    /// grow faster than the input (30,000 env entries took a render past 10 s and the operator
+    /// past 1 GiB), so one oversized instance must not starve or crash the operator serving
+    /// all the others: it is refused, naming `spec` and the limit.
+    pub max_spec_bytes: usize,
 }
+
+/// Default [`CueRendererOptions::max_spec_bytes`]: 256 KiB, far above any hand-written spec
+/// (a WebService with 3,000 env entries is about 120 KiB).
+pub const DEFAULT_MAX_SPEC_BYTES: usize = 256 * 1024;
 
 impl Default for CueRendererOptions {
     fn default() -> Self {
@@ -273,6 +282,7 @@ impl Default for CueRendererOptions {
             evaluators_per_module: std::thread::available_parallelism()
                 .map(|n| n.get().min(4))
                 .unwrap_or(2),
+            max_spec_bytes: DEFAULT_MAX_SPEC_BYTES,
         }
     }
 }
@@ -542,6 +552,21 @@ impl Inner {
             "capabilities": capabilities,
             "exports": export_values,
         });
+        let spec_bytes = canonical_json(&input.spec).len();
+        if spec_bytes > self.options.max_spec_bytes {
+            return Err(RenderError::InvalidInput {
+                errors: vec![FieldError {
+                    field: "spec".into(),
+                    message: format!(
+                        "is {} KiB; a render accepts at most {} KiB (the operator's render limit \
+                         keeps one instance from starving the others); split the workload or \
+                         move bulk data into a ConfigMap it mounts",
+                        spec_bytes.div_ceil(1024),
+                        self.options.max_spec_bytes / 1024
+                    ),
+                }],
+            });
+        }
         let mut h = Sha256::new();
         h.update(canonical_json(&input_value));
         Ok(Prepared {

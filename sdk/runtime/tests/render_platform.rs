@@ -164,3 +164,29 @@ fn a_name_the_module_cannot_render_is_invalid_input_naming_the_field() {
         assert_eq!(err.reason(), "InvalidSpec");
     }
 }
+
+#[test]
+fn a_spec_over_the_size_limit_is_refused_before_cue_sees_it() {
+    let c = CueRenderer::new(ModuleSet::single("1.0.0", platform()));
+    // 30,000 env entries (about 1.3 MiB): what took a render past its time limit and the
+    // operator past 1 GiB.
+    let env: Vec<serde_json::Value> = (0..30_000)
+        .map(|i| json!({"name": format!("VAR_{i}"), "value": format!("value-{i}")}))
+        .collect();
+    let started = std::time::Instant::now();
+    let err = c
+        .render_blocking(&input(json!({"image": "registry.example.com/web:1", "env": env})))
+        .unwrap_err();
+    let RenderError::InvalidInput { errors } = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(errors[0].field, "spec");
+    assert!(errors[0].message.contains("at most 256 KiB"), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(2), "refused without evaluating");
+    // 3,000 entries is well within the limit and renders.
+    let env: Vec<serde_json::Value> = (0..3_000)
+        .map(|i| json!({"name": format!("VAR_{i}"), "value": format!("value-{i}")}))
+        .collect();
+    c.render_blocking(&input(json!({"image": "registry.example.com/web:1", "env": env})))
+        .unwrap();
+}
