@@ -70,6 +70,7 @@ pub enum ExecuteError {
 /// ```
 /// use cuebe::executor::{ExecuteError, Executor, Outcome, SsaExecutor, Timestamp};
 /// use cuebe::instance::Instance;
+/// use cuebe::inventory::LabelledObject;
 /// use cuebe::graph::DeletionPolicy;
 /// use cuebe::plan::Plan;
 /// use cuebe::inventory::InventoryEntry;
@@ -91,6 +92,9 @@ pub enum ExecuteError {
 ///     }
 ///     async fn teardown(&self, inventory: &[InventoryEntry], policy: DeletionPolicy) -> Result<bool, ExecuteError> {
 ///         self.inner.teardown(inventory, policy).await
+///     }
+///     async fn labelled(&self, instance: &Instance, kinds: &[(String, String)]) -> Result<Vec<LabelledObject>, ExecuteError> {
+///         self.inner.labelled(instance, kinds).await
 ///     }
 /// }
 /// ```
@@ -123,15 +127,13 @@ pub trait Executor: Send + Sync {
     /// The objects of `kinds` (`apiVersion`, `kind`) in the instance's namespace that carry its
     /// management labels, for [`cuebe_core::inventory::unrecorded_entries`]: how the controller
     /// finds objects a pass wrote but never recorded (the operator died between the apply and
-    /// the inventory's store). The default finds nothing, for executors that cannot list.
+    /// the inventory's store). Required, with no default: a wrapper that forgot to forward it
+    /// would silently turn that safety net off.
     async fn labelled(
         &self,
         instance: &Instance,
         kinds: &[(String, String)],
-    ) -> Result<Vec<LabelledObject>, ExecuteError> {
-        let _ = (instance, kinds);
-        Ok(Vec::new())
-    }
+    ) -> Result<Vec<LabelledObject>, ExecuteError>;
 }
 
 pub use cuebe_core::clock::Timestamp;
@@ -614,7 +616,15 @@ impl SsaExecutor {
                     }
                 }
                 DeletionPolicy::Orphan => {
-                    self.remove(entry, DeletionPolicy::Orphan).await?;
+                    // Unlabel only our own object: a same-name replacement is not ours to touch.
+                    let live = self.read_live(entry).await?;
+                    let uid = live
+                        .as_ref()
+                        .and_then(|l| l.pointer("/metadata/uid"))
+                        .and_then(Value::as_str);
+                    if live.is_some() && (entry.uid.is_empty() || uid == Some(entry.uid.as_str())) {
+                        self.remove(entry, DeletionPolicy::Orphan).await?;
+                    }
                 }
             }
         }

@@ -10,7 +10,9 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 
-pub use cuebe_core::inventory::{InventoryEntry, InventoryMode};
+pub use cuebe_core::inventory::{
+    InventoryEntry, InventoryMode, LabelledObject, unrecorded_entries,
+};
 
 use crate::instance::Instance;
 use crate::status::AbstractionStatus;

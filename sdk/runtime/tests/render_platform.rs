@@ -175,18 +175,25 @@ fn a_spec_over_the_size_limit_is_refused_before_cue_sees_it() {
         .collect();
     let started = std::time::Instant::now();
     let err = c
-        .render_blocking(&input(json!({"image": "registry.example.com/web:1", "env": env})))
+        .render_blocking(&input(
+            json!({"image": "registry.example.com/web:1", "env": env}),
+        ))
         .unwrap_err();
     let RenderError::InvalidInput { errors } = &err else {
         panic!("{err}")
     };
     assert_eq!(errors[0].field, "spec");
     assert!(errors[0].message.contains("at most 256 KiB"), "{err}");
-    assert!(started.elapsed() < std::time::Duration::from_secs(2), "refused without evaluating");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "refused without evaluating"
+    );
     // 3,000 entries is well within the limit and renders.
     let env: Vec<serde_json::Value> = (0..3_000)
         .map(|i| json!({"name": format!("VAR_{i}"), "value": format!("value-{i}")}))
         .collect();
-    c.render_blocking(&input(json!({"image": "registry.example.com/web:1", "env": env})))
-        .unwrap();
+    c.render_blocking(&input(
+        json!({"image": "registry.example.com/web:1", "env": env}),
+    ))
+    .unwrap();
 }
