@@ -27,6 +27,7 @@ package main
 import "C"
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io/fs"
@@ -45,6 +46,8 @@ import (
 	"cuelang.org/go/cue/cuecontext"
 	"cuelang.org/go/cue/errors"
 	"cuelang.org/go/cue/load"
+	"cuelang.org/go/mod/modfile"
+	cuemodule "cuelang.org/go/mod/module"
 )
 
 type module struct {
@@ -190,6 +193,11 @@ func toErrors(err error, kind string) []Error {
 	for _, e := range errors.Errors(err) {
 		format, args := e.Msg()
 		msg := fmt.Sprintf(format, args...)
+		if kind == "load" {
+			// A load error's own message is often only "import failed"; the cause (a missing
+			// package, a refused fetch) is in the chain.
+			msg = e.Error()
+		}
 		k := kind
 		if strings.Contains(msg, "incomplete value") || strings.Contains(msg, "non-concrete value") {
 			k = "incomplete"
@@ -235,7 +243,10 @@ func loadModule(req loadRequest) (cue.Value, *cue.Context, []Error) {
 	if pkg == "" {
 		pkg = "."
 	}
-	cfg := &load.Config{FS: mapfs, Dir: "/", ModuleRoot: "/"}
+	// A registry that always refuses: left nil, CUE would build one from the operator's
+	// environment (CUE_REGISTRY, default registry.cue.works) and a module with deps would make
+	// network calls from inside cgo. Dependencies are resolved (or refused) on the Rust side.
+	cfg := &load.Config{FS: mapfs, Dir: "/", ModuleRoot: "/", Registry: refusingRegistry{}}
 	insts := load.Instances([]string{pkg}, cfg)
 	if len(insts) != 1 {
 		return cue.Value{}, nil, []Error{{Message: fmt.Sprintf("expected one instance for %q, got %d", pkg, len(insts)), Kind: "load"}}
@@ -249,6 +260,23 @@ func loadModule(req loadRequest) (cue.Value, *cue.Context, []Error) {
 		return cue.Value{}, nil, toErrors(err, "load")
 	}
 	return v, ctx, nil
+}
+
+var errNoRemoteDeps = errors.New("platform modules are loaded offline: dependencies on other CUE modules (deps in cue.mod/module.cue) are not fetched; vendor them into the module")
+
+// refusingRegistry is the registry every load uses: it never opens a socket.
+type refusingRegistry struct{}
+
+func (refusingRegistry) ModFile(context.Context, cuemodule.Version) (*modfile.File, error) {
+	return nil, errNoRemoteDeps
+}
+
+func (refusingRegistry) Fetch(context.Context, cuemodule.Version) (cuemodule.SourceLoc, error) {
+	return cuemodule.SourceLoc{}, errNoRemoteDeps
+}
+
+func (refusingRegistry) ModuleVersions(context.Context, string) ([]string, error) {
+	return nil, errNoRemoteDeps
 }
 
 //export cuebe_module_load

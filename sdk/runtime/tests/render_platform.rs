@@ -197,3 +197,30 @@ fn a_spec_over_the_size_limit_is_refused_before_cue_sees_it() {
     ))
     .unwrap();
 }
+
+#[test]
+fn a_module_with_dependencies_is_refused_offline_without_a_network_call() {
+    // CUE would otherwise fetch deps from CUE_REGISTRY (registry.cue.works by default) from
+    // inside the bridge; the bridge's registry refuses every fetch.
+    let with_deps = ModuleSource::new(
+        [
+            (
+                "cue.mod/module.cue",
+                "module: \"example.com/m@v1\"\nlanguage: version: \"v0.17.1\"\ndeps: \"example.com/other@v0\": v: \"v0.1.0\"\n",
+            ),
+            (
+                "p/p.cue",
+                "package p\nimport \"example.com/other\"\nx: other.y\n",
+            ),
+        ],
+        "./p",
+    );
+    let c = CueRenderer::new(ModuleSet::single("1.0.0", with_deps));
+    let started = std::time::Instant::now();
+    let err = c
+        .render_blocking(&input(json!({"image": "registry.example.com/web:1"})))
+        .unwrap_err();
+    assert_eq!(err.reason(), "ModuleLoadFailed", "{err}");
+    assert!(err.to_string().contains("loaded offline"), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}
