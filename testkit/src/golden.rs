@@ -200,11 +200,12 @@ impl GoldenSuite {
             },
             spec,
             platform_ref: platform_ref.clone(),
+            module: None,
             capabilities: Capabilities::from_names(&case.capabilities),
             observed: case.observed,
         };
         let version = platform_ref
-            .map(|r| r.embedded)
+            .and_then(|r| r.embedded)
             .unwrap_or_else(|| "0.0.0".into());
         let renderer = CueRenderer::new(ModuleSet::single(version, module));
         Ok(match renderer.render_blocking(&input) {

@@ -127,12 +127,201 @@ impl ModuleSource {
     }
 }
 
-/// Which platform module an instance asks for (`spec.platformRef`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+/// Which platform module an instance asks for (`spec.platformRef`): exactly one of an embedded
+/// version or a published module pinned by digest (the CRD enforces "exactly one" at admission).
+///
+/// ```
+/// use cuebe_core::module::PlatformRef;
+/// let pinned: PlatformRef = serde_json::from_value(serde_json::json!({
+///     "oci": "oci://registry.example.com/platform/webservice@sha256:0000000000000000000000000000000000000000000000000000000000000000"
+/// })).unwrap();
+/// assert!(pinned.oci_reference().unwrap().is_ok());
+/// assert_eq!(PlatformRef::embedded("1.0.0").embedded.as_deref(), Some("1.0.0"));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "[has(self.embedded), has(self.oci)].filter(x, x).size() == 1",
+    "message": "spec.platformRef: set exactly one of embedded (a version built into the operator) or oci (oci://REGISTRY/REPOSITORY@sha256:DIGEST)"
+}]))]
 pub struct PlatformRef {
     /// A version of a module embedded in the operator binary, e.g. `1.0.0`.
-    pub embedded: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedded: Option<String>,
+    /// A module published with `cue mod publish`, pinned by the digest of its OCI manifest:
+    /// `oci://REGISTRY/REPOSITORY@sha256:<64 hex>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^oci://[^@\s]+@sha256:[0-9a-f]{64}$"))]
+    pub oci: Option<String>,
+}
+
+impl PlatformRef {
+    /// A reference to an embedded version.
+    pub fn embedded(version: impl Into<String>) -> Self {
+        Self {
+            embedded: Some(version.into()),
+            oci: None,
+        }
+    }
+
+    /// The parsed `oci` reference, when the instance names one.
+    pub fn oci_reference(&self) -> Option<Result<OciReference, InvalidReference>> {
+        self.oci.as_deref().map(OciReference::parse)
+    }
+}
+
+/// A published module pinned by digest: `oci://REGISTRY/REPOSITORY@sha256:<manifest digest>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct OciReference {
+    /// `host[:port]`.
+    pub registry: String,
+    /// The repository, e.g. `platform.example.com/platform`.
+    pub repository: String,
+    /// `sha256:<64 hex>`: the digest of the OCI manifest.
+    pub digest: String,
+}
+
+/// A `spec.platformRef.oci` that is not a digest-pinned OCI reference.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "spec.platformRef.oci: {reason}: {reference:?} (expected oci://REGISTRY/REPOSITORY@sha256:<64 lowercase hex>)"
+)]
+pub struct InvalidReference {
+    /// What was given.
+    pub reference: String,
+    /// What is wrong with it.
+    pub reason: &'static str,
+}
+
+impl OciReference {
+    /// Parses `oci://REGISTRY/REPOSITORY@sha256:<64 hex>`. A tag is refused: a module is pinned
+    /// by an immutable digest, so that the same reference always renders the same objects.
+    ///
+    /// ```
+    /// use cuebe_core::module::OciReference;
+    /// let r = OciReference::parse("oci://127.0.0.1:5000/platform.example.com/platform@sha256:602bec774d6b83f7866f4a5f32ce39764383183940408a10dfaa4aa75912d0f6").unwrap();
+    /// assert_eq!(r.registry, "127.0.0.1:5000");
+    /// assert_eq!(r.repository, "platform.example.com/platform");
+    /// assert!(r.is_loopback());
+    /// ```
+    pub fn parse(reference: &str) -> Result<Self, InvalidReference> {
+        let bad = |reason| InvalidReference {
+            reference: reference.to_string(),
+            reason,
+        };
+        let rest = reference
+            .strip_prefix("oci://")
+            .ok_or_else(|| bad("must start with oci://"))?;
+        let (path, digest) = rest
+            .rsplit_once('@')
+            .ok_or_else(|| bad("must be pinned by digest (@sha256:...); tags move"))?;
+        let hex = digest
+            .strip_prefix("sha256:")
+            .ok_or_else(|| bad("the digest must be sha256"))?;
+        if hex.len() != 64
+            || !hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return Err(bad("the digest must be 64 lowercase hex characters"));
+        }
+        let (registry, repository) = path
+            .split_once('/')
+            .ok_or_else(|| bad("names no repository"))?;
+        if registry.is_empty() || repository.is_empty() {
+            return Err(bad("names no registry or repository"));
+        }
+        if repository.contains(':') {
+            return Err(bad("must not carry a tag besides the digest"));
+        }
+        let valid = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-/".contains(c);
+        if !repository.chars().all(valid) || repository.contains("//") {
+            return Err(bad(
+                "the repository may hold only lowercase letters, digits, '.', '_', '-' and '/'",
+            ));
+        }
+        Ok(Self {
+            registry: registry.to_string(),
+            repository: repository.to_string(),
+            digest: digest.to_string(),
+        })
+    }
+
+    /// The registry is on this machine (`localhost`, `127.0.0.1`, `[::1]`): plain HTTP is
+    /// allowed there, as CUE allows it, and nowhere else.
+    pub fn is_loopback(&self) -> bool {
+        let host = self
+            .registry
+            .rsplit_once(':')
+            .filter(|(h, port)| !h.is_empty() && port.bytes().all(|b| b.is_ascii_digit()))
+            .map_or(self.registry.as_str(), |(h, _)| h);
+        matches!(host, "localhost" | "127.0.0.1" | "[::1]")
+    }
+}
+
+impl fmt::Display for OciReference {
+    /// The canonical form, as `status.platformRefResolved` shows it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "oci://{}/{}@{}",
+            self.registry, self.repository, self.digest
+        )
+    }
+}
+
+/// Why a module zip (the first layer `cue mod publish` pushes) cannot be a module.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("module archive: {0}")]
+pub struct BadArchive(pub String);
+
+/// The most a module archive may hold once unpacked: platform modules are text, far below it.
+pub const MAX_MODULE_BYTES: u64 = 16 * 1024 * 1024;
+
+impl ModuleSource {
+    /// The module in a zip as `cue mod publish` writes it (paths relative to the module root,
+    /// `cue.mod/module.cue` included). Only `.cue` files are kept; paths that leave the root,
+    /// files that are not UTF-8 and archives over [`MAX_MODULE_BYTES`] are refused.
+    pub fn from_zip(bytes: &[u8], package: impl Into<String>) -> Result<Self, BadArchive> {
+        use std::io::Read;
+        let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes))
+            .map_err(|e| BadArchive(format!("not a zip archive: {e}")))?;
+        let mut files = Vec::new();
+        let mut total: u64 = 0;
+        for i in 0..archive.len() {
+            let mut entry = archive
+                .by_index(i)
+                .map_err(|e| BadArchive(format!("entry {i}: {e}")))?;
+            if entry.is_dir() {
+                continue;
+            }
+            let name = entry.name().to_string();
+            let Some(path) = entry.enclosed_name() else {
+                return Err(BadArchive(format!("{name:?} leaves the module root")));
+            };
+            let path = path.to_string_lossy().replace('\\', "/");
+            if !path.ends_with(".cue") {
+                continue;
+            }
+            total = total.saturating_add(entry.size());
+            if total > MAX_MODULE_BYTES {
+                return Err(BadArchive(format!(
+                    "unpacks to more than {} MiB",
+                    MAX_MODULE_BYTES / (1024 * 1024)
+                )));
+            }
+            let mut text = String::new();
+            (&mut entry)
+                .take(MAX_MODULE_BYTES)
+                .read_to_string(&mut text)
+                .map_err(|e| BadArchive(format!("{path}: {e}")))?;
+            files.push((path, text));
+        }
+        if !files.iter().any(|(p, _)| p == "cue.mod/module.cue") {
+            return Err(BadArchive("has no cue.mod/module.cue".into()));
+        }
+        Ok(Self::new(files, package))
+    }
 }
 
 /// An embedded module with its version.
@@ -188,12 +377,31 @@ impl ModuleSet {
     pub fn resolve(&self, r: Option<&PlatformRef>) -> Result<&EmbeddedModule, UnknownModule> {
         let found = match r {
             None => self.modules.last(),
-            Some(r) => self.modules.iter().find(|m| m.version == r.embedded),
+            Some(PlatformRef {
+                embedded: Some(version),
+                ..
+            }) => self.modules.iter().find(|m| &m.version == version),
+            // Only embedded versions resolve here; published modules are fetched by the runtime
+            // and handed to the renderer with the input.
+            Some(_) => None,
         };
         found.ok_or_else(|| UnknownModule {
-            requested: r.map(|r| r.embedded.clone()).unwrap_or_default(),
+            requested: r
+                .map(|r| {
+                    r.embedded
+                        .clone()
+                        .or_else(|| r.oci.clone())
+                        .unwrap_or_default()
+                })
+                .unwrap_or_default(),
             available: self.modules.iter().map(|m| m.version.clone()).collect(),
         })
+    }
+
+    /// The entry package of the newest module (`./webservice`): published modules of the same
+    /// abstraction are laid out the same way.
+    pub fn entry_package(&self) -> Option<&str> {
+        self.modules.last().map(|m| m.source.package())
     }
 
     /// All versions, oldest first.
@@ -214,4 +422,134 @@ pub struct UnknownModule {
     pub requested: String,
     /// What the operator ships.
     pub available: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEX: &str = "602bec774d6b83f7866f4a5f32ce39764383183940408a10dfaa4aa75912d0f6";
+
+    #[test]
+    fn oci_references_are_pinned_by_digest_and_name_what_is_wrong() {
+        let ok = |r: &str| OciReference::parse(r).map(|o| (o.registry, o.repository));
+        let reason = |r: &str| OciReference::parse(r).err().map(|e| e.reason);
+        assert_eq!(
+            ok(&format!(
+                "oci://ghcr.io/acme/platform/webservice@sha256:{HEX}"
+            )),
+            Ok(("ghcr.io".into(), "acme/platform/webservice".into()))
+        );
+        assert_eq!(
+            ok(&format!(
+                "oci://127.0.0.1:5000/platform.example.com/platform@sha256:{HEX}"
+            )),
+            Ok((
+                "127.0.0.1:5000".into(),
+                "platform.example.com/platform".into()
+            ))
+        );
+        let cases: [(String, &str); 7] = [
+            (
+                format!("ghcr.io/acme/platform@sha256:{HEX}"),
+                "must start with oci://",
+            ),
+            (
+                "oci://ghcr.io/acme/platform:v1.0.0".into(),
+                "must be pinned by digest (@sha256:...); tags move",
+            ),
+            (
+                format!("oci://ghcr.io/acme/platform@sha512:{HEX}"),
+                "the digest must be sha256",
+            ),
+            (
+                "oci://ghcr.io/acme/platform@sha256:abc".into(),
+                "the digest must be 64 lowercase hex characters",
+            ),
+            (
+                format!("oci://ghcr.io/acme/platform@sha256:{}", HEX.to_uppercase()),
+                "the digest must be 64 lowercase hex characters",
+            ),
+            (format!("oci://ghcr.io@sha256:{HEX}"), "names no repository"),
+            (
+                format!("oci://ghcr.io/acme/platform:v1@sha256:{HEX}"),
+                "must not carry a tag besides the digest",
+            ),
+        ];
+        for (reference, expected) in cases {
+            assert_eq!(reason(&reference), Some(expected), "{reference}");
+        }
+        let err = OciReference::parse("oci://x/y:v1").unwrap_err().to_string();
+        assert!(err.starts_with("spec.platformRef.oci: "), "{err}");
+    }
+
+    #[test]
+    fn only_loopback_registries_are_loopback() {
+        let at = |registry: &str| OciReference {
+            registry: registry.into(),
+            repository: "p".into(),
+            digest: format!("sha256:{HEX}"),
+        };
+        for (registry, loopback) in [
+            ("127.0.0.1:5000", true),
+            ("localhost:5000", true),
+            ("localhost", true),
+            ("[::1]:5000", true),
+            ("127.0.0.1.evil.example.com", false),
+            ("ghcr.io", false),
+            ("registry.local:5000", false),
+        ] {
+            assert_eq!(at(registry).is_loopback(), loopback, "{registry}");
+        }
+    }
+
+    fn zip_of(entries: &[(&str, &str)]) -> Vec<u8> {
+        use std::io::Write;
+        let mut out = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        let options = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored);
+        for (name, content) in entries {
+            out.start_file(*name, options).unwrap();
+            out.write_all(content.as_bytes()).unwrap();
+        }
+        out.finish().unwrap().into_inner()
+    }
+
+    #[test]
+    fn a_published_module_archive_becomes_the_same_module_as_its_files() {
+        let module = "module: \"example.com/m@v1\"\nlanguage: version: \"v0.17.1\"\nsource: kind: \"self\"\n";
+        let archive = zip_of(&[
+            ("README.md", "not CUE"),
+            ("cue.mod/module.cue", module),
+            ("p/p.cue", "package p\nx: 1\n"),
+        ]);
+        let from_zip = ModuleSource::from_zip(&archive, "./p").unwrap();
+        let from_files = ModuleSource::new(
+            [
+                ("cue.mod/module.cue", module),
+                ("p/p.cue", "package p\nx: 1\n"),
+            ],
+            "./p",
+        );
+        assert_eq!(
+            from_zip.digest(),
+            from_files.digest(),
+            "only .cue files, same digest"
+        );
+
+        let escaping = zip_of(&[("cue.mod/module.cue", module), ("../evil.cue", "x: 1")]);
+        let err = ModuleSource::from_zip(&escaping, "./p")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("leaves the module root"), "{err}");
+        let no_module = zip_of(&[("p/p.cue", "package p")]);
+        let err = ModuleSource::from_zip(&no_module, "./p")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no cue.mod/module.cue"), "{err}");
+        let err = ModuleSource::from_zip(b"not a zip", "./p")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a zip archive"), "{err}");
+    }
 }

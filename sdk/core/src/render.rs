@@ -93,6 +93,10 @@ pub struct RenderInput {
     pub spec: Value,
     /// Which module version; `None` is the newest embedded one.
     pub platform_ref: Option<PlatformRef>,
+    /// The module itself, when the caller fetched it (a published module named by
+    /// `platform_ref.oci`): it is rendered instead of resolving `platform_ref` among the
+    /// embedded modules. Caches stay keyed by the module's content digest.
+    pub module: Option<Arc<ModuleSource>>,
     /// What the cluster offers.
     pub capabilities: Capabilities,
     /// Live objects by node id; only the declared export values are read from them.
@@ -390,11 +394,14 @@ impl CueRenderer {
     /// on its own thread before handing a miss to a blocking thread.
     pub fn cached(&self, input: &RenderInput) -> Result<Option<Arc<Plan>>, RenderError> {
         let inner = &self.inner;
-        let source = inner
-            .modules
-            .resolve(input.platform_ref.as_ref())?
-            .source
-            .clone();
+        let source = match &input.module {
+            Some(fetched) => fetched.clone(),
+            None => inner
+                .modules
+                .resolve(input.platform_ref.as_ref())?
+                .source
+                .clone(),
+        };
         let built_now = inner
             .built
             .lock()
@@ -492,11 +499,14 @@ impl Inner {
     }
 
     fn prepare(&self, input: &RenderInput) -> Result<Prepared, RenderError> {
-        let source = self
-            .modules
-            .resolve(input.platform_ref.as_ref())?
-            .source
-            .clone();
+        let source = match &input.module {
+            Some(fetched) => fetched.clone(),
+            None => self
+                .modules
+                .resolve(input.platform_ref.as_ref())?
+                .source
+                .clone(),
+        };
         let built = self.built_module(&source)?;
         self.prepare_with(input, source, built)
     }

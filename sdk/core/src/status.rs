@@ -30,6 +30,12 @@ pub enum ConditionType {
     Ready,
     /// The instance cannot proceed until its spec, its module or the cluster changes.
     Stalled,
+    /// The published module `spec.platformRef.oci` names was fetched and its digests checked
+    /// (only set for published modules).
+    ModuleResolved,
+    /// The published module passed the operator's verification policy (only set for
+    /// published modules; `False`/`Unverified` when no policy is configured).
+    ModuleVerified,
 }
 
 impl ConditionType {
@@ -41,6 +47,8 @@ impl ConditionType {
             Self::Progressing => "Progressing",
             Self::Ready => "Ready",
             Self::Stalled => "Stalled",
+            Self::ModuleResolved => "ModuleResolved",
+            Self::ModuleVerified => "ModuleVerified",
         }
     }
 }

@@ -205,7 +205,8 @@ pub fn instance_of<A: Abstraction>(object: &A) -> Instance {
     }
 }
 
-/// The renderer input for an instance, exactly as the controller builds it.
+/// The renderer input for an instance, exactly as the controller builds it (a published module
+/// the instance names is fetched by the caller and set as `module`).
 pub fn render_input<A: Abstraction>(
     object: &A,
     capabilities: Capabilities,
@@ -215,6 +216,7 @@ pub fn render_input<A: Abstraction>(
         instance: instance_of(object),
         spec: object.spec_value(),
         platform_ref: object.platform_ref(),
+        module: None,
         capabilities,
         observed,
     }

@@ -81,6 +81,8 @@ pub enum ReconcileError {
 pub struct Operator<A: Abstraction> {
     client: Client,
     renderer: Option<Arc<dyn Renderer>>,
+    #[cfg(feature = "remote-modules")]
+    module_fetcher: Arc<crate::remote::ModuleFetcher>,
     executor: Option<Arc<dyn Executor>>,
     readiness: Arc<dyn Readiness>,
     adopter: Arc<dyn Adopter>,
@@ -114,6 +116,10 @@ impl<A: Abstraction> Operator<A> {
         Self {
             client,
             renderer: None,
+            #[cfg(feature = "remote-modules")]
+            module_fetcher: Arc::new(crate::remote::ModuleFetcher::new(Some(
+                crate::remote::default_cache_dir(),
+            ))),
             executor: None,
             readiness: Arc::new(DefaultReadiness),
             adopter: Arc::new(ExplicitAdopter),
@@ -138,6 +144,14 @@ impl<A: Abstraction> Operator<A> {
     /// `cuebe_cli::App::configure`).
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// Replaces where published modules (`spec.platformRef.oci`) are fetched and cached
+    /// (default: [`crate::remote::default_cache_dir`] on disk).
+    #[cfg(feature = "remote-modules")]
+    pub fn with_module_fetcher(mut self, fetcher: Arc<crate::remote::ModuleFetcher>) -> Self {
+        self.module_fetcher = fetcher;
+        self
     }
 
     /// Replaces the renderer.
@@ -251,6 +265,8 @@ impl<A: Abstraction> Operator<A> {
                 )
             }),
             renderer,
+            #[cfg(feature = "remote-modules")]
+            module_fetcher: self.module_fetcher.clone(),
             metrics: metrics.clone(),
             inventory: self.inventory.clone(),
             client: client.clone(),
@@ -545,6 +561,8 @@ struct Context<A: Abstraction> {
     client: Client,
     recorder: Recorder,
     renderer: Arc<dyn Renderer>,
+    #[cfg(feature = "remote-modules")]
+    module_fetcher: Arc<crate::remote::ModuleFetcher>,
     metrics: Arc<OperatorMetrics>,
     executor: Arc<dyn Executor>,
     inventory: Arc<dyn Inventory>,
@@ -676,6 +694,176 @@ async fn store_inventory<A: Abstraction>(
     Ok(())
 }
 
+/// What an instance's `platformRef` resolved to before rendering.
+enum Published {
+    /// An embedded module (or none named): the renderer resolves it.
+    Embedded,
+    /// A published module, fetched and checked, with its canonical reference.
+    #[cfg_attr(not(feature = "remote-modules"), allow(dead_code))]
+    Module(Arc<crate::module::ModuleSource>, String),
+    /// Nothing to render with yet: the status says why; retry after this long.
+    Unavailable(Duration),
+}
+
+/// Fetches the published module the instance pins, if it pins one. A module that cannot be
+/// fetched or fails its checks is never rendered; the instance keeps rendering with the last
+/// good module it was on (from the cache, without the network) and the status says so.
+async fn resolve_published<A: Abstraction>(
+    ctx: &Context<A>,
+    object: &A,
+    previous: &AbstractionStatus,
+    status: &mut AbstractionStatus,
+    generation: Option<i64>,
+    now: &str,
+) -> Published {
+    let Some(reference) = object.platform_ref().and_then(|r| r.oci_reference()) else {
+        return Published::Embedded;
+    };
+    let reference = match reference {
+        Ok(r) => r,
+        Err(e) => {
+            status.stop_before_apply(
+                ConditionType::ModuleResolved,
+                "InvalidReference",
+                &e.to_string(),
+                "fix spec.platformRef.oci",
+                generation,
+                now,
+            );
+            return Published::Unavailable(Duration::from_secs(300));
+        }
+    };
+    fetch_published(ctx, &reference, previous, status, generation, now).await
+}
+
+#[cfg(not(feature = "remote-modules"))]
+async fn fetch_published<A: Abstraction>(
+    _ctx: &Context<A>,
+    reference: &crate::module::OciReference,
+    _previous: &AbstractionStatus,
+    status: &mut AbstractionStatus,
+    generation: Option<i64>,
+    now: &str,
+) -> Published {
+    status.stop_before_apply(
+        ConditionType::ModuleResolved,
+        "RemoteModulesDisabled",
+        &format!(
+            "{reference}: this operator was built without the remote-modules feature of cuebe"
+        ),
+        "pin an embedded version, or run an operator built with remote modules",
+        generation,
+        now,
+    );
+    Published::Unavailable(Duration::from_secs(300))
+}
+
+#[cfg(feature = "remote-modules")]
+async fn fetch_published<A: Abstraction>(
+    ctx: &Context<A>,
+    reference: &crate::module::OciReference,
+    previous: &AbstractionStatus,
+    status: &mut AbstractionStatus,
+    generation: Option<i64>,
+    now: &str,
+) -> Published {
+    let modules = A::modules();
+    let package = modules.entry_package().unwrap_or(".");
+    match ctx.module_fetcher.fetch(reference, package).await {
+        Ok(module) => {
+            status.set_condition(
+                ConditionType::ModuleResolved,
+                true,
+                "Resolved",
+                format!("{reference} (module content {})", module.digest()),
+                generation,
+                now,
+            );
+            status.set_condition(
+                ConditionType::ModuleVerified,
+                false,
+                "Unverified",
+                "no verification policy is configured: the module was accepted because it is pinned by digest and every digest matched",
+                generation,
+                now,
+            );
+            Published::Module(module, reference.to_string())
+        }
+        Err(error) => {
+            tracing::warn!(%error, reason = error.reason(), "platform module not usable");
+            // The module the instance rendered with last, if it was a published one still in
+            // the cache: nothing breaks because a registry is down or served bad content.
+            let last_good = crate::module::OciReference::parse(&previous.platform_ref_resolved)
+                .ok()
+                .filter(|good| good != reference)
+                .and_then(|good| {
+                    ctx.module_fetcher
+                        .cached(&good, package)
+                        .map(|m| (good.to_string(), m))
+                });
+            match last_good {
+                Some((good, module)) => {
+                    status.set_condition(
+                        ConditionType::ModuleResolved,
+                        false,
+                        error.reason(),
+                        format!("{error}; still rendering with the last good module {good}"),
+                        generation,
+                        now,
+                    );
+                    Published::Module(module, good)
+                }
+                None if error.is_transient() => {
+                    status.set_condition(
+                        ConditionType::ModuleResolved,
+                        false,
+                        error.reason(),
+                        error.to_string(),
+                        generation,
+                        now,
+                    );
+                    status.set_condition(
+                        ConditionType::Ready,
+                        false,
+                        error.reason(),
+                        error.to_string(),
+                        generation,
+                        now,
+                    );
+                    status.set_condition(
+                        ConditionType::Progressing,
+                        true,
+                        error.reason(),
+                        "retrying the fetch; nothing is applied until the module is available",
+                        generation,
+                        now,
+                    );
+                    status.set_condition(
+                        ConditionType::Stalled,
+                        false,
+                        error.reason(),
+                        "",
+                        generation,
+                        now,
+                    );
+                    Published::Unavailable(Duration::from_secs(15))
+                }
+                None => {
+                    status.stop_before_apply(
+                        ConditionType::ModuleResolved,
+                        error.reason(),
+                        &error.to_string(),
+                        "the content was refused; publish the module again and pin its digest",
+                        generation,
+                        now,
+                    );
+                    Published::Unavailable(Duration::from_secs(300))
+                }
+            }
+        }
+    }
+}
+
 /// The kinds a sweep looks at: every watched kind, every kind of the inventory and of `plan`.
 fn sweep_kinds<A: Abstraction>(
     ctx: &Context<A>,
@@ -775,11 +963,31 @@ async fn apply<A: Abstraction>(
     let new_and_untouched = first_sight && nothing_written_before;
     let mut sweep_pending = !(known_complete || new_and_untouched);
 
+    let (published, published_ref) = match resolve_published(
+        &ctx,
+        object.as_ref(),
+        &previous,
+        &mut status,
+        generation,
+        &now,
+    )
+    .await
+    {
+        Published::Embedded => (None, None),
+        Published::Module(module, reference) => (Some(module), Some(reference)),
+        Published::Unavailable(retry) => {
+            store_inventory(&ctx, &instance, &mut status).await?;
+            write_status(&ctx, &api, &object, &status).await?;
+            return Ok(Action::requeue(retry));
+        }
+    };
+
     // Observed exports come from the live objects of the inventory.
     let mut observed: BTreeMap<String, serde_json::Value> = BTreeMap::new();
     let mut last_exec: Option<Outcome> = None;
     for _round in 0..3 {
-        let input = render_input(object.as_ref(), capabilities.clone(), observed.clone());
+        let mut input = render_input(object.as_ref(), capabilities.clone(), observed.clone());
+        input.module = published.clone();
         let started = std::time::Instant::now();
         let rendered = ctx.renderer.render(&input).await;
         ctx.metrics.rendered(started.elapsed());
@@ -800,7 +1008,10 @@ async fn apply<A: Abstraction>(
             }
         };
         let graph = plan.graph();
-        status.platform_ref_resolved = graph.metadata.platform_ref_resolved.clone();
+        // A published module is named by its canonical reference; an embedded one by digest.
+        status.platform_ref_resolved = published_ref
+            .clone()
+            .unwrap_or_else(|| graph.metadata.platform_ref_resolved.clone());
         status.render_hash = graph.metadata.render_hash.clone();
         status.violations = graph.violations.clone();
         status.set_condition(

@@ -24,6 +24,8 @@ pub mod executor;
 pub mod inventory;
 pub mod lifecycle;
 pub mod ops;
+#[cfg(feature = "remote-modules")]
+pub mod remote;
 pub mod renderer;
 
 pub use cuebe_core::{clock, cue, graph, instance, module, plan, readiness, status};

@@ -1,0 +1,495 @@
+//! Platform modules published to OCI registries (`spec.platformRef.oci`), fetched in Rust and
+//! verified before the renderer sees them.
+//!
+//! A module published with `cue mod publish` is an OCI manifest whose config has the media type
+//! `application/vnd.cue.module.v1+json` and whose two layers are the module zip
+//! (`application/zip`) and its `cue.mod/module.cue` (`application/vnd.cue.modulefile.v1`).
+//! [`ModuleFetcher::fetch`] pulls the manifest by the digest the instance pins, checks that the
+//! manifest's bytes hash to that digest and the zip to its layer digest, unpacks the zip into
+//! memory ([`ModuleSource::from_zip`]) and caches it:
+//!
+//! - in memory, by digest, for the life of the process;
+//! - on disk (`<cache>/sha256-<hex>/manifest.json` and `module.zip`, written to a temporary
+//!   directory and renamed into place), re-hashed every time it is read. A pinned digest that
+//!   is cached never touches the network again, so a registry outage does not stop rendering.
+//!
+//! Plain HTTP is used only for registries on loopback; everything else is HTTPS.
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), cuebe::remote::FetchError> {
+//! use cuebe::module::OciReference;
+//! let fetcher = cuebe::remote::ModuleFetcher::new(Some(cuebe::remote::default_cache_dir()));
+//! let reference = OciReference::parse(
+//!     "oci://127.0.0.1:5000/platform.example.com/platform@sha256:602bec774d6b83f7866f4a5f32ce39764383183940408a10dfaa4aa75912d0f6",
+//! )
+//! .expect("a pinned reference");
+//! let module = fetcher.fetch(&reference, "./webservice").await?;
+//! println!("{}", module.digest());
+//! # Ok(()) }
+//! ```
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::manifest::{OCI_IMAGE_MEDIA_TYPE, OciImageManifest};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use sha2::{Digest, Sha256};
+
+use crate::module::{ModuleSource, OciReference};
+
+/// Media type of the config of a module `cue mod publish` pushed.
+pub const CUE_MODULE_CONFIG: &str = "application/vnd.cue.module.v1+json";
+/// Media type of the module zip layer.
+pub const CUE_MODULE_ZIP: &str = "application/zip";
+/// Media type of the `cue.mod/module.cue` layer.
+pub const CUE_MODULE_FILE: &str = "application/vnd.cue.modulefile.v1";
+
+/// The largest module archive pulled (a platform module is a few hundred KiB of text at most).
+pub const MAX_ARCHIVE_BYTES: i64 = 64 * 1024 * 1024;
+
+/// Why a published module could not be used. [`FetchError::reason`] is the condition reason
+/// the status shows.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The registry could not be reached or did not serve the digest.
+    #[error("fetching {reference}: {message}")]
+    FetchFailed {
+        /// The reference.
+        reference: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// What the registry served does not hash to the digest that was asked for (tampered or
+    /// corrupted content): never used.
+    #[error(
+        "{reference}: {what} does not match its digest (expected {expected}, got {got}); the content was refused"
+    )]
+    DigestMismatch {
+        /// The reference.
+        reference: String,
+        /// The manifest or the module zip.
+        what: &'static str,
+        /// The digest asked for.
+        expected: String,
+        /// The digest of what was served.
+        got: String,
+    },
+    /// The artifact is not a CUE module as `cue mod publish` pushes one.
+    #[error("{reference}: not a CUE module: {message}")]
+    NotACueModule {
+        /// The reference.
+        reference: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+impl FetchError {
+    /// A short machine-readable reason, for the `ModuleResolved` condition.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::FetchFailed { .. } => "FetchFailed",
+            Self::DigestMismatch { .. } => "DigestMismatch",
+            Self::NotACueModule { .. } => "NotACueModule",
+        }
+    }
+
+    /// True when retrying may help (the registry may come back); content that failed its
+    /// checks is never retried into use.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::FetchFailed { .. })
+    }
+}
+
+/// `$CUEBE_MODULE_CACHE`, else `$XDG_CACHE_HOME/cuebe/modules` (or `~/.cache/cuebe/modules`).
+pub fn default_cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CUEBE_MODULE_CACHE") {
+        return PathBuf::from(dir);
+    }
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("cuebe")
+        .join("modules")
+}
+
+fn sha256_of(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// Fetches, verifies and caches published platform modules. Cheap to share (`Arc`).
+#[derive(Debug)]
+pub struct ModuleFetcher {
+    cache_dir: Option<PathBuf>,
+    memory: Mutex<HashMap<(String, String), Arc<ModuleSource>>>,
+    timeout: Duration,
+}
+
+impl ModuleFetcher {
+    /// A fetcher caching on disk under `cache_dir` (`None`: memory only).
+    pub fn new(cache_dir: Option<PathBuf>) -> Self {
+        Self {
+            cache_dir,
+            memory: Mutex::new(HashMap::new()),
+            timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// The module `reference` pins, with `package` as its entry package: from memory, from the
+    /// disk cache (re-hashed), or from the registry.
+    pub async fn fetch(
+        &self,
+        reference: &OciReference,
+        package: &str,
+    ) -> Result<Arc<ModuleSource>, FetchError> {
+        if let Some(found) = self.cached(reference, package) {
+            return Ok(found);
+        }
+        let (manifest, archive) = self.pull(reference).await?;
+        let source = Arc::new(unpack(reference, &manifest, &archive, package)?);
+        if let Some(dir) = &self.cache_dir
+            && let Err(error) = store(dir, &reference.digest, &manifest, &archive)
+        {
+            // The module is verified and in memory; only a later restart pays for this.
+            tracing::warn!(%error, reference = %reference, "could not write the module cache");
+        }
+        self.remember(reference, package, source.clone());
+        tracing::info!(reference = %reference, digest = %source.digest(), "fetched platform module");
+        Ok(source)
+    }
+
+    /// The module when it is in memory or in the disk cache (and still hashes right); never
+    /// touches the network. What a registry outage leaves to render with.
+    pub fn cached(&self, reference: &OciReference, package: &str) -> Option<Arc<ModuleSource>> {
+        let key = (reference.digest.clone(), package.to_string());
+        if let Some(found) = self
+            .memory
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+        {
+            return Some(found.clone());
+        }
+        let dir = self.cache_dir.as_ref()?;
+        let (manifest, archive) = load(dir, &reference.digest)?;
+        match unpack(reference, &manifest, &archive, package) {
+            Ok(source) => {
+                let source = Arc::new(source);
+                self.remember(reference, package, source.clone());
+                Some(source)
+            }
+            Err(error) => {
+                tracing::warn!(%error, "the module cache holds content that fails its checks; fetching again");
+                let _ = std::fs::remove_dir_all(entry_dir(dir, &reference.digest));
+                None
+            }
+        }
+    }
+
+    fn remember(&self, reference: &OciReference, package: &str, source: Arc<ModuleSource>) {
+        self.memory
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert((reference.digest.clone(), package.to_string()), source);
+    }
+
+    /// Pulls the manifest and the module zip, each checked against its digest.
+    async fn pull(&self, reference: &OciReference) -> Result<(Vec<u8>, Vec<u8>), FetchError> {
+        let failed = |message: String| FetchError::FetchFailed {
+            reference: reference.to_string(),
+            message,
+        };
+        // reqwest needs a process-wide rustls provider; kube does not install one. Installing
+        // an already installed provider is a harmless no-op error.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let protocol = if reference.is_loopback() {
+            ClientProtocol::HttpsExcept(vec![reference.registry.clone()])
+        } else {
+            ClientProtocol::Https
+        };
+        let config = ClientConfig {
+            protocol,
+            connect_timeout: Some(Duration::from_secs(5)),
+            read_timeout: Some(self.timeout),
+            ..ClientConfig::default()
+        };
+        let client = Client::try_from(config).map_err(|e| failed(e.to_string()))?;
+        let oci: Reference = format!(
+            "{}/{}@{}",
+            reference.registry, reference.repository, reference.digest
+        )
+        .parse()
+        .map_err(|e| failed(format!("{e}")))?;
+        let (raw, _) = tokio::time::timeout(
+            self.timeout,
+            client.pull_manifest_raw(&oci, &RegistryAuth::Anonymous, &[OCI_IMAGE_MEDIA_TYPE]),
+        )
+        .await
+        .map_err(|_| failed("the registry did not answer in time".into()))?
+        .map_err(|e| match e {
+            oci_client::errors::OciDistributionError::DigestError(_) => {
+                FetchError::DigestMismatch {
+                    reference: reference.to_string(),
+                    what: "the manifest",
+                    expected: reference.digest.clone(),
+                    got: "a different digest".into(),
+                }
+            }
+            other => failed(other.to_string()),
+        })?;
+        // The client checks the manifest against the digest too; checking here keeps the rule
+        // in one place we test.
+        verify(reference, "the manifest", &raw, &reference.digest)?;
+        let manifest = parse_manifest(reference, &raw)?;
+        let zip = &manifest.layers[0];
+        let mut archive = Vec::new();
+        tokio::time::timeout(self.timeout, client.pull_blob(&oci, zip, &mut archive))
+            .await
+            .map_err(|_| failed("the registry did not answer in time".into()))?
+            .map_err(|e| match e {
+                oci_client::errors::OciDistributionError::DigestError(_) => {
+                    FetchError::DigestMismatch {
+                        reference: reference.to_string(),
+                        what: "the module zip",
+                        expected: zip.digest.clone(),
+                        got: "a different digest".into(),
+                    }
+                }
+                other => failed(other.to_string()),
+            })?;
+        verify(reference, "the module zip", &archive, &zip.digest)?;
+        Ok((raw.to_vec(), archive))
+    }
+}
+
+/// Checks `bytes` hash to `expected`.
+fn verify(
+    reference: &OciReference,
+    what: &'static str,
+    bytes: &[u8],
+    expected: &str,
+) -> Result<(), FetchError> {
+    let got = sha256_of(bytes);
+    if got == expected {
+        Ok(())
+    } else {
+        Err(FetchError::DigestMismatch {
+            reference: reference.to_string(),
+            what,
+            expected: expected.to_string(),
+            got,
+        })
+    }
+}
+
+/// The manifest, checked to be a CUE module's (the checks CUE's own registry client makes).
+fn parse_manifest(reference: &OciReference, raw: &[u8]) -> Result<OciImageManifest, FetchError> {
+    let not_module = |message: String| FetchError::NotACueModule {
+        reference: reference.to_string(),
+        message,
+    };
+    let manifest: OciImageManifest = serde_json::from_slice(raw)
+        .map_err(|e| not_module(format!("the manifest does not parse: {e}")))?;
+    if manifest.config.media_type != CUE_MODULE_CONFIG {
+        return Err(not_module(format!(
+            "config media type is {:?}, not {CUE_MODULE_CONFIG:?}",
+            manifest.config.media_type
+        )));
+    }
+    let types: Vec<&str> = manifest
+        .layers
+        .iter()
+        .map(|l| l.media_type.as_str())
+        .collect();
+    if types != [CUE_MODULE_ZIP, CUE_MODULE_FILE] {
+        return Err(not_module(format!(
+            "layers are {types:?}, not [{CUE_MODULE_ZIP:?}, {CUE_MODULE_FILE:?}]"
+        )));
+    }
+    if !(0..=MAX_ARCHIVE_BYTES).contains(&manifest.layers[0].size) {
+        return Err(not_module(format!(
+            "the module zip is {} bytes; at most {MAX_ARCHIVE_BYTES}",
+            manifest.layers[0].size
+        )));
+    }
+    Ok(manifest)
+}
+
+/// Re-checks a manifest and archive pair (from the registry or the disk cache) and unpacks it.
+fn unpack(
+    reference: &OciReference,
+    raw_manifest: &[u8],
+    archive: &[u8],
+    package: &str,
+) -> Result<ModuleSource, FetchError> {
+    verify(reference, "the manifest", raw_manifest, &reference.digest)?;
+    let manifest = parse_manifest(reference, raw_manifest)?;
+    verify(
+        reference,
+        "the module zip",
+        archive,
+        &manifest.layers[0].digest,
+    )?;
+    ModuleSource::from_zip(archive, package).map_err(|e| FetchError::NotACueModule {
+        reference: reference.to_string(),
+        message: e.to_string(),
+    })
+}
+
+fn entry_dir(cache: &Path, digest: &str) -> PathBuf {
+    cache.join(digest.replace(':', "-"))
+}
+
+fn load(cache: &Path, digest: &str) -> Option<(Vec<u8>, Vec<u8>)> {
+    let dir = entry_dir(cache, digest);
+    let manifest = std::fs::read(dir.join("manifest.json")).ok()?;
+    let archive = std::fs::read(dir.join("module.zip")).ok()?;
+    Some((manifest, archive))
+}
+
+/// Writes both files into a temporary directory and renames it into place, so a reader never
+/// sees half an entry.
+fn store(cache: &Path, digest: &str, manifest: &[u8], archive: &[u8]) -> std::io::Result<()> {
+    std::fs::create_dir_all(cache)?;
+    let target = entry_dir(cache, digest);
+    if target.exists() {
+        return Ok(());
+    }
+    let tmp = cache.join(format!(
+        ".tmp-{}-{}",
+        digest.replace(':', "-"),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    std::fs::write(tmp.join("manifest.json"), manifest)?;
+    std::fs::write(tmp.join("module.zip"), archive)?;
+    match std::fs::rename(&tmp, &target) {
+        Ok(()) => Ok(()),
+        // Another process stored the same digest first: same content by construction.
+        Err(_) if target.exists() => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference(digest: &str) -> OciReference {
+        OciReference {
+            registry: "127.0.0.1:5000".into(),
+            repository: "platform.example.com/platform".into(),
+            digest: digest.into(),
+        }
+    }
+
+    fn manifest(zip_digest: &str, config_type: &str, layers: &[&str]) -> Vec<u8> {
+        let layers: Vec<serde_json::Value> = layers
+            .iter()
+            .map(|t| serde_json::json!({"mediaType": t, "digest": zip_digest, "size": 10}))
+            .collect();
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": config_type, "digest": "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a", "size": 2},
+            "layers": layers,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn content_is_used_only_when_every_digest_matches() {
+        let archive = b"zip bytes".to_vec();
+        let good = manifest(
+            &sha256_of(&archive),
+            CUE_MODULE_CONFIG,
+            &[CUE_MODULE_ZIP, CUE_MODULE_FILE],
+        );
+        let pinned = reference(&sha256_of(&good));
+        // (manifest, archive, reference) → expected reason; None: the checks pass (the zip then
+        // fails to unpack, which is a NotACueModule of its own).
+        let tampered_archive = b"zip bytez".to_vec();
+        let wrong_type = manifest(
+            &sha256_of(&archive),
+            "application/vnd.oci.image.config.v1+json",
+            &[CUE_MODULE_ZIP, CUE_MODULE_FILE],
+        );
+        let one_layer = manifest(&sha256_of(&archive), CUE_MODULE_CONFIG, &[CUE_MODULE_ZIP]);
+        type Case<'a> = (&'a [u8], &'a [u8], OciReference, &'a str, &'a str);
+        let cases: [Case<'_>; 5] = [
+            (
+                &good,
+                &archive,
+                pinned.clone(),
+                "NotACueModule",
+                "not a zip archive",
+            ),
+            (
+                &good,
+                &tampered_archive,
+                pinned.clone(),
+                "DigestMismatch",
+                "the module zip does not match",
+            ),
+            (
+                &good,
+                &archive,
+                reference(&sha256_of(b"another manifest")),
+                "DigestMismatch",
+                "the manifest does not match",
+            ),
+            (
+                &wrong_type,
+                &archive,
+                reference(&sha256_of(&wrong_type)),
+                "NotACueModule",
+                "config media type",
+            ),
+            (
+                &one_layer,
+                &archive,
+                reference(&sha256_of(&one_layer)),
+                "NotACueModule",
+                "layers are",
+            ),
+        ];
+        for (i, (raw, zip, r, reason, text)) in cases.into_iter().enumerate() {
+            let err = unpack(&r, raw, zip, "./p").unwrap_err();
+            assert_eq!(err.reason(), reason, "case {i}: {err}");
+            assert!(err.to_string().contains(text), "case {i}: {err}");
+            assert!(
+                !err.is_transient(),
+                "case {i}: content that fails a check is never retried into use"
+            );
+        }
+    }
+
+    #[test]
+    fn the_disk_cache_is_rehashed_when_read() {
+        let dir = std::env::temp_dir().join(format!("cuebe-remote-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let archive = b"zip bytes".to_vec();
+        let raw = manifest(
+            &sha256_of(&archive),
+            CUE_MODULE_CONFIG,
+            &[CUE_MODULE_ZIP, CUE_MODULE_FILE],
+        );
+        let digest = sha256_of(&raw);
+        store(&dir, &digest, &raw, &archive).unwrap();
+        assert_eq!(load(&dir, &digest), Some((raw.clone(), archive.clone())));
+        // Someone edits the cached zip: the fetcher does not use it, and drops the entry.
+        std::fs::write(entry_dir(&dir, &digest).join("module.zip"), b"zip bytez").unwrap();
+        let fetcher = ModuleFetcher::new(Some(dir.clone()));
+        assert!(fetcher.cached(&reference(&digest), "./p").is_none());
+        assert!(!entry_dir(&dir, &digest).exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
