@@ -10,6 +10,7 @@
 //! - [`fault`]: a relay in front of the API server that a test can freeze or cut.
 //! - [`eventually()`](eventually::eventually): wait for a condition with a deadline, and say what
 //!   was awaited when it does not come.
+//! - [`oci_registry`]: a real OCI registry on loopback, and `cue mod publish` to it.
 //! - [`cue_cli`]: the official `cue` CLI at the bridge's pinned version, built once and cached.
 pub mod cluster;
 pub mod cue_cli;
@@ -17,3 +18,4 @@ pub mod dev;
 pub mod eventually;
 pub mod fault;
 pub mod golden;
+pub mod oci_registry;

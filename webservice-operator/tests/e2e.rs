@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cuebe::controller::Operator;
@@ -525,6 +526,100 @@ async fn a_name_the_module_cannot_render_is_refused_at_admission_and_the_longest
     e.ready(&longest).await;
     let services: Api<Service> = Api::namespaced(e.client.clone(), &e.ns);
     assert!(services.get_opt(&longest).await.unwrap().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_pinned_to_a_published_module_is_ready_and_outlives_its_registry() {
+    use cuebe::remote::ModuleFetcher;
+    use cuebe_testkit::oci_registry::{LocalRegistry, publish_module};
+    let mut registry = LocalRegistry::start().unwrap();
+    let module_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../cue/platform");
+    let reference = publish_module(&registry, &module_dir, "v1.0.0").unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let fetcher = || Arc::new(ModuleFetcher::new(Some(cache.path().to_path_buf())));
+    let e = env_with("oci", |operator| operator.with_module_fetcher(fetcher())).await;
+
+    let mut spec = simple();
+    spec["platformRef"] = json!({"oci": reference});
+    e.apply("pinned", spec).await;
+    e.ready("pinned").await;
+    let status = e.status("pinned").await;
+    assert_eq!(status.platform_ref_resolved, reference);
+    let resolved = status.condition(ConditionType::ModuleResolved).unwrap();
+    assert_eq!(
+        (resolved.status.as_str(), resolved.reason.as_str()),
+        ("True", "Resolved")
+    );
+    let verified = status.condition(ConditionType::ModuleVerified).unwrap();
+    assert_eq!(
+        (verified.status.as_str(), verified.reason.as_str()),
+        ("False", "Unverified")
+    );
+
+    // A digest the registry does not have: nothing is applied, and the status says why.
+    let (name, _) = reference.rsplit_once('@').unwrap();
+    let missing = format!("{name}@sha256:{}", "0".repeat(64));
+    let mut spec = simple();
+    spec["platformRef"] = json!({"oci": missing});
+    e.apply("missing", spec).await;
+    e.eventually(
+        "missing to say FetchFailed",
+        Duration::from_secs(30),
+        || async {
+            e.status("missing")
+                .await
+                .condition(ConditionType::ModuleResolved)
+                .is_some_and(|c| c.status == "False" && c.reason == "FetchFailed")
+        },
+    )
+    .await;
+    let deployments: Api<Deployment> = Api::namespaced(e.client.clone(), &e.ns);
+    assert!(deployments.get_opt("missing").await.unwrap().is_none());
+
+    // The registry goes away. The pinned digest is cached: drift is still corrected, also by a
+    // restarted operator that has only the disk cache.
+    registry.stop();
+    deployments
+        .delete("pinned", &DeleteParams::default())
+        .await
+        .unwrap();
+    e.eventually(
+        "the Deployment recreated without the registry",
+        Duration::from_secs(30),
+        || async {
+            deployments
+                .get_opt("pinned")
+                .await
+                .unwrap()
+                .is_some_and(|d| d.metadata.deletion_timestamp.is_none())
+        },
+    )
+    .await;
+    e.controller.abort();
+    let _restarted = tokio::spawn(
+        Operator::<WebService>::new(e.client.clone())
+            .namespace(e.ns.clone())
+            .with_module_fetcher(fetcher())
+            .run(),
+    );
+    let services: Api<Service> = Api::namespaced(e.client.clone(), &e.ns);
+    services
+        .delete("pinned", &DeleteParams::default())
+        .await
+        .unwrap();
+    e.eventually(
+        "the Service recreated by the restarted operator",
+        Duration::from_secs(30),
+        || async {
+            services
+                .get_opt("pinned")
+                .await
+                .unwrap()
+                .is_some_and(|s| s.metadata.deletion_timestamp.is_none())
+        },
+    )
+    .await;
+    assert_eq!(e.status("pinned").await.platform_ref_resolved, reference);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,0 +1,218 @@
+//! A real OCI registry on loopback (go-containerregistry's `registry` command, built from the Go
+//! module proxy into a cache outside the clone the first time it is needed), and publishing a
+//! platform module to it with the real `cue mod publish`.
+//!
+//! ```no_run
+//! # fn f() -> Result<(), cuebe_testkit::oci_registry::RegistryError> {
+//! use cuebe_testkit::oci_registry::{LocalRegistry, publish_module};
+//! let registry = LocalRegistry::start()?;
+//! let reference = publish_module(&registry, "cue/platform".as_ref(), "v1.0.0")?;
+//! assert!(reference.starts_with("oci://127.0.0.1:"));
+//! # Ok(()) }
+//! ```
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// The go-containerregistry version whose `registry` command is used.
+pub const REGISTRY_VERSION: &str = "v0.22.1";
+
+/// Why the registry could not be built, started or published to.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// `go` could not be run, or `go install` failed.
+    #[error("installing go-containerregistry's registry {REGISTRY_VERSION}: {0}")]
+    Install(String),
+    /// The registry did not start.
+    #[error("starting the registry: {0}")]
+    Start(String),
+    /// `cue mod publish` failed.
+    #[error("cue mod publish: {0}")]
+    Publish(String),
+}
+
+fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CUEBE_CACHE_DIR") {
+        return PathBuf::from(dir);
+    }
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("cuebe")
+}
+
+/// Path to the `registry` binary, installing it on first use (a few seconds with a warm Go
+/// module cache).
+pub fn registry_binary() -> Result<PathBuf, RegistryError> {
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = INSTALL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let bin_dir = cache_dir().join(format!("registry-{REGISTRY_VERSION}"));
+    let bin = bin_dir.join("registry");
+    if bin.is_file() {
+        return Ok(bin);
+    }
+    let out = Command::new(std::env::var("GO").unwrap_or_else(|_| "go".into()))
+        .args([
+            "install",
+            &format!("github.com/google/go-containerregistry/cmd/registry@{REGISTRY_VERSION}"),
+        ])
+        .env("GOBIN", &bin_dir)
+        .env("CGO_ENABLED", "0")
+        .output()
+        .map_err(|e| RegistryError::Install(format!("cannot run go: {e}")))?;
+    if !out.status.success() || !bin.is_file() {
+        return Err(RegistryError::Install(
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ));
+    }
+    Ok(bin)
+}
+
+/// A registry process on 127.0.0.1, storing in memory; killed when dropped.
+#[derive(Debug)]
+pub struct LocalRegistry {
+    child: Option<Child>,
+    port: u16,
+}
+
+impl LocalRegistry {
+    /// Starts a registry on a port the kernel picks (no race with other processes).
+    pub fn start() -> Result<Self, RegistryError> {
+        let bin = registry_binary()?;
+        let mut child = Command::new(bin)
+            .args(["-port", "0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| RegistryError::Start(e.to_string()))?;
+        let stderr = child
+            .stderr
+            .take()
+            .ok_or_else(|| RegistryError::Start("no stderr".into()))?;
+        // It logs "serving on port N" once listening, then one line per request: keep reading
+        // (and dropping) so it never blocks on a full pipe.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(port) = line
+                    .split("serving on port ")
+                    .nth(1)
+                    .and_then(|p| p.trim().parse::<u16>().ok())
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(port);
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(port) => Ok(Self {
+                child: Some(child),
+                port,
+            }),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(RegistryError::Start(
+                    "it did not report its port within 20 s".into(),
+                ))
+            }
+        }
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the registry (everything it held is gone: it stores in memory).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for LocalRegistry {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Publishes the CUE module at `module_dir` as `version` (e.g. `v1.0.0`) to `registry` with the
+/// real `cue mod publish`, and returns the reference that pins it:
+/// `oci://127.0.0.1:PORT/<module path without major version>@sha256:<manifest digest>`.
+///
+/// The module is copied first and, when its `cue.mod/module.cue` has no `source` field, given
+/// `source: kind: "self"` (publishing needs one; `self` needs no VCS).
+pub fn publish_module(
+    registry: &LocalRegistry,
+    module_dir: &Path,
+    version: &str,
+) -> Result<String, RegistryError> {
+    let fail = |m: String| RegistryError::Publish(m);
+    let cue = crate::cue_cli::cue_binary().map_err(|e| fail(e.to_string()))?;
+    let work = tempfile::tempdir().map_err(|e| fail(e.to_string()))?;
+    let copy = work.path().join("module");
+    copy_dir(module_dir, &copy)
+        .map_err(|e| fail(format!("copying {}: {e}", module_dir.display())))?;
+    let module_file = copy.join("cue.mod/module.cue");
+    let text = std::fs::read_to_string(&module_file).map_err(|e| fail(e.to_string()))?;
+    if !text.contains("source:") {
+        std::fs::write(&module_file, format!("{text}source: kind: \"self\"\n"))
+            .map_err(|e| fail(e.to_string()))?;
+    }
+    let run = |extra: &[&str]| {
+        Command::new(&cue)
+            .current_dir(&copy)
+            .args(["mod", "publish", version])
+            .args(extra)
+            .env("CUE_REGISTRY", registry.host())
+            .env("CUE_CACHE_DIR", work.path().join("cue-cache"))
+            .output()
+            .map_err(|e| fail(e.to_string()))
+    };
+    // --json describes the publish (reference and digest) without pushing; the digest of a
+    // `source: self` module is a pure function of its files, so the push below matches it.
+    let described = run(&["--json"])?;
+    if !described.status.success() {
+        return Err(fail(
+            String::from_utf8_lossy(&described.stderr).into_owned(),
+        ));
+    }
+    let pushed = run(&[])?;
+    if !pushed.status.success() {
+        return Err(fail(String::from_utf8_lossy(&pushed.stderr).into_owned()));
+    }
+    let json: serde_json::Value = serde_json::from_slice(&described.stdout)
+        .map_err(|e| fail(format!("unreadable --json output: {e}")))?;
+    let reference = json
+        .get("ref")
+        .and_then(|r| r.as_str())
+        .ok_or_else(|| fail("no ref in --json output".into()))?;
+    // host/repo:tag@sha256:... → oci://host/repo@sha256:...
+    let (name, digest) = reference
+        .rsplit_once('@')
+        .ok_or_else(|| fail(format!("no digest in {reference}")))?;
+    let repo = name.rsplit_once(':').map_or(name, |(repo, _tag)| repo);
+    Ok(format!("oci://{repo}@{digest}"))
+}
+
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
