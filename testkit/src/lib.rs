@@ -11,8 +11,10 @@
 //! - [`eventually()`](eventually::eventually): wait for a condition with a deadline, and say what
 //!   was awaited when it does not come.
 //! - [`oci_registry`]: a real OCI registry on loopback, and `cue mod publish` to it.
+//! - [`cosign`]: signing a published module as `cosign sign --key` does.
 //! - [`cue_cli`]: the official `cue` CLI at the bridge's pinned version, built once and cached.
 pub mod cluster;
+pub mod cosign;
 pub mod cue_cli;
 pub mod dev;
 pub mod eventually;

@@ -1189,3 +1189,137 @@ async fn diff_shows_what_an_apply_would_change_and_changes_nothing() {
     assert_eq!(code, 3, "{out}");
     assert!(out.contains("allowed-registries"), "{out}");
 }
+
+/// A copy of the platform module with one more comment: the same objects, another digest.
+fn module_variant(comment: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let from = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../cue/platform");
+    let status = std::process::Command::new("cp")
+        .arg("-r")
+        .arg(format!("{}/.", from.display()))
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let main = dir.path().join("webservice/main.cue");
+    let text = std::fs::read_to_string(&main).unwrap();
+    std::fs::write(&main, format!("{text}\n// {comment}\n")).unwrap();
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_modules_the_policy_trusts_are_used_and_a_refused_one_keeps_the_last_good() {
+    use cuebe::remote::ModuleFetcher;
+    use cuebe::trust::{ModulePolicy, SourceRule};
+    use cuebe_testkit::cosign::SigningKey;
+    use cuebe_testkit::oci_registry::{LocalRegistry, publish_module};
+    let registry = LocalRegistry::start().unwrap();
+    let ours = SigningKey::generate();
+    let stranger = SigningKey::generate();
+    let (v1, v2, v3) = (
+        module_variant("1.0.0"),
+        module_variant("1.1.0"),
+        module_variant("1.2.0"),
+    );
+    let signed = publish_module(&registry, v1.path(), "v1.0.0").unwrap();
+    let unsigned = publish_module(&registry, v2.path(), "v1.1.0").unwrap();
+    let foreign = publish_module(&registry, v3.path(), "v1.2.0").unwrap();
+    ours.sign_module(&signed).await.unwrap();
+    stranger.sign_module(&foreign).await.unwrap();
+    let policy = ModulePolicy {
+        sources: vec![SourceRule {
+            pattern: format!("{}/platform.example.com/*", registry.host()),
+            deny: false,
+            keys: vec![ours.public_pem()],
+        }],
+    };
+    let cache = tempfile::tempdir().unwrap();
+    let e = env_with("trust", |operator| {
+        operator
+            .with_module_fetcher(Arc::new(ModuleFetcher::new(Some(
+                cache.path().to_path_buf(),
+            ))))
+            .with_module_policy(policy)
+            .unwrap()
+    })
+    .await;
+    let pinned = |reference: &str| {
+        let mut spec = simple();
+        spec["platformRef"] = json!({"oci": reference});
+        spec
+    };
+    let condition = |s: &AbstractionStatus, t: ConditionType| {
+        s.condition(t)
+            .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+            .unwrap_or_default()
+    };
+
+    e.apply("signed", pinned(&signed)).await;
+    e.ready("signed").await;
+    let (state, reason, message) =
+        condition(&e.status("signed").await, ConditionType::ModuleVerified);
+    assert_eq!(
+        (state.as_str(), reason.as_str()),
+        ("True", "Verified"),
+        "{message}"
+    );
+    assert!(message.starts_with("signed by key sha256:"), "{message}");
+
+    // Refused, each with its reason, and nothing applied.
+    let deployments: Api<Deployment> = Api::namespaced(e.client.clone(), &e.ns);
+    let elsewhere = format!("oci://127.0.0.1:1/other/module@sha256:{}", "0".repeat(64));
+    for (name, reference, reason, text) in [
+        (
+            "unsigned",
+            unsigned.as_str(),
+            "SignatureInvalid",
+            "no signature found",
+        ),
+        (
+            "foreign",
+            foreign.as_str(),
+            "SignatureInvalid",
+            "not made by any key the policy lists",
+        ),
+        (
+            "elsewhere",
+            elsewhere.as_str(),
+            "SourceDenied",
+            "no rule of the module policy allows",
+        ),
+    ] {
+        e.apply(name, pinned(reference)).await;
+        e.eventually(
+            &format!("{name} refused with {reason}"),
+            Duration::from_secs(30),
+            || async {
+                let (state, got, message) =
+                    condition(&e.status(name).await, ConditionType::ModuleVerified);
+                state == "False" && got == reason && message.contains(text)
+            },
+        )
+        .await;
+        assert!(
+            deployments.get_opt(name).await.unwrap().is_none(),
+            "{name}: nothing applied"
+        );
+    }
+
+    // Moving a running service to an unsigned module is refused; it stays on its last good
+    // module, nothing is pruned, and the status says so.
+    e.apply("signed", pinned(&unsigned)).await;
+    e.eventually(
+        "signed kept on its last good module",
+        Duration::from_secs(30),
+        || async {
+            let s = e.status("signed").await;
+            let (state, reason, message) = condition(&s, ConditionType::ModuleResolved);
+            state == "False"
+                && reason == "SignatureInvalid"
+                && message.contains("still rendering with the last good module")
+                && s.platform_ref_resolved == signed
+        },
+    )
+    .await;
+    assert!(deployments.get_opt("signed").await.unwrap().is_some());
+}

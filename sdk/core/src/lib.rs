@@ -18,6 +18,7 @@
 //! - [`inventory`]: the entries recording what an instance manages.
 //! - [`status`]: the standard status and [`status::summarize`], which turns a pass into
 //!   conditions and events.
+//! - [`trust`]: which published modules are trusted (source policy, cosign signatures).
 //! - [`clock`]: the time a pass judges timeouts against (a fixed one in tests).
 //!
 //! Start with [`render::CueRenderer`], then [`plan::Plan`].
@@ -33,6 +34,7 @@ pub mod plan;
 pub mod readiness;
 pub mod render;
 pub mod status;
+pub mod trust;
 
 /// Safe access to CUE through the in-process bridge (re-exported from `cuebe-cue-sys`).
 pub use cuebe_cue_sys::module as cue;

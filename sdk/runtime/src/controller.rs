@@ -83,6 +83,8 @@ pub struct Operator<A: Abstraction> {
     renderer: Option<Arc<dyn Renderer>>,
     #[cfg(feature = "remote-modules")]
     module_fetcher: Arc<crate::remote::ModuleFetcher>,
+    #[cfg_attr(not(feature = "remote-modules"), allow(dead_code))]
+    module_policy: Arc<crate::trust::ModulePolicy>,
     executor: Option<Arc<dyn Executor>>,
     readiness: Arc<dyn Readiness>,
     adopter: Arc<dyn Adopter>,
@@ -120,6 +122,7 @@ impl<A: Abstraction> Operator<A> {
             module_fetcher: Arc::new(crate::remote::ModuleFetcher::new(Some(
                 crate::remote::default_cache_dir(),
             ))),
+            module_policy: Arc::new(crate::trust::ModulePolicy::default()),
             executor: None,
             readiness: Arc::new(DefaultReadiness),
             adopter: Arc::new(ExplicitAdopter),
@@ -144,6 +147,18 @@ impl<A: Abstraction> Operator<A> {
     /// `cuebe_cli::App::configure`).
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// Sets which published modules are trusted (see [`crate::trust`]): denied sources, and
+    /// the keys whose cosign signature a source's modules must carry. Checked here, so that a
+    /// policy mistake stops the operator at start rather than refusing modules later.
+    pub fn with_module_policy(
+        mut self,
+        policy: crate::trust::ModulePolicy,
+    ) -> Result<Self, crate::trust::InvalidPolicy> {
+        policy.validate()?;
+        self.module_policy = Arc::new(policy);
+        Ok(self)
     }
 
     /// Replaces where published modules (`spec.platformRef.oci`) are fetched and cached
@@ -267,6 +282,8 @@ impl<A: Abstraction> Operator<A> {
             renderer,
             #[cfg(feature = "remote-modules")]
             module_fetcher: self.module_fetcher.clone(),
+            #[cfg(feature = "remote-modules")]
+            module_policy: self.module_policy.clone(),
             metrics: metrics.clone(),
             inventory: self.inventory.clone(),
             client: client.clone(),
@@ -563,6 +580,8 @@ struct Context<A: Abstraction> {
     renderer: Arc<dyn Renderer>,
     #[cfg(feature = "remote-modules")]
     module_fetcher: Arc<crate::remote::ModuleFetcher>,
+    #[cfg(feature = "remote-modules")]
+    module_policy: Arc<crate::trust::ModulePolicy>,
     metrics: Arc<OperatorMetrics>,
     executor: Arc<dyn Executor>,
     inventory: Arc<dyn Inventory>,
@@ -769,8 +788,12 @@ async fn fetch_published<A: Abstraction>(
 ) -> Published {
     let modules = A::modules();
     let package = modules.entry_package().unwrap_or(".");
-    match ctx.module_fetcher.fetch(reference, package).await {
-        Ok(module) => {
+    match ctx
+        .module_fetcher
+        .fetch_trusted(reference, package, &ctx.module_policy)
+        .await
+    {
+        Ok((module, verification)) => {
             status.set_condition(
                 ConditionType::ModuleResolved,
                 true,
@@ -779,18 +802,43 @@ async fn fetch_published<A: Abstraction>(
                 generation,
                 now,
             );
-            status.set_condition(
-                ConditionType::ModuleVerified,
-                false,
-                "Unverified",
-                "no verification policy is configured: the module was accepted because it is pinned by digest and every digest matched",
-                generation,
-                now,
-            );
+            match &verification {
+                crate::remote::Verification::Signed { key } => status.set_condition(
+                    ConditionType::ModuleVerified,
+                    true,
+                    "Verified",
+                    format!("signed by key {key}"),
+                    generation,
+                    now,
+                ),
+                crate::remote::Verification::Unverified => status.set_condition(
+                    ConditionType::ModuleVerified,
+                    false,
+                    "Unverified",
+                    "the module policy asks no signature for this source: the module was accepted because it is pinned by digest and every digest matched",
+                    generation,
+                    now,
+                ),
+            }
+            tracing::info!(reference = %reference, digest = %module.digest(), ?verification, "platform module in use");
             Published::Module(module, reference.to_string())
         }
         Err(error) => {
             tracing::warn!(%error, reason = error.reason(), "platform module not usable");
+            if matches!(
+                error,
+                crate::remote::FetchError::SourceDenied { .. }
+                    | crate::remote::FetchError::SignatureInvalid { .. }
+            ) {
+                status.set_condition(
+                    ConditionType::ModuleVerified,
+                    false,
+                    error.reason(),
+                    error.to_string(),
+                    generation,
+                    now,
+                );
+            }
             // The module the instance rendered with last, if it was a published one still in
             // the cache: nothing breaks because a registry is down or served bad content.
             let last_good = crate::module::OciReference::parse(&previous.platform_ref_resolved)

@@ -28,7 +28,7 @@ pub mod ops;
 pub mod remote;
 pub mod renderer;
 
-pub use cuebe_core::{clock, cue, graph, instance, module, plan, readiness, status};
+pub use cuebe_core::{clock, cue, graph, instance, module, plan, readiness, status, trust};
 
 pub use abstraction::Abstraction;
 /// `#[derive(Abstraction)]`: see [`cuebe_macros::Abstraction`].

@@ -85,6 +85,22 @@ pub enum FetchError {
         /// What is wrong with it.
         message: String,
     },
+    /// The operator's module policy refuses this source.
+    #[error("{reference}: {message}")]
+    SourceDenied {
+        /// The reference.
+        reference: String,
+        /// Which rule refused it, or that none allows it.
+        message: String,
+    },
+    /// The policy requires a signature and none is valid.
+    #[error("{reference}: no valid signature: {message}")]
+    SignatureInvalid {
+        /// The reference.
+        reference: String,
+        /// What was found and why it does not count.
+        message: String,
+    },
 }
 
 impl FetchError {
@@ -94,6 +110,8 @@ impl FetchError {
             Self::FetchFailed { .. } => "FetchFailed",
             Self::DigestMismatch { .. } => "DigestMismatch",
             Self::NotACueModule { .. } => "NotACueModule",
+            Self::SourceDenied { .. } => "SourceDenied",
+            Self::SignatureInvalid { .. } => "SignatureInvalid",
         }
     }
 
@@ -102,6 +120,18 @@ impl FetchError {
     pub fn is_transient(&self) -> bool {
         matches!(self, Self::FetchFailed { .. })
     }
+}
+
+/// How a fetched module was trusted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verification {
+    /// A valid signature by the key with this id (see [`crate::trust::PublicKey::id`]).
+    Signed {
+        /// The key id.
+        key: String,
+    },
+    /// Accepted without a signature: no policy, or a rule that asks for none.
+    Unverified,
 }
 
 /// `$CUEBE_MODULE_CACHE`, else `$XDG_CACHE_HOME/cuebe/modules` (or `~/.cache/cuebe/modules`).
@@ -137,6 +167,161 @@ impl ModuleFetcher {
             memory: Mutex::new(HashMap::new()),
             timeout: Duration::from_secs(30),
         }
+    }
+
+    /// The module `reference` pins, if `policy` trusts its source: a denied source is refused
+    /// before anything is fetched; where the policy lists keys, the module is used only with
+    /// a valid cosign signature by one of them (signatures are cached beside the module and
+    /// re-checked, so a cached signed module needs no network either).
+    pub async fn fetch_trusted(
+        &self,
+        reference: &OciReference,
+        package: &str,
+        policy: &crate::trust::ModulePolicy,
+    ) -> Result<(Arc<ModuleSource>, Verification), FetchError> {
+        use crate::trust::SourceDecision;
+        let source = format!("{}/{}", reference.registry, reference.repository);
+        let keys = match policy.decide(&source) {
+            SourceDecision::Denied { pattern } => {
+                return Err(FetchError::SourceDenied {
+                    reference: reference.to_string(),
+                    message: format!("the module policy denies sources matching {pattern:?}"),
+                });
+            }
+            SourceDecision::NotAllowed => {
+                return Err(FetchError::SourceDenied {
+                    reference: reference.to_string(),
+                    message: format!("no rule of the module policy allows {source}"),
+                });
+            }
+            SourceDecision::Unverified => {
+                return Ok((
+                    self.fetch(reference, package).await?,
+                    Verification::Unverified,
+                ));
+            }
+            SourceDecision::Signed { keys, .. } => keys,
+        };
+        let signatures = self.signatures(reference).await?;
+        let key = crate::trust::verify_signatures(&reference.digest, &signatures, &keys).map_err(
+            |message| FetchError::SignatureInvalid {
+                reference: reference.to_string(),
+                message,
+            },
+        )?;
+        // Only a module whose signature checked out is fetched and cached.
+        let module = self.fetch(reference, package).await?;
+        if let Some(dir) = &self.cache_dir {
+            store_signatures(dir, &reference.digest, &signatures);
+        }
+        Ok((module, Verification::Signed { key }))
+    }
+
+    /// The cosign signatures stored next to the module: from the registry, or from the disk
+    /// cache when the registry cannot be reached.
+    async fn signatures(
+        &self,
+        reference: &OciReference,
+    ) -> Result<Vec<crate::trust::FoundSignature>, FetchError> {
+        match self.pull_signatures(reference).await {
+            Ok(found) => Ok(found),
+            Err(error) => match self
+                .cache_dir
+                .as_ref()
+                .and_then(|dir| load_signatures(dir, &reference.digest))
+            {
+                Some(cached) => Ok(cached),
+                None => Err(error),
+            },
+        }
+    }
+
+    async fn pull_signatures(
+        &self,
+        reference: &OciReference,
+    ) -> Result<Vec<crate::trust::FoundSignature>, FetchError> {
+        let failed = |message: String| FetchError::FetchFailed {
+            reference: reference.to_string(),
+            message,
+        };
+        let client = self.client(reference).map_err(&failed)?;
+        let tag = crate::trust::signature_tag(&reference.digest);
+        let oci: Reference = format!("{}/{}:{tag}", reference.registry, reference.repository)
+            .parse()
+            .map_err(|e| failed(format!("{e}")))?;
+        let raw = match tokio::time::timeout(
+            self.timeout,
+            client.pull_manifest_raw(&oci, &RegistryAuth::Anonymous, &[OCI_IMAGE_MEDIA_TYPE]),
+        )
+        .await
+        .map_err(|_| failed("the registry did not answer in time".into()))?
+        {
+            Ok((raw, _)) => raw,
+            // No signature tag: unsigned.
+            Err(oci_client::errors::OciDistributionError::ImageManifestNotFoundError(_)) => {
+                return Ok(Vec::new());
+            }
+            Err(oci_client::errors::OciDistributionError::RegistryError { envelope, .. })
+                if envelope.errors.iter().any(|e| {
+                    matches!(
+                        e.code,
+                        oci_client::errors::OciErrorCode::ManifestUnknown
+                            | oci_client::errors::OciErrorCode::NameUnknown
+                    )
+                }) =>
+            {
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(failed(format!("reading signatures: {e}"))),
+        };
+        let manifest: OciImageManifest = serde_json::from_slice(&raw)
+            .map_err(|e| failed(format!("the signature manifest does not parse: {e}")))?;
+        let mut found = Vec::new();
+        for layer in manifest
+            .layers
+            .iter()
+            .filter(|l| l.media_type == crate::trust::COSIGN_PAYLOAD_MEDIA_TYPE)
+        {
+            let Some(signature_b64) = layer
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(crate::trust::COSIGN_SIGNATURE_ANNOTATION))
+                .cloned()
+            else {
+                continue;
+            };
+            if !(0..=64 * 1024).contains(&layer.size) {
+                continue;
+            }
+            let mut payload = Vec::new();
+            client
+                .pull_blob(&oci, layer, &mut payload)
+                .await
+                .map_err(|e| failed(format!("reading a signature payload: {e}")))?;
+            found.push(crate::trust::FoundSignature {
+                payload,
+                signature_b64,
+            });
+        }
+        Ok(found)
+    }
+
+    fn client(&self, reference: &OciReference) -> Result<Client, String> {
+        // reqwest needs a process-wide rustls provider; kube does not install one. Installing
+        // an already installed provider is a harmless no-op error.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let protocol = if reference.is_loopback() {
+            ClientProtocol::HttpsExcept(vec![reference.registry.clone()])
+        } else {
+            ClientProtocol::Https
+        };
+        Client::try_from(ClientConfig {
+            protocol,
+            connect_timeout: Some(Duration::from_secs(5)),
+            read_timeout: Some(self.timeout),
+            ..ClientConfig::default()
+        })
+        .map_err(|e| e.to_string())
     }
 
     /// The module `reference` pins, with `package` as its entry package: from memory, from the
@@ -203,21 +388,7 @@ impl ModuleFetcher {
             reference: reference.to_string(),
             message,
         };
-        // reqwest needs a process-wide rustls provider; kube does not install one. Installing
-        // an already installed provider is a harmless no-op error.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let protocol = if reference.is_loopback() {
-            ClientProtocol::HttpsExcept(vec![reference.registry.clone()])
-        } else {
-            ClientProtocol::Https
-        };
-        let config = ClientConfig {
-            protocol,
-            connect_timeout: Some(Duration::from_secs(5)),
-            read_timeout: Some(self.timeout),
-            ..ClientConfig::default()
-        };
-        let client = Client::try_from(config).map_err(|e| failed(e.to_string()))?;
+        let client = self.client(reference).map_err(failed)?;
         let oci: Reference = format!(
             "{}/{}@{}",
             reference.registry, reference.repository, reference.digest
@@ -338,6 +509,44 @@ fn unpack(
         reference: reference.to_string(),
         message: e.to_string(),
     })
+}
+
+fn store_signatures(cache: &Path, digest: &str, found: &[crate::trust::FoundSignature]) {
+    let list: Vec<serde_json::Value> = found
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "payload": String::from_utf8_lossy(&s.payload),
+                "signature": s.signature_b64,
+            })
+        })
+        .collect();
+    let dir = entry_dir(cache, digest);
+    let tmp = dir.join(format!(".signatures.json.{}", std::process::id()));
+    let written = serde_json::to_vec(&list)
+        .map_err(std::io::Error::other)
+        .and_then(|body| std::fs::write(&tmp, body))
+        .and_then(|()| std::fs::rename(&tmp, dir.join("signatures.json")));
+    if let Err(error) = written {
+        tracing::warn!(%error, "could not cache the module's signatures");
+    }
+}
+
+/// Cached signatures are only ever re-verified, never trusted as such: a tampered file fails
+/// the signature check like a tampered registry would.
+fn load_signatures(cache: &Path, digest: &str) -> Option<Vec<crate::trust::FoundSignature>> {
+    let text = std::fs::read(entry_dir(cache, digest).join("signatures.json")).ok()?;
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&text).ok()?;
+    Some(
+        list.iter()
+            .filter_map(|v| {
+                Some(crate::trust::FoundSignature {
+                    payload: v.get("payload")?.as_str()?.as_bytes().to_vec(),
+                    signature_b64: v.get("signature")?.as_str()?.to_string(),
+                })
+            })
+            .collect(),
+    )
 }
 
 fn entry_dir(cache: &Path, digest: &str) -> PathBuf {
