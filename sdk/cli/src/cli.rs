@@ -72,6 +72,12 @@ enum Command {
         /// The Lease's namespace (default: $POD_NAMESPACE, else the kubeconfig's namespace).
         #[arg(long, value_name = "NS", requires = "leader_elect")]
         lease_namespace: Option<String>,
+        /// Which published modules (`platformRef.oci`) are trusted: a YAML file with `sources:`
+        /// rules (`pattern`, `deny`, `keys`), e.g. mounted from a ConfigMap. Without it, any
+        /// digest-pinned module is accepted as Unverified. A file that does not parse or holds a
+        /// bad key stops the operator at start (exit 2).
+        #[arg(long, value_name = "FILE")]
+        module_policy: Option<std::path::PathBuf>,
     },
     /// Explain a live instance: its graph, each node's phase and what it is blocked on, the top
     /// violations and the resolved module (uses the current kubeconfig).
@@ -279,11 +285,20 @@ impl<A: Abstraction> App<A> {
                 metrics_bind,
                 leader_elect,
                 lease_namespace,
-            } => self.run_operator(
-                namespace,
-                metrics_bind,
-                leader_elect.then_some(lease_namespace),
-            ),
+                module_policy,
+            } => match module_policy.as_deref().map(read_module_policy).transpose() {
+                Ok(policy) => self.run_operator(
+                    namespace,
+                    metrics_bind,
+                    leader_elect.then_some(lease_namespace),
+                    policy,
+                ),
+                Err(message) => {
+                    tracing::error!("{message}");
+                    eprintln!("error: {message}");
+                    Exit::BadInput.into()
+                }
+            },
             Command::Explain { name, namespace } => run_explain::<A>(&name, namespace),
             Command::Dev {
                 with,
@@ -300,6 +315,7 @@ impl<A: Abstraction> App<A> {
         namespace: Option<String>,
         metrics_bind: Option<std::net::SocketAddr>,
         leader_elect: Option<Option<String>>,
+        module_policy: Option<cuebe::trust::ModulePolicy>,
     ) -> ExitCode {
         let Some(runtime) = runtime() else {
             return Exit::Failed.into();
@@ -309,6 +325,15 @@ impl<A: Abstraction> App<A> {
                 return Exit::Failed.into();
             };
             let mut operator = Operator::<A>::new(client).shutdown_on_signal(true);
+            if let Some(policy) = module_policy {
+                operator = match operator.with_module_policy(policy) {
+                    Ok(operator) => operator,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return Exit::BadInput.into();
+                    }
+                };
+            }
             if let Some(ns) = namespace {
                 operator = operator.namespace(ns);
             }
@@ -605,4 +630,16 @@ fn run_render<A: Abstraction>(
             Exit::Failed.into()
         }
     }
+}
+
+/// Reads and checks `--module-policy FILE` (YAML), naming the file and the rule on error.
+fn read_module_policy(path: &std::path::Path) -> Result<cuebe::trust::ModulePolicy, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("--module-policy {}: {e}", path.display()))?;
+    let policy: cuebe::trust::ModulePolicy = serde_norway::from_str(&text)
+        .map_err(|e| format!("--module-policy {}: {e}", path.display()))?;
+    policy
+        .validate()
+        .map_err(|e| format!("--module-policy {}: {e}", path.display()))?;
+    Ok(policy)
 }
