@@ -841,13 +841,15 @@ async fn fetch_published<A: Abstraction>(
             }
             // The module the instance rendered with last, if it was a published one still in
             // the cache: nothing breaks because a registry is down or served bad content.
+            // Still under the current policy: a module the policy no longer trusts is not a
+            // fallback either.
             let last_good = crate::module::OciReference::parse(&previous.platform_ref_resolved)
                 .ok()
                 .filter(|good| good != reference)
                 .and_then(|good| {
                     ctx.module_fetcher
-                        .cached(&good, package)
-                        .map(|m| (good.to_string(), m))
+                        .cached_trusted(&good, package, &ctx.module_policy)
+                        .map(|(m, _)| (good.to_string(), m))
                 });
             match last_good {
                 Some((good, module)) => {
@@ -901,7 +903,13 @@ async fn fetch_published<A: Abstraction>(
                         ConditionType::ModuleResolved,
                         error.reason(),
                         &error.to_string(),
-                        "the content was refused; publish the module again and pin its digest",
+                        match &error {
+                            crate::remote::FetchError::SourceDenied { .. }
+                            | crate::remote::FetchError::SignatureInvalid { .. } => {
+                                "the module policy refuses this module: sign it with a key the policy lists, pin another module, or change the policy"
+                            }
+                            _ => "the content was refused; publish the module again and pin its digest",
+                        },
                         generation,
                         now,
                     );

@@ -156,6 +156,8 @@ fn sha256_of(bytes: &[u8]) -> String {
 pub struct ModuleFetcher {
     cache_dir: Option<PathBuf>,
     memory: Mutex<HashMap<(String, String), Arc<ModuleSource>>>,
+    /// (digest, policy keys) → the key id whose signature checked out.
+    verified: Mutex<HashMap<(String, String), String>>,
     timeout: Duration,
 }
 
@@ -165,6 +167,7 @@ impl ModuleFetcher {
         Self {
             cache_dir,
             memory: Mutex::new(HashMap::new()),
+            verified: Mutex::new(HashMap::new()),
             timeout: Duration::from_secs(30),
         }
     }
@@ -179,61 +182,75 @@ impl ModuleFetcher {
         package: &str,
         policy: &crate::trust::ModulePolicy,
     ) -> Result<(Arc<ModuleSource>, Verification), FetchError> {
-        use crate::trust::SourceDecision;
-        let source = format!("{}/{}", reference.registry, reference.repository);
-        let keys = match policy.decide(&source) {
-            SourceDecision::Denied { pattern } => {
-                return Err(FetchError::SourceDenied {
-                    reference: reference.to_string(),
-                    message: format!("the module policy denies sources matching {pattern:?}"),
-                });
-            }
-            SourceDecision::NotAllowed => {
-                return Err(FetchError::SourceDenied {
-                    reference: reference.to_string(),
-                    message: format!("no rule of the module policy allows {source}"),
-                });
-            }
-            SourceDecision::Unverified => {
-                return Ok((
-                    self.fetch(reference, package).await?,
-                    Verification::Unverified,
-                ));
-            }
-            SourceDecision::Signed { keys, .. } => keys,
+        let Some(keys) = keys_for(reference, policy)? else {
+            return Ok((
+                self.fetch(reference, package).await?,
+                Verification::Unverified,
+            ));
         };
-        let signatures = self.signatures(reference).await?;
+        // The module first: a digest the registry does not have is FetchFailed, not a missing
+        // signature. Fetched content is only ever used after the check below.
+        let module = self.fetch(reference, package).await?;
+        if let Some(key) = self.verified_offline(reference, &keys) {
+            return Ok((module, Verification::Signed { key }));
+        }
+        let signatures = self.pull_signatures(reference).await?;
         let key = crate::trust::verify_signatures(&reference.digest, &signatures, &keys).map_err(
             |message| FetchError::SignatureInvalid {
                 reference: reference.to_string(),
                 message,
             },
         )?;
-        // Only a module whose signature checked out is fetched and cached.
-        let module = self.fetch(reference, package).await?;
         if let Some(dir) = &self.cache_dir {
             store_signatures(dir, &reference.digest, &signatures);
         }
+        self.remember_verified(reference, &keys, &key);
         Ok((module, Verification::Signed { key }))
     }
 
-    /// The cosign signatures stored next to the module: from the registry, or from the disk
-    /// cache when the registry cannot be reached.
-    async fn signatures(
+    /// The module when it is cached and `policy` still trusts it, without the network: what an
+    /// instance keeps rendering with when its newly pinned module cannot be used. The policy
+    /// and the signatures are checked again, as for a fetch.
+    pub fn cached_trusted(
         &self,
         reference: &OciReference,
-    ) -> Result<Vec<crate::trust::FoundSignature>, FetchError> {
-        match self.pull_signatures(reference).await {
-            Ok(found) => Ok(found),
-            Err(error) => match self
-                .cache_dir
-                .as_ref()
-                .and_then(|dir| load_signatures(dir, &reference.digest))
-            {
-                Some(cached) => Ok(cached),
-                None => Err(error),
-            },
+        package: &str,
+        policy: &crate::trust::ModulePolicy,
+    ) -> Option<(Arc<ModuleSource>, Verification)> {
+        let keys = keys_for(reference, policy).ok()?;
+        let module = self.cached(reference, package)?;
+        match keys {
+            None => Some((module, Verification::Unverified)),
+            Some(keys) => {
+                let key = self.verified_offline(reference, &keys)?;
+                Some((module, Verification::Signed { key }))
+            }
         }
+    }
+
+    /// A signature already checked for these keys (this process), or one cached on disk that
+    /// checks out again: a verified module needs no network on later passes.
+    fn verified_offline(&self, reference: &OciReference, keys: &[String]) -> Option<String> {
+        let memo = (reference.digest.clone(), keys.join("\n"));
+        if let Some(key) = self
+            .verified
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&memo)
+        {
+            return Some(key.clone());
+        }
+        let cached = load_signatures(self.cache_dir.as_ref()?, &reference.digest)?;
+        let key = crate::trust::verify_signatures(&reference.digest, &cached, keys).ok()?;
+        self.remember_verified(reference, keys, &key);
+        Some(key)
+    }
+
+    fn remember_verified(&self, reference: &OciReference, keys: &[String], key: &str) {
+        self.verified
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert((reference.digest.clone(), keys.join("\n")), key.to_string());
     }
 
     async fn pull_signatures(
@@ -434,6 +451,28 @@ impl ModuleFetcher {
             })?;
         verify(reference, "the module zip", &archive, &zip.digest)?;
         Ok((raw.to_vec(), archive))
+    }
+}
+
+/// The keys a module from this source must be signed by (`None`: no signature asked), or why
+/// the source is refused.
+fn keys_for(
+    reference: &OciReference,
+    policy: &crate::trust::ModulePolicy,
+) -> Result<Option<Vec<String>>, FetchError> {
+    use crate::trust::SourceDecision;
+    let source = format!("{}/{}", reference.registry, reference.repository);
+    match policy.decide(&source) {
+        SourceDecision::Denied { pattern } => Err(FetchError::SourceDenied {
+            reference: reference.to_string(),
+            message: format!("the module policy denies sources matching {pattern:?}"),
+        }),
+        SourceDecision::NotAllowed => Err(FetchError::SourceDenied {
+            reference: reference.to_string(),
+            message: format!("no rule of the module policy allows {source}"),
+        }),
+        SourceDecision::Unverified => Ok(None),
+        SourceDecision::Signed { keys, .. } => Ok(Some(keys)),
     }
 }
 
