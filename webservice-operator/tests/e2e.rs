@@ -555,6 +555,25 @@ async fn a_service_pinned_to_a_published_module_is_ready_and_outlives_its_regist
         (verified.status.as_str(), verified.reason.as_str()),
         ("False", "Unverified")
     );
+    // The module put in use is on the instance's record.
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(e.client.clone(), &e.ns);
+    e.eventually("a ModuleLoaded event", Duration::from_secs(10), || async {
+        events
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .any(|ev| {
+                ev.reason.as_deref() == Some("ModuleLoaded")
+                    && ev.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("pinned")
+                    && ev
+                        .note
+                        .as_deref()
+                        .is_some_and(|n| n.starts_with(&reference) && n.contains("Unverified"))
+            })
+    })
+    .await;
 
     // A digest the registry does not have: nothing is applied, and the status says why.
     let (name, _) = reference.rsplit_once('@').unwrap();

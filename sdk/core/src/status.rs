@@ -496,6 +496,30 @@ pub fn transitions(previous: &AbstractionStatus, current: &AbstractionStatus) ->
     };
     let message = |t: ConditionType| current.condition(t).map(|c| c.message.clone());
     let mut events = Vec::new();
+    // The audit trail of published modules: every module put in use (source, digest, and how it
+    // was verified) and every refusal, once per change.
+    let module =
+        |c: Option<&Condition>| c.map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()));
+    let resolved = module(current.condition(ConditionType::ModuleResolved));
+    if let Some((state, reason, text)) = resolved
+        .clone()
+        .filter(|_| resolved != module(previous.condition(ConditionType::ModuleResolved)))
+    {
+        let verified = current
+            .condition(ConditionType::ModuleVerified)
+            .map(|c| format!("; {}: {}", c.reason, c.message))
+            .unwrap_or_default();
+        events.push(if state == "True" {
+            EventNote::new(
+                false,
+                "ModuleLoaded",
+                Some(format!("{text}{verified}")),
+                "Resolve",
+            )
+        } else {
+            EventNote::new(true, &reason, Some(text), "Resolve")
+        });
+    }
     if flipped(Rendered, "False") {
         events.push(EventNote::new(
             true,
@@ -722,5 +746,59 @@ mod tests {
             .map(|e| e.reason)
             .collect();
         assert_eq!(reasons, ["PolicyViolation", "Stalled"]);
+    }
+
+    #[test]
+    fn each_module_put_in_use_or_refused_is_one_event() {
+        let resolved = |status: &mut AbstractionStatus, ok: bool, reason: &str, message: &str| {
+            status.set_condition(
+                ConditionType::ModuleResolved,
+                ok,
+                reason,
+                message,
+                Some(1),
+                NOW,
+            );
+        };
+        let mut loaded = AbstractionStatus::default();
+        resolved(
+            &mut loaded,
+            true,
+            "Resolved",
+            "oci://r/p@sha256:1 (module content sha256:c)",
+        );
+        loaded.set_condition(
+            ConditionType::ModuleVerified,
+            true,
+            "Verified",
+            "signed by key sha256:k",
+            Some(1),
+            NOW,
+        );
+        let events = transitions(&AbstractionStatus::default(), &loaded);
+        assert_eq!(events.len(), 1);
+        assert_eq!(
+            (events[0].warning, events[0].reason.as_str()),
+            (false, "ModuleLoaded")
+        );
+        assert_eq!(
+            events[0].note.as_deref(),
+            Some("oci://r/p@sha256:1 (module content sha256:c); Verified: signed by key sha256:k")
+        );
+        // The same module again: nothing new to say.
+        assert!(transitions(&loaded, &loaded.clone()).is_empty());
+        // Refused: a warning with the refusal's reason.
+        let mut refused = loaded.clone();
+        resolved(
+            &mut refused,
+            false,
+            "SignatureInvalid",
+            "oci://r/p@sha256:2: no valid signature",
+        );
+        let events = transitions(&loaded, &refused);
+        assert_eq!(
+            (events[0].warning, events[0].reason.as_str()),
+            (true, "SignatureInvalid")
+        );
     }
 }
