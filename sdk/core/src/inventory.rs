@@ -123,9 +123,14 @@ pub fn unrecorded_entries(
     };
     let mut entries: Vec<InventoryEntry> = Vec::new();
     for object in found.iter().filter(|o| o.managed_by_us && !recorded(o)) {
-        let node_id = node_of(group_of(&object.api_version), &object.kind, &object.name)
-            .filter(|id| !inventory.iter().any(|e| &e.node_id == id))
-            .unwrap_or_else(|| format!("unrecorded:{}/{}", object.kind, object.name));
+        let node_id = match node_of(group_of(&object.api_version), &object.kind, &object.name) {
+            // A node already recorded under another object renders this one now (a rename):
+            // the pass applies and records it for that node. An entry here would be pruned
+            // right after the pass applied it.
+            Some(id) if inventory.iter().any(|e| e.node_id == id) => continue,
+            Some(id) => id,
+            None => format!("unrecorded:{}/{}", object.kind, object.name),
+        };
         if entries.iter().any(|e| e.node_id == node_id) {
             continue;
         }
@@ -231,9 +236,10 @@ mod tests {
                 );
             }
         }
-        // A node already in the inventory is not given to a second object.
-        let twin = found("apps/v1", "Deployment", "web-2", "u-dep2", true);
-        let got = unrecorded_entries(&inventory, &[twin], |_, _, _| Some("deployment".into()));
-        assert_eq!(got[0].node_id, "unrecorded:Deployment/web-2");
+        // A renamed object a recorded node now renders gets no entry of its own: the pass
+        // applies and records it for that node (an unrecorded: entry would be pruned at once).
+        let renamed = found("apps/v1", "Deployment", "web-2", "u-dep2", true);
+        let got = unrecorded_entries(&inventory, &[renamed], |_, _, _| Some("deployment".into()));
+        assert!(got.is_empty(), "{got:?}");
     }
 }

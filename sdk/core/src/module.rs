@@ -231,6 +231,20 @@ impl OciReference {
         if registry.is_empty() || repository.is_empty() {
             return Err(bad("names no registry or repository"));
         }
+        // The policy matches this string, so it must be the host that is contacted, spelled
+        // one way: lowercase, and a host a registry client takes as one (a first component
+        // with no '.' or ':' would be read as a Docker Hub path).
+        if registry != registry.to_ascii_lowercase() {
+            return Err(bad("the registry must be lowercase"));
+        }
+        if !(registry.contains('.') || registry.contains(':') || registry == "localhost") {
+            return Err(bad(
+                "the registry must be a host name with a dot, a host:port, or localhost",
+            ));
+        }
+        if registry.ends_with(":443") {
+            return Err(bad("leave out :443 (HTTPS is the default)"));
+        }
         if repository.contains(':') {
             return Err(bad("must not carry a tag besides the digest"));
         }
@@ -303,18 +317,20 @@ impl ModuleSource {
             if !path.ends_with(".cue") {
                 continue;
             }
-            total = total.saturating_add(entry.size());
+            // Count what is actually inflated, not the sizes the archive declares: a zip can
+            // claim 0 bytes and unpack to gigabytes.
+            let mut text = String::new();
+            (&mut entry)
+                .take(MAX_MODULE_BYTES - total + 1)
+                .read_to_string(&mut text)
+                .map_err(|e| BadArchive(format!("{path}: {e}")))?;
+            total += text.len() as u64;
             if total > MAX_MODULE_BYTES {
                 return Err(BadArchive(format!(
                     "unpacks to more than {} MiB",
                     MAX_MODULE_BYTES / (1024 * 1024)
                 )));
             }
-            let mut text = String::new();
-            (&mut entry)
-                .take(MAX_MODULE_BYTES)
-                .read_to_string(&mut text)
-                .map_err(|e| BadArchive(format!("{path}: {e}")))?;
             files.push((path, text));
         }
         if !files.iter().any(|(p, _)| p == "cue.mod/module.cue") {
@@ -449,7 +465,7 @@ mod tests {
                 "platform.example.com/platform".into()
             ))
         );
-        let cases: [(String, &str); 7] = [
+        let cases: [(String, &str); 10] = [
             (
                 format!("ghcr.io/acme/platform@sha256:{HEX}"),
                 "must start with oci://",
@@ -474,6 +490,18 @@ mod tests {
             (
                 format!("oci://ghcr.io/acme/platform:v1@sha256:{HEX}"),
                 "must not carry a tag besides the digest",
+            ),
+            (
+                format!("oci://GHCR.io/acme/platform@sha256:{HEX}"),
+                "the registry must be lowercase",
+            ),
+            (
+                format!("oci://myreg/team/platform@sha256:{HEX}"),
+                "the registry must be a host name with a dot, a host:port, or localhost",
+            ),
+            (
+                format!("oci://ghcr.io:443/acme/platform@sha256:{HEX}"),
+                "leave out :443 (HTTPS is the default)",
             ),
         ];
         for (reference, expected) in cases {

@@ -755,6 +755,8 @@ impl EntryUpdate<'_> {
 /// ```
 pub fn is_permanent_refusal(code: u16, message: &str) -> bool {
     match code {
+        // A ResourceQuota refusal passes once quota is freed: retried, not stalled.
+        403 if message.contains("exceeded quota") => false,
         400 | 403 | 405 | 413 | 415 | 422 => true,
         500 => message.contains("request is too large"),
         _ => false,

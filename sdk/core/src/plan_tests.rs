@@ -370,7 +370,12 @@ fn the_inventory_keeps_what_our_last_apply_left_when_nothing_was_written() {
 
 #[test]
 fn refusals_that_repeat_on_retry_are_permanent() {
-    let cases: [(u16, &str, bool); 10] = [
+    let cases: [(u16, &str, bool); 11] = [
+        (
+            403,
+            "pods \"web\" is forbidden: exceeded quota: compute, requested: cpu=1",
+            false,
+        ),
         (
             422,
             "Deployment.apps \"web\" is invalid: spec.selector: field is immutable",

@@ -137,7 +137,7 @@ pub use crate::discovery::{discover_capabilities, served_kind};
 /// let crd = cuebe::abstraction::crd::<Greeter>();
 /// let schema = crd.spec.versions[0].schema.as_ref().unwrap().open_api_v3_schema.as_ref().unwrap();
 /// let rules = schema.x_kubernetes_validations.as_ref().unwrap();
-/// assert_eq!(rules[0].rule, cuebe::instance::NAME_RULE_CEL);
+/// assert!(rules[0].rule.contains(cuebe::instance::NAME_RULE_CEL));
 /// ```
 pub fn crd<A: Abstraction>() -> CustomResourceDefinition {
     let mut crd = A::crd();
@@ -149,15 +149,16 @@ pub fn crd<A: Abstraction>() -> CustomResourceDefinition {
         else {
             continue;
         };
+        // On create only (names are immutable): checked on every update, the rule would stop
+        // an instance admitted before it existed from even losing its finalizer.
+        let rule = format!("oldSelf.hasValue() || ({})", crate::instance::NAME_RULE_CEL);
         let rules = schema.x_kubernetes_validations.get_or_insert_with(Vec::new);
-        if !rules
-            .iter()
-            .any(|r| r.rule == crate::instance::NAME_RULE_CEL)
-        {
+        if !rules.iter().any(|r| r.rule == rule) {
             rules.push(ValidationRule {
-                rule: crate::instance::NAME_RULE_CEL.to_string(),
+                rule,
                 message: Some(crate::instance::NAME_RULE_MESSAGE.to_string()),
                 reason: Some("FieldValueInvalid".to_string()),
+                optional_old_self: Some(true),
                 ..ValidationRule::default()
             });
         }

@@ -736,6 +736,11 @@ async fn resolve_published<A: Abstraction>(
     now: &str,
 ) -> Published {
     let Some(reference) = object.platform_ref().and_then(|r| r.oci_reference()) else {
+        // Back on an embedded module: conditions about a published one would be stale.
+        status.conditions.retain(|c| {
+            c.type_ != ConditionType::ModuleResolved.as_str()
+                && c.type_ != ConditionType::ModuleVerified.as_str()
+        });
         return Published::Embedded;
     };
     let reference = match reference {
@@ -1060,6 +1065,17 @@ async fn apply<A: Abstraction>(
                 );
                 store_inventory(&ctx, &instance, &mut status).await?;
                 write_status(&ctx, &api, &object, &status).await?;
+                // A timeout may pass (CPU pressure, or earlier evaluations still running): look
+                // again with the stall backoff. Other render errors wait for a change.
+                if matches!(e, crate::renderer::RenderError::Timeout { .. }) {
+                    let key = format!("{}/{}", instance.namespace, instance.name);
+                    let delay = ctx
+                        .failures
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .stalled(&key);
+                    return Ok(Action::requeue(delay));
+                }
                 return Ok(Action::await_change());
             }
         };
@@ -1215,6 +1231,10 @@ async fn cleanup<A: Abstraction>(
     if done {
         ctx.inventory.forget(&instance).await?;
         let uid = object.meta().uid.clone().unwrap_or_default();
+        ctx.failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .forget(&format!("{}/{}", instance.namespace, instance.name));
         for set in [&ctx.swept, &ctx.seen] {
             set.lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -1354,6 +1374,12 @@ impl RetryBook {
 
     /// The instance's pass did not stall: the next stall starts from 30 s again.
     fn not_stalled(&mut self, key: &str) {
+        self.stalls.remove(key);
+    }
+
+    /// The instance is gone: a new one of the same name starts with a clean record.
+    fn forget(&mut self, key: &str) {
+        self.failures.remove(key);
         self.stalls.remove(key);
     }
 }

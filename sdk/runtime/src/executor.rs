@@ -686,6 +686,12 @@ impl Executor for SsaExecutor {
                 })?;
             for item in list.items {
                 let meta = item.metadata;
+                // Only this instance's namespace: the labels name the instance but not its
+                // namespace, so an object elsewhere (or cluster-scoped) may be another
+                // instance's of the same name.
+                if meta.namespace.as_deref() != Some(instance.namespace.as_str()) {
+                    continue;
+                }
                 let managed_by_us = meta
                     .managed_fields
                     .iter()

@@ -311,9 +311,9 @@ impl ModuleFetcher {
                 continue;
             }
             let mut payload = Vec::new();
-            client
-                .pull_blob(&oci, layer, &mut payload)
+            tokio::time::timeout(self.timeout, client.pull_blob(&oci, layer, &mut payload))
                 .await
+                .map_err(|_| failed("the registry did not answer in time".into()))?
                 .map_err(|e| failed(format!("reading a signature payload: {e}")))?;
             found.push(crate::trust::FoundSignature {
                 payload,
@@ -589,14 +589,30 @@ fn load_signatures(cache: &Path, digest: &str) -> Option<Vec<crate::trust::Found
 }
 
 fn entry_dir(cache: &Path, digest: &str) -> PathBuf {
-    cache.join(digest.replace(':', "-"))
+    // Only `sha256:<hex>` names a cache entry (OciReference::parse checks it too); anything
+    // else maps to a name that cannot leave the cache directory.
+    let safe = digest
+        .strip_prefix("sha256:")
+        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map_or_else(|| "invalid-digest".to_string(), |h| format!("sha256-{h}"));
+    cache.join(safe)
 }
 
 fn load(cache: &Path, digest: &str) -> Option<(Vec<u8>, Vec<u8>)> {
     let dir = entry_dir(cache, digest);
-    let manifest = std::fs::read(dir.join("manifest.json")).ok()?;
-    let archive = std::fs::read(dir.join("module.zip")).ok()?;
-    Some((manifest, archive))
+    match (
+        std::fs::read(dir.join("manifest.json")),
+        std::fs::read(dir.join("module.zip")),
+    ) {
+        (Ok(manifest), Ok(archive)) => Some((manifest, archive)),
+        _ => {
+            // Half an entry is no entry: drop it so the next fetch stores a whole one.
+            if dir.exists() {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            None
+        }
+    }
 }
 
 /// Writes both files into a temporary directory and renames it into place, so a reader never
@@ -607,10 +623,13 @@ fn store(cache: &Path, digest: &str, manifest: &[u8], archive: &[u8]) -> std::io
     if target.exists() {
         return Ok(());
     }
+    // Unique per call: two reconciles in one process may store the same digest at once.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let tmp = cache.join(format!(
-        ".tmp-{}-{}",
+        ".tmp-{}-{}-{}",
         digest.replace(':', "-"),
-        std::process::id()
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp)?;
