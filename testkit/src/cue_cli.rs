@@ -41,7 +41,9 @@ pub enum CueCliError {
     },
 }
 
-fn cache_dir() -> PathBuf {
+/// `$CUEBE_CACHE_DIR`, else `$XDG_CACHE_HOME/cuebe` (or `~/.cache/cuebe`): where the tools
+/// the testkit installs are kept.
+pub(crate) fn cache_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("CUEBE_CACHE_DIR") {
         return PathBuf::from(dir);
     }

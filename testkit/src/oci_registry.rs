@@ -32,17 +32,6 @@ pub enum RegistryError {
     Publish(String),
 }
 
-fn cache_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("CUEBE_CACHE_DIR") {
-        return PathBuf::from(dir);
-    }
-    std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir)
-        .join("cuebe")
-}
-
 /// Path to the `registry` binary, installing it on first use (a few seconds with a warm Go
 /// module cache).
 pub fn registry_binary() -> Result<PathBuf, RegistryError> {
@@ -50,7 +39,7 @@ pub fn registry_binary() -> Result<PathBuf, RegistryError> {
     let _guard = INSTALL
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let bin_dir = cache_dir().join(format!("registry-{REGISTRY_VERSION}"));
+    let bin_dir = crate::cue_cli::cache_dir().join(format!("registry-{REGISTRY_VERSION}"));
     let bin = bin_dir.join("registry");
     if bin.is_file() {
         return Ok(bin);

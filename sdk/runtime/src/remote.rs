@@ -418,17 +418,7 @@ impl ModuleFetcher {
         )
         .await
         .map_err(|_| failed("the registry did not answer in time".into()))?
-        .map_err(|e| match e {
-            oci_client::errors::OciDistributionError::DigestError(_) => {
-                FetchError::DigestMismatch {
-                    reference: reference.to_string(),
-                    what: "the manifest",
-                    expected: reference.digest.clone(),
-                    got: "a different digest".into(),
-                }
-            }
-            other => failed(other.to_string()),
-        })?;
+        .map_err(|e| pull_error(reference, "the manifest", &reference.digest, e))?;
         // The client checks the manifest against the digest too; checking here keeps the rule
         // in one place we test.
         verify(reference, "the manifest", &raw, &reference.digest)?;
@@ -438,17 +428,7 @@ impl ModuleFetcher {
         tokio::time::timeout(self.timeout, client.pull_blob(&oci, zip, &mut archive))
             .await
             .map_err(|_| failed("the registry did not answer in time".into()))?
-            .map_err(|e| match e {
-                oci_client::errors::OciDistributionError::DigestError(_) => {
-                    FetchError::DigestMismatch {
-                        reference: reference.to_string(),
-                        what: "the module zip",
-                        expected: zip.digest.clone(),
-                        got: "a different digest".into(),
-                    }
-                }
-                other => failed(other.to_string()),
-            })?;
+            .map_err(|e| pull_error(reference, "the module zip", &zip.digest, e))?;
         verify(reference, "the module zip", &archive, &zip.digest)?;
         Ok((raw.to_vec(), archive))
     }
@@ -473,6 +453,28 @@ fn keys_for(
         }),
         SourceDecision::Unverified => Ok(None),
         SourceDecision::Signed { keys, .. } => Ok(Some(keys)),
+    }
+}
+
+/// An error of a pull: the client's own digest check failing is a DigestMismatch (content
+/// that does not hash to what was asked for), anything else a FetchFailed.
+fn pull_error(
+    reference: &OciReference,
+    what: &'static str,
+    expected: &str,
+    error: oci_client::errors::OciDistributionError,
+) -> FetchError {
+    match error {
+        oci_client::errors::OciDistributionError::DigestError(_) => FetchError::DigestMismatch {
+            reference: reference.to_string(),
+            what,
+            expected: expected.to_string(),
+            got: "a different digest".into(),
+        },
+        other => FetchError::FetchFailed {
+            reference: reference.to_string(),
+            message: other.to_string(),
+        },
     }
 }
 
