@@ -313,7 +313,14 @@ pub async fn diff<A: Abstraction>(
         })
         .collect();
     let ids: Vec<&str> = graph.nodes.iter().map(|n| n.id.as_str()).collect();
-    let prune = prune_plan(&ids, &status.inventory, |id| predicted.get(id).copied());
+    // The instance's prune threshold, as the executor reads it (the guard's message says what
+    // the apply would leave in place).
+    let prune = prune_plan(
+        &ids,
+        &status.inventory,
+        |id| predicted.get(id).copied(),
+        &cuebe::instance::PruneThreshold::of(&instance),
+    );
     report.prune_held_back = prune.held_back;
     for (entry, policy) in prune.entries {
         report.entries.push(DiffEntry {

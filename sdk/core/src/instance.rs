@@ -18,10 +18,61 @@ pub struct Instance {
     pub namespace: String,
     /// Its `metadata.labels` (the platform module sees them as `input.instance.labels`).
     pub labels: BTreeMap<String, String>,
+    /// Its `metadata.annotations` (the executor reads [`PRUNE_THRESHOLD_ANNOTATION`]).
+    pub annotations: BTreeMap<String, String>,
     /// Its `metadata.generation`.
     pub generation: Option<i64>,
     /// Existing objects the instance asks to take over (`spec.adopt.resources`).
     pub adopt: Vec<AdoptRef>,
+}
+
+/// The annotation that raises (or lowers) the prune guard's threshold for one instance: the
+/// largest share of its inventory, in percent, one pass may delete. `"100"` lets a render that
+/// drops every object prune them all.
+pub const PRUNE_THRESHOLD_ANNOTATION: &str = "cuebe.dev/prune-threshold";
+
+/// The prune guard's threshold when the instance does not set [`PRUNE_THRESHOLD_ANNOTATION`]: a
+/// pass may delete at most half of an instance's objects. A module bug that drops most nodes
+/// then stops at a Stalled instance instead of deleting a running service.
+pub const DEFAULT_PRUNE_THRESHOLD_PERCENT: u8 = 50;
+
+/// How much of its inventory one pass may delete for an instance (see
+/// [`crate::plan::prune_plan`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PruneThreshold {
+    /// At most this percentage of the instance's (non-orphaned) inventory.
+    Percent(u8),
+    /// The annotation is not a percentage: nothing is pruned until it is fixed (the message
+    /// names the annotation and the rule).
+    Invalid(String),
+}
+
+impl PruneThreshold {
+    /// The threshold `instance` asks for with [`PRUNE_THRESHOLD_ANNOTATION`], else the default.
+    ///
+    /// ```
+    /// use cuebe_core::instance::{Instance, PruneThreshold, PRUNE_THRESHOLD_ANNOTATION};
+    /// let mut web = Instance::default();
+    /// assert_eq!(PruneThreshold::of(&web), PruneThreshold::Percent(50));
+    /// web.annotations.insert(PRUNE_THRESHOLD_ANNOTATION.into(), "100%".into());
+    /// assert_eq!(PruneThreshold::of(&web), PruneThreshold::Percent(100));
+    /// web.annotations.insert(PRUNE_THRESHOLD_ANNOTATION.into(), "all".into());
+    /// assert!(matches!(PruneThreshold::of(&web), PruneThreshold::Invalid(_)));
+    /// ```
+    pub fn of(instance: &Instance) -> Self {
+        let Some(raw) = instance.annotations.get(PRUNE_THRESHOLD_ANNOTATION) else {
+            return Self::Percent(DEFAULT_PRUNE_THRESHOLD_PERCENT);
+        };
+        let number = raw.trim().trim_end_matches('%').trim();
+        match number.parse::<u8>() {
+            Ok(percent) if percent <= 100 => Self::Percent(percent),
+            _ => Self::Invalid(format!(
+                "annotation {PRUNE_THRESHOLD_ANNOTATION}: {raw:?} is not a percentage: write a \
+                 whole number from 0 to 100 (e.g. \"100\" to allow pruning every object); \
+                 nothing is pruned until it is fixed"
+            )),
+        }
+    }
 }
 
 /// Objects an instance asks to take over, as a custom resource embeds it (`spec.adopt`).

@@ -6,6 +6,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::graph::DeletionPolicy;
+use crate::instance::Instance;
 
 /// How an inventory entry is held.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -80,6 +81,50 @@ pub struct LabelledObject {
 /// same object.
 fn group_of(api_version: &str) -> &str {
     api_version.rsplit_once('/').map_or("", |(g, _)| g)
+}
+
+/// Which other instance manages `live`, by its management labels ([`crate::INSTANCE_LABEL`],
+/// [`crate::KIND_LABEL`]), when that is not `instance`: e.g. `WebService other`. `None` for an
+/// object without the labels (nobody's, or released) or one carrying `instance`'s own.
+///
+/// An object another instance manages is never adopted, overwritten, pruned or deleted by
+/// `instance`, whatever names its module computes: two instances rendering one object name
+/// would otherwise take it from each other on every pass.
+///
+/// ```
+/// use cuebe_core::instance::Instance;
+/// use cuebe_core::inventory::foreign_owner;
+/// let web = Instance { kind: "WebService".into(), name: "web".into(), ..Default::default() };
+/// let labelled = |name: &str| serde_json::json!({"metadata": {"labels": {
+///     "cuebe.dev/instance": name, "cuebe.dev/kind": "WebService"}}});
+/// assert_eq!(foreign_owner(&labelled("web"), &web), None);
+/// assert_eq!(foreign_owner(&labelled("api"), &web).as_deref(), Some("WebService api"));
+/// assert_eq!(foreign_owner(&serde_json::json!({"metadata": {}}), &web), None);
+/// ```
+pub fn foreign_owner(live: &serde_json::Value, instance: &Instance) -> Option<String> {
+    let labels = live.pointer("/metadata/labels")?;
+    let label = |key: &str| labels.get(key).and_then(serde_json::Value::as_str);
+    let owner = label(crate::INSTANCE_LABEL);
+    let kind = label(crate::KIND_LABEL);
+    if owner.is_none() && kind.is_none() {
+        return None;
+    }
+    let namespace = label(crate::NAMESPACE_LABEL);
+    let same_owner = owner == Some(instance.name.as_str());
+    let same_kind = kind.is_none_or(|k| k == instance.kind);
+    let same_namespace = namespace.is_none_or(|ns| ns == instance.namespace);
+    if same_owner && same_kind && same_namespace {
+        return None;
+    }
+    if let (false, Some(ns), Some(kind), Some(owner)) = (same_namespace, namespace, kind, owner) {
+        return Some(format!("{kind} {ns}/{owner}"));
+    }
+    Some(match (kind, owner) {
+        (Some(kind), Some(owner)) => format!("{kind} {owner}"),
+        (None, Some(owner)) => format!("instance {owner}"),
+        (Some(kind), None) => format!("a {kind} (no {} label)", crate::INSTANCE_LABEL),
+        (None, None) => return None,
+    })
 }
 
 /// Inventory entries for objects this instance wrote but never recorded.

@@ -43,3 +43,7 @@ pub use cuebe_cue_sys::module as cue;
 pub const INSTANCE_LABEL: &str = "cuebe.dev/instance";
 /// Label naming the instance's kind.
 pub const KIND_LABEL: &str = "cuebe.dev/kind";
+/// Label naming the instance's namespace, on cluster-scoped objects only (a namespaced object
+/// is in its instance's namespace): two instances of one name in two namespaces must not take
+/// a cluster-scoped object from each other.
+pub const NAMESPACE_LABEL: &str = "cuebe.dev/namespace";

@@ -29,6 +29,7 @@ use serde_json::Value;
 
 use crate::clock::{Timestamp, elapsed_since};
 use crate::graph::{ApplyMode, DeletionPolicy, Graph, GraphError, Node};
+use crate::instance::{PRUNE_THRESHOLD_ANNOTATION, PruneThreshold};
 use crate::inventory::{InventoryEntry, InventoryMode};
 use crate::readiness::{CompiledPredicate, Verdict};
 use crate::status::{NodePhase, NodeStatus};
@@ -245,6 +246,12 @@ pub struct Outcome {
     pub writes: usize,
     /// What the pass did to objects beyond applying them (the controller makes each an event).
     pub changes: Vec<Change>,
+    /// The prune guard held this pass's pruning back (its message, naming what would go): the
+    /// instance is Stalled with reason `PruneGuard`.
+    pub prune_guard: Option<String>,
+    /// Pruning is paused for the whole abstraction by the [`FleetPruneGuard`] (its message):
+    /// the instance waits, Progressing with reason `PrunePaused`.
+    pub prune_paused: Option<String>,
 }
 
 /// What applying one node gave.
@@ -402,6 +409,61 @@ impl<'p> Pass<'p> {
         }
     }
 
+    /// Ends the pass before anything is written: the `refused` nodes (a kind the operator may
+    /// not write, or may not render at all) get their status, and every other node not decided
+    /// yet is `Pending`, not applied, so that an instance is never half-applied because of a
+    /// permission found missing halfway through its graph.
+    ///
+    /// ```
+    /// # use cuebe_core::graph::Graph;
+    /// # use cuebe_core::plan::{Pass, Plan};
+    /// # use cuebe_core::status::{NodePhase, NodeStatus};
+    /// # let graph: Graph = serde_json::from_value(serde_json::json!({
+    /// #     "graphVersion": "cuebe.dev/v1alpha1",
+    /// #     "metadata": {"platformRefResolved": "sha256:0", "renderHash": "sha256:0"},
+    /// #     "nodes": [
+    /// #         {"id": "a", "object": {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"}}},
+    /// #         {"id": "b", "object": {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "b"}}}
+    /// #     ]
+    /// # })).unwrap();
+    /// let plan = Plan::new(graph, "apps").unwrap();
+    /// let mut pass = Pass::start(&plan, &[]);
+    /// pass.refuse([("b".to_string(), NodeStatus::blocked("may not patch secrets", None))].into());
+    /// let outcome = pass.finish();
+    /// assert_eq!(outcome.nodes["b"].phase, NodePhase::Blocked);
+    /// assert_eq!(outcome.nodes["a"].phase, NodePhase::Pending); // not applied either
+    /// assert_eq!(outcome.nodes["a"].blocked_on, ["b"]);
+    /// ```
+    pub fn refuse(&mut self, refused: BTreeMap<String, NodeStatus>) {
+        let ids: Vec<String> = refused.keys().cloned().collect();
+        for (id, status) in refused {
+            let entry = self.inventory.get(&id).cloned();
+            self.record(&id, NodeResult::unwritten(status, entry));
+        }
+        let details = format!(
+            "not applied: {} cannot be written, and nothing of the graph is written until it can",
+            ids.join(", ")
+        );
+        for node in self.plan.apply_order() {
+            if self.done.insert(node.id.clone()) {
+                self.out.nodes.insert(
+                    node.id.clone(),
+                    NodeStatus::pending(ids.clone(), details.clone()),
+                );
+            }
+        }
+    }
+
+    /// Records that the prune guard held this pass's pruning back ([`PrunePlan::guarded`]).
+    pub fn prune_guarded(&mut self, message: String) {
+        self.out.prune_guard = Some(message);
+    }
+
+    /// Records that the [`FleetPruneGuard`] paused this pass's pruning.
+    pub fn prune_paused(&mut self, message: String) {
+        self.out.prune_paused = Some(message);
+    }
+
     /// Ends the walk: nodes never reached are `Pending` on the dependencies that are not
     /// Ready. Call before [`prune_plan`] and [`Pass::into_outcome`].
     pub fn finish(mut self) -> Outcome {
@@ -462,16 +524,27 @@ pub struct PrunePlan {
     /// Why nothing is pruned although entries left the graph (`None` when pruning goes ahead
     /// or there is nothing to prune).
     pub held_back: Option<String>,
+    /// Set when the prune guard held the pass back (its message, also in `held_back`): the
+    /// render would delete more of the inventory than the instance's threshold allows. The
+    /// instance is Stalled with reason `PruneGuard` until the render changes or the threshold
+    /// is raised.
+    pub guarded: Option<String>,
 }
 
 /// The prune rule, shared by the executor and `diff`: only a complete, healthy pass (every node
 /// of the graph Ready or Applied) prunes; an entry whose node left the graph is deleted, or
 /// released when its node asked for `Orphan`; entries already `Orphaned` are left alone.
 ///
+/// The prune guard: a pass that would delete more than `threshold` percent of the instance's
+/// inventory (a module bug that drops nodes, a spec emptied by mistake) deletes nothing and
+/// says which objects would go ([`PrunePlan::guarded`]). Releasing (`Orphan`) leaves objects
+/// in place, so it does not count.
+///
 /// `phase_of` says where each node of the graph ended the pass (`None`: not decided).
 ///
 /// ```
 /// use cuebe_core::graph::DeletionPolicy;
+/// use cuebe_core::instance::PruneThreshold;
 /// use cuebe_core::plan::prune_plan;
 /// use cuebe_core::inventory::{InventoryEntry, InventoryMode};
 /// use cuebe_core::status::NodePhase;
@@ -479,13 +552,20 @@ pub struct PrunePlan {
 ///     namespace: "apps".into(), name: id.into(), uid: "u".into(), mode: InventoryMode::Managed,
 ///     last_applied_hash: String::new(), last_applied_resource_version: String::new(),
 ///     last_applied_generation: None, last_ready_transition: None, deletion_policy: None };
-/// let plan = prune_plan(&["kept"], &[entry("kept"), entry("gone")], |_| Some(NodePhase::Ready));
+/// let ready = |_: &str| Some(NodePhase::Ready);
+/// let half = PruneThreshold::Percent(50);
+/// let plan = prune_plan(&["kept"], &[entry("kept"), entry("gone")], ready, &half);
 /// assert_eq!(plan.entries, [(entry("gone"), DeletionPolicy::Delete)]);
+/// // Dropping two objects of three is more than half: the guard holds.
+/// let plan = prune_plan(&["kept"], &[entry("kept"), entry("a"), entry("b")], ready, &half);
+/// assert!(plan.entries.is_empty());
+/// assert!(plan.guarded.unwrap().contains("ConfigMap a"));
 /// ```
 pub fn prune_plan(
     graph_ids: &[&str],
     inventory: &[InventoryEntry],
     phase_of: impl Fn(&str) -> Option<NodePhase>,
+    threshold: &PruneThreshold,
 ) -> PrunePlan {
     let in_graph: HashSet<&str> = graph_ids.iter().copied().collect();
     let stale: Vec<(InventoryEntry, DeletionPolicy)> = inventory
@@ -502,21 +582,67 @@ pub fn prune_plan(
         .filter(|id| !matches!(phase_of(id), Some(NodePhase::Ready | NodePhase::Applied)))
         .map(|id| id.to_string())
         .collect();
-    if unhealthy.is_empty() {
-        PrunePlan {
-            entries: stale,
-            held_back: None,
-        }
-    } else {
-        PrunePlan {
-            entries: Vec::new(),
+    if !unhealthy.is_empty() {
+        return PrunePlan {
             held_back: Some(format!(
                 "not pruned while {} {} not Ready or Applied",
                 unhealthy.join(", "),
                 if unhealthy.len() == 1 { "is" } else { "are" }
             )),
-        }
+            ..PrunePlan::default()
+        };
     }
+    if let Some(message) = prune_guard(inventory, &stale, threshold) {
+        return PrunePlan {
+            entries: Vec::new(),
+            held_back: Some(message.clone()),
+            guarded: Some(message),
+        };
+    }
+    PrunePlan {
+        entries: stale,
+        ..PrunePlan::default()
+    }
+}
+
+/// The guard's verdict: `Some(message)` when deleting the `Delete` entries of `stale` would
+/// take more than `threshold` of the live inventory.
+fn prune_guard(
+    inventory: &[InventoryEntry],
+    stale: &[(InventoryEntry, DeletionPolicy)],
+    threshold: &PruneThreshold,
+) -> Option<String> {
+    let deleting: Vec<&InventoryEntry> = stale
+        .iter()
+        .filter(|(_, policy)| *policy == DeletionPolicy::Delete)
+        .map(|(e, _)| e)
+        .collect();
+    if deleting.is_empty() {
+        return None;
+    }
+    let managed = inventory
+        .iter()
+        .filter(|e| e.mode != InventoryMode::Orphaned)
+        .count();
+    let percent = match threshold {
+        PruneThreshold::Invalid(message) => return Some(message.clone()),
+        PruneThreshold::Percent(p) => usize::from(*p),
+    };
+    if deleting.len() * 100 <= percent * managed {
+        return None;
+    }
+    let names: Vec<String> = deleting
+        .iter()
+        .map(|e| format!("{} {}", e.kind, e.name))
+        .collect();
+    Some(format!(
+        "this render would delete {} of the {managed} objects of the instance ({}), more than \
+         the prune threshold of {percent}%; nothing was pruned. If that is intended, set the \
+         annotation {PRUNE_THRESHOLD_ANNOTATION}: \"100\" on the instance; otherwise fix the \
+         spec or the module",
+        deleting.len(),
+        names.join(", "),
+    ))
 }
 
 /// What removing one inventory object means: the instance's `Orphan` keeps everything;
@@ -737,6 +863,136 @@ impl EntryUpdate<'_> {
             deletion_policy: self.node.deletion_policy,
         }
     }
+}
+
+/// The fleet-level prune guard: at most `limit` instances of an abstraction may prune in any
+/// `window`. A module change that drops objects from many instances at once (a bad release, a
+/// removed capability) then deletes from a few instances and holds the rest back, loudly (the
+/// runtime reports it in events and the `cuebe_prune_paused` metric), instead of deleting
+/// across the fleet in one resync. An instance that pruned within the window may prune again
+/// (its next steps are not new damage).
+///
+/// ```
+/// use std::time::Duration;
+/// use cuebe_core::plan::FleetPruneGuard;
+/// let mut guard = FleetPruneGuard::new(2, Duration::from_secs(600));
+/// let t = |s: &str| s.parse().unwrap();
+/// assert!(guard.admit("apps/a", t("2026-01-01T00:00:00Z")).is_ok());
+/// assert!(guard.admit("apps/b", t("2026-01-01T00:01:00Z")).is_ok());
+/// assert!(guard.admit("apps/c", t("2026-01-01T00:02:00Z")).is_err()); // paused
+/// assert!(guard.admit("apps/c", t("2026-01-01T00:10:30Z")).is_ok());  // a's turn has passed
+/// ```
+#[derive(Debug, Clone)]
+pub struct FleetPruneGuard {
+    limit: usize,
+    window: Duration,
+    /// Instances that pruned, with when they first did within the window (oldest first).
+    recent: std::collections::VecDeque<(String, Timestamp)>,
+    last_held: Option<Timestamp>,
+    held_total: u64,
+}
+
+impl FleetPruneGuard {
+    /// The default: 50 instances per 10 minutes.
+    pub const DEFAULT_LIMIT: usize = 50;
+    /// The default window.
+    pub const DEFAULT_WINDOW: Duration = Duration::from_secs(600);
+
+    /// A guard letting `limit` instances prune per `window` (a `limit` of 0 pauses all pruning).
+    pub fn new(limit: usize, window: Duration) -> Self {
+        Self {
+            limit,
+            window,
+            recent: std::collections::VecDeque::new(),
+            last_held: None,
+            held_total: 0,
+        }
+    }
+
+    fn expire(&mut self, now: Timestamp) {
+        while let Some((_, at)) = self.recent.front() {
+            match Duration::try_from(now.duration_since(*at)).ok() {
+                Some(age) if age < self.window => break,
+                // Expired (or from a clock that went back: not worth keeping).
+                _ => {
+                    self.recent.pop_front();
+                }
+            }
+        }
+    }
+
+    /// May `instance` (namespace/name) prune now? `Err` says why not, for its status.
+    pub fn admit(&mut self, instance: &str, now: Timestamp) -> Result<(), String> {
+        self.expire(now);
+        if self.recent.iter().any(|(key, _)| key == instance) {
+            return Ok(());
+        }
+        if self.recent.len() < self.limit {
+            self.recent.push_back((instance.to_string(), now));
+            return Ok(());
+        }
+        self.last_held = Some(now);
+        self.held_total += 1;
+        Err(format!(
+            "pruning is paused: {} instances already pruned objects in the last {}s (the fleet \
+             prune limit); objects that left this instance's graph stay until the window \
+             passes. Many instances losing objects at once is what a bad module release looks \
+             like: check the module before raising the limit",
+            self.recent.len(),
+            self.window.as_secs()
+        ))
+    }
+
+    /// Whether an instance was held back within the last window.
+    pub fn paused(&self, now: Timestamp) -> bool {
+        self.last_held
+            .and_then(|at| Duration::try_from(now.duration_since(at)).ok())
+            .is_some_and(|age| age < self.window)
+    }
+
+    /// Prune attempts held back since the start.
+    pub fn held_total(&self) -> u64 {
+        self.held_total
+    }
+
+    /// The window.
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+}
+
+impl Default for FleetPruneGuard {
+    fn default() -> Self {
+        Self::new(Self::DEFAULT_LIMIT, Self::DEFAULT_WINDOW)
+    }
+}
+
+/// Why an instance may not render an object of a cluster-scoped kind, unless the abstraction
+/// allows it: an instance belongs to its namespace, and a cluster-scoped object (a
+/// ClusterRole, a Namespace, a webhook) reaches every tenant. `allowed` lists kinds as
+/// `Kind.group` (`Kind` for the core group), as `kubectl api-resources` spells them.
+///
+/// ```
+/// use cuebe_core::plan::cluster_scope_refusal;
+/// let allowed = ["ClusterRole.rbac.authorization.k8s.io".to_string()];
+/// assert_eq!(cluster_scope_refusal("rbac.authorization.k8s.io", "ClusterRole", &allowed), None);
+/// let refusal = cluster_scope_refusal("", "Namespace", &allowed).unwrap();
+/// assert!(refusal.contains("Namespace is cluster-scoped"));
+/// ```
+pub fn cluster_scope_refusal(group: &str, kind: &str, allowed: &[String]) -> Option<String> {
+    let name = if group.is_empty() {
+        kind.to_string()
+    } else {
+        format!("{kind}.{group}")
+    };
+    if allowed.iter().any(|a| *a == name) {
+        return None;
+    }
+    Some(format!(
+        "{name} is cluster-scoped: an instance may only write objects in its own namespace \
+         unless the operator allows the kind (Operator::allow_cluster_scoped([\"{name}\"])); \
+         nothing of the graph was written"
+    ))
 }
 
 /// Whether the API server's refusal of a write will come back on every retry: then the node

@@ -108,6 +108,157 @@ fn an_adoption_is_a_change_once() {
     }
 }
 
+/// No prune guard: the tests of the other prune rules.
+const ALL: PruneThreshold = PruneThreshold::Percent(100);
+
+#[test]
+fn the_prune_guard_holds_a_pass_that_would_delete_more_than_the_threshold() {
+    let ready = |_: &str| Some(NodePhase::Ready);
+    let orphan = |id: &str| InventoryEntry {
+        deletion_policy: Some(DeletionPolicy::Orphan),
+        ..entry(id)
+    };
+    let orphaned = |id: &str| InventoryEntry {
+        mode: InventoryMode::Orphaned,
+        ..entry(id)
+    };
+    let invalid = PruneThreshold::Invalid("annotation cuebe.dev/prune-threshold: bad".into());
+    // (graph, inventory, threshold, prunes, guard message contains)
+    type Row = (
+        Vec<&'static str>,
+        Vec<InventoryEntry>,
+        PruneThreshold,
+        usize,
+        Option<&'static str>,
+    );
+    let four = || vec![entry("a"), entry("b"), entry("c"), entry("d")];
+    let rows: Vec<Row> = vec![
+        // Half of four is allowed by the default threshold; three of four is not.
+        (vec!["a", "b"], four(), PruneThreshold::Percent(50), 2, None),
+        (
+            vec!["a"],
+            four(),
+            PruneThreshold::Percent(50),
+            0,
+            Some("delete 3 of the 4 objects"),
+        ),
+        // The message names every object that would go (in deletion order), and the way out.
+        (
+            vec!["a"],
+            four(),
+            PruneThreshold::Percent(50),
+            0,
+            Some("(ConfigMap d, ConfigMap c, ConfigMap b)"),
+        ),
+        (
+            vec!["a"],
+            four(),
+            PruneThreshold::Percent(50),
+            0,
+            Some("cuebe.dev/prune-threshold: \"100\""),
+        ),
+        // An empty render of a one-object instance is held; raising the threshold lets it go.
+        (
+            vec![],
+            vec![entry("a")],
+            PruneThreshold::Percent(50),
+            0,
+            Some("1 of the 1"),
+        ),
+        (
+            vec![],
+            vec![entry("a")],
+            PruneThreshold::Percent(100),
+            1,
+            None,
+        ),
+        // 0% holds any deletion.
+        (
+            vec!["a", "b", "c"],
+            four(),
+            PruneThreshold::Percent(0),
+            0,
+            Some("1 of the 4"),
+        ),
+        // Releasing leaves objects in place: it does not count, and is not held.
+        (
+            vec!["a"],
+            vec![entry("a"), orphan("b"), orphan("c"), orphan("d")],
+            PruneThreshold::Percent(50),
+            3,
+            None,
+        ),
+        // Entries already Orphaned are not the instance's objects: not in the base either.
+        (
+            vec!["a"],
+            vec![entry("a"), entry("b"), orphaned("c"), orphaned("d")],
+            PruneThreshold::Percent(50),
+            1,
+            None,
+        ),
+        // A bad annotation holds deletions (never prune on a guess), naming the annotation.
+        (
+            vec!["a", "b", "c"],
+            four(),
+            invalid.clone(),
+            0,
+            Some("cuebe.dev/prune-threshold"),
+        ),
+        // ... but with nothing to delete there is nothing to hold.
+        (vec!["a", "b", "c", "d"], four(), invalid, 0, None),
+    ];
+    for (graph, inventory, threshold, prunes, guard) in rows {
+        let plan = prune_plan(&graph, &inventory, ready, &threshold);
+        let what = format!(
+            "graph {graph:?}, {} entries, {threshold:?}",
+            inventory.len()
+        );
+        assert_eq!(plan.entries.len(), prunes, "{what}");
+        match guard {
+            None => assert_eq!(plan.guarded, None, "{what}"),
+            Some(text) => {
+                let message = plan.guarded.clone().unwrap_or_default();
+                assert!(message.contains(text), "{what}: {message}");
+                assert_eq!(plan.held_back, plan.guarded, "{what}");
+            }
+        }
+    }
+}
+
+#[test]
+fn the_fleet_guard_lets_a_few_instances_prune_per_window() {
+    let t = |s: &str| -> crate::clock::Timestamp { s.parse().unwrap() };
+    let mut guard = FleetPruneGuard::new(2, Duration::from_secs(60));
+    let steps: [(&str, &str, bool, bool); 7] = [
+        // (instance, time, admitted, paused afterwards)
+        ("a", "2026-01-01T00:00:00Z", true, false),
+        ("b", "2026-01-01T00:00:10Z", true, false),
+        ("c", "2026-01-01T00:00:20Z", false, true),
+        // An instance already counted in the window goes on.
+        ("a", "2026-01-01T00:00:30Z", true, true),
+        // a's slot (00:00:00) expires at 00:01:00; b's at 00:01:10.
+        ("c", "2026-01-01T00:01:05Z", true, true),
+        ("d", "2026-01-01T00:01:06Z", false, true),
+        ("d", "2026-01-01T00:02:30Z", true, false),
+    ];
+    for (instance, at, admitted, paused) in steps {
+        assert_eq!(
+            guard.admit(instance, t(at)).is_ok(),
+            admitted,
+            "{instance} at {at}"
+        );
+        assert_eq!(
+            guard.paused(t(at)),
+            paused,
+            "paused after {instance} at {at}"
+        );
+    }
+    assert_eq!(guard.held_total(), 2);
+    let mut closed = FleetPruneGuard::new(0, Duration::from_secs(60));
+    let message = closed.admit("a", t("2026-01-01T00:00:00Z")).unwrap_err();
+    assert!(message.contains("pruning is paused"), "{message}");
+}
+
 #[test]
 fn prune_only_from_a_complete_healthy_pass() {
     let inventory = [entry("kept"), entry("gone")];
@@ -120,12 +271,12 @@ fn prune_only_from_a_complete_healthy_pass() {
         (NodePhase::Error, false),
     ];
     for (phase, prunes) in cases {
-        let plan = prune_plan(&["kept"], &inventory, status(phase));
+        let plan = prune_plan(&["kept"], &inventory, status(phase), &ALL);
         assert_eq!(!plan.entries.is_empty(), prunes, "{phase:?}");
         assert_eq!(plan.held_back.is_some(), !prunes, "{phase:?}");
     }
     // A node of the graph that the pass never decided counts as not healthy.
-    let plan = prune_plan(&["kept", "new"], &inventory, status(NodePhase::Ready));
+    let plan = prune_plan(&["kept", "new"], &inventory, status(NodePhase::Ready), &ALL);
     assert!(plan.entries.is_empty());
     assert!(plan.held_back.unwrap().contains("new"));
 }
@@ -140,7 +291,12 @@ fn prune_order_policy_and_orphaned_entries() {
         mode: InventoryMode::Orphaned,
         ..entry("c")
     };
-    let plan = prune_plan(&[], &[entry("a"), orphan_node.clone(), already], |_| None);
+    let plan = prune_plan(
+        &[],
+        &[entry("a"), orphan_node.clone(), already],
+        |_| None,
+        &ALL,
+    );
     assert_eq!(
         plan.entries,
         [

@@ -282,6 +282,8 @@ pub enum PassVerdict {
     Blocked,
     /// Nodes are on their way to Ready.
     Progressing,
+    /// Every node is applied, but objects that left the graph wait for the fleet prune guard.
+    PrunePaused,
 }
 
 impl AbstractionStatus {
@@ -384,6 +386,33 @@ pub fn summarize(
             now,
         );
         return PassVerdict::Stalled;
+    }
+    if let Some(guard) = &outcome.prune_guard {
+        for type_ in [Ready, Progressing] {
+            status.set_condition(type_, false, "PruneGuard", guard.clone(), generation, now);
+        }
+        status.set_condition(Stalled, true, "PruneGuard", guard.clone(), generation, now);
+        return PassVerdict::Stalled;
+    }
+    if let Some(paused) = outcome.prune_paused.as_ref().filter(|_| outcome.ready) {
+        status.set_condition(
+            Ready,
+            true,
+            "AllNodesReady",
+            format!("{ready}/{total} nodes ready"),
+            generation,
+            now,
+        );
+        status.set_condition(
+            Progressing,
+            true,
+            "PrunePaused",
+            paused.clone(),
+            generation,
+            now,
+        );
+        status.clear_condition(Stalled);
+        return PassVerdict::PrunePaused;
     }
     let verdict = if outcome.ready {
         status.set_condition(
@@ -548,13 +577,34 @@ pub fn transitions(previous: &AbstractionStatus, current: &AbstractionStatus) ->
         let note = format!("{id}: {}", node.last_error.clone().unwrap_or_default());
         events.push(EventNote::new(true, reason, Some(note), "Apply"));
     }
+    let progressing_reason = |s: &AbstractionStatus| {
+        s.condition(ConditionType::Progressing)
+            .filter(|c| c.status == "True")
+            .map(|c| c.reason.clone())
+    };
+    if progressing_reason(current).as_deref() == Some("PrunePaused")
+        && progressing_reason(previous).as_deref() != Some("PrunePaused")
+    {
+        events.push(EventNote::new(
+            true,
+            "PrunePaused",
+            current
+                .condition(ConditionType::Progressing)
+                .map(|c| c.message.clone()),
+            "Prune",
+        ));
+    }
     if flipped(Ready, "True") {
         events.push(EventNote::new(false, "Ready", message(Ready), "Reconcile"));
     }
     if flipped(Stalled, "True") {
+        // The prune guard is worth its own reason: an alert can page on it.
+        let guard = current
+            .condition(Stalled)
+            .is_some_and(|c| c.reason == "PruneGuard");
         events.push(EventNote::new(
             true,
-            "Stalled",
+            if guard { "PruneGuard" } else { "Stalled" },
             message(Stalled),
             "Reconcile",
         ));
@@ -585,6 +635,58 @@ mod tests {
         status
             .condition(t)
             .map(|c| (c.status.clone(), c.reason.clone()))
+    }
+
+    #[test]
+    fn a_guarded_prune_stalls_and_a_paused_prune_stays_ready_and_progressing() {
+        use ConditionType::{Progressing, Ready, Stalled};
+        let t = |s: &str, r: &str| Some((s.to_string(), r.to_string()));
+        let before = AbstractionStatus::default();
+
+        let mut status = nodes(&[("a", NodePhase::Ready)]);
+        let guarded = Outcome {
+            ready: true,
+            prune_guard: Some("would delete 3 of the 4 objects".into()),
+            ..Default::default()
+        };
+        let verdict = summarize(&mut status, &guarded, Some(1), NOW);
+        assert_eq!(verdict, PassVerdict::Stalled);
+        assert_eq!(condition(&status, Stalled), t("True", "PruneGuard"));
+        assert_eq!(condition(&status, Ready), t("False", "PruneGuard"));
+        let events = transitions(&before, &status);
+        let guard_event = events.iter().find(|e| e.reason == "PruneGuard");
+        assert!(
+            guard_event.is_some_and(
+                |e| e.warning && e.note.as_deref().is_some_and(|n| n.contains("3 of the 4"))
+            ),
+            "{events:?}"
+        );
+
+        let mut status = nodes(&[("a", NodePhase::Ready)]);
+        let paused = Outcome {
+            ready: true,
+            prune_paused: Some("pruning is paused".into()),
+            ..Default::default()
+        };
+        let verdict = summarize(&mut status, &paused, Some(1), NOW);
+        assert_eq!(verdict, PassVerdict::PrunePaused);
+        assert_eq!(condition(&status, Ready), t("True", "AllNodesReady"));
+        assert_eq!(condition(&status, Progressing), t("True", "PrunePaused"));
+        assert_eq!(condition(&status, Stalled), None);
+        let events = transitions(&before, &status);
+        assert!(
+            events
+                .iter()
+                .any(|e| e.reason == "PrunePaused" && e.warning),
+            "{events:?}"
+        );
+        // Once per change: the next paused pass publishes no second event.
+        let again = status.clone();
+        assert!(
+            !transitions(&again, &status)
+                .iter()
+                .any(|e| e.reason == "PrunePaused")
+        );
     }
 
     #[test]

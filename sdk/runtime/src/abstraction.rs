@@ -201,6 +201,7 @@ pub fn instance_of<A: Abstraction>(object: &A) -> Instance {
             .clone()
             .unwrap_or_else(|| "default".to_string()),
         labels: meta.labels.clone().unwrap_or_default(),
+        annotations: meta.annotations.clone().unwrap_or_default(),
         generation: meta.generation,
         adopt: object.adopt(),
     }

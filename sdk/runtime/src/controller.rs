@@ -95,6 +95,8 @@ pub struct Operator<A: Abstraction> {
     metrics_listener: Option<tokio::net::TcpListener>,
     leader_election: Option<LeaderElection>,
     clock: Arc<dyn Clock>,
+    fleet_prune_guard: Arc<std::sync::Mutex<crate::executor::FleetPruneGuard>>,
+    cluster_scoped_allowed: Vec<String>,
     _kind: std::marker::PhantomData<fn() -> A>,
 }
 
@@ -133,8 +135,47 @@ impl<A: Abstraction> Operator<A> {
             metrics_listener: None,
             leader_election: None,
             clock: Arc::new(SystemClock),
+            fleet_prune_guard: Arc::default(),
+            cluster_scoped_allowed: Vec::new(),
             _kind: std::marker::PhantomData,
         }
+    }
+
+    /// Cluster-scoped kinds the module may render (`Kind.group`, `Kind` for the core group);
+    /// every other cluster-scoped object is refused before anything of its graph is written.
+    /// Applies to the default executor ([`SsaExecutor::allow_cluster_scoped`]).
+    ///
+    /// ```no_run
+    /// # fn f<A: cuebe::Abstraction>(client: kube::Client) {
+    /// let operator = cuebe::controller::Operator::<A>::new(client)
+    ///     .allow_cluster_scoped(["ClusterRole.rbac.authorization.k8s.io"]);
+    /// # }
+    /// ```
+    pub fn allow_cluster_scoped(
+        mut self,
+        kinds: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
+        self.cluster_scoped_allowed = kinds.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// At most `limit` instances may prune objects per `window` (default 50 per 10 minutes);
+    /// the others wait, Progressing with reason `PrunePaused`, and `cuebe_prune_paused` is 1.
+    /// See [`crate::executor::FleetPruneGuard`]. Applies to the default executor.
+    ///
+    /// ```no_run
+    /// # fn f<A: cuebe::Abstraction>(client: kube::Client) {
+    /// let operator = cuebe::controller::Operator::<A>::new(client)
+    ///     .fleet_prune_limit(200, std::time::Duration::from_secs(300));
+    /// # }
+    /// ```
+    pub fn fleet_prune_limit(self, limit: usize, window: Duration) -> Self {
+        *self
+            .fleet_prune_guard
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            crate::executor::FleetPruneGuard::new(limit, window);
+        self
     }
 
     /// Replaces the clock readiness timeouts and condition times are taken from (tests).
@@ -254,7 +295,10 @@ impl<A: Abstraction> Operator<A> {
             .renderer
             .clone()
             .unwrap_or_else(|| Arc::new(CueRenderer::new(A::modules())));
-        let metrics = Arc::new(OperatorMetrics::new(&kind, Some(renderer.clone())));
+        let metrics = Arc::new(
+            OperatorMetrics::new(&kind, Some(renderer.clone()))
+                .with_fleet_prune_guard(self.fleet_prune_guard.clone()),
+        );
         // Dropped (and so stopped) when `run` returns.
         let _metrics_server = self.metrics_listener.take().map(|listener| {
             AbortOnDrop(tokio::spawn(crate::ops::metrics::serve(
@@ -276,7 +320,9 @@ impl<A: Abstraction> Operator<A> {
                     SsaExecutor::new(client.clone(), A::FIELD_MANAGER)
                         .with_readiness(self.readiness.clone())
                         .with_adopter(self.adopter.clone())
-                        .with_discovery(discovery.clone()),
+                        .with_discovery(discovery.clone())
+                        .with_fleet_prune_guard(self.fleet_prune_guard.clone())
+                        .allow_cluster_scoped(self.cluster_scoped_allowed.clone()),
                 )
             }),
             renderer,
@@ -1206,6 +1252,8 @@ async fn apply<A: Abstraction>(
     Ok(match verdict {
         PassVerdict::Ready => Action::requeue(Duration::from_secs(300)),
         PassVerdict::Stalled => Action::requeue(book.stalled(&key)),
+        // The fleet guard's window is minutes long: asking every few seconds would only cost.
+        PassVerdict::PrunePaused => Action::requeue(Duration::from_secs(60)),
         _ => Action::requeue(Duration::from_secs(5)),
     })
 }
@@ -1225,7 +1273,7 @@ async fn cleanup<A: Abstraction>(
     inventory.extend(recovered);
     let done = ctx
         .executor
-        .teardown(&inventory, object.deletion_policy())
+        .teardown(&instance, &inventory, object.deletion_policy())
         .await
         .map_err(ReconcileError::Teardown)?;
     if done {

@@ -10,28 +10,30 @@
 //! [`prune_plan`] says what leaves (only from a complete, healthy pass), last applied first.
 //! Deletion and pruning use the stored inventory only, so a module that no longer renders can
 //! never block cleanup.
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-pub use cuebe_core::plan::{Change, ChangeAction, Outcome};
+pub use cuebe_core::plan::{Change, ChangeAction, FleetPruneGuard, Outcome};
 use cuebe_core::plan::{
-    EntryUpdate, LiveMeta, NodeResult, Pass, Plan, WriteDecision, entry_policy, is_recorded_object,
-    is_unchanged, needs_read, prune_plan, write_decision,
+    EntryUpdate, LiveMeta, NodeResult, Pass, Plan, WriteDecision, cluster_scope_refusal,
+    entry_policy, is_recorded_object, is_unchanged, needs_read, prune_plan, write_decision,
 };
-pub use cuebe_core::{INSTANCE_LABEL, KIND_LABEL};
+pub use cuebe_core::{INSTANCE_LABEL, KIND_LABEL, NAMESPACE_LABEL};
 use kube::Client;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::access::AccessReviews;
 use crate::discovery::Discovery;
 use crate::graph::{ConflictPolicy, DeletionPolicy, Node};
-use crate::instance::Instance;
+use crate::instance::{Instance, PruneThreshold};
 use crate::inventory::{InventoryEntry, InventoryMode};
 use crate::lifecycle::{AdoptDecision, AdoptRequest, Adopter, ExplicitAdopter};
 use crate::readiness::{DefaultReadiness, Readiness};
 use crate::renderer::canonical_json;
 use crate::status::{AbstractionStatus, NodeStatus};
-use cuebe_core::inventory::LabelledObject;
+use cuebe_core::inventory::{LabelledObject, foreign_owner};
 
 /// Why a cluster operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -90,8 +92,8 @@ pub enum ExecuteError {
 ///     async fn live(&self, entry: &InventoryEntry) -> Result<Option<serde_json::Value>, ExecuteError> {
 ///         self.inner.live(entry).await
 ///     }
-///     async fn teardown(&self, inventory: &[InventoryEntry], policy: DeletionPolicy) -> Result<bool, ExecuteError> {
-///         self.inner.teardown(inventory, policy).await
+///     async fn teardown(&self, instance: &Instance, inventory: &[InventoryEntry], policy: DeletionPolicy) -> Result<bool, ExecuteError> {
+///         self.inner.teardown(instance, inventory, policy).await
 ///     }
 ///     async fn labelled(&self, instance: &Instance, kinds: &[(String, String)]) -> Result<Vec<LabelledObject>, ExecuteError> {
 ///         self.inner.labelled(instance, kinds).await
@@ -117,9 +119,11 @@ pub trait Executor: Send + Sync {
     /// Removes everything in an inventory, last applied first, under the instance's `policy`;
     /// an entry whose node asked for `Orphan` (`InventoryEntry::deletion_policy`) is orphaned
     /// whatever `policy` says. Returns true once every deleted object is gone (orphaned ones are
-    /// only unlabelled).
+    /// only unlabelled). An object that now carries another instance's management labels is
+    /// released from the inventory, never deleted ([`cuebe_core::inventory::foreign_owner`]).
     async fn teardown(
         &self,
+        instance: &Instance,
         inventory: &[InventoryEntry],
         policy: DeletionPolicy,
     ) -> Result<bool, ExecuteError>;
@@ -155,6 +159,9 @@ pub struct SsaExecutor {
     readiness: Arc<dyn Readiness>,
     adopter: Arc<dyn Adopter>,
     discovery: Discovery,
+    fleet_prune_guard: Arc<std::sync::Mutex<FleetPruneGuard>>,
+    access: AccessReviews,
+    cluster_scoped_allowed: Arc<[String]>,
 }
 
 impl std::fmt::Debug for SsaExecutor {
@@ -212,12 +219,55 @@ impl SsaExecutor {
     /// adoption policy, and a discovery cache of its own.
     pub fn new(client: Client, field_manager: impl Into<String>) -> Self {
         Self {
-            client,
+            client: client.clone(),
             field_manager: field_manager.into(),
             readiness: Arc::new(DefaultReadiness),
             adopter: Arc::new(ExplicitAdopter),
             discovery: Discovery::default(),
+            fleet_prune_guard: Arc::default(),
+            access: AccessReviews::new(client),
+            cluster_scoped_allowed: Arc::from([]),
         }
+    }
+
+    /// Cluster-scoped kinds its instances may write, as `Kind.group` (`Kind` for the core
+    /// group). Any other cluster-scoped kind a graph renders is Blocked before anything of the
+    /// graph is written ([`cuebe_core::plan::cluster_scope_refusal`]).
+    ///
+    /// ```no_run
+    /// # fn f(client: kube::Client) {
+    /// let executor = cuebe::executor::SsaExecutor::new(client, "cuebe-tenant")
+    ///     .allow_cluster_scoped(["ClusterRole.rbac.authorization.k8s.io"]);
+    /// # }
+    /// ```
+    pub fn allow_cluster_scoped(
+        mut self,
+        kinds: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
+        self.cluster_scoped_allowed = kinds.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Replaces the fleet prune guard (by default 50 instances may prune per 10 minutes; see
+    /// [`FleetPruneGuard`]). Share one guard between executors of the same abstraction.
+    ///
+    /// ```no_run
+    /// # fn f(client: kube::Client) {
+    /// use std::sync::{Arc, Mutex};
+    /// use std::time::Duration;
+    /// use cuebe::executor::{FleetPruneGuard, SsaExecutor};
+    /// let guard = Arc::new(Mutex::new(FleetPruneGuard::new(200, Duration::from_secs(300))));
+    /// let executor = SsaExecutor::new(client, "cuebe-example").with_fleet_prune_guard(guard);
+    /// # }
+    /// ```
+    pub fn with_fleet_prune_guard(mut self, guard: Arc<std::sync::Mutex<FleetPruneGuard>>) -> Self {
+        self.fleet_prune_guard = guard;
+        self
+    }
+
+    /// The fleet prune guard this executor consults (the operator's metrics read it).
+    pub fn fleet_prune_guard(&self) -> Arc<std::sync::Mutex<FleetPruneGuard>> {
+        self.fleet_prune_guard.clone()
     }
 
     /// Replaces the readiness semantics.
@@ -255,6 +305,16 @@ impl SsaExecutor {
         kind: &str,
         namespace: &str,
     ) -> Result<Api<DynamicObject>, ExecuteError> {
+        Ok(self.resolve(api_version, kind, namespace).await?.0)
+    }
+
+    /// The API of a kind, and whether it is namespaced.
+    async fn resolve(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: &str,
+    ) -> Result<(Api<DynamicObject>, bool), ExecuteError> {
         let found = self
             .discovery
             .resource(&self.client, api_version, kind)
@@ -270,10 +330,79 @@ impl SsaExecutor {
             });
         };
         Ok(if namespaced {
-            Api::namespaced_with(self.client.clone(), namespace, &ar)
+            (
+                Api::namespaced_with(self.client.clone(), namespace, &ar),
+                true,
+            )
         } else {
-            Api::all_with(self.client.clone(), &ar)
+            (Api::all_with(self.client.clone(), &ar), false)
         })
+    }
+
+    /// Before a pass writes anything: the nodes whose kind this instance may not write — a
+    /// cluster-scoped kind the abstraction does not allow, or a verb the operator's RBAC
+    /// lacks — each Blocked with the reason. Kinds discovery cannot resolve are left to the
+    /// apply, which reports them.
+    async fn preflight(&self, instance: &Instance, plan: &Plan) -> BTreeMap<String, NodeStatus> {
+        let mut verdicts: BTreeMap<(String, String), Option<String>> = BTreeMap::new();
+        let mut refused = BTreeMap::new();
+        for node in &plan.graph().nodes {
+            let Some(object) = node.object.as_ref().filter(|_| !node.is_pending()) else {
+                continue;
+            };
+            let (api_version, kind, _) = identity_of(object);
+            let key = (api_version.clone(), kind.clone());
+            if !verdicts.contains_key(&key) {
+                let verdict = self.kind_refusal(instance, &api_version, &kind).await;
+                verdicts.insert(key.clone(), verdict);
+            }
+            if let Some(Some(message)) = verdicts.get(&key) {
+                refused.insert(
+                    node.id.clone(),
+                    NodeStatus::blocked(message.clone(), Some("not written".into())),
+                );
+            }
+        }
+        refused
+    }
+
+    async fn kind_refusal(
+        &self,
+        instance: &Instance,
+        api_version: &str,
+        kind: &str,
+    ) -> Option<String> {
+        let (ar, namespaced) = self
+            .discovery
+            .resource(&self.client, api_version, kind)
+            .await
+            .ok()
+            .flatten()?;
+        if !namespaced
+            && let Some(refusal) =
+                cluster_scope_refusal(&ar.group, kind, &self.cluster_scoped_allowed)
+        {
+            return Some(refusal);
+        }
+        let namespace = namespaced.then_some(instance.namespace.as_str());
+        let verb = self
+            .access
+            .missing(&ar.group, &ar.plural, namespace)
+            .await?;
+        let resource = if ar.group.is_empty() {
+            ar.plural.clone()
+        } else {
+            format!("{}.{}", ar.plural, ar.group)
+        };
+        let place = match namespace {
+            Some(ns) => format!("in namespace {ns}"),
+            None => "cluster-wide".into(),
+        };
+        Some(format!(
+            "forbidden: the operator may not {verb} {resource} {place} (a SelfSubjectAccessReview \
+             said no); grant it to the operator's service account (its ClusterRole); nothing of \
+             the graph was written"
+        ))
     }
 
     async fn read_live(&self, entry: &InventoryEntry) -> Result<Option<Value>, ExecuteError> {
@@ -298,6 +427,11 @@ impl SsaExecutor {
         now: Timestamp,
     ) -> Outcome {
         let mut pass = Pass::start(plan, &previous.inventory);
+        let refused = self.preflight(instance, plan).await;
+        if !refused.is_empty() {
+            pass.refuse(refused);
+            return pass.finish();
+        }
         loop {
             let frontier = pass.frontier();
             if frontier.is_empty() {
@@ -320,13 +454,56 @@ impl SsaExecutor {
         }
         pass.close();
         let ids: Vec<&str> = plan.graph().nodes.iter().map(|n| n.id.as_str()).collect();
-        let prune = prune_plan(&ids, &previous.inventory, |id| {
-            pass.nodes().get(id).map(|s| s.phase)
-        });
+        let prune = prune_plan(
+            &ids,
+            &previous.inventory,
+            |id| pass.nodes().get(id).map(|s| s.phase),
+            &PruneThreshold::of(instance),
+        );
+        if let Some(message) = prune.guarded {
+            tracing::warn!(instance = %instance.name, namespace = %instance.namespace, %message, "prune guard: nothing pruned");
+            pass.prune_guarded(message);
+            return pass.into_outcome();
+        }
         if let Some(reason) = &prune.held_back {
             tracing::debug!(instance = %instance.name, %reason, "pruning held back");
         }
+        let deletes = prune
+            .entries
+            .iter()
+            .any(|(_, policy)| *policy == DeletionPolicy::Delete);
+        if deletes {
+            let key = format!("{}/{}", instance.namespace, instance.name);
+            let admitted = self
+                .fleet_prune_guard
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .admit(&key, now);
+            if let Err(message) = admitted {
+                tracing::warn!(instance = %instance.name, namespace = %instance.namespace, %message, "fleet prune guard: pruning paused");
+                pass.prune_paused(message);
+                return pass.into_outcome();
+            }
+        }
         for (entry, policy) in prune.entries {
+            match self.read_live(&entry).await {
+                Ok(Some(live)) => {
+                    if let Some(owner) = foreign_owner(&live, instance) {
+                        tracing::warn!(kind = %entry.kind, name = %entry.name, %owner,
+                            "left the graph and is managed by another instance; released, not deleted");
+                        pass.pruned(&entry, None);
+                        continue;
+                    }
+                }
+                Ok(None) => {
+                    pass.pruned(&entry, None);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(node = %entry.node_id, error = %e, "prune failed; will retry");
+                    continue;
+                }
+            }
             match self.remove(&entry, policy).await {
                 Ok(wrote) => pass.pruned(
                     &entry,
@@ -358,9 +535,11 @@ impl SsaExecutor {
             return error("no object (pending)".into());
         };
         let (api_version, kind, name) = identity_of(&object);
-        stamp_labels(&mut object, instance);
-        let api = match self.api_for(&api_version, &kind, &instance.namespace).await {
-            Ok(api) => api,
+        let api = match self.resolve(&api_version, &kind, &instance.namespace).await {
+            Ok((api, namespaced)) => {
+                stamp_labels(&mut object, instance, namespaced);
+                api
+            }
             Err(e) => return error(e.to_string()),
         };
         let hash = object_hash(&object);
@@ -377,6 +556,23 @@ impl SsaExecutor {
         } else {
             None
         };
+        if let Some(owner) = existing
+            .as_ref()
+            .and_then(|live| foreign_owner(live, instance))
+        {
+            // Never take an object from another instance, recorded or not: two instances whose
+            // modules render one name would otherwise overwrite each other on every pass.
+            return NodeResult::unwritten(
+                NodeStatus::blocked(
+                    format!(
+                        "{kind} {name} is managed by {owner} (its {INSTANCE_LABEL} and {KIND_LABEL} \
+                         labels): two instances render the same object; rename one of them"
+                    ),
+                    Some("not written: another instance owns it".into()),
+                ),
+                entry,
+            );
+        }
         let existing_meta = existing.as_ref().map(LiveMeta::of);
         let unchanged = is_unchanged(entry.as_ref(), existing_meta.as_ref(), &hash);
         let mut adopted = false;
@@ -516,10 +712,10 @@ impl SsaExecutor {
     ) -> Result<Preview, ExecuteError> {
         let mut object = object.clone();
         let (api_version, kind, name) = identity_of(&object);
-        stamp_labels(&mut object, instance);
-        let api = self
-            .api_for(&api_version, &kind, &instance.namespace)
+        let (api, namespaced) = self
+            .resolve(&api_version, &kind, &instance.namespace)
             .await?;
+        stamp_labels(&mut object, instance, namespaced);
         let live = api
             .get_opt(&name)
             .await
@@ -589,6 +785,7 @@ impl SsaExecutor {
 
     async fn remove_all(
         &self,
+        instance: &Instance,
         inventory: &[InventoryEntry],
         policy: DeletionPolicy,
     ) -> Result<bool, ExecuteError> {
@@ -609,6 +806,12 @@ impl SsaExecutor {
                                 "replaced by an object this instance did not create; released, not deleted");
                             continue;
                         }
+                        if let Some(owner) = foreign_owner(&live, instance) {
+                            // Another instance wrote it since (a name both render): theirs now.
+                            tracing::warn!(kind = %entry.kind, name = %entry.name, %owner,
+                                "managed by another instance; released, not deleted");
+                            continue;
+                        }
                         self.remove(entry, DeletionPolicy::Delete).await?;
                         all_gone = false;
                         // Wave by wave: wait for this object before the ones it depends on.
@@ -622,7 +825,11 @@ impl SsaExecutor {
                         .as_ref()
                         .and_then(|l| l.pointer("/metadata/uid"))
                         .and_then(Value::as_str);
-                    if live.is_some() && (entry.uid.is_empty() || uid == Some(entry.uid.as_str())) {
+                    let foreign = live.as_ref().and_then(|l| foreign_owner(l, instance));
+                    if live.is_some()
+                        && foreign.is_none()
+                        && (entry.uid.is_empty() || uid == Some(entry.uid.as_str()))
+                    {
                         self.remove(entry, DeletionPolicy::Orphan).await?;
                     }
                 }
@@ -650,10 +857,11 @@ impl Executor for SsaExecutor {
 
     async fn teardown(
         &self,
+        instance: &Instance,
         inventory: &[InventoryEntry],
         policy: DeletionPolicy,
     ) -> Result<bool, ExecuteError> {
-        self.remove_all(inventory, policy).await
+        self.remove_all(instance, inventory, policy).await
     }
 
     async fn labelled(
@@ -733,7 +941,7 @@ fn identity_of(object: &Value) -> (String, String, String) {
 }
 
 /// Puts the instance labels on an object, as every apply does (they drive the child watches).
-fn stamp_labels(object: &mut Value, instance: &Instance) {
+fn stamp_labels(object: &mut Value, instance: &Instance, namespaced: bool) {
     if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
         let labels = meta
             .entry("labels")
@@ -741,6 +949,12 @@ fn stamp_labels(object: &mut Value, instance: &Instance) {
         if let Some(labels) = labels.as_object_mut() {
             labels.insert(INSTANCE_LABEL.into(), Value::String(instance.name.clone()));
             labels.insert(KIND_LABEL.into(), Value::String(instance.kind.clone()));
+            if !namespaced {
+                labels.insert(
+                    NAMESPACE_LABEL.into(),
+                    Value::String(instance.namespace.clone()),
+                );
+            }
         }
     }
 }

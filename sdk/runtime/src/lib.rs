@@ -18,6 +18,7 @@
 #![warn(missing_docs)]
 
 pub mod abstraction;
+pub mod access;
 pub mod controller;
 pub mod discovery;
 pub mod executor;

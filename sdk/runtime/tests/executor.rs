@@ -297,7 +297,8 @@ async fn the_configmap_inventory_round_trips_and_leaves_the_status_empty() {
     let loaded = inventory.load(&instance, &status).await.unwrap();
     assert_eq!(loaded, out.inventory);
 
-    // Pruning works from the loaded inventory: an empty graph deletes the object.
+    // Pruning works from the loaded inventory: an empty graph deletes the object — once the
+    // prune guard is told that losing every object is intended.
     let empty = Graph {
         nodes: vec![],
         ..g.clone()
@@ -306,6 +307,26 @@ async fn the_configmap_inventory_round_trips_and_leaves_the_status_empty() {
         inventory: loaded,
         ..Default::default()
     };
+    let guarded = executor
+        .execute(
+            &instance,
+            &plan_of(&empty, &instance),
+            &previous,
+            Timestamp::now(),
+        )
+        .await;
+    assert_eq!(guarded.inventory, previous.inventory, "the guard holds");
+    let message = guarded.prune_guard.unwrap_or_default();
+    assert!(
+        message.contains("delete 1 of the 1 objects of the instance (ConfigMap settings)"),
+        "{message}"
+    );
+    assert!(cm.get_opt("settings").await.unwrap().is_some());
+    let mut instance = instance.clone();
+    instance.annotations.insert(
+        cuebe::instance::PRUNE_THRESHOLD_ANNOTATION.into(),
+        "100".into(),
+    );
     let pruned = executor
         .execute(
             &instance,
@@ -367,7 +388,7 @@ async fn a_node_that_asks_to_be_orphaned_outlives_its_instance_and_its_node() {
     assert!(labelled(&cms.get("kept").await.unwrap()));
     let mut rounds = 0;
     while !executor
-        .teardown(&status.inventory, DeletionPolicy::Delete)
+        .teardown(&instance(&ns), &status.inventory, DeletionPolicy::Delete)
         .await
         .unwrap()
     {
@@ -553,7 +574,11 @@ async fn teardown_completes_when_someone_replaced_an_object_and_leaves_the_repla
     // UID-preconditioned delete would be refused (409) at every attempt.
     let done = tokio::time::timeout(
         std::time::Duration::from_secs(10),
-        executor.teardown(&first.inventory, cuebe::graph::DeletionPolicy::Delete),
+        executor.teardown(
+            &instance(&ns),
+            &first.inventory,
+            cuebe::graph::DeletionPolicy::Delete,
+        ),
     )
     .await
     .expect("teardown returns")
@@ -565,4 +590,259 @@ async fn teardown_completes_when_someone_replaced_an_object_and_leaves_the_repla
     let still = cms.get("settings").await.unwrap();
     assert_eq!(still.metadata.uid, replacement.metadata.uid);
     assert_eq!(still.data.unwrap()["owner"], "them");
+}
+
+/// A graph of one ConfigMap per `(node id, object name, data)`, in order.
+fn config_maps(ns: &str, maps: &[(&str, &str, &str)]) -> Graph {
+    let mut g = graph(ns, ConflictPolicy::Fail);
+    let template = g.nodes[0].clone();
+    g.nodes = maps
+        .iter()
+        .map(|(id, name, value)| Node {
+            id: id.to_string(),
+            object: Some(json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": name, "namespace": ns}, "data": {"value": value}})),
+            ..template.clone()
+        })
+        .collect();
+    g
+}
+
+async fn execute_as(
+    executor: &SsaExecutor,
+    instance: &Instance,
+    g: &Graph,
+    previous: &AbstractionStatus,
+) -> (AbstractionStatus, usize) {
+    let out = executor
+        .execute(instance, &plan_of(g, instance), previous, Timestamp::now())
+        .await;
+    let writes = out.writes;
+    (
+        AbstractionStatus {
+            nodes: out.nodes,
+            inventory: out.inventory,
+            ..Default::default()
+        },
+        writes,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_instances_rendering_one_object_do_not_fight_and_neither_deletes_the_others() {
+    let cluster = TestCluster::start(ClusterOptions::api_only())
+        .await
+        .unwrap();
+    let client = cluster.client();
+    let ns = cluster.namespace("collide").await.unwrap();
+    let executor = SsaExecutor::new(client.clone(), "cuebe-test");
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let a = Instance {
+        name: "a".into(),
+        ..instance(&ns)
+    };
+    // b even asks to adopt it: another instance's object is never adopted.
+    let b = Instance {
+        name: "b".into(),
+        adopt: vec![cuebe::instance::AdoptRef {
+            api_version: "v1".into(),
+            kind: "ConfigMap".into(),
+            name: "shared".into(),
+        }],
+        ..instance(&ns)
+    };
+    let graph_a = config_maps(&ns, &[("config", "shared", "from-a")]);
+    let graph_b = config_maps(&ns, &[("config", "shared", "from-b")]);
+
+    let (mut status_a, _) =
+        execute_as(&executor, &a, &graph_a, &AbstractionStatus::default()).await;
+    assert_eq!(
+        status_a.nodes["config"].phase,
+        NodePhase::Ready,
+        "{status_a:?}"
+    );
+    let (mut status_b, _) =
+        execute_as(&executor, &b, &graph_b, &AbstractionStatus::default()).await;
+    let blocked = &status_b.nodes["config"];
+    assert_eq!(blocked.phase, NodePhase::Blocked, "{status_b:?}");
+    let message = blocked.last_error.clone().unwrap_or_default();
+    assert!(message.contains("managed by Test a"), "{message}");
+
+    // Pass after pass, nobody writes: the object keeps a's data and its resourceVersion.
+    let before = cms.get("shared").await.unwrap();
+    for round in 0..3 {
+        let (next_a, writes_a) = execute_as(&executor, &a, &graph_a, &status_a).await;
+        let (next_b, writes_b) = execute_as(&executor, &b, &graph_b, &status_b).await;
+        assert_eq!((writes_a, writes_b), (0, 0), "round {round}");
+        assert_eq!(next_b.nodes["config"].phase, NodePhase::Blocked);
+        (status_a, status_b) = (next_a, next_b);
+    }
+    let after = cms.get("shared").await.unwrap();
+    assert_eq!(
+        after.metadata.resource_version,
+        before.metadata.resource_version
+    );
+    assert_eq!(after.data.unwrap()["value"], "from-a");
+
+    // Had both recorded it (two creates racing), deleting b still leaves a's object alone.
+    let mut raced = status_a.inventory.clone();
+    raced[0].node_id = "config".into();
+    let done = executor
+        .teardown(&b, &raced, cuebe::graph::DeletionPolicy::Delete)
+        .await
+        .unwrap();
+    assert!(done);
+    assert_eq!(
+        cms.get("shared").await.unwrap().metadata.uid,
+        before.metadata.uid,
+        "b's teardown released a's object instead of deleting it"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cluster_scoped_kind_is_refused_before_anything_is_written_unless_allowed() {
+    let cluster = TestCluster::start(ClusterOptions::api_only())
+        .await
+        .unwrap();
+    let client = cluster.client();
+    let ns = cluster.namespace("scope").await.unwrap();
+    let tenant_ns = format!("{ns}-made");
+    let mut g = config_maps(&ns, &[("config", "settings", "x")]);
+    let mut namespace_node = g.nodes[0].clone();
+    namespace_node.id = "namespace".into();
+    namespace_node.object =
+        Some(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": tenant_ns}}));
+    g.nodes.push(namespace_node);
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+
+    let strict = SsaExecutor::new(client.clone(), "cuebe-test");
+    let refused = pass(&strict, &ns, &g, &AbstractionStatus::default()).await;
+    let node = &refused.nodes["namespace"];
+    assert_eq!(node.phase, NodePhase::Blocked, "{refused:?}");
+    assert!(
+        node.last_error
+            .as_deref()
+            .is_some_and(|m| m.contains("Namespace is cluster-scoped")),
+        "{node:?}"
+    );
+    assert_eq!(refused.nodes["config"].phase, NodePhase::Pending);
+    assert!(
+        cms.get_opt("settings").await.unwrap().is_none(),
+        "nothing of the graph is written"
+    );
+    assert!(namespaces.get_opt(&tenant_ns).await.unwrap().is_none());
+
+    let allowing =
+        SsaExecutor::new(client.clone(), "cuebe-test").allow_cluster_scoped(["Namespace"]);
+    let applied = pass(&allowing, &ns, &g, &AbstractionStatus::default()).await;
+    assert_eq!(
+        applied.nodes["namespace"].phase,
+        NodePhase::Ready,
+        "{applied:?}"
+    );
+    let made = namespaces.get(&tenant_ns).await.unwrap();
+    let labels = made.metadata.labels.unwrap_or_default();
+    assert_eq!(
+        labels
+            .get(cuebe::executor::NAMESPACE_LABEL)
+            .map(String::as_str),
+        Some(ns.as_str()),
+        "a cluster-scoped object names its instance's namespace"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_permission_blocks_its_node_before_any_object_is_written() {
+    use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+    let cluster = TestCluster::start(ClusterOptions::api_only())
+        .await
+        .unwrap();
+    let admin = cluster.client();
+    let ns = cluster.namespace("rbac").await.unwrap();
+    // The operator's account may do everything with ConfigMaps here, nothing with Secrets.
+    let rule = |resource: &str| PolicyRule {
+        api_groups: Some(vec![String::new()]),
+        resources: Some(vec![resource.into()]),
+        verbs: ["get", "list", "watch", "create", "patch", "delete"]
+            .map(String::from)
+            .to_vec(),
+        ..Default::default()
+    };
+    let grant = |resources: &[&str]| Role {
+        metadata: kube::api::ObjectMeta {
+            name: Some("operator".into()),
+            ..Default::default()
+        },
+        rules: Some(resources.iter().map(|r| rule(r)).collect()),
+    };
+    let roles: Api<Role> = Api::namespaced(admin.clone(), &ns);
+    roles
+        .create(&Default::default(), &grant(&["configmaps"]))
+        .await
+        .unwrap();
+    let bindings: Api<RoleBinding> = Api::namespaced(admin.clone(), &ns);
+    let binding = RoleBinding {
+        metadata: kube::api::ObjectMeta {
+            name: Some("operator".into()),
+            ..Default::default()
+        },
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            kind: "Role".into(),
+            name: "operator".into(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "User".into(),
+            name: "tenant-operator".into(),
+            ..Default::default()
+        }]),
+    };
+    bindings
+        .create(&Default::default(), &binding)
+        .await
+        .unwrap();
+    let operator = cluster.impersonating_client("tenant-operator", &["system:authenticated"]);
+
+    let mut g = config_maps(&ns, &[("config", "settings", "x")]);
+    let mut secret = g.nodes[0].clone();
+    secret.id = "secret".into();
+    secret.object = Some(json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "token", "namespace": ns}, "stringData": {"token": "t"}}));
+    g.nodes.push(secret);
+
+    let executor = SsaExecutor::new(operator.clone(), "cuebe-test");
+    let refused = pass(&executor, &ns, &g, &AbstractionStatus::default()).await;
+    let node = &refused.nodes["secret"];
+    assert_eq!(node.phase, NodePhase::Blocked, "{refused:?}");
+    let message = node.last_error.clone().unwrap_or_default();
+    assert!(
+        message.contains(&format!("may not get secrets in namespace {ns}")),
+        "the verb, resource and namespace: {message}"
+    );
+    assert_eq!(refused.nodes["config"].phase, NodePhase::Pending);
+    let cms: Api<ConfigMap> = Api::namespaced(admin.clone(), &ns);
+    assert!(
+        cms.get_opt("settings").await.unwrap().is_none(),
+        "nothing of the graph is written, not even what was allowed"
+    );
+
+    // Once the permission is granted, the graph is applied (a fresh operator: refusals are
+    // cached for 30 s).
+    roles
+        .replace(
+            "operator",
+            &Default::default(),
+            &grant(&["configmaps", "secrets"]),
+        )
+        .await
+        .unwrap();
+    let executor = SsaExecutor::new(operator, "cuebe-test");
+    let applied = pass(&executor, &ns, &g, &AbstractionStatus::default()).await;
+    assert_eq!(
+        applied.nodes["secret"].phase,
+        NodePhase::Ready,
+        "{applied:?}"
+    );
+    assert!(cms.get_opt("settings").await.unwrap().is_some());
 }

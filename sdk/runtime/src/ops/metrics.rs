@@ -124,6 +124,8 @@ struct StateLabels {
 /// | `cuebe_instances{state}` | gauge | instances by [`InstanceState`] |
 /// | `cuebe_controller_restarts_total` | counter | restarts because the cluster's APIs changed |
 /// | `cuebe_leader` | gauge | 1 while this replica reconciles, 0 while it stands by |
+/// | `cuebe_prune_paused` | gauge | 1 while the fleet prune guard holds instances back (see [`crate::executor::FleetPruneGuard`]) |
+/// | `cuebe_prune_held_total` | counter | prune attempts the fleet prune guard held back |
 ///
 /// ```
 /// use cuebe::ops::metrics::OperatorMetrics;
@@ -217,6 +219,26 @@ impl OperatorMetrics {
             watching: AtomicBool::new(false),
             standing_by: AtomicBool::new(false),
         }
+    }
+
+    /// Reports the fleet prune guard's state at each scrape (`cuebe_prune_paused`,
+    /// `cuebe_prune_held_total`).
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use cuebe::executor::FleetPruneGuard;
+    /// use cuebe::ops::metrics::OperatorMetrics;
+    /// let guard = Arc::new(Mutex::new(FleetPruneGuard::default()));
+    /// let metrics = OperatorMetrics::new("WebService", None).with_fleet_prune_guard(guard);
+    /// assert!(metrics.encode().unwrap().contains("cuebe_prune_paused{kind=\"WebService\"} 0"));
+    /// ```
+    pub fn with_fleet_prune_guard(
+        mut self,
+        guard: Arc<Mutex<crate::executor::FleetPruneGuard>>,
+    ) -> Self {
+        self.registry
+            .register_collector(Box::new(FleetPruneCollector(guard)));
+        self
     }
 
     /// Records one reconcile.
@@ -346,6 +368,41 @@ impl Collector for RenderCacheCollector {
             abandoned.metric_type(),
         )?;
         abandoned.encode(metric)
+    }
+}
+
+/// Reads the fleet prune guard at each scrape.
+#[derive(Debug)]
+struct FleetPruneCollector(Arc<Mutex<crate::executor::FleetPruneGuard>>);
+
+impl Collector for FleetPruneCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let (paused, held) = {
+            let guard = self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            (
+                guard.paused(cuebe_core::clock::Timestamp::now()),
+                guard.held_total(),
+            )
+        };
+        let gauge = ConstGauge::new(i64::from(paused));
+        let metric = encoder.encode_descriptor(
+            "prune_paused",
+            "1 while the fleet prune guard holds instances' pruning back (many instances losing objects at once)",
+            None,
+            gauge.metric_type(),
+        )?;
+        gauge.encode(metric)?;
+        let counter = ConstCounter::new(held);
+        let metric = encoder.encode_descriptor(
+            "prune_held",
+            "Prune attempts the fleet prune guard held back",
+            None,
+            counter.metric_type(),
+        )?;
+        counter.encode(metric)
     }
 }
 

@@ -1,0 +1,151 @@
+//! What the operator may do, asked of the API server before a pass writes anything.
+//!
+//! A pass that meets a missing permission halfway (a Forbidden on the fifth object of a graph)
+//! leaves the instance half-applied. [`AccessReviews`] asks first, with
+//! `SelfSubjectAccessReview`s, whether the operator may `get`, `create`, `patch`, `list` and
+//! `delete` each
+//! kind a graph renders in the instance's namespace; a refused kind is a Blocked node naming the
+//! verb, resource and namespace, and nothing of the graph is written
+//! ([`cuebe_core::plan::Pass::refuse`]).
+//!
+//! Answers are cached: a permission granted cluster-wide (a ClusterRole binding, the usual
+//! install) is asked once per kind and verb, not once per namespace, and kept for
+//! [`ALLOWED_TTL`]; a refusal is kept for [`DENIED_TTL`], so a fixed RBAC takes effect soon.
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+};
+use kube::Client;
+use kube::api::{Api, PostParams};
+
+/// How long a granted permission is trusted without asking again.
+pub const ALLOWED_TTL: Duration = Duration::from_secs(600);
+/// How long a refusal is trusted: short, so granting the permission unblocks instances soon.
+pub const DENIED_TTL: Duration = Duration::from_secs(30);
+
+/// The verbs a pass and its teardown need on every kind it renders: read the live object,
+/// Server-Side Apply it (`patch`, and `create` when the apply creates it: the API server
+/// checks both), find what it wrote by label, and delete or release it.
+pub const NEEDED_VERBS: [&str; 5] = ["get", "create", "patch", "list", "delete"];
+
+/// (verb, group, resource, namespace; "" for cluster-wide).
+type Key = (String, String, String, String);
+
+/// Cached `SelfSubjectAccessReview` answers for the operator's own identity. Cheap to clone.
+///
+/// ```no_run
+/// # async fn f(client: kube::Client) {
+/// let reviews = cuebe::access::AccessReviews::new(client);
+/// let missing = reviews.missing("apps", "deployments", Some("shop")).await;
+/// if let Some(verb) = missing {
+///     eprintln!("may not {verb} deployments.apps in namespace shop");
+/// }
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct AccessReviews {
+    client: Client,
+    answers: Arc<Mutex<HashMap<Key, (bool, Instant)>>>,
+}
+
+impl std::fmt::Debug for AccessReviews {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessReviews").finish_non_exhaustive()
+    }
+}
+
+impl AccessReviews {
+    /// Reviews asked with `client`'s identity.
+    pub fn new(client: Client) -> Self {
+        Self {
+            client,
+            answers: Arc::default(),
+        }
+    }
+
+    /// The first of [`NEEDED_VERBS`] the operator may not use on `resource` of `group` in
+    /// `namespace` (`None` for a cluster-scoped resource), or `None` when it may use them all.
+    /// A review that cannot be asked (the API server is unreachable) counts as allowed: the
+    /// write that follows reports the real error.
+    pub async fn missing(
+        &self,
+        group: &str,
+        resource: &str,
+        namespace: Option<&str>,
+    ) -> Option<&'static str> {
+        for verb in NEEDED_VERBS {
+            if !self.allowed(verb, group, resource, namespace).await {
+                return Some(verb);
+            }
+        }
+        None
+    }
+
+    /// Whether the operator may `verb` `resource` of `group` in `namespace`: granted
+    /// cluster-wide, or else in that namespace.
+    pub async fn allowed(
+        &self,
+        verb: &str,
+        group: &str,
+        resource: &str,
+        namespace: Option<&str>,
+    ) -> bool {
+        if self.ask(verb, group, resource, None).await {
+            return true;
+        }
+        match namespace {
+            Some(ns) => self.ask(verb, group, resource, Some(ns)).await,
+            None => false,
+        }
+    }
+
+    async fn ask(&self, verb: &str, group: &str, resource: &str, namespace: Option<&str>) -> bool {
+        let key: Key = (
+            verb.into(),
+            group.into(),
+            resource.into(),
+            namespace.unwrap_or_default().into(),
+        );
+        if let Some(&(allowed, at)) = self
+            .answers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+        {
+            let ttl = if allowed { ALLOWED_TTL } else { DENIED_TTL };
+            if at.elapsed() < ttl {
+                return allowed;
+            }
+        }
+        let review = SelfSubjectAccessReview {
+            spec: SelfSubjectAccessReviewSpec {
+                resource_attributes: Some(ResourceAttributes {
+                    verb: Some(verb.into()),
+                    group: Some(group.into()),
+                    resource: Some(resource.into()),
+                    namespace: namespace.map(str::to_string),
+                    ..ResourceAttributes::default()
+                }),
+                ..SelfSubjectAccessReviewSpec::default()
+            },
+            ..SelfSubjectAccessReview::default()
+        };
+        let api: Api<SelfSubjectAccessReview> = Api::all(self.client.clone());
+        let allowed = match api.create(&PostParams::default(), &review).await {
+            Ok(answer) => answer.status.is_some_and(|s| s.allowed),
+            Err(e) => {
+                tracing::debug!(%verb, %group, %resource, error = %e,
+                    "access review failed; the write will tell");
+                return true;
+            }
+        };
+        self.answers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key, (allowed, Instant::now()));
+        allowed
+    }
+}
