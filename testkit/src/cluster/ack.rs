@@ -41,6 +41,9 @@ impl Default for AckStandInOptions {
 pub const TERMINAL_MESSAGE: &str =
     "AccessDenied: the ACK stand-in was told to fail this resource (cuebe-testkit)";
 
+/// How many times the stand-in tries to write a status before it gives up (one second apart).
+const REPORT_ATTEMPTS: u32 = 120;
+
 /// A running stand-in; aborted when dropped.
 #[derive(Debug)]
 pub struct AckStandIn {
@@ -112,8 +115,21 @@ async fn run(client: Client, kind: &'static str, options: AckStandInOptions) {
         let ar = ar.clone();
         tokio::spawn(async move {
             tokio::time::sleep(options.delay).await;
-            if let Err(e) = report(client, &ar, kind, &obj, &options).await {
-                tracing::warn!(kind, name = ?obj.metadata.name, error = %e, "ACK stand-in could not write status");
+            // A write that fails (the API server or etcd restarting under a chaos test) is
+            // tried again: the watch may not show the object again, and ACK itself retries.
+            for attempt in 1..=REPORT_ATTEMPTS {
+                match report(client.clone(), &ar, kind, &obj, &options).await {
+                    Ok(()) => return,
+                    // Gone meanwhile: nothing to report on.
+                    Err(kube::Error::Api(e)) if e.code == 404 => return,
+                    Err(e) if attempt == REPORT_ATTEMPTS => {
+                        tracing::warn!(kind, name = ?obj.metadata.name, error = %e, "ACK stand-in could not write status");
+                    }
+                    Err(e) => {
+                        tracing::debug!(kind, name = ?obj.metadata.name, error = %e, attempt, "ACK stand-in could not write status; trying again");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
             }
         });
     }

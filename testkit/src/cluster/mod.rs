@@ -88,6 +88,13 @@ pub enum ClusterError {
         /// The last lines of the log.
         tail: String,
     },
+    /// A component that this cluster never started (say kube-scheduler, with
+    /// [`ClusterOptions::api_only`]) was asked to stop or start.
+    #[error("{component} was not started with this cluster")]
+    NotStarted {
+        /// Which component.
+        component: String,
+    },
     /// A component exited. Its log tail is included.
     #[error("{component} exited ({status}); last lines of its log ({log}):\n{tail}")]
     ComponentDied {
@@ -236,49 +243,89 @@ pub fn gateway_api_crds() -> Vec<PathBuf> {
     crd_files(shared_dir().join("crds/gateway-api"))
 }
 
-/// The processes of a cluster, in start order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+/// One process of the control plane, in start order. A test stops and starts one with
+/// [`TestCluster::stop_component`], [`TestCluster::start_component`] and
+/// [`TestCluster::restart_component`].
+///
+/// ```
+/// use cuebe_testkit::cluster::Component;
+/// assert_eq!(Component::ApiServer.name(), "kube-apiserver");
+/// assert_eq!(Component::ALL.len(), 5);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Component {
+    /// etcd, the store (its data directory is kept across a restart).
     Etcd,
+    /// kube-apiserver.
     ApiServer,
+    /// kube-controller-manager (only with [`ClusterOptions::controllers`]).
     ControllerManager,
+    /// kube-scheduler (only with [`ClusterOptions::controllers`]).
     Scheduler,
+    /// kwok, which plays the kubelet of the fake Node (only with [`ClusterOptions::controllers`]).
     Kwok,
 }
 
-impl Kind {
-    fn name(self) -> &'static str {
+impl Component {
+    /// Every component, in start order.
+    ///
+    /// ```
+    /// use cuebe_testkit::cluster::Component;
+    /// assert_eq!(Component::ALL.first(), Some(&Component::Etcd));
+    /// ```
+    pub const ALL: [Component; 5] = [
+        Component::Etcd,
+        Component::ApiServer,
+        Component::ControllerManager,
+        Component::Scheduler,
+        Component::Kwok,
+    ];
+
+    /// The binary's name, which also names its log (`<name>.log` in the working directory).
+    ///
+    /// ```
+    /// assert_eq!(cuebe_testkit::cluster::Component::Etcd.name(), "etcd");
+    /// ```
+    pub fn name(self) -> &'static str {
         match self {
-            Kind::Etcd => "etcd",
-            Kind::ApiServer => "kube-apiserver",
-            Kind::ControllerManager => "kube-controller-manager",
-            Kind::Scheduler => "kube-scheduler",
-            Kind::Kwok => "kwok",
+            Component::Etcd => "etcd",
+            Component::ApiServer => "kube-apiserver",
+            Component::ControllerManager => "kube-controller-manager",
+            Component::Scheduler => "kube-scheduler",
+            Component::Kwok => "kwok",
         }
     }
 
     /// The listeners it binds, by the names a [`PortPicker`] is called with.
     fn port_names(self) -> &'static [&'static str] {
         match self {
-            Kind::Etcd => &["etcd", "etcd-peer"],
-            Kind::ApiServer => &["kube-apiserver"],
-            Kind::ControllerManager => &["kube-controller-manager"],
-            Kind::Scheduler => &["kube-scheduler"],
-            Kind::Kwok => &["kwok"],
+            Component::Etcd => &["etcd", "etcd-peer"],
+            Component::ApiServer => &["kube-apiserver"],
+            Component::ControllerManager => &["kube-controller-manager"],
+            Component::Scheduler => &["kube-scheduler"],
+            Component::Kwok => &["kwok"],
         }
     }
 }
+
+/// How long [`TestCluster::stop_component`] waits after SIGTERM before it sends SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// How long [`TestCluster::start_component`] waits for a component to serve again.
+const RESTART_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// How many times a component is started before a taken port fails the start-up. Each retry
 /// picks new ports, so more than one collision in a row means something hoards ports.
 const MAX_PORT_ATTEMPTS: u32 = 5;
 
-struct Component {
-    kind: Kind,
+struct Process {
+    kind: Component,
     child: Child,
     log: PathBuf,
     /// 1 for the first start, +1 for each restart after its port was taken.
     attempt: u32,
+    /// Stopped on purpose ([`TestCluster::stop_component`]): its exit is not a crash.
+    stopped: bool,
 }
 
 /// The port of each listener, by [`PORT_NAMES`] name.
@@ -293,7 +340,7 @@ impl Ports {
     }
 
     /// Picks (again) the ports of a component's listeners.
-    fn pick(&mut self, picker: &PortPicker, kind: Kind) -> Result<(), ClusterError> {
+    fn pick(&mut self, picker: &PortPicker, kind: Component) -> Result<(), ClusterError> {
         for &name in kind.port_names() {
             let port = picker(name).map_err(|source| ClusterError::Io {
                 what: format!("picking a loopback port for {name}"),
@@ -356,7 +403,7 @@ fn spawn_with_parent_death_signal(cmd: &mut Command) -> std::io::Result<Child> {
     cmd.spawn()
 }
 
-fn spawn(cmd: Command) -> std::io::Result<Child> {
+pub(crate) fn spawn(cmd: Command) -> std::io::Result<Child> {
     let (tx, rx) = mpsc::channel();
     spawner()
         .lock()
@@ -394,7 +441,7 @@ pub struct TestCluster {
     bin: PathBuf,
     kubeconfig: PathBuf,
     config: Config,
-    components: Mutex<Vec<Component>>,
+    components: Mutex<Vec<Process>>,
     startup: Duration,
     server: String,
     pki: Pki,
@@ -456,8 +503,8 @@ impl TestCluster {
             .clone()
             .unwrap_or_else(ports::default_picker);
         let mut ports = Ports::default();
-        ports.pick(&picker, Kind::Etcd)?;
-        ports.pick(&picker, Kind::ApiServer)?;
+        ports.pick(&picker, Component::Etcd)?;
+        ports.pick(&picker, Component::ApiServer)?;
         let server = ports.api_server();
         let kubeconfig = workdir.join("kubeconfig");
         write_kubeconfig(&kubeconfig, &server, &pki)?;
@@ -478,17 +525,21 @@ impl TestCluster {
         // One step at a time, each listening before the next starts: kube-apiserver is given
         // etcd's final port, and the controllers read the kubeconfig only once it names
         // kube-apiserver's final port.
-        cluster.launch(Kind::Etcd)?;
-        cluster.settle(&[Kind::Etcd], deadline).await?;
-        cluster.launch(Kind::ApiServer)?;
-        cluster.settle(&[Kind::ApiServer], deadline).await?;
+        cluster.launch(Component::Etcd)?;
+        cluster.settle(&[Component::Etcd], deadline).await?;
+        cluster.launch(Component::ApiServer)?;
+        cluster.settle(&[Component::ApiServer], deadline).await?;
         cluster.wait_readyz(deadline).await?;
         if let Some(hook) = &options.on_api_ready {
             hook(&kubeconfig);
         }
 
         if options.controllers {
-            let controllers = [Kind::ControllerManager, Kind::Scheduler, Kind::Kwok];
+            let controllers = [
+                Component::ControllerManager,
+                Component::Scheduler,
+                Component::Kwok,
+            ];
             for kind in controllers {
                 cluster.ports.pick(&cluster.picker, kind)?;
                 cluster.launch(kind)?;
@@ -530,13 +581,13 @@ impl TestCluster {
     }
 
     /// The command line of a component, from the current ports.
-    fn args(&self, kind: Kind) -> Vec<String> {
+    fn args(&self, kind: Component) -> Vec<String> {
         let w = |p: &Path| p.display().to_string();
         let port = |name: &str| self.ports.get(name);
         let (workdir, pki) = (&self.workdir, &self.pki);
         let kc = w(&self.kubeconfig);
         match kind {
-            Kind::Etcd => {
+            Component::Etcd => {
                 let (client, peer) = (port("etcd"), port("etcd-peer"));
                 vec![
                     "--name=default".into(),
@@ -550,7 +601,7 @@ impl TestCluster {
                     "--log-level=warn".into(),
                 ]
             }
-            Kind::ApiServer => vec![
+            Component::ApiServer => vec![
                 format!("--etcd-servers=http://127.0.0.1:{}", port("etcd")),
                 "--bind-address=127.0.0.1".into(),
                 "--advertise-address=127.0.0.1".into(),
@@ -584,7 +635,7 @@ impl TestCluster {
                 "--profiling=false".into(),
                 "--v=1".into(),
             ],
-            Kind::ControllerManager => vec![
+            Component::ControllerManager => vec![
                 format!("--kubeconfig={kc}"),
                 format!("--authentication-kubeconfig={kc}"),
                 format!("--authorization-kubeconfig={kc}"),
@@ -601,7 +652,7 @@ impl TestCluster {
                 "--kube-api-qps=200".into(),
                 "--kube-api-burst=400".into(),
             ],
-            Kind::Scheduler => vec![
+            Component::Scheduler => vec![
                 format!("--kubeconfig={kc}"),
                 format!("--authentication-kubeconfig={kc}"),
                 format!("--authorization-kubeconfig={kc}"),
@@ -609,7 +660,7 @@ impl TestCluster {
                 format!("--secure-port={}", port("kube-scheduler")),
                 "--leader-elect=false".into(),
             ],
-            Kind::Kwok => vec![
+            Component::Kwok => vec![
                 format!("--kubeconfig={kc}"),
                 format!("--config={}", w(&self.bin.join("kwok-stages.yaml"))),
                 "--manage-all-nodes=false".into(),
@@ -622,13 +673,25 @@ impl TestCluster {
     }
 
     /// Starts a component (first start: `attempt` 1) with the current ports; its output goes to
-    /// `<name>.log` in the working directory.
-    fn spawn_component(&self, kind: Kind, attempt: u32) -> Result<Component, ClusterError> {
+    /// `<name>.log` in the working directory, appended to it after a deliberate stop (`append`)
+    /// so the log of the run before the restart is kept.
+    fn spawn_component(
+        &self,
+        kind: Component,
+        attempt: u32,
+        append: bool,
+    ) -> Result<Process, ClusterError> {
         let log = self.workdir.join(format!("{}.log", kind.name()));
-        let file = std::fs::File::create(&log).map_err(|source| ClusterError::Io {
-            what: format!("creating {}", log.display()),
-            source,
-        })?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(append)
+            .truncate(!append)
+            .open(&log)
+            .map_err(|source| ClusterError::Io {
+                what: format!("opening {}", log.display()),
+                source,
+            })?;
         let err_file = file.try_clone().map_err(|source| ClusterError::Io {
             what: format!("opening {}", log.display()),
             source,
@@ -644,16 +707,17 @@ impl TestCluster {
             what: format!("starting {}", binary.display()),
             source,
         })?;
-        Ok(Component {
+        Ok(Process {
             kind,
             child,
             log,
             attempt,
+            stopped: false,
         })
     }
 
-    fn launch(&mut self, kind: Kind) -> Result<(), ClusterError> {
-        let component = self.spawn_component(kind, 1)?;
+    fn launch(&mut self, kind: Component) -> Result<(), ClusterError> {
+        let component = self.spawn_component(kind, 1, false)?;
         self.components
             .get_mut()
             .unwrap_or_else(PoisonError::into_inner)
@@ -663,7 +727,7 @@ impl TestCluster {
 
     /// Waits until each of `kinds` listens on its ports, restarting one on new ports when another
     /// process took one of them between the pick and its bind.
-    async fn settle(&mut self, kinds: &[Kind], deadline: Instant) -> Result<(), ClusterError> {
+    async fn settle(&mut self, kinds: &[Component], deadline: Instant) -> Result<(), ClusterError> {
         let started = Instant::now();
         loop {
             let mut waiting = Vec::new();
@@ -692,15 +756,15 @@ impl TestCluster {
 
     /// Whether a component listens on its ports; an error if it exited for another reason than
     /// a taken port.
-    fn listening(&mut self, kind: Kind) -> Result<Listening, ClusterError> {
+    fn listening(&self, kind: Component) -> Result<Listening, ClusterError> {
         let wanted: Vec<u16> = kind
             .port_names()
             .iter()
             .map(|n| self.ports.get(n))
             .collect();
-        let components = self
+        let mut components = self
             .components
-            .get_mut()
+            .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let Some(c) = components.iter_mut().find(|c| c.kind == kind) else {
             return Ok(Listening::NotYet);
@@ -734,7 +798,7 @@ impl TestCluster {
 
     /// Stops a component whose port was taken and starts it again on newly picked ports. The
     /// failed attempt's log is kept as `<name>.port-taken-<attempt>.log`.
-    async fn restart_on_new_ports(&mut self, kind: Kind) -> Result<(), ClusterError> {
+    async fn restart_on_new_ports(&mut self, kind: Component) -> Result<(), ClusterError> {
         let components = self
             .components
             .get_mut()
@@ -781,17 +845,276 @@ impl TestCluster {
             // etcd settles before kube-apiserver starts, so its data holds nothing yet; what a
             // failed start left there would make the next one resume a member with the old
             // peer URL.
-            Kind::Etcd => {
+            Component::Etcd => {
                 let _ = std::fs::remove_dir_all(self.workdir.join("etcd"));
             }
-            Kind::ApiServer => self.point_kubeconfig_at_api_port().await?,
-            Kind::ControllerManager | Kind::Scheduler | Kind::Kwok => {}
+            Component::ApiServer => self.point_kubeconfig_at_api_port().await?,
+            Component::ControllerManager | Component::Scheduler | Component::Kwok => {}
         }
-        let component = self.spawn_component(kind, attempt + 1)?;
+        let component = self.spawn_component(kind, attempt + 1, false)?;
         self.components
             .get_mut()
             .unwrap_or_else(PoisonError::into_inner)[index] = component;
         Ok(())
+    }
+
+    /// Stops one component, keeping its data and ports: SIGTERM, then SIGKILL if it has not
+    /// exited after 10 s. Until [`TestCluster::start_component`] starts it again,
+    /// [`TestCluster::check_alive`] does not report it and [`TestCluster::log_tails`] marks it
+    /// stopped. Stopping a stopped component does nothing.
+    ///
+    /// Use a cluster of your own ([`TestCluster::start`]), not [`TestCluster::shared`]: the other
+    /// tests of the binary share the shared one.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), cuebe_testkit::cluster::ClusterError> {
+    /// use cuebe_testkit::cluster::{ClusterOptions, Component, TestCluster};
+    /// let cluster = TestCluster::start(ClusterOptions::api_only()).await?;
+    /// cluster.stop_component(Component::ApiServer).await?;
+    /// // ... requests fail with "connection refused" ...
+    /// cluster.start_component(Component::ApiServer).await?; // `/readyz` answers again
+    /// # Ok(()) }
+    /// ```
+    pub async fn stop_component(&self, component: Component) -> Result<(), ClusterError> {
+        self.halt(component, libc::SIGTERM, STOP_GRACE).await
+    }
+
+    /// Kills one component with SIGKILL (a crash: no graceful shutdown), keeping its data and
+    /// ports; otherwise as [`TestCluster::stop_component`].
+    ///
+    /// ```no_run
+    /// # async fn demo(cluster: &cuebe_testkit::cluster::TestCluster) -> Result<(), cuebe_testkit::cluster::ClusterError> {
+    /// use cuebe_testkit::cluster::Component;
+    /// cluster.kill_component(Component::Etcd).await?;
+    /// cluster.start_component(Component::Etcd).await?; // healthy, and kube-apiserver ready
+    /// # Ok(()) }
+    /// ```
+    pub async fn kill_component(&self, component: Component) -> Result<(), ClusterError> {
+        self.halt(component, libc::SIGKILL, Duration::ZERO).await
+    }
+
+    /// Starts a component stopped by [`TestCluster::stop_component`] or
+    /// [`TestCluster::kill_component`] again, with the same arguments: the same ports (so
+    /// kubeconfigs and clients keep working), certificates and, for etcd, data directory. Its
+    /// log goes on in the same file. Returns once it serves again: etcd answers `/health` (and
+    /// kube-apiserver, if it runs, `/readyz`); kube-apiserver answers `/readyz`; the others
+    /// listen on their ports. Starting a running component does nothing.
+    ///
+    /// Fails with [`ClusterError::PortsTaken`] if another process took one of its ports
+    /// meanwhile and kept it (its ports cannot move without breaking its clients), and with
+    /// [`ClusterError::Timeout`] after 90 s.
+    ///
+    /// ```no_run
+    /// # async fn demo(cluster: &cuebe_testkit::cluster::TestCluster) -> Result<(), cuebe_testkit::cluster::ClusterError> {
+    /// use cuebe_testkit::cluster::Component;
+    /// cluster.stop_component(Component::Etcd).await?;
+    /// cluster.start_component(Component::Etcd).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn start_component(&self, component: Component) -> Result<(), ClusterError> {
+        let started = Instant::now();
+        let deadline = started + RESTART_TIMEOUT;
+        let Some(stopped) = self.is_stopped(component) else {
+            return Err(ClusterError::NotStarted {
+                component: component.name().to_string(),
+            });
+        };
+        if !stopped {
+            return Ok(());
+        }
+        let mut attempt = 1;
+        loop {
+            let process = self.spawn_component(component, 1, true)?;
+            self.replace_process(process);
+            match self.wait_listening(component, deadline).await? {
+                Listening::Yes => break,
+                Listening::NotYet => {
+                    return Err(self.timeout(
+                        &format!("{} to listen on its ports again", component.name()),
+                        started.elapsed(),
+                    ));
+                }
+                Listening::PortTaken if attempt >= MAX_PORT_ATTEMPTS => {
+                    self.halt(component, libc::SIGKILL, Duration::ZERO).await?;
+                    let log = self.workdir.join(format!("{}.log", component.name()));
+                    return Err(ClusterError::PortsTaken {
+                        component: component.name().to_string(),
+                        attempts: attempt,
+                        tail: tail(&log, 30),
+                        log: log.display().to_string(),
+                    });
+                }
+                Listening::PortTaken => {
+                    // The port must stay (clients know it): wait for whoever holds it to let
+                    // go, usually a connection of ours the kernel had given it to.
+                    tracing::warn!(
+                        component = component.name(),
+                        attempt,
+                        "a port of this component is taken; starting it again on the same port"
+                    );
+                    self.halt(component, libc::SIGKILL, Duration::ZERO).await?;
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+        match component {
+            Component::Etcd => {
+                self.wait_etcd_healthy(deadline).await?;
+                if self.is_stopped(Component::ApiServer) == Some(false) {
+                    self.wait_readyz(deadline).await?;
+                }
+            }
+            Component::ApiServer => self.wait_readyz(deadline).await?,
+            Component::ControllerManager | Component::Scheduler | Component::Kwok => {}
+        }
+        tracing::info!(
+            component = component.name(),
+            after = ?started.elapsed(),
+            "component serving again"
+        );
+        Ok(())
+    }
+
+    /// [`TestCluster::stop_component`], then [`TestCluster::start_component`]: returns once the
+    /// component serves again.
+    ///
+    /// ```no_run
+    /// # async fn demo(cluster: &cuebe_testkit::cluster::TestCluster) -> Result<(), cuebe_testkit::cluster::ClusterError> {
+    /// use cuebe_testkit::cluster::Component;
+    /// cluster.restart_component(Component::ApiServer).await?;
+    /// let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(cluster.client());
+    /// namespaces.list(&Default::default()).await.expect("the same client works again");
+    /// # Ok(()) }
+    /// ```
+    pub async fn restart_component(&self, component: Component) -> Result<(), ClusterError> {
+        self.stop_component(component).await?;
+        self.start_component(component).await
+    }
+
+    /// Whether a component was started and is not stopped by the test. A component that
+    /// crashed still counts as running here; [`TestCluster::check_alive`] reports it.
+    ///
+    /// ```no_run
+    /// # fn demo(cluster: &cuebe_testkit::cluster::TestCluster) {
+    /// use cuebe_testkit::cluster::Component;
+    /// assert!(cluster.is_running(Component::Etcd));
+    /// # }
+    /// ```
+    pub fn is_running(&self, component: Component) -> bool {
+        self.is_stopped(component) == Some(false)
+    }
+
+    /// `None` if the component was never started, else whether the test stopped it.
+    fn is_stopped(&self, component: Component) -> Option<bool> {
+        self.components
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .find(|p| p.kind == component)
+            .map(|p| p.stopped)
+    }
+
+    fn replace_process(&self, process: Process) {
+        let mut components = self
+            .components
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(slot) = components.iter_mut().find(|p| p.kind == process.kind) {
+            *slot = process;
+        }
+    }
+
+    /// Sends `signal` to a running component, waits `grace` for it to exit, then kills it, and
+    /// marks it stopped.
+    async fn halt(
+        &self,
+        component: Component,
+        signal: libc::c_int,
+        grace: Duration,
+    ) -> Result<(), ClusterError> {
+        {
+            let mut components = self
+                .components
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let Some(p) = components.iter_mut().find(|p| p.kind == component) else {
+                return Err(ClusterError::NotStarted {
+                    component: component.name().to_string(),
+                });
+            };
+            if p.stopped {
+                return Ok(());
+            }
+            // Marked before the signal: from here on its exit is ours, not a crash.
+            p.stopped = true;
+            if let Ok(None) = p.child.try_wait() {
+                #[allow(unsafe_code)]
+                // SAFETY: sending a signal to our own child process, not yet reaped (try_wait
+                // just saw it running), so the pid is still its own.
+                unsafe {
+                    libc::kill(p.child.id() as libc::pid_t, signal);
+                }
+            }
+        }
+        let deadline = Instant::now() + grace;
+        loop {
+            {
+                let mut components = self
+                    .components
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                if let Some(p) = components.iter_mut().find(|p| p.kind == component) {
+                    if let Ok(Some(_)) = p.child.try_wait() {
+                        break;
+                    }
+                    if Instant::now() >= deadline {
+                        let _ = p.child.kill();
+                        let _ = p.child.wait();
+                        break;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tracing::info!(
+            component = component.name(),
+            signal,
+            "component stopped by the test"
+        );
+        Ok(())
+    }
+
+    /// Polls [`TestCluster::listening`] until the component listens, its port is taken, or the
+    /// deadline passes (`NotYet`).
+    async fn wait_listening(
+        &self,
+        component: Component,
+        deadline: Instant,
+    ) -> Result<Listening, ClusterError> {
+        loop {
+            match self.listening(component)? {
+                Listening::NotYet if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => return Ok(other),
+            }
+        }
+    }
+
+    async fn wait_etcd_healthy(&self, deadline: Instant) -> Result<(), ClusterError> {
+        let started = Instant::now();
+        let port = self.ports.get("etcd");
+        loop {
+            self.check_alive()?;
+            if etcd_healthy(port).await {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(self.timeout("etcd /health", started.elapsed()));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Fails, naming the component and showing its log tail, if any component has exited.
@@ -800,7 +1123,8 @@ impl TestCluster {
             .components
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        for c in components.iter_mut() {
+        // A component stopped on purpose is not a crash; it is reported again once started.
+        for c in components.iter_mut().filter(|c| !c.stopped) {
             if let Ok(Some(status)) = c.child.try_wait() {
                 return Err(ClusterError::ComponentDied {
                     component: c.kind.name().to_string(),
@@ -823,8 +1147,13 @@ impl TestCluster {
             .iter()
             .map(|c| {
                 format!(
-                    "--- {} ({})\n{}",
+                    "--- {}{} ({})\n{}",
                     c.kind.name(),
+                    if c.stopped {
+                        ", stopped by the test"
+                    } else {
+                        ""
+                    },
                     c.log.display(),
                     tail(&c.log, n)
                 )
@@ -1112,6 +1441,7 @@ impl TestCluster {
             .unwrap_or_else(PoisonError::into_inner);
         components
             .iter()
+            .filter(|c| !c.stopped)
             .map(|c| {
                 let status = std::fs::read_to_string(format!("/proc/{}/status", c.child.id()))
                     .unwrap_or_default();
@@ -1131,8 +1461,9 @@ impl TestCluster {
             .components
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        // Reverse start order: controllers first, etcd last.
-        for c in components.iter_mut().rev() {
+        // Reverse start order: controllers first, etcd last. A component stopped by the test was
+        // reaped already: its pid may belong to another process by now.
+        for c in components.iter_mut().rev().filter(|c| !c.stopped) {
             #[allow(unsafe_code)]
             // SAFETY: sending a signal to our own child process.
             unsafe {
@@ -1140,7 +1471,7 @@ impl TestCluster {
             }
         }
         let deadline = Instant::now() + Duration::from_secs(5);
-        for c in components.iter_mut().rev() {
+        for c in components.iter_mut().rev().filter(|c| !c.stopped) {
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = c.child.try_wait() {
                     break;
@@ -1166,6 +1497,25 @@ impl Drop for TestCluster {
                 kept.display()
             );
         }
+    }
+}
+
+/// Whether etcd answers `/health` with `"health":"true"` on its client port. A raw HTTP/1.0
+/// request: etcd's client URL is plain HTTP on loopback, and this is the only request made.
+async fn etcd_healthy(port: u16) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ask = async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        stream
+            .write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .await?;
+        let mut body = Vec::new();
+        stream.read_to_end(&mut body).await?;
+        Ok::<_, std::io::Error>(body)
+    };
+    match tokio::time::timeout(Duration::from_secs(2), ask).await {
+        Ok(Ok(body)) => String::from_utf8_lossy(&body).contains("\"health\":\"true\""),
+        _ => false,
     }
 }
 
