@@ -173,3 +173,86 @@ fn missing_file_exits_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("/nonexistent/ws.yaml"));
 }
+
+/// (apiGroup, resource, verb) of every rule of a ClusterRole document.
+fn grants(role: &serde_json::Value) -> std::collections::BTreeSet<(String, String, String)> {
+    let strings = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut out = std::collections::BTreeSet::new();
+    for rule in role["rules"].as_array().cloned().unwrap_or_default() {
+        for group in strings(&rule["apiGroups"]) {
+            for resource in strings(&rule["resources"]) {
+                for verb in strings(&rule["verbs"]) {
+                    out.insert((group.clone(), resource.clone(), verb));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_shipped_cluster_role_grants_exactly_what_rbac_computes_no_more() {
+    use serde::Deserialize;
+    let out = Command::new(env!("CARGO_BIN_EXE_webservice-operator"))
+        .args([
+            "rbac",
+            "-f",
+            &examples("simple.yaml"),
+            "-f",
+            &examples("public.yaml"),
+        ])
+        .args(["-f", &examples("irsa.yaml")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let computed: serde_json::Value = serde_norway::from_slice(&out.stdout).unwrap();
+    assert_eq!(computed["kind"], "ClusterRole");
+    let shipped_text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/rbac.yaml")).unwrap();
+    let shipped = serde_norway::Deserializer::from_str(&shipped_text)
+        .map(|doc| serde_json::Value::deserialize(doc).unwrap())
+        .find(|doc| doc["kind"] == "ClusterRole")
+        .expect("deploy/rbac.yaml has a ClusterRole");
+    let (want, have) = (grants(&computed), grants(&shipped));
+    let extra: Vec<_> = have.difference(&want).collect();
+    let missing: Vec<_> = want.difference(&have).collect();
+    assert!(
+        extra.is_empty() && missing.is_empty(),
+        "deploy/rbac.yaml grants more than needed: {extra:?}; and lacks: {missing:?}"
+    );
+    // The rendered kinds are all there, each with the executor's verbs.
+    for verb in ["get", "list", "create", "patch", "delete"] {
+        assert!(want.contains(&("policy".into(), "poddisruptionbudgets".into(), verb.into())));
+        assert!(want.contains(&("iam.services.k8s.aws".into(), "roles".into(), verb.into())));
+    }
+}
+
+#[test]
+fn rbac_names_the_field_of_a_bad_manifest_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "apiVersion: platform.example.com/v1alpha1\nkind: WebService\nmetadata: {name: web}\nspec: {image: web, replicas: many}\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_webservice-operator"))
+        .args(["rbac", "-f"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("spec.replicas"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -389,6 +389,67 @@ async fn removing_autoscaling_prunes_the_hpa() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_prune_above_the_threshold_waits_stalled_until_the_annotation_raises_it() {
+    let e = env("guard").await;
+    let mut spec = simple();
+    spec["autoscaling"] = json!({"minReplicas": 2, "maxReplicas": 5});
+    e.apply("guarded", spec).await;
+    e.ready("guarded").await;
+    let api = e.webservices();
+    let annotate = |value: &'static str| {
+        let api = api.clone();
+        async move {
+            let patch = json!({"metadata": {"annotations": {"cuebe.dev/prune-threshold": value}}});
+            api.patch("guarded", &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .unwrap();
+        }
+    };
+    // 10%: dropping the HPA (one object of six) is more than this instance allows.
+    annotate("10").await;
+    e.apply("guarded", simple()).await;
+    e.eventually(
+        "Stalled with reason PruneGuard",
+        Duration::from_secs(30),
+        || async {
+            let s = e.status("guarded").await;
+            s.condition(ConditionType::Stalled).is_some_and(|c| {
+                c.status == "True"
+                    && c.reason == "PruneGuard"
+                    && c.message.contains("HorizontalPodAutoscaler guarded")
+            })
+        },
+    )
+    .await;
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(e.client.clone(), &e.ns);
+    assert!(
+        hpas.get_opt("guarded").await.unwrap().is_some(),
+        "nothing is pruned while the guard holds"
+    );
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(e.client.clone(), &e.ns);
+    e.eventually("a PruneGuard event", Duration::from_secs(10), || async {
+        events
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .any(|ev| {
+                ev.reason.as_deref() == Some("PruneGuard")
+                    && ev.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("guarded")
+            })
+    })
+    .await;
+    // Raising the threshold (an annotation change, no spec change) lets the prune through.
+    annotate("100").await;
+    e.eventually("the HPA to be pruned", Duration::from_secs(60), || async {
+        hpas.get_opt("guarded").await.unwrap().is_none()
+    })
+    .await;
+    e.ready("guarded").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn objects_written_but_never_recorded_are_pruned_after_a_restart_and_deleted_with_the_instance()
  {
     use cuebe::Abstraction;
@@ -917,6 +978,25 @@ async fn the_shipped_rbac_is_enough_to_reconcile_a_public_service() {
     e.apply("web", spec).await;
     e.ready("web").await;
     assert_eq!(e.status("web").await.ready_nodes, "7/7");
+    // Deleting it (teardown: reads, deletes, the finalizer's patch) needs nothing more either.
+    e.webservices()
+        .delete("web", &Default::default())
+        .await
+        .unwrap();
+    let deployments: Api<Deployment> = Api::namespaced(e.client.clone(), &e.ns);
+    e.eventually(
+        "the instance and its Deployment to be gone",
+        Duration::from_secs(60),
+        || async {
+            e.webservices().get_opt("web").await.unwrap().is_none()
+                && deployments
+                    .get_opt("web")
+                    .await
+                    .unwrap()
+                    .is_none_or(|d| d.metadata.deletion_timestamp.is_some())
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

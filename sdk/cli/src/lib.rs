@@ -1,7 +1,7 @@
 //! # cuebe-cli
 //!
 //! The command line of a cuebe operator: one [`App`] gives an abstraction's binary `run`,
-//! `dev`, `crd`, `render`, `diff` and `explain`.
+//! `dev`, `crd`, `render`, `diff`, `explain` and `rbac`.
 //!
 //! ```no_run
 //! # fn f<A: cuebe::Abstraction>() -> std::process::ExitCode {
@@ -21,6 +21,7 @@ pub mod dev;
 pub mod diff;
 pub mod exit;
 pub mod explain;
+pub mod rbac;
 pub mod render;
 
 pub use cli::App;

@@ -1,0 +1,181 @@
+//! `rbac`: the least ClusterRole an operator needs, from the kinds its module renders.
+//!
+//! Owns: rendering sample manifests under every capability the abstraction probes for (so an
+//! optional API's kinds are counted), collecting the kinds, and writing the rules. The verbs
+//! are the executor's needs, nothing more:
+//!
+//! | what | verbs | why |
+//! |---|---|---|
+//! | a rendered kind | get, create, patch, list, delete | read live, Server-Side Apply (creating needs `create` too), find by label, prune |
+//! | a watched kind | list, watch | drift detection |
+//! | the custom resource | get, list, watch, patch | reconcile it, its finalizer (a JSON patch) |
+//! | its `/status` | patch | the status write |
+//! | `events.k8s.io` Events | create, patch | events on the instance (series are patched) |
+//!
+//! The access check before each pass ([`cuebe::access`]) asks for the same verbs, so a role
+//! built from this output passes it. Resources are the kinds' plurals by the API's own rule
+//! for built-in kinds (lowercase; `y` → `ies`; `s` → `ses`); a custom kind with an irregular
+//! plural must be fixed by hand.
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule};
+use kube::api::ObjectMeta;
+
+use cuebe::abstraction::Abstraction;
+use cuebe::renderer::{Capabilities, CueRenderer};
+
+use crate::render::{RenderFailure, render};
+
+/// The verbs the executor uses on every kind a module renders (see [`cuebe::access::NEEDED_VERBS`]).
+pub const RENDERED_VERBS: [&str; 5] = cuebe::access::NEEDED_VERBS;
+
+/// The plural resource name of a kind, by the API server's rule for built-in kinds
+/// (`Policy` → `policies`, `Ingress` → `ingresses`, `Deployment` → `deployments`).
+///
+/// ```
+/// use cuebe_cli::rbac::plural;
+/// assert_eq!(plural("NetworkPolicy"), "networkpolicies");
+/// assert_eq!(plural("Ingress"), "ingresses");
+/// assert_eq!(plural("HTTPRoute"), "httproutes");
+/// ```
+pub fn plural(kind: &str) -> String {
+    let lower = kind.to_lowercase();
+    if let Some(stem) = lower.strip_suffix('y') {
+        format!("{stem}ies")
+    } else if lower.ends_with('s') {
+        format!("{lower}es")
+    } else {
+        format!("{lower}s")
+    }
+}
+
+/// The API group of an `apiVersion` (`apps/v1` → `apps`, `v1` → ``).
+fn group_of(api_version: &str) -> &str {
+    api_version.rsplit_once('/').map_or("", |(g, _)| g)
+}
+
+/// Every kind (group, kind) the manifests render, under no optional API and under all of them.
+///
+/// ```no_run
+/// # fn f<A: cuebe::Abstraction>() -> Result<(), cuebe_cli::render::RenderFailure> {
+/// let text = std::fs::read_to_string("web.yaml").unwrap_or_default();
+/// let kinds = cuebe_cli::rbac::rendered_kinds::<A>(&[("web.yaml".into(), text)])?;
+/// for (group, kind) in kinds { println!("{group} {kind}"); }
+/// # Ok(()) }
+/// ```
+pub fn rendered_kinds<A: Abstraction>(
+    manifests: &[(String, String)],
+) -> Result<BTreeSet<(String, String)>, RenderFailure> {
+    let renderer = CueRenderer::new(A::modules());
+    let every = Capabilities::from_names(A::capability_probes().iter().map(|p| p.name));
+    let mut kinds = BTreeSet::new();
+    for (file, text) in manifests {
+        for capabilities in [Capabilities::default(), every.clone()] {
+            let plan = render::<A>(&renderer, file, text, capabilities, BTreeMap::new())?;
+            for object in plan.graph().nodes.iter().filter_map(|n| n.object.as_ref()) {
+                let field = |k: &str| object.get(k).and_then(|v| v.as_str()).unwrap_or_default();
+                kinds.insert((
+                    group_of(field("apiVersion")).to_string(),
+                    field("kind").to_string(),
+                ));
+            }
+        }
+    }
+    Ok(kinds)
+}
+
+/// The least ClusterRole named `name` for `A`: the custom resource, the `rendered` kinds, the
+/// kinds `A` watches ([`Abstraction::WATCHES`]) and events. Rules are grouped by API group and
+/// verbs, sorted, so the output is stable and diffable against a shipped file.
+///
+/// ```no_run
+/// # fn f<A: cuebe::Abstraction>() {
+/// let role = cuebe_cli::rbac::least_cluster_role::<A>("my-operator", &Default::default());
+/// println!("{}", serde_norway::to_string(&role).unwrap_or_default());
+/// # }
+/// ```
+pub fn least_cluster_role<A: Abstraction>(
+    name: &str,
+    rendered: &BTreeSet<(String, String)>,
+) -> ClusterRole {
+    // (group, resource) → verbs.
+    let mut needs: BTreeMap<(String, String), BTreeSet<&'static str>> = BTreeMap::new();
+    let mut grant = |group: &str, resource: String, verbs: &[&'static str]| {
+        needs
+            .entry((group.to_string(), resource))
+            .or_default()
+            .extend(verbs.iter().copied());
+    };
+    let own_group = A::group(&()).into_owned();
+    let own = A::plural(&()).into_owned();
+    grant(&own_group, own.clone(), &["get", "list", "watch", "patch"]);
+    grant(&own_group, format!("{own}/status"), &["patch"]);
+    for (group, kind) in rendered {
+        grant(group, plural(kind), &RENDERED_VERBS);
+    }
+    for watched in A::WATCHES {
+        // "group/version/Kind", or "version/Kind" for the core group.
+        let parts: Vec<&str> = watched.split('/').collect();
+        let (group, kind) = match parts.as_slice() {
+            [group, _, kind] => (*group, *kind),
+            [_, kind] => ("", *kind),
+            _ => continue,
+        };
+        grant(group, plural(kind), &["list", "watch"]);
+    }
+    grant("events.k8s.io", "events".into(), &["create", "patch"]);
+
+    // One rule per (group, verbs), resources sorted: the shape people write by hand.
+    let mut rules: BTreeMap<(String, Vec<&'static str>), Vec<String>> = BTreeMap::new();
+    for ((group, resource), verbs) in needs {
+        let mut verbs: Vec<&'static str> = verbs.into_iter().collect();
+        verbs.sort_by_key(|v| VERB_ORDER.iter().position(|o| o == v));
+        rules.entry((group, verbs)).or_default().push(resource);
+    }
+    ClusterRole {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            ..ObjectMeta::default()
+        },
+        rules: Some(
+            rules
+                .into_iter()
+                .map(|((group, verbs), resources)| PolicyRule {
+                    api_groups: Some(vec![group]),
+                    resources: Some(resources),
+                    verbs: verbs.into_iter().map(str::to_string).collect(),
+                    ..PolicyRule::default()
+                })
+                .collect(),
+        ),
+        ..ClusterRole::default()
+    }
+}
+
+/// The order verbs are listed in (kubectl's).
+const VERB_ORDER: [&str; 7] = [
+    "get", "list", "watch", "create", "update", "patch", "delete",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plurals_follow_the_api_rule_for_built_in_kinds() {
+        for (kind, resource) in [
+            ("Deployment", "deployments"),
+            ("ServiceAccount", "serviceaccounts"),
+            ("Service", "services"),
+            ("HorizontalPodAutoscaler", "horizontalpodautoscalers"),
+            ("PodDisruptionBudget", "poddisruptionbudgets"),
+            ("NetworkPolicy", "networkpolicies"),
+            ("Ingress", "ingresses"),
+            ("HTTPRoute", "httproutes"),
+            ("Role", "roles"),
+            ("Policy", "policies"),
+        ] {
+            assert_eq!(plural(kind), resource, "{kind}");
+        }
+    }
+}
