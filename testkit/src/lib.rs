@@ -6,6 +6,9 @@
 //! - [`cluster`]: a real control plane on loopback (etcd, kube-apiserver, kube-controller-manager,
 //!   kube-scheduler, kwok) built from pinned Go modules, and [`cluster::ack`], a stand-in for the
 //!   ACK IAM controller.
+//! - [`chaos`]: an operator process killed with SIGKILL and kube-apiserver and etcd restarted
+//!   under it during a rollout, then its invariants checked from the cluster
+//!   ([`cluster::TestCluster::restart_component`] stops and starts one component).
 //! - [`dev`]: the control plane as the cluster of an operator's `dev` subcommand.
 //! - [`fault`]: a relay in front of the API server that a test can freeze or cut.
 //! - [`eventually()`](eventually::eventually): wait for a condition with a deadline, and say what
@@ -13,6 +16,7 @@
 //! - [`oci_registry`]: a real OCI registry on loopback, and `cue mod publish` to it.
 //! - [`cosign`]: signing a published module as `cosign sign --key` does.
 //! - [`cue_cli`]: the official `cue` CLI at the bridge's pinned version, built once and cached.
+pub mod chaos;
 pub mod cluster;
 pub mod cosign;
 pub mod cue_cli;
