@@ -261,14 +261,17 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         let unit_len = rest
             .find(|c: char| c.is_ascii_digit())
             .unwrap_or(rest.len());
+        // Checked: a module may write any number, and `u64::MAX` hours must be an error
+        // naming the predicate, not an overflow panic in the operator.
+        let too_long = || format!("invalid duration {s:?}: too long");
         let unit = match &rest[..unit_len] {
             "ms" => Duration::from_millis(n),
             "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n * 60),
-            "h" => Duration::from_secs(n * 3600),
+            "m" => Duration::from_secs(n.checked_mul(60).ok_or_else(too_long)?),
+            "h" => Duration::from_secs(n.checked_mul(3600).ok_or_else(too_long)?),
             _ => return Err(bad()),
         };
-        total += unit;
+        total = total.checked_add(unit).ok_or_else(too_long)?;
         rest = &rest[unit_len..];
     }
     Ok(total)
@@ -317,6 +320,68 @@ pub struct Violation {
 impl std::fmt::Display for Violation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} [{}]: {}", self.path, self.rule, self.message)
+    }
+}
+
+/// Why a document (a Graph, a node, an inventory) does not decode: the field at fault and what
+/// is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct DecodeError {
+    /// The field, e.g. `nodes[2].readyWhen[0].type`, or the document's name when the text is
+    /// not JSON at all.
+    pub path: String,
+    /// What is wrong (serde's message, with the line and column for text).
+    pub message: String,
+}
+
+/// Decodes `value` into `T`, naming the field of any error under `prefix` (e.g. `nodes.web`).
+///
+/// Serde's own errors say what is wrong but not where inside a nested value; a module author (or
+/// whoever edited a stored inventory) needs the field.
+///
+/// ```
+/// use cuebe_core::graph::{Node, decode};
+/// let node = serde_json::json!({"id": "web", "readyWhen": [{"type": "Eventually"}]});
+/// let err = decode::<Node>(node, "nodes.web").unwrap_err();
+/// assert_eq!(err.path, "nodes.web.readyWhen[0].type");
+/// ```
+pub fn decode<T: serde::de::DeserializeOwned>(
+    value: Value,
+    prefix: &str,
+) -> Result<T, DecodeError> {
+    serde_path_to_error::deserialize(value).map_err(|e| DecodeError {
+        path: join_path(prefix, &e.path().to_string()),
+        message: e.into_inner().to_string(),
+    })
+}
+
+/// Decodes JSON text into `T`, naming the field of any error under `prefix`; text that is not
+/// JSON is named `prefix` itself (serde's message gives the line and column).
+pub fn decode_json<T: serde::de::DeserializeOwned>(
+    text: &str,
+    prefix: &str,
+) -> Result<T, DecodeError> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| DecodeError {
+        path: join_path(prefix, &e.path().to_string()),
+        message: e.into_inner().to_string(),
+    })?;
+    // Text after the document is a syntax error too, not something to ignore.
+    de.end().map_err(|e| DecodeError {
+        path: prefix.to_string(),
+        message: e.to_string(),
+    })?;
+    Ok(value)
+}
+
+/// `prefix` followed by a serde_path_to_error path (`.` is its root, `[0].a` an index first).
+fn join_path(prefix: &str, path: &str) -> String {
+    match path {
+        "" | "." => prefix.to_string(),
+        p if prefix.is_empty() => p.to_string(),
+        p if p.starts_with('[') => format!("{prefix}{p}"),
+        p => format!("{prefix}.{p}"),
     }
 }
 
@@ -383,6 +448,20 @@ pub enum GraphError {
 }
 
 impl Graph {
+    /// Reads a Graph from its JSON form (what `render -o json` prints), naming the field of any
+    /// error, e.g. `nodes[1].readyWhen[0].timeout`. Not validated: see [`Graph::validate`].
+    ///
+    /// ```
+    /// use cuebe_core::graph::Graph;
+    /// let err = Graph::from_json(r#"{"graphVersion": "cuebe.dev/v1alpha1",
+    ///     "metadata": {"platformRefResolved": "sha256:0", "renderHash": "sha256:0"},
+    ///     "nodes": [{"id": "a", "dependsOn": "b"}]}"#).unwrap_err();
+    /// assert_eq!(err.path, "nodes[0].dependsOn");
+    /// ```
+    pub fn from_json(text: &str) -> Result<Self, DecodeError> {
+        decode_json(text, "")
+    }
+
     /// The node with this id.
     pub fn node(&self, id: &str) -> Option<&Node> {
         self.nodes.iter().find(|n| n.id == id)
@@ -764,6 +843,16 @@ pub(crate) mod tests {
         assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert!(parse_duration("5 minutes").is_err());
+        // Found by the `graph` fuzz target: these overflowed (a panic) instead of failing.
+        for huge in [
+            "18446744073709551615h",
+            "18446744073709551615s18446744073709551615s",
+        ] {
+            assert!(
+                parse_duration(huge).unwrap_err().contains("too long"),
+                "{huge}"
+            );
+        }
         let mut n = node("a", &[]);
         n.ready_when = vec![ReadinessPredicate::Exists {
             timeout: Some("soon".into()),

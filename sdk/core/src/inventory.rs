@@ -5,7 +5,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::graph::DeletionPolicy;
+use crate::graph::{DecodeError, DeletionPolicy, decode_json};
 use crate::instance::Instance;
 
 /// How an inventory entry is held.
@@ -57,6 +57,24 @@ pub struct InventoryEntry {
     /// released (our labels removed) instead of deleted, whatever the instance's policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deletion_policy: Option<DeletionPolicy>,
+}
+
+/// Reads a stored inventory: a JSON list of entries, as `ConfigMapInventory` keeps it. An error
+/// names the field, e.g. `inventory[2].mode`, so whoever edited the record by hand can fix it.
+///
+/// ```
+/// use cuebe_core::inventory::entries_from_json;
+/// let err = entries_from_json(r#"[{"nodeId": "a", "apiVersion": "v1", "kind": "Service",
+///     "name": "web", "mode": "Borrowed"}]"#).unwrap_err();
+/// assert_eq!(err.path, "inventory[0].mode");
+/// ```
+pub fn entries_from_json(text: &str) -> Result<Vec<InventoryEntry>, DecodeError> {
+    decode_json(text, "inventory")
+}
+
+/// The stored form of an inventory, which [`entries_from_json`] reads back to equal entries.
+pub fn entries_to_json(entries: &[InventoryEntry]) -> Result<String, serde_json::Error> {
+    serde_json::to_string(entries)
 }
 
 /// An object found in the cluster carrying an instance's management labels (what a sweep by
@@ -140,7 +158,8 @@ pub fn foreign_owner(live: &serde_json::Value, instance: &Instance) -> Option<St
 /// `node_of` names the node of the current render that renders an object of that identity
 /// (api group, kind, name), if any; the entry takes that node's id, so the pass applies it as
 /// usual. An object no node renders gets the id `unrecorded:<Kind>/<name>`, which no node has,
-/// so the next healthy pass prunes it.
+/// so the next healthy pass prunes it; when another entry has that id already (a kind of the
+/// same name in another API group), the id carries the group: `unrecorded:<Kind>.<group>/<name>`.
 ///
 /// ```
 /// use cuebe_core::inventory::{LabelledObject, unrecorded_entries};
@@ -174,9 +193,28 @@ pub fn unrecorded_entries(
             // right after the pass applied it.
             Some(id) if inventory.iter().any(|e| e.node_id == id) => continue,
             Some(id) => id,
-            None => format!("unrecorded:{}/{}", object.kind, object.name),
+            None => {
+                let short = format!("unrecorded:{}/{}", object.kind, object.name);
+                // Kinds of two groups may share a name (an RBAC Role and an ACK IAM Role both
+                // called `web`): the second takes its group into its id, or it would share an
+                // entry's node id (and be pruned or kept as the other) or not be recovered.
+                let taken = |id: &str| inventory.iter().chain(&entries).any(|e| e.node_id == id);
+                if taken(&short) {
+                    format!(
+                        "unrecorded:{}.{}/{}",
+                        object.kind,
+                        group_of(&object.api_version),
+                        object.name
+                    )
+                } else {
+                    short
+                }
+            }
         };
-        if entries.iter().any(|e| e.node_id == node_id) {
+        if entries.iter().any(|e| e.node_id == node_id)
+            || (node_id.starts_with("unrecorded:")
+                && inventory.iter().any(|e| e.node_id == node_id))
+        {
             continue;
         }
         entries.push(InventoryEntry {
@@ -286,5 +324,49 @@ mod tests {
         let renamed = found("apps/v1", "Deployment", "web-2", "u-dep2", true);
         let got = unrecorded_entries(&inventory, &[renamed], |_, _, _| Some("deployment".into()));
         assert!(got.is_empty(), "{got:?}");
+    }
+
+    /// Found by the `inventory` fuzz target: an RBAC Role named like a recovered ACK IAM Role
+    /// got the same node id as the recorded one (in one sweep, the second was not recovered).
+    #[test]
+    fn kinds_of_the_same_name_in_two_groups_get_distinct_ids() {
+        let iam = found(
+            "iam.services.k8s.aws/v1alpha1",
+            "Role",
+            "web",
+            "u-iam",
+            true,
+        );
+        let rbac = found(
+            "rbac.authorization.k8s.io/v1",
+            "Role",
+            "web",
+            "u-rbac",
+            true,
+        );
+        let ids = |inventory: &[InventoryEntry], found: &[LabelledObject]| -> Vec<String> {
+            unrecorded_entries(inventory, found, |_, _, _| None)
+                .into_iter()
+                .map(|e| e.node_id)
+                .collect()
+        };
+        assert_eq!(
+            ids(&[], &[iam.clone(), rbac.clone()]),
+            [
+                "unrecorded:Role/web",
+                "unrecorded:Role.rbac.authorization.k8s.io/web"
+            ]
+        );
+        let recorded = [entry(
+            "unrecorded:Role/web",
+            "iam.services.k8s.aws/v1alpha1",
+            "Role",
+            "web",
+            "u-iam",
+        )];
+        assert_eq!(
+            ids(&recorded, &[iam, rbac]),
+            ["unrecorded:Role.rbac.authorization.k8s.io/web"]
+        );
     }
 }

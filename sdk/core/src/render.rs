@@ -817,8 +817,8 @@ fn assemble_nodes(
             }
         }
         body.insert("id".into(), Value::String(id.clone()));
-        let mut node: Node = serde_json::from_value(Value::Object(body))
-            .map_err(|e| module_error(&format!("nodes.{id}"), e.to_string()))?;
+        let mut node: Node = crate::graph::decode(Value::Object(body), &format!("nodes.{id}"))
+            .map_err(|e| module_error(&e.path, e.message))?;
         let waiting: Vec<String> = needs
             .iter()
             .filter(|n| missing_exports.contains(n.as_str()))

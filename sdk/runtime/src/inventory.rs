@@ -11,7 +11,8 @@ use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 
 pub use cuebe_core::inventory::{
-    InventoryEntry, InventoryMode, LabelledObject, unrecorded_entries,
+    InventoryEntry, InventoryMode, LabelledObject, entries_from_json, entries_to_json,
+    unrecorded_entries,
 };
 
 use crate::instance::Instance;
@@ -191,7 +192,7 @@ impl ConfigMapInventory {
         else {
             return Ok(Vec::new());
         };
-        serde_json::from_str(&text).map_err(|e| InventoryError::Corrupt {
+        entries_from_json(&text).map_err(|e| InventoryError::Corrupt {
             what,
             message: e.to_string(),
         })
@@ -227,7 +228,7 @@ impl Inventory for ConfigMapInventory {
             return Ok(());
         }
         let name = Self::config_map_name(instance);
-        let text = serde_json::to_string(entries).map_err(|e| InventoryError::Corrupt {
+        let text = entries_to_json(entries).map_err(|e| InventoryError::Corrupt {
             what: name.clone(),
             message: e.to_string(),
         })?;
