@@ -515,6 +515,65 @@ impl<'p> Pass<'p> {
     }
 }
 
+/// The stored inventory as a pass starts from it. An entry whose node now renders another
+/// object (the module renamed it, or moved it to another API group) is re-keyed
+/// `replaced:<node>/<Kind>/<name>`, an id no node has: the pass applies the new object for the
+/// node, and the old one is pruned like a node that left the graph — after a healthy pass, so
+/// the replacement is Ready first. Otherwise the old object would stay in the cluster, recorded
+/// nowhere. A change of version within the API group (`apps/v1beta1` → `apps/v1`) is the same
+/// object.
+///
+/// ```
+/// # use cuebe_core::graph::Graph;
+/// # use cuebe_core::plan::{Plan, starting_inventory};
+/// # use cuebe_core::inventory::InventoryEntry;
+/// # let graph: Graph = serde_json::from_value(serde_json::json!({
+/// #     "graphVersion": "cuebe.dev/v1alpha1",
+/// #     "metadata": {"platformRefResolved": "sha256:0", "renderHash": "sha256:0"},
+/// #     "nodes": [{"id": "config", "object": {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings-v2"}}}]
+/// # })).unwrap();
+/// let plan = Plan::new(graph, "apps").unwrap(); // node `config` renders ConfigMap settings-v2
+/// let stored: InventoryEntry = serde_json::from_value(serde_json::json!({"nodeId": "config",
+///     "apiVersion": "v1", "kind": "ConfigMap", "name": "settings", "mode": "Managed"})).unwrap();
+/// let start = starting_inventory(&plan, &[stored]);
+/// assert_eq!(start[0].node_id, "replaced:config/ConfigMap/settings");
+/// ```
+pub fn starting_inventory(plan: &Plan, stored: &[InventoryEntry]) -> Vec<InventoryEntry> {
+    let group = |api_version: &str| {
+        api_version
+            .rsplit_once('/')
+            .map_or("", |(g, _)| g)
+            .to_string()
+    };
+    stored
+        .iter()
+        .map(|entry| {
+            let rendered = plan.node(&entry.node_id).and_then(|n| n.object.as_ref());
+            let Some(object) = rendered else {
+                // Not in the graph (pruned as usual), or pending on an export: nothing to compare.
+                return entry.clone();
+            };
+            let field = |p: &str| {
+                object
+                    .pointer(p)
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+            };
+            let same = group(field("/apiVersion")) == group(&entry.api_version)
+                && field("/kind") == entry.kind
+                && field("/metadata/name") == entry.name;
+            if same {
+                entry.clone()
+            } else {
+                InventoryEntry {
+                    node_id: format!("replaced:{}/{}/{}", entry.node_id, entry.kind, entry.name),
+                    ..entry.clone()
+                }
+            }
+        })
+        .collect()
+}
+
 /// What a pass may prune: entries of the stored inventory whose node left the graph, last
 /// applied first, each with how it goes.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -985,7 +1044,7 @@ pub fn cluster_scope_refusal(group: &str, kind: &str, allowed: &[String]) -> Opt
     } else {
         format!("{kind}.{group}")
     };
-    if allowed.iter().any(|a| *a == name) {
+    if allowed.contains(&name) {
         return None;
     }
     Some(format!(

@@ -575,3 +575,72 @@ fn refusals_that_repeat_on_retry_are_permanent() {
         );
     }
 }
+
+#[test]
+fn an_entry_whose_node_renders_another_object_is_rekeyed_for_pruning() {
+    let renders = |name: &str, api_version: &str, kind: &str| {
+        let mut n = node("a", &[]);
+        n.object = Some(
+            serde_json::json!({"apiVersion": api_version, "kind": kind, "metadata": {"name": name}}),
+        );
+        n
+    };
+    let recorded = |api_version: &str, kind: &str, name: &str| InventoryEntry {
+        api_version: api_version.into(),
+        kind: kind.into(),
+        name: name.into(),
+        ..entry("a")
+    };
+    // (node renders, recorded entry, node id the pass starts with)
+    let rows = [
+        (
+            renders("a", "v1", "ConfigMap"),
+            recorded("v1", "ConfigMap", "a"),
+            "a",
+        ),
+        (
+            renders("a-v2", "v1", "ConfigMap"),
+            recorded("v1", "ConfigMap", "a"),
+            "replaced:a/ConfigMap/a",
+        ),
+        (
+            renders("a", "v1", "Secret"),
+            recorded("v1", "ConfigMap", "a"),
+            "replaced:a/ConfigMap/a",
+        ),
+        // Another version of the same group is the same object.
+        (
+            renders("a", "apps/v1", "Deployment"),
+            recorded("apps/v1beta1", "Deployment", "a"),
+            "a",
+        ),
+        (
+            renders("a", "iam.services.k8s.aws/v1alpha1", "Role"),
+            recorded("rbac.authorization.k8s.io/v1", "Role", "a"),
+            "replaced:a/Role/a",
+        ),
+    ];
+    for (rendered, stored, expected) in rows {
+        let p = plan(vec![rendered.clone()]);
+        let start = starting_inventory(&p, std::slice::from_ref(&stored));
+        assert_eq!(
+            start[0].node_id, expected,
+            "{:?} vs {stored:?}",
+            rendered.object
+        );
+        // The replaced entry is pruned by a healthy pass; a kept one is not.
+        let pruned = prune_plan(&["a"], &start, |_| Some(NodePhase::Ready), &ALL);
+        assert_eq!(
+            pruned.entries.len(),
+            usize::from(expected != "a"),
+            "{expected}"
+        );
+    }
+    // A node pending on an export renders nothing yet: its entry is kept.
+    let mut pending = node("a", &[]);
+    pending.object = None;
+    pending.pending_on = vec!["arn".into()];
+    let p = plan(vec![pending]);
+    let start = starting_inventory(&p, &[recorded("v1", "ConfigMap", "old")]);
+    assert_eq!(start[0].node_id, "a");
+}

@@ -206,6 +206,9 @@ pub struct RenderCacheStats {
     /// Evaluations that exceeded the time limit and still run in the bridge (CUE cannot stop
     /// them). Bounded per module by `cuebe_cue_sys::module::MAX_ABANDONED_EVALUATIONS`.
     pub abandoned_evaluations: usize,
+    /// Platform modules loaded and evaluated for their static facts (once per digest, however
+    /// many renders ask for it at the same time).
+    pub modules_built: u64,
 }
 
 /// Static facts a module declares, read once per digest.
@@ -296,7 +299,12 @@ struct Inner {
     modules: ModuleSet,
     options: CueRendererOptions,
     built: Mutex<HashMap<String, Arc<BuiltModule>>>,
+    /// One lock per digest being built: renders that need a module nobody has built yet wait
+    /// for the first one's build instead of each building it (at start, every instance's first
+    /// render arrives at once: a chaos run logged ~100 builds of one module per start).
+    building: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     cache: Mutex<RenderCache>,
+    modules_built: AtomicU64,
     hits: AtomicU64,
     misses: AtomicU64,
 }
@@ -336,6 +344,8 @@ impl CueRenderer {
                 modules,
                 options,
                 built: Mutex::new(HashMap::new()),
+                building: Mutex::new(HashMap::new()),
+                modules_built: AtomicU64::new(0),
                 cache: Mutex::new(RenderCache {
                     map: HashMap::new(),
                     order: VecDeque::new(),
@@ -437,6 +447,7 @@ impl CueRenderer {
             misses: self.inner.misses.load(Ordering::Relaxed),
             entries,
             abandoned_evaluations,
+            modules_built: self.inner.modules_built.load(Ordering::Relaxed),
         }
     }
 }
@@ -454,13 +465,27 @@ struct Prepared {
 impl Inner {
     fn built_module(&self, source: &Arc<ModuleSource>) -> Result<Arc<BuiltModule>, RenderError> {
         let digest = source.digest().to_string();
-        if let Some(b) = self
-            .built
+        let cached = || {
+            self.built
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&digest)
+                .cloned()
+        };
+        if let Some(b) = cached() {
+            return Ok(b);
+        }
+        let build_lock = self
+            .building
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(&digest)
-        {
-            return Ok(b.clone());
+            .entry(digest.clone())
+            .or_default()
+            .clone();
+        let _building = build_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        // Built by the render we waited for (a failed build is not cached: this one tries).
+        if let Some(b) = cached() {
+            return Ok(b);
         }
         let started = std::time::Instant::now();
         let module = LoadedModule::load(source.module_files(), self.options.evaluators_per_module)
@@ -486,6 +511,7 @@ impl Inner {
             _ => String::new(),
         };
         tracing::info!(%digest, module = %label, elapsed = ?started.elapsed(), "built platform module");
+        self.modules_built.fetch_add(1, Ordering::Relaxed);
         let built = Arc::new(BuiltModule {
             module,
             label,

@@ -16,7 +16,8 @@ use std::sync::Arc;
 pub use cuebe_core::plan::{Change, ChangeAction, FleetPruneGuard, Outcome};
 use cuebe_core::plan::{
     EntryUpdate, LiveMeta, NodeResult, Pass, Plan, WriteDecision, cluster_scope_refusal,
-    entry_policy, is_recorded_object, is_unchanged, needs_read, prune_plan, write_decision,
+    entry_policy, is_recorded_object, is_unchanged, needs_read, prune_plan, starting_inventory,
+    write_decision,
 };
 pub use cuebe_core::{INSTANCE_LABEL, KIND_LABEL, NAMESPACE_LABEL};
 use kube::Client;
@@ -426,7 +427,10 @@ impl SsaExecutor {
         previous: &AbstractionStatus,
         now: Timestamp,
     ) -> Outcome {
-        let mut pass = Pass::start(plan, &previous.inventory);
+        // A node that renders another object than the one recorded (a rename) gets the new
+        // one; the old one is pruned with the entries that left the graph.
+        let inventory = starting_inventory(plan, &previous.inventory);
+        let mut pass = Pass::start(plan, &inventory);
         let refused = self.preflight(instance, plan).await;
         if !refused.is_empty() {
             pass.refuse(refused);
@@ -456,7 +460,7 @@ impl SsaExecutor {
         let ids: Vec<&str> = plan.graph().nodes.iter().map(|n| n.id.as_str()).collect();
         let prune = prune_plan(
             &ids,
-            &previous.inventory,
+            &inventory,
             |id| pass.nodes().get(id).map(|s| s.phase),
             &PruneThreshold::of(instance),
         );

@@ -846,3 +846,35 @@ async fn a_missing_permission_blocks_its_node_before_any_object_is_written() {
     );
     assert!(cms.get_opt("settings").await.unwrap().is_some());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_renamed_object_is_replaced_and_the_old_one_is_pruned_not_leaked() {
+    let cluster = TestCluster::start(ClusterOptions::api_only())
+        .await
+        .unwrap();
+    let client = cluster.client();
+    let ns = cluster.namespace("rename").await.unwrap();
+    let executor = SsaExecutor::new(client.clone(), "cuebe-test");
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let before = config_maps(&ns, &[("config", "settings", "x"), ("other", "other", "y")]);
+    let first = pass(&executor, &ns, &before, &AbstractionStatus::default()).await;
+    assert_eq!(first.nodes["config"].phase, NodePhase::Ready, "{first:?}");
+
+    // The module now names the node's object differently.
+    let after = config_maps(
+        &ns,
+        &[("config", "settings-v2", "x"), ("other", "other", "y")],
+    );
+    let second = pass(&executor, &ns, &after, &first).await;
+    assert_eq!(second.nodes["config"].phase, NodePhase::Ready, "{second:?}");
+    assert!(cms.get_opt("settings-v2").await.unwrap().is_some());
+    assert!(
+        cms.get_opt("settings")
+            .await
+            .unwrap()
+            .is_none_or(|c| c.metadata.deletion_timestamp.is_some()),
+        "the old object is pruned, not left behind unrecorded"
+    );
+    let names: Vec<&str> = second.inventory.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, ["settings-v2", "other"]);
+}

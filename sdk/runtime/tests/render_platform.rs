@@ -145,6 +145,8 @@ fn concurrent_renders_match_sequential_ones() {
             assert_eq!(got, expected[i], "render {i} differs when run concurrently");
         }
     }
+    // Eight first renders at once built the module once: the others waited for that build.
+    assert_eq!(c.cache_stats().modules_built, 1);
 }
 
 #[test]
@@ -223,4 +225,28 @@ fn a_module_with_dependencies_is_refused_offline_without_a_network_call() {
     assert_eq!(err.reason(), "ModuleLoadFailed", "{err}");
     assert!(err.to_string().contains("loaded offline"), "{err}");
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}
+
+#[test]
+fn the_largest_env_list_the_crd_admits_with_unicode_values_renders() {
+    // The WebService CRD admits at most 1,000 env entries; free text may be any Unicode.
+    let env: Vec<serde_json::Value> = (0..1000)
+        .map(|i| json!({"name": format!("VAR_{i}"), "value": format!("héllo wörld ✓ 日本語 🚀 #{i}")}))
+        .collect();
+    let spec = json!({"image": "registry.example.com/web:1.4.2",
+        "resources": {"cpu": "250m", "memory": "256Mi"}, "env": env});
+    let c = CueRenderer::new(ModuleSet::single("1.0.0", platform()));
+    // Rendering at all means within the render time limit (10 s): past it, RenderTimeout.
+    let g = c.render_blocking(&input(spec)).unwrap();
+    let deployment = g.nodes.iter().find(|n| n.id == "deployment").unwrap();
+    let rendered = deployment.object.as_ref().unwrap()["spec"]["template"]["spec"]["containers"][0]
+        ["env"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(rendered.len(), 1000);
+    assert_eq!(
+        rendered[999]["value"], "héllo wörld ✓ 日本語 🚀 #999",
+        "Unicode survives byte for byte"
+    );
 }
