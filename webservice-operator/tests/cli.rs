@@ -101,7 +101,7 @@ fn observe_file_resolves_the_pending_service_account() {
         .unwrap();
     assert_eq!(
         sa["object"]["metadata"]["annotations"]["eks.amazonaws.com/role-arn"],
-        "arn:aws:iam::111122223333:role/apps-reports"
+        "arn:aws:iam::111122223333:role/apps.reports"
     );
     assert!(sa.get("pendingOn").is_none());
 }
@@ -255,4 +255,52 @@ fn rbac_names_the_field_of_a_bad_manifest_and_exits_2() {
         "{}",
         text(&out.stderr)
     );
+}
+
+/// The IAM role and inline policy names a WebService in `namespace` called `name` gets.
+fn aws_names(namespace: &str, name: &str) -> (String, String) {
+    let manifest = format!(
+        "apiVersion: platform.example.com/v1alpha1\nkind: WebService\nmetadata: {{name: {name}, namespace: {namespace}}}\n\
+         spec:\n  image: registry.example.com/web:1.0.0\n  resources: {{cpu: 250m, memory: 256Mi}}\n  \
+         iam: {{policyARNs: [], inlinePolicy: '{{}}'}}\n"
+    );
+    let out = render(
+        &["-f", "-", "-o", "json", "--capabilities", "ack-iam"],
+        Some(&manifest),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let g: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let spec_name = |id: &str| {
+        g["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["id"] == id)
+            .map(|n| n["object"]["spec"]["name"].as_str().unwrap().to_string())
+            .unwrap()
+    };
+    (spec_name("iamRole"), spec_name("iamPolicy"))
+}
+
+#[test]
+fn aws_names_never_collide_across_namespaces_and_fit_aws_limits() {
+    // team/a-web and team-a/web were both "team-a-web" under module 1.0.
+    let (a, a_policy) = aws_names("team", "a-web");
+    let (b, b_policy) = aws_names("team-a", "web");
+    assert_ne!(a, b);
+    assert_ne!(a_policy, b_policy);
+    assert_eq!(b, "team-a.web");
+    // The longest names Kubernetes allows still fit AWS: role 64, policy 128 characters.
+    let long = "n".repeat(63);
+    let (role, policy) = aws_names(&long, &"w".repeat(63));
+    assert_eq!(role.len(), 64, "{role}");
+    assert_eq!(policy.len(), 128, "{policy}");
+    // Two long names that share their first 53 characters still differ.
+    let (other_role, _) = aws_names(&long, &format!("{}x", "w".repeat(62)));
+    assert_ne!(role, other_role);
+    let allowed = |s: &str| {
+        s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+=,.@_-".contains(c))
+    };
+    assert!(allowed(&role) && allowed(&policy), "{role} {policy}");
 }
