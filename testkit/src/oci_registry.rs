@@ -205,3 +205,135 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// What a [`TamperingRegistry`] corrupts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tamper {
+    /// Every blob it serves (the module zip, `module.cue`, the config) has one byte flipped.
+    Blobs,
+    /// Every manifest it serves has one byte flipped.
+    Manifests,
+}
+
+/// A registry in front of a [`LocalRegistry`] that serves what it serves, with one byte of
+/// every blob (or manifest) flipped: content that does not match the digest it is asked for,
+/// as a compromised registry or mirror would serve. Proves that fetched content is re-hashed.
+/// Stopped when dropped.
+///
+/// ```no_run
+/// # async fn f() -> Result<(), cuebe_testkit::oci_registry::RegistryError> {
+/// use cuebe_testkit::oci_registry::{LocalRegistry, Tamper, TamperingRegistry};
+/// let honest = LocalRegistry::start()?;
+/// let evil = TamperingRegistry::start(&honest, Tamper::Blobs).await?;
+/// // `oci://{evil.host()}/…@sha256:…` now serves wrong bytes for every digest.
+/// # let _ = evil.host();
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct TamperingRegistry {
+    port: u16,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TamperingRegistry {
+    /// Starts it on a port the kernel picks, forwarding to `upstream`.
+    pub async fn start(upstream: &LocalRegistry, tamper: Tamper) -> Result<Self, RegistryError> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| RegistryError::Start(e.to_string()))?;
+        let port = listener
+            .local_addr()
+            .map_err(|e| RegistryError::Start(e.to_string()))?
+            .port();
+        let upstream = upstream.host();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |request| {
+                        forward(upstream.clone(), tamper, request)
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Ok(Self { port, task })
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for TamperingRegistry {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Forwards one request to the honest registry and corrupts the answer when it is a blob (or a
+/// manifest) served in full.
+async fn forward(
+    upstream: String,
+    tamper: Tamper,
+    request: hyper::Request<hyper::body::Incoming>,
+) -> Result<hyper::Response<http_body_util::Full<bytes::Bytes>>, std::convert::Infallible> {
+    use http_body_util::{BodyExt, Full};
+    let failed = |message: String| {
+        let mut response = hyper::Response::new(Full::new(bytes::Bytes::from(message)));
+        *response.status_mut() = http::StatusCode::BAD_GATEWAY;
+        Ok(response)
+    };
+    let path = request
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    let corrupt = request.method() == http::Method::GET
+        && match tamper {
+            Tamper::Blobs => path.contains("/blobs/sha256:"),
+            Tamper::Manifests => path.contains("/manifests/"),
+        };
+    let (parts, body) = request.into_parts();
+    let Ok(body) = body.collect().await.map(|b| b.to_bytes()) else {
+        return failed("could not read the request".into());
+    };
+    let mut forwarded = hyper::Request::builder()
+        .method(parts.method)
+        .uri(format!("http://{upstream}{path}"));
+    for (name, value) in parts
+        .headers
+        .iter()
+        .filter(|(n, _)| *n != http::header::HOST)
+    {
+        forwarded = forwarded.header(name, value);
+    }
+    let Ok(forwarded) = forwarded.body(Full::new(body)) else {
+        return failed("could not build the request".into());
+    };
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<bytes::Bytes>>();
+    let response = match client.request(forwarded).await {
+        Ok(r) => r,
+        Err(e) => return failed(e.to_string()),
+    };
+    let (parts, body) = response.into_parts();
+    let Ok(body) = body.collect().await.map(|b| b.to_bytes()) else {
+        return failed("could not read the registry's answer".into());
+    };
+    let mut bytes = body.to_vec();
+    if corrupt
+        && parts.status == http::StatusCode::OK
+        && let Some(last) = bytes.last_mut()
+    {
+        // Same length, different content: only a hash can tell.
+        *last ^= 0x01;
+    }
+    Ok(hyper::Response::from_parts(
+        parts,
+        Full::new(bytes::Bytes::from(bytes)),
+    ))
+}

@@ -119,6 +119,8 @@ enum Command {
         /// Output format.
         #[arg(short = 'o', long = "output", value_enum, default_value = "yaml")]
         output: Format,
+        #[command(flatten)]
+        module: ModuleArgs,
     },
     /// Show what applying a manifest would change in the cluster (uses the current kubeconfig;
     /// writes nothing): each object created, updated (field by field) or unchanged, and what
@@ -131,7 +133,67 @@ enum Command {
         /// The instance's namespace when the manifest has none (default: the kubeconfig's).
         #[arg(short = 'n', long)]
         namespace: Option<String>,
+        #[command(flatten)]
+        module: ModuleArgs,
     },
+}
+
+/// Which published module `render` and `diff` use.
+#[derive(Args, Debug, Default)]
+struct ModuleArgs {
+    /// Render with this published module (`oci://REGISTRY/REPO@sha256:…`) instead of what the
+    /// manifest pins (its `platformRef.oci`, else the embedded module): preview a module before
+    /// anyone pins it. Fetched, checked and cached as the operator does.
+    #[arg(long, value_name = "REF")]
+    module: Option<String>,
+    /// Verify the published module against this policy file, as `run --module-policy` does
+    /// (exit 3 when it refuses the module).
+    #[arg(long, value_name = "FILE")]
+    module_policy: Option<PathBuf>,
+}
+
+impl ModuleArgs {
+    /// The published module to render `object` with (`None`: the embedded one), or the exit
+    /// code after printing why it cannot be used.
+    fn choose<A: Abstraction>(
+        &self,
+        object: &A,
+    ) -> Result<Option<crate::published::Chosen>, ExitCode> {
+        if self.module.is_none() && object.platform_ref().and_then(|r| r.oci).is_none() {
+            return Ok(None); // the embedded module: nothing to fetch
+        }
+        let policy = match self
+            .module_policy
+            .as_deref()
+            .map(read_module_policy)
+            .transpose()
+        {
+            Ok(p) => p,
+            Err(message) => {
+                eprintln!("error: {message}");
+                return Err(Exit::BadInput.into());
+            }
+        };
+        let Some(runtime) = runtime() else {
+            return Err(Exit::Failed.into());
+        };
+        match runtime.block_on(crate::published::choose(
+            object,
+            self.module.as_deref(),
+            policy.as_ref(),
+        )) {
+            Ok(chosen) => {
+                if let Some(c) = &chosen {
+                    eprintln!("module: {}", c.described);
+                }
+                Ok(chosen)
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                Err(e.exit().into())
+            }
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -283,13 +345,18 @@ impl<A: Abstraction> App<A> {
                 let _ = write!(std::io::stdout(), "{yaml}");
                 ExitCode::SUCCESS
             }
-            Command::Diff { file, namespace } => run_diff::<A>(&file, namespace),
+            Command::Diff {
+                file,
+                namespace,
+                module,
+            } => run_diff::<A>(&file, namespace, &module),
             Command::Render {
                 file,
                 capabilities,
                 observe,
                 output,
-            } => run_render::<A>(&file, &capabilities, observe.as_deref(), output),
+                module,
+            } => run_render::<A>(&file, &capabilities, observe.as_deref(), output, &module),
             Command::Run {
                 namespace,
                 metrics_bind,
@@ -548,7 +615,11 @@ fn run_explain<A: Abstraction>(name: &str, namespace: Option<String>) -> ExitCod
     })
 }
 
-fn run_diff<A: Abstraction>(file: &Path, namespace: Option<String>) -> ExitCode {
+fn run_diff<A: Abstraction>(
+    file: &Path,
+    namespace: Option<String>,
+    module: &ModuleArgs,
+) -> ExitCode {
     let name = file.display().to_string();
     let mut desired: A = match read(file)
         .map_err(|message| RenderFailure::Input {
@@ -563,6 +634,10 @@ fn run_diff<A: Abstraction>(file: &Path, namespace: Option<String>) -> ExitCode 
             return Exit::BadInput.into();
         }
     };
+    let chosen = match module.choose(&desired) {
+        Ok(chosen) => chosen.map(|c| c.module),
+        Err(code) => return code,
+    };
     let Some(runtime) = runtime() else {
         return Exit::Failed.into();
     };
@@ -576,7 +651,7 @@ fn run_diff<A: Abstraction>(file: &Path, namespace: Option<String>) -> ExitCode 
         }
         let renderer = CueRenderer::new(A::modules());
         let executor = Operator::<A>::default_executor(client.clone());
-        match crate::diff::diff::<A>(client, &renderer, &executor, &desired).await {
+        match crate::diff::diff::<A>(client, &renderer, &executor, &desired, chosen).await {
             Ok(report) => {
                 let _ = write!(std::io::stdout().lock(), "{}", report.to_text());
                 if report
@@ -609,6 +684,7 @@ fn run_render<A: Abstraction>(
     capabilities: &[String],
     observe: Option<&Path>,
     output: Format,
+    module: &ModuleArgs,
 ) -> ExitCode {
     let mut stdout = std::io::stdout().lock();
     let text = match read(file) {
@@ -647,12 +723,24 @@ fn run_render<A: Abstraction>(
     }
     let renderer = CueRenderer::new(A::modules());
     let name = file.display().to_string();
-    match render::render::<A>(
+    let object: A = match render::parse_instance(&name, &text) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Exit::BadInput.into();
+        }
+    };
+    let chosen = match module.choose(&object) {
+        Ok(chosen) => chosen.map(|c| c.module),
+        Err(code) => return code,
+    };
+    match render::render_object(
         &renderer,
         &name,
-        &text,
+        &object,
         Capabilities::from_names(capabilities),
         observed,
+        chosen,
     ) {
         Ok(graph) if graph.has_blocking_violations() => {
             if output == Format::Json {

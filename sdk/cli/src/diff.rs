@@ -198,14 +198,15 @@ impl DiffReport {
     }
 }
 
-/// Compiles `desired` (the instance as the user would apply it; its namespace set) and asks the
-/// API server what applying it would change. Writes nothing.
+/// Renders `desired` (the instance as the user would apply it; its namespace set) and asks the
+/// API server what applying it would change. Writes nothing. `module` is a published module to
+/// render with instead of the embedded one (what `platformRef.oci` or `--module` names).
 ///
 /// ```no_run
 /// # async fn f<A: cuebe::Abstraction>(client: kube::Client, desired: A) -> Result<(), cuebe_cli::diff::DiffError> {
 /// let renderer = cuebe::CueRenderer::new(A::modules());
 /// let executor = cuebe::executor::SsaExecutor::new(client.clone(), A::FIELD_MANAGER);
-/// let report = cuebe_cli::diff::diff::<A>(client, &renderer, &executor, &desired).await?;
+/// let report = cuebe_cli::diff::diff::<A>(client, &renderer, &executor, &desired, None).await?;
 /// print!("{}", report.to_text());
 /// # Ok(()) }
 /// ```
@@ -214,6 +215,7 @@ pub async fn diff<A: Abstraction>(
     renderer: &dyn Renderer,
     executor: &SsaExecutor,
     desired: &A,
+    module: Option<std::sync::Arc<cuebe::ModuleSource>>,
 ) -> Result<DiffReport, DiffError> {
     let namespace = desired.namespace().unwrap_or_else(|| "default".into());
     let api: Api<A> = Api::namespaced(client.clone(), &namespace);
@@ -233,7 +235,11 @@ pub async fn diff<A: Abstraction>(
         .map_err(DiffError::Discovery)?;
     let observed = observed_exports(executor, &status.inventory).await;
     let plan = renderer
-        .render(&render_input(desired, capabilities, observed))
+        .render(&{
+            let mut input = render_input(desired, capabilities, observed);
+            input.module = module;
+            input
+        })
         .await?;
     let graph = plan.graph();
     let mut report = DiffReport {
@@ -317,7 +323,7 @@ pub async fn diff<A: Abstraction>(
     // the apply would leave in place).
     let prune = prune_plan(
         &ids,
-        &status.inventory,
+        &cuebe::plan::starting_inventory(&plan, &status.inventory),
         |id| predicted.get(id).copied(),
         &cuebe::instance::PruneThreshold::of(&instance),
     );

@@ -99,13 +99,37 @@ pub fn render<A: Abstraction>(
     observed: BTreeMap<String, serde_json::Value>,
 ) -> Result<std::sync::Arc<cuebe::plan::Plan>, RenderFailure> {
     let object: A = parse_instance(file, text)?;
+    render_object(renderer, file, &object, capabilities, observed, None)
+}
+
+/// Renders an instance already read from `file`, with a published `module` in place of the
+/// embedded one when given (`render --module`, or the manifest's own `platformRef.oci`).
+///
+/// ```no_run
+/// # fn f<A: cuebe::Abstraction>(object: A, module: std::sync::Arc<cuebe::ModuleSource>) -> Result<(), cuebe_cli::render::RenderFailure> {
+/// let renderer = cuebe::CueRenderer::new(A::modules());
+/// let plan = cuebe_cli::render::render_object(&renderer, "web.yaml", &object,
+///     Default::default(), Default::default(), Some(module))?;
+/// println!("{} nodes", plan.graph().nodes.len());
+/// # Ok(()) }
+/// ```
+pub fn render_object<A: Abstraction>(
+    renderer: &CueRenderer,
+    file: &str,
+    object: &A,
+    capabilities: Capabilities,
+    observed: BTreeMap<String, serde_json::Value>,
+    module: Option<std::sync::Arc<cuebe::ModuleSource>>,
+) -> Result<std::sync::Arc<cuebe::plan::Plan>, RenderFailure> {
     if object.meta().name.as_deref().unwrap_or_default().is_empty() {
         return Err(RenderFailure::Input {
             file: file.to_string(),
             message: "metadata.name: required".to_string(),
         });
     }
-    Ok(renderer.render_blocking(&render_input(&object, capabilities, observed))?)
+    let mut input = render_input(object, capabilities, observed);
+    input.module = module;
+    Ok(renderer.render_blocking(&input)?)
 }
 
 /// Formats a graph.
