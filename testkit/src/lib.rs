@@ -15,6 +15,8 @@
 //!   was awaited when it does not come.
 //! - [`oci_registry`]: a real OCI registry on loopback, and `cue mod publish` to it.
 //! - [`cosign`]: signing a published module as `cosign sign --key` does.
+//! - [`git_server`]: git repositories on this machine (`git+file://`, and `git daemon` on
+//!   loopback for `git://`), and committing a platform module into one.
 //! - [`cue_cli`]: the official `cue` CLI at the bridge's pinned version, built once and cached.
 pub mod chaos;
 pub mod cluster;
@@ -23,5 +25,6 @@ pub mod cue_cli;
 pub mod dev;
 pub mod eventually;
 pub mod fault;
+pub mod git_server;
 pub mod golden;
 pub mod oci_registry;

@@ -1422,3 +1422,162 @@ async fn only_modules_the_policy_trusts_are_used_and_a_refused_one_keeps_the_las
     .await;
     assert!(deployments.get_opt("signed").await.unwrap().is_some());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_tracking_a_git_branch_follows_it_and_outlives_its_server() {
+    use cuebe::remote::ModuleFetcher;
+    use cuebe_testkit::git_server::{GitDaemon, GitRepo};
+    let platform = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../cue/platform");
+    let repo = GitRepo::new("platform").unwrap();
+    let first = repo
+        .commit_module("main", &platform, "cue/platform", "platform 1.0.0")
+        .unwrap();
+    let mut daemon = GitDaemon::start(&repo).unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    // Branches are resolved again every 2 s here (60 s by default).
+    let e = env_with("git", |operator| {
+        operator.with_module_fetcher(Arc::new(
+            ModuleFetcher::new(Some(cache.path().to_path_buf()))
+                .with_git_refresh(Duration::from_secs(2)),
+        ))
+    })
+    .await;
+    let url = daemon.url();
+    let reference = format!("{url}?ref=main&dir=cue/platform");
+    let at = |commit: &str| format!("{url}@{commit}?dir=cue/platform");
+
+    // Exactly one of embedded, oci and git, at admission.
+    let both = e
+        .webservices()
+        .create(
+            &Default::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "platform.example.com/v1alpha1", "kind": "WebService",
+                "metadata": {"name": "both"},
+                "spec": {"image": "registry.example.com/web:1.4.2",
+                         "resources": {"cpu": "250m", "memory": "256Mi"},
+                         "platformRef": {"embedded": "1.0.0", "git": reference}},
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(both.contains("set exactly one of embedded"), "{both}");
+
+    let mut spec = simple();
+    spec["platformRef"] = json!({"git": reference});
+    e.apply("tracking", spec).await;
+    e.ready("tracking").await;
+    let status = e.status("tracking").await;
+    assert_eq!(status.platform_ref_resolved, at(&first));
+    let resolved = status.condition(ConditionType::ModuleResolved).unwrap();
+    assert_eq!(
+        (resolved.status.as_str(), resolved.reason.as_str()),
+        ("True", "Resolved")
+    );
+    assert!(
+        resolved.message.ends_with(", from main)"),
+        "{}",
+        resolved.message
+    );
+    let verified = status.condition(ConditionType::ModuleVerified).unwrap();
+    assert_eq!(
+        (verified.status.as_str(), verified.reason.as_str()),
+        ("False", "Unverified")
+    );
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(e.client.clone(), &e.ns);
+    let loaded = |commit: String| {
+        let events = events.clone();
+        async move {
+            events
+                .list(&Default::default())
+                .await
+                .unwrap()
+                .items
+                .iter()
+                .any(|ev| {
+                    ev.reason.as_deref() == Some("ModuleLoaded")
+                        && ev.note.as_deref().is_some_and(|n| n.starts_with(&commit))
+                })
+        }
+    };
+    e.eventually("a ModuleLoaded event", Duration::from_secs(10), || {
+        loaded(at(&first))
+    })
+    .await;
+
+    // The branch moves to a module that labels every object: the service follows it.
+    let labelled = module_variant("1.1.0");
+    let render_cue = labelled.path().join("webservice/render.cue");
+    let text = std::fs::read_to_string(&render_cue).unwrap();
+    std::fs::write(
+        &render_cue,
+        format!("{text}\n_labels: \"platform.example.com/track\": \"main\"\n"),
+    )
+    .unwrap();
+    let second = repo
+        .commit_module(
+            "main",
+            labelled.path(),
+            "cue/platform",
+            "label every object",
+        )
+        .unwrap();
+    let deployments: Api<Deployment> = Api::namespaced(e.client.clone(), &e.ns);
+    let labelled_deployment = || async {
+        deployments
+            .get_opt("tracking")
+            .await
+            .unwrap()
+            .is_some_and(|d| {
+                d.metadata.deletion_timestamp.is_none()
+                    && d.metadata
+                        .labels
+                        .unwrap_or_default()
+                        .get("platform.example.com/track")
+                        .map(String::as_str)
+                        == Some("main")
+            })
+    };
+    e.eventually(
+        "the service re-rendered on the branch's new commit",
+        Duration::from_secs(60),
+        || async {
+            e.status("tracking").await.platform_ref_resolved == at(&second)
+                && labelled_deployment().await
+        },
+    )
+    .await;
+    // No second ModuleLoaded Event is looked for: kube's recorder keys Events on reason and
+    // action, not the note, so a later module on the same instance only counts up the first
+    // Event's series (the status above is the record of the commit in use).
+
+    // The server goes away: the branch cannot be resolved, and the service keeps its last
+    // good commit from the cache; drift is still corrected.
+    daemon.stop();
+    deployments
+        .delete("tracking", &DeleteParams::default())
+        .await
+        .unwrap();
+    e.eventually(
+        "the Deployment recreated without the git server",
+        Duration::from_secs(60),
+        labelled_deployment,
+    )
+    .await;
+    e.eventually(
+        "ModuleResolved to say the branch could not be resolved",
+        Duration::from_secs(30),
+        || async {
+            let s = e.status("tracking").await;
+            s.condition(ConditionType::ModuleResolved).is_some_and(|c| {
+                c.status == "False"
+                    && c.reason == "FetchFailed"
+                    && c.message
+                        .contains("still rendering with the last good module")
+            }) && s.platform_ref_resolved == at(&second)
+        },
+    )
+    .await;
+}

@@ -14,6 +14,11 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+mod git;
+pub use git::{
+    GitReference, GitRepository, GitRevision, GitScheme, InvalidGitReference, ResolvedGitReference,
+};
+
 /// The files of one CUE module, held in memory, and the package to evaluate.
 ///
 /// ```
@@ -128,7 +133,8 @@ impl ModuleSource {
 }
 
 /// Which platform module an instance asks for (`spec.platformRef`): exactly one of an embedded
-/// version or a published module pinned by digest (the CRD enforces "exactly one" at admission).
+/// version, a published module pinned by digest, or a directory of a git repository at a
+/// branch, tag or commit (the CRD enforces "exactly one" at admission).
 ///
 /// ```
 /// use cuebe_core::module::PlatformRef;
@@ -136,13 +142,17 @@ impl ModuleSource {
 ///     "oci": "oci://registry.example.com/platform/webservice@sha256:0000000000000000000000000000000000000000000000000000000000000000"
 /// })).unwrap();
 /// assert!(pinned.oci_reference().unwrap().is_ok());
+/// let tracked: PlatformRef = serde_json::from_value(serde_json::json!({
+///     "git": "git+https://git.example.com/platform/modules?ref=main&dir=webservice"
+/// })).unwrap();
+/// assert!(tracked.git_reference().unwrap().is_ok());
 /// assert_eq!(PlatformRef::embedded("1.0.0").embedded.as_deref(), Some("1.0.0"));
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(extend("x-kubernetes-validations" = [{
-    "rule": "[has(self.embedded), has(self.oci)].filter(x, x).size() == 1",
-    "message": "spec.platformRef: set exactly one of embedded (a version built into the operator) or oci (oci://REGISTRY/REPOSITORY@sha256:DIGEST)"
+    "rule": "[has(self.embedded), has(self.oci), has(self.git)].filter(x, x).size() == 1",
+    "message": "spec.platformRef: set exactly one of embedded (a version built into the operator), oci (oci://REGISTRY/REPOSITORY@sha256:DIGEST) or git (git+https://HOST/REPO?ref=REF&dir=PATH)"
 }]))]
 pub struct PlatformRef {
     /// A version of a module embedded in the operator binary, e.g. `1.0.0`.
@@ -153,6 +163,14 @@ pub struct PlatformRef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^oci://[^@\s]+@sha256:[0-9a-f]{64}$"))]
     pub oci: Option<String>,
+    /// A directory of a git repository at a branch, tag or full commit sha:
+    /// `git+https://HOST/REPO?ref=REF&dir=PATH` (`dir` defaults to the repository's root;
+    /// `git+file:///PATH` and, on loopback, `git://HOST/REPO` are accepted too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(
+        pattern = r"^(git\+https|git\+file|git)://[^?#@\s]+\?([^&#\s]+&)*ref=[^&#\s]+(&[^&#\s]+)*$"
+    ))]
+    pub git: Option<String>,
 }
 
 impl PlatformRef {
@@ -160,13 +178,18 @@ impl PlatformRef {
     pub fn embedded(version: impl Into<String>) -> Self {
         Self {
             embedded: Some(version.into()),
-            oci: None,
+            ..Self::default()
         }
     }
 
     /// The parsed `oci` reference, when the instance names one.
     pub fn oci_reference(&self) -> Option<Result<OciReference, InvalidReference>> {
         self.oci.as_deref().map(OciReference::parse)
+    }
+
+    /// The parsed `git` reference, when the instance names one.
+    pub fn git_reference(&self) -> Option<Result<GitReference, InvalidGitReference>> {
+        self.git.as_deref().map(GitReference::parse)
     }
 }
 
@@ -340,6 +363,56 @@ impl ModuleSource {
     }
 }
 
+impl ModuleSource {
+    /// The module from `(path relative to the module root, bytes)` pairs read from somewhere
+    /// other than a zip (a git tree): the same rules as [`ModuleSource::from_zip`]. Only `.cue`
+    /// files are kept; a path that leaves the root, a file that is not UTF-8, more than
+    /// [`MAX_MODULE_BYTES`] in all and a module without `cue.mod/module.cue` are refused.
+    ///
+    /// ```
+    /// use cuebe_core::module::ModuleSource;
+    /// let m = ModuleSource::from_files(
+    ///     [("cue.mod/module.cue".to_string(), b"module: \"a.b/c@v0\"\n".to_vec()),
+    ///      ("README.md".to_string(), b"skipped".to_vec())],
+    ///     ".",
+    /// ).unwrap();
+    /// assert_eq!(m.files().len(), 1);
+    /// ```
+    pub fn from_files(
+        files: impl IntoIterator<Item = (String, Vec<u8>)>,
+        package: impl Into<String>,
+    ) -> Result<Self, BadArchive> {
+        let mut kept = Vec::new();
+        let mut total: u64 = 0;
+        for (path, bytes) in files {
+            if !path.ends_with(".cue") {
+                continue;
+            }
+            if path.starts_with('/')
+                || path
+                    .split('/')
+                    .any(|s| s.is_empty() || s == "." || s == "..")
+            {
+                return Err(BadArchive(format!("{path:?} leaves the module root")));
+            }
+            total += bytes.len() as u64;
+            if total > MAX_MODULE_BYTES {
+                return Err(BadArchive(format!(
+                    "holds more than {} MiB of .cue files",
+                    MAX_MODULE_BYTES / (1024 * 1024)
+                )));
+            }
+            let text =
+                String::from_utf8(bytes).map_err(|_| BadArchive(format!("{path}: not UTF-8")))?;
+            kept.push((path, text));
+        }
+        if !kept.iter().any(|(p, _)| p == "cue.mod/module.cue") {
+            return Err(BadArchive("has no cue.mod/module.cue".into()));
+        }
+        Ok(Self::new(kept, package))
+    }
+}
+
 /// An embedded module with its version.
 #[derive(Debug, Clone)]
 pub struct EmbeddedModule {
@@ -407,6 +480,7 @@ impl ModuleSet {
                     r.embedded
                         .clone()
                         .or_else(|| r.oci.clone())
+                        .or_else(|| r.git.clone())
                         .unwrap_or_default()
                 })
                 .unwrap_or_default(),
@@ -579,5 +653,59 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("not a zip archive"), "{err}");
+    }
+
+    #[test]
+    fn files_from_a_tree_follow_the_archive_rules() {
+        let module = "module: \"example.com/m@v1\"\n";
+        let file = |p: &str, c: &[u8]| (p.to_string(), c.to_vec());
+        let from_tree = ModuleSource::from_files(
+            [
+                file("README.md", b"not CUE"),
+                file("cue.mod/module.cue", module.as_bytes()),
+                file("p/p.cue", b"package p\n"),
+            ],
+            "./p",
+        )
+        .unwrap();
+        let from_files = ModuleSource::new(
+            [("cue.mod/module.cue", module), ("p/p.cue", "package p\n")],
+            "./p",
+        );
+        assert_eq!(from_tree.digest(), from_files.digest());
+        let big = vec![b' '; MAX_MODULE_BYTES as usize + 1];
+        // (files, the refusal's start)
+        type Files = Vec<(String, Vec<u8>)>;
+        let cases: [(Files, &str); 4] = [
+            (
+                vec![file("p/p.cue", b"package p")],
+                "has no cue.mod/module.cue",
+            ),
+            (
+                vec![
+                    file("cue.mod/module.cue", module.as_bytes()),
+                    file("../x.cue", b""),
+                ],
+                "\"../x.cue\" leaves the module root",
+            ),
+            (
+                vec![
+                    file("cue.mod/module.cue", module.as_bytes()),
+                    file("p/x.cue", &[0xff]),
+                ],
+                "p/x.cue: not UTF-8",
+            ),
+            (
+                vec![
+                    file("cue.mod/module.cue", module.as_bytes()),
+                    file("p/big.cue", &big),
+                ],
+                "holds more than 16 MiB",
+            ),
+        ];
+        for (files, expected) in cases {
+            let err = ModuleSource::from_files(files, "./p").unwrap_err();
+            assert!(err.0.starts_with(expected), "{err}");
+        }
     }
 }

@@ -763,16 +763,34 @@ async fn store_inventory<A: Abstraction>(
 enum Published {
     /// An embedded module (or none named): the renderer resolves it.
     Embedded,
-    /// A published module, fetched and checked, with its canonical reference.
+    /// A published module, fetched and checked, with its canonical reference, and how soon
+    /// to look again when the reference may move (a git branch or tag).
     #[cfg_attr(not(feature = "remote-modules"), allow(dead_code))]
-    Module(Arc<crate::module::ModuleSource>, String),
+    Module(Arc<crate::module::ModuleSource>, String, Option<Duration>),
     /// Nothing to render with yet: the status says why; retry after this long.
     Unavailable(Duration),
 }
 
-/// Fetches the published module the instance pins, if it pins one. A module that cannot be
-/// fetched or fails its checks is never rendered; the instance keeps rendering with the last
-/// good module it was on (from the cache, without the network) and the status says so.
+/// A module the instance names outside the operator: an OCI digest or a git reference.
+#[cfg_attr(not(feature = "remote-modules"), allow(dead_code))]
+enum RemoteRef {
+    Oci(crate::module::OciReference),
+    Git(crate::module::GitReference),
+}
+
+impl std::fmt::Display for RemoteRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Oci(r) => r.fmt(f),
+            Self::Git(r) => r.fmt(f),
+        }
+    }
+}
+
+/// Fetches the published module the instance pins (`oci`) or the git reference it names
+/// (`git`), if any. A module that cannot be fetched or fails its checks is never rendered; the
+/// instance keeps rendering with the last good module it was on (from the cache, without the
+/// network) and the status says so.
 async fn resolve_published<A: Abstraction>(
     ctx: &Context<A>,
     object: &A,
@@ -781,7 +799,17 @@ async fn resolve_published<A: Abstraction>(
     generation: Option<i64>,
     now: &str,
 ) -> Published {
-    let Some(reference) = object.platform_ref().and_then(|r| r.oci_reference()) else {
+    let platform_ref = object.platform_ref();
+    let parsed = match platform_ref.as_ref() {
+        Some(r) if r.oci.is_some() => r
+            .oci_reference()
+            .map(|p| p.map(RemoteRef::Oci).map_err(|e| (e.to_string(), "oci"))),
+        Some(r) => r
+            .git_reference()
+            .map(|p| p.map(RemoteRef::Git).map_err(|e| (e.to_string(), "git"))),
+        None => None,
+    };
+    let Some(reference) = parsed else {
         // Back on an embedded module: conditions about a published one would be stale.
         status.conditions.retain(|c| {
             c.type_ != ConditionType::ModuleResolved.as_str()
@@ -791,12 +819,12 @@ async fn resolve_published<A: Abstraction>(
     };
     let reference = match reference {
         Ok(r) => r,
-        Err(e) => {
+        Err((message, field)) => {
             status.stop_before_apply(
                 ConditionType::ModuleResolved,
                 "InvalidReference",
-                &e.to_string(),
-                "fix spec.platformRef.oci",
+                &message,
+                &format!("fix spec.platformRef.{field}"),
                 generation,
                 now,
             );
@@ -809,7 +837,7 @@ async fn resolve_published<A: Abstraction>(
 #[cfg(not(feature = "remote-modules"))]
 async fn fetch_published<A: Abstraction>(
     _ctx: &Context<A>,
-    reference: &crate::module::OciReference,
+    reference: &RemoteRef,
     _previous: &AbstractionStatus,
     status: &mut AbstractionStatus,
     generation: Option<i64>,
@@ -828,10 +856,89 @@ async fn fetch_published<A: Abstraction>(
     Published::Unavailable(Duration::from_secs(300))
 }
 
+/// A module fetched for an instance, whichever the source.
+#[cfg(feature = "remote-modules")]
+struct Fetched {
+    module: Arc<crate::module::ModuleSource>,
+    verification: crate::remote::Verification,
+    /// The canonical reference (`status.platformRefResolved`).
+    resolved: String,
+    /// Why no signature was needed, for `ModuleVerified`.
+    unverified_because: String,
+    /// Look again this soon: the reference names a git branch or tag.
+    recheck: Option<Duration>,
+}
+
+#[cfg(feature = "remote-modules")]
+async fn fetch_remote<A: Abstraction>(
+    ctx: &Context<A>,
+    reference: &RemoteRef,
+    package: &str,
+) -> Result<Fetched, crate::remote::FetchError> {
+    let fetcher = &ctx.module_fetcher;
+    match reference {
+        RemoteRef::Oci(r) => {
+            let (module, verification) = fetcher
+                .fetch_trusted(r, package, &ctx.module_policy)
+                .await?;
+            Ok(Fetched {
+                module,
+                verification,
+                resolved: r.to_string(),
+                unverified_because: "the module policy asks no signature for this source: the module was accepted because it is pinned by digest and every digest matched".into(),
+                recheck: None,
+            })
+        }
+        RemoteRef::Git(r) => {
+            let (fetched, verification) = fetcher
+                .fetch_git_trusted(r, package, &ctx.module_policy)
+                .await?;
+            Ok(Fetched {
+                module: fetched.module,
+                verification,
+                resolved: fetched.resolved.to_string(),
+                unverified_because: format!(
+                    "the module policy asks no signature for this source: the module was accepted as the tree of commit {}, which git names by its hash",
+                    fetched.resolved.commit
+                ),
+                recheck: fetched.moving.then(|| fetcher.git_refresh()),
+            })
+        }
+    }
+}
+
+/// The module the instance rendered with last, if it was a published one (OCI or git) still
+/// in the cache and the current policy still trusts it: what it keeps rendering with when its
+/// reference cannot be used. Never the network.
+#[cfg(feature = "remote-modules")]
+fn last_good<A: Abstraction>(
+    ctx: &Context<A>,
+    reference: &RemoteRef,
+    previous: &AbstractionStatus,
+    package: &str,
+) -> Option<(String, Arc<crate::module::ModuleSource>)> {
+    let fetcher = &ctx.module_fetcher;
+    let previous = &previous.platform_ref_resolved;
+    if let Ok(good) = crate::module::OciReference::parse(previous) {
+        if matches!(reference, RemoteRef::Oci(r) if *r == good) {
+            return None;
+        }
+        return fetcher
+            .cached_trusted(&good, package, &ctx.module_policy)
+            .map(|(m, _)| (good.to_string(), m));
+    }
+    // A git reference's last good commit may be the one its branch still names (the server is
+    // down): that is exactly the fallback wanted.
+    let good = crate::module::ResolvedGitReference::parse(previous)?;
+    fetcher
+        .cached_git_trusted(&good, package, &ctx.module_policy)
+        .map(|(m, _)| (good.to_string(), m))
+}
+
 #[cfg(feature = "remote-modules")]
 async fn fetch_published<A: Abstraction>(
     ctx: &Context<A>,
-    reference: &crate::module::OciReference,
+    reference: &RemoteRef,
     previous: &AbstractionStatus,
     status: &mut AbstractionStatus,
     generation: Option<i64>,
@@ -839,17 +946,26 @@ async fn fetch_published<A: Abstraction>(
 ) -> Published {
     let modules = A::modules();
     let package = modules.entry_package().unwrap_or(".");
-    match ctx
-        .module_fetcher
-        .fetch_trusted(reference, package, &ctx.module_policy)
-        .await
-    {
-        Ok((module, verification)) => {
+    match fetch_remote(ctx, reference, package).await {
+        Ok(fetched) => {
+            let Fetched {
+                module,
+                verification,
+                resolved,
+                unverified_because,
+                recheck,
+            } = fetched;
+            // A git branch or tag says which ref it came from: the resolved form names only
+            // the commit.
+            let from = match reference {
+                RemoteRef::Git(r) if recheck.is_some() => format!(", from {}", r.revision),
+                _ => String::new(),
+            };
             status.set_condition(
                 ConditionType::ModuleResolved,
                 true,
                 "Resolved",
-                format!("{reference} (module content {})", module.digest()),
+                format!("{resolved} (module content {}{from})", module.digest()),
                 generation,
                 now,
             );
@@ -866,13 +982,13 @@ async fn fetch_published<A: Abstraction>(
                     ConditionType::ModuleVerified,
                     false,
                     "Unverified",
-                    "the module policy asks no signature for this source: the module was accepted because it is pinned by digest and every digest matched",
+                    unverified_because,
                     generation,
                     now,
                 ),
             }
-            tracing::info!(reference = %reference, digest = %module.digest(), ?verification, "platform module in use");
-            Published::Module(module, reference.to_string())
+            tracing::info!(reference = %reference, resolved = %resolved, digest = %module.digest(), ?verification, "platform module in use");
+            Published::Module(module, resolved, recheck)
         }
         Err(error) => {
             tracing::warn!(%error, reason = error.reason(), "platform module not usable");
@@ -890,19 +1006,9 @@ async fn fetch_published<A: Abstraction>(
                     now,
                 );
             }
-            // The module the instance rendered with last, if it was a published one still in
-            // the cache: nothing breaks because a registry is down or served bad content.
-            // Still under the current policy: a module the policy no longer trusts is not a
-            // fallback either.
-            let last_good = crate::module::OciReference::parse(&previous.platform_ref_resolved)
-                .ok()
-                .filter(|good| good != reference)
-                .and_then(|good| {
-                    ctx.module_fetcher
-                        .cached_trusted(&good, package, &ctx.module_policy)
-                        .map(|(m, _)| (good.to_string(), m))
-                });
-            match last_good {
+            // Nothing breaks because a registry or git server is down or served bad content,
+            // nor is a module the policy no longer trusts used (see `last_good`).
+            match last_good(ctx, reference, previous, package) {
                 Some((good, module)) => {
                     status.set_condition(
                         ConditionType::ModuleResolved,
@@ -912,7 +1018,10 @@ async fn fetch_published<A: Abstraction>(
                         generation,
                         now,
                     );
-                    Published::Module(module, good)
+                    // A git server that is down is asked again when the ref is due anyway.
+                    let retry = (error.is_transient() && matches!(reference, RemoteRef::Git(_)))
+                        .then(|| ctx.module_fetcher.git_refresh());
+                    Published::Module(module, good, retry)
                 }
                 None if error.is_transient() => {
                     status.set_condition(
@@ -958,6 +1067,9 @@ async fn fetch_published<A: Abstraction>(
                             crate::remote::FetchError::SourceDenied { .. }
                             | crate::remote::FetchError::SignatureInvalid { .. } => {
                                 "the module policy refuses this module: sign it with a key the policy lists, pin another module, or change the policy"
+                            }
+                            _ if matches!(reference, RemoteRef::Git(_)) => {
+                                "the content was refused; fix the module in the repository, or name another ref or dir"
                             }
                             _ => "the content was refused; publish the module again and pin its digest",
                         },
@@ -1070,7 +1182,7 @@ async fn apply<A: Abstraction>(
     let new_and_untouched = first_sight && nothing_written_before;
     let mut sweep_pending = !(known_complete || new_and_untouched);
 
-    let (published, published_ref) = match resolve_published(
+    let (published, published_ref, recheck) = match resolve_published(
         &ctx,
         object.as_ref(),
         &previous,
@@ -1080,8 +1192,8 @@ async fn apply<A: Abstraction>(
     )
     .await
     {
-        Published::Embedded => (None, None),
-        Published::Module(module, reference) => (Some(module), Some(reference)),
+        Published::Embedded => (None, None, None),
+        Published::Module(module, reference, recheck) => (Some(module), Some(reference), recheck),
         Published::Unavailable(retry) => {
             store_inventory(&ctx, &instance, &mut status).await?;
             write_status(&ctx, &api, &object, &status).await?;
@@ -1250,7 +1362,10 @@ async fn apply<A: Abstraction>(
         book.not_stalled(&key);
     }
     Ok(match verdict {
-        PassVerdict::Ready => Action::requeue(Duration::from_secs(300)),
+        // A git branch or tag may move: look again when it is due to be resolved again.
+        PassVerdict::Ready => Action::requeue(recheck.map_or(Duration::from_secs(300), |d| {
+            d.min(Duration::from_secs(300))
+        })),
         PassVerdict::Stalled => Action::requeue(book.stalled(&key)),
         // The fleet guard's window is minutes long: asking every few seconds would only cost.
         PassVerdict::PrunePaused => Action::requeue(Duration::from_secs(60)),

@@ -15,6 +15,10 @@
 //!
 //! Plain HTTP is used only for registries on loopback; everything else is HTTPS.
 //!
+//! Modules kept in git repositories (`spec.platformRef.git`) are fetched by the same
+//! [`ModuleFetcher`] ([`ModuleFetcher::fetch_git`]), into bare repositories under the same cache
+//! directory.
+//!
 //! ```no_run
 //! # async fn f() -> Result<(), cuebe::remote::FetchError> {
 //! use cuebe::module::OciReference;
@@ -39,6 +43,12 @@ use oci_client::{Client, Reference};
 use sha2::{Digest, Sha256};
 
 use crate::module::{ModuleSource, OciReference};
+
+// Git references live beside the OCI code: a child module, so that both share the fetcher's
+// cache directory, timeout and error reasons.
+#[path = "remote_git.rs"]
+mod git;
+pub use git::{DEFAULT_GIT_REFRESH, GitModule};
 
 /// Media type of the config of a module `cue mod publish` pushed.
 pub const CUE_MODULE_CONFIG: &str = "application/vnd.cue.module.v1+json";
@@ -159,6 +169,8 @@ pub struct ModuleFetcher {
     /// (digest, policy keys) → the key id whose signature checked out.
     verified: Mutex<HashMap<(String, String), String>>,
     timeout: Duration,
+    /// Modules from git repositories (`platformRef.git`): see [`ModuleFetcher::fetch_git`].
+    git: git::GitState,
 }
 
 impl ModuleFetcher {
@@ -169,6 +181,7 @@ impl ModuleFetcher {
             memory: Mutex::new(HashMap::new()),
             verified: Mutex::new(HashMap::new()),
             timeout: Duration::from_secs(30),
+            git: git::GitState::default(),
         }
     }
 
