@@ -240,7 +240,11 @@ async fn irsa_creates_the_role_first_and_annotates_the_service_account_after_the
         "the Role to be created and the status to say so",
         Duration::from_secs(20),
         || async {
-            e.ack("Role").get_opt("reports").await.unwrap().is_some()
+            e.ack("Role")
+                .get_opt("reports-iam")
+                .await
+                .unwrap()
+                .is_some()
                 && e.status("reports")
                     .await
                     .nodes
@@ -272,7 +276,7 @@ async fn irsa_creates_the_role_first_and_annotates_the_service_account_after_the
 
     e.ready("reports").await;
     let sa = sas.get("reports").await.unwrap();
-    let role = e.ack("Role").get("reports").await.unwrap();
+    let role = e.ack("Role").get("reports-iam").await.unwrap();
     let arn = role
         .data
         .pointer("/status/ackResourceMetadata/arn")
@@ -798,7 +802,13 @@ async fn the_operator_killed_mid_dag_resumes_with_no_duplicate_or_lost_object() 
     e.eventually(
         "the Role to be applied (mid-DAG)",
         Duration::from_secs(20),
-        || async { e.ack("Role").get_opt("reports").await.unwrap().is_some() },
+        || async {
+            e.ack("Role")
+                .get_opt("reports-iam")
+                .await
+                .unwrap()
+                .is_some()
+        },
     )
     .await;
     e.controller.abort();
@@ -1210,7 +1220,7 @@ async fn with_leader_election_one_replica_reconciles_and_a_follower_takes_over_w
 
 /// Runs `webservice-operator diff -f` on `spec` as the WebService `name` against the test
 /// cluster: the exit code and standard output.
-fn diff_command(e: &Env, name: &str, spec: &serde_json::Value) -> (i32, String) {
+fn diff_command(e: &Env, name: &str, spec: &serde_json::Value, extra: &[&str]) -> (i32, String) {
     let manifest = json!({
         "apiVersion": "platform.example.com/v1alpha1", "kind": "WebService",
         "metadata": {"name": name, "namespace": e.ns}, "spec": spec,
@@ -1220,6 +1230,7 @@ fn diff_command(e: &Env, name: &str, spec: &serde_json::Value) -> (i32, String) 
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_webservice-operator"))
         .args(["diff", "-f"])
         .arg(&file)
+        .args(extra)
         .env("KUBECONFIG", e.cluster.kubeconfig())
         .output()
         .unwrap();
@@ -1239,7 +1250,7 @@ async fn diff_shows_what_an_apply_would_change_and_changes_nothing() {
     e.ready("web").await;
 
     // The spec as applied: nothing to do.
-    let (code, out) = diff_command(&e, "web", &scaled);
+    let (code, out) = diff_command(&e, "web", &scaled, &[]);
     assert_eq!(code, 0, "{out}");
     assert!(
         out.contains("0 to create, 0 to update, 0 to prune or release, 5 unchanged"),
@@ -1252,7 +1263,7 @@ async fn diff_shows_what_an_apply_would_change_and_changes_nothing() {
     let replicas_now = d.get("web").await.unwrap().spec.replicas.unwrap();
     let mut fixed = simple();
     fixed["replicas"] = json!(3);
-    let (code, out) = diff_command(&e, "web", &fixed);
+    let (code, out) = diff_command(&e, "web", &fixed, &[]);
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains(&format!("    spec.replicas: {replicas_now} -> 3\n")),
@@ -1284,6 +1295,7 @@ async fn diff_shows_what_an_apply_would_change_and_changes_nothing() {
         &e,
         "web",
         &json!({"image": "docker.io/library/nginx:1.27", "resources": {"cpu": "1", "memory": "1Gi"}}),
+        &[],
     );
     assert_eq!(code, 3, "{out}");
     assert!(out.contains("allowed-registries"), "{out}");
@@ -1421,6 +1433,95 @@ async fn only_modules_the_policy_trusts_are_used_and_a_refused_one_keeps_the_las
     )
     .await;
     assert!(deployments.get_opt("signed").await.unwrap().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn render_and_diff_preview_a_published_module_before_anyone_pins_it() {
+    use cuebe_testkit::cosign::SigningKey;
+    use cuebe_testkit::oci_registry::{LocalRegistry, publish_module};
+    let e = env("preview").await;
+    let registry = LocalRegistry::start().unwrap();
+    // A candidate release that labels every object differently: visible in the render.
+    let candidate = module_variant("2.0.0-rc.1");
+    let render_cue = candidate.path().join("webservice/render.cue");
+    let text = std::fs::read_to_string(&render_cue).unwrap();
+    std::fs::write(
+        &render_cue,
+        text.replace(
+            r#""app.kubernetes.io/managed-by": "cuebe""#,
+            r#""app.kubernetes.io/managed-by": "cuebe-rc""#,
+        ),
+    )
+    .unwrap();
+    let reference = publish_module(&registry, candidate.path(), "v2.0.0-rc.1").unwrap();
+    // A cache of its own: the fetch below really goes to the registry.
+    let cache = tempfile::tempdir().unwrap();
+    let render = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_webservice-operator"))
+            .args(["render", "-f"])
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../examples/webservices/simple.yaml"
+            ))
+            .args(extra)
+            .env("CUEBE_MODULE_CACHE", cache.path())
+            .output()
+            .unwrap()
+    };
+
+    // The embedded module, as before.
+    let embedded = render(&[]);
+    assert!(embedded.status.success());
+    assert!(String::from_utf8_lossy(&embedded.stdout).contains("managed-by: cuebe\n"));
+
+    // The candidate, by reference: fetched, checked, rendered.
+    let previewed = render(&["--module", &reference]);
+    let stderr = String::from_utf8_lossy(&previewed.stderr).into_owned();
+    assert!(previewed.status.success(), "{stderr}");
+    assert!(String::from_utf8_lossy(&previewed.stdout).contains("managed-by: cuebe-rc"));
+    assert!(
+        stderr.contains(&format!("module: {reference} (Unverified")),
+        "{stderr}"
+    );
+
+    // A policy that asks for a signature refuses the unsigned candidate: exit 3, the reason.
+    let policy = tempfile::NamedTempFile::new().unwrap();
+    let key = SigningKey::generate();
+    std::fs::write(
+        policy.path(),
+        format!(
+            "sources:\n- pattern: \"{}/*\"\n  keys:\n  - |\n{}",
+            registry.host(),
+            key.public_pem()
+                .lines()
+                .map(|l| format!("    {l}\n"))
+                .collect::<String>()
+        ),
+    )
+    .unwrap();
+    let policy_path = policy.path().to_str().unwrap();
+    let refused = render(&["--module", &reference, "--module-policy", policy_path]);
+    assert_eq!(
+        refused.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("SignatureInvalid"));
+    // Signed, it passes.
+    key.sign_module(&reference).await.unwrap();
+    let verified = render(&["--module", &reference, "--module-policy", policy_path]);
+    let stderr = String::from_utf8_lossy(&verified.stderr).into_owned();
+    assert!(verified.status.success(), "{stderr}");
+    assert!(stderr.contains("(Verified: signed by key"), "{stderr}");
+
+    // `diff` against the cluster with the candidate: every object would be created, with its
+    // labels; nothing is written.
+    let (code, out) = diff_command(&e, "web", &simple(), &["--module", &reference]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("create"), "{out}");
+    let deployments: Api<Deployment> = Api::namespaced(e.client.clone(), &e.ns);
+    assert!(deployments.get_opt("web").await.unwrap().is_none());
 }
 
 #[tokio::test(flavor = "multi_thread")]
