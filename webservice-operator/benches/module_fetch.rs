@@ -72,7 +72,10 @@ async fn main() {
     let mut warm_memory = Vec::new();
     let disk = tempfile::tempdir().unwrap();
     let resident = ModuleFetcher::new(None);
-    resident.fetch_trusted(&pinned, package, &policy).await.unwrap();
+    resident
+        .fetch_trusted(&pinned, package, &policy)
+        .await
+        .unwrap();
     for _ in 0..rounds {
         let started = Instant::now();
         let renderer = CueRenderer::new(webservice_operator::platform_modules());
@@ -83,14 +86,20 @@ async fn main() {
         let empty = tempfile::tempdir().unwrap();
         let started = Instant::now();
         let fetcher = ModuleFetcher::new(Some(empty.path().to_path_buf()));
-        let (module, _) = fetcher.fetch_trusted(&pinned, package, &policy).await.unwrap();
+        let (module, _) = fetcher
+            .fetch_trusted(&pinned, package, &policy)
+            .await
+            .unwrap();
         let renderer = CueRenderer::new(webservice_operator::platform_modules());
         renderer.render(&input(Some(module))).await.unwrap();
         cold.push(started.elapsed());
         // Keep one populated disk cache for the warm rounds.
         if warm_disk.is_empty() {
             let seeded = ModuleFetcher::new(Some(disk.path().to_path_buf()));
-            seeded.fetch_trusted(&pinned, package, &policy).await.unwrap();
+            seeded
+                .fetch_trusted(&pinned, package, &policy)
+                .await
+                .unwrap();
         }
 
         // Warm from disk: a restarted operator (new fetcher), no network.
@@ -105,7 +114,10 @@ async fn main() {
 
         // Warm in memory: the same process, already verified.
         let started = Instant::now();
-        let (module, _) = resident.fetch_trusted(&pinned, package, &policy).await.unwrap();
+        let (module, _) = resident
+            .fetch_trusted(&pinned, package, &policy)
+            .await
+            .unwrap();
         let renderer = CueRenderer::new(webservice_operator::platform_modules());
         renderer.render(&input(Some(module))).await.unwrap();
         warm_memory.push(started.elapsed());

@@ -12,7 +12,8 @@ async fn a_registry_serving_wrong_bytes_for_a_digest_is_refused_and_nothing_is_c
     let reference = publish_module(&registry, &platform, "v1.0.0").unwrap();
     for tamper in [Tamper::Blobs, Tamper::Manifests] {
         let evil = TamperingRegistry::start(&registry, tamper).await.unwrap();
-        let moved = OciReference::parse(&reference.replace(&registry.host(), &evil.host())).unwrap();
+        let moved =
+            OciReference::parse(&reference.replace(&registry.host(), &evil.host())).unwrap();
         let cache = tempfile::tempdir().unwrap();
         let fetcher = ModuleFetcher::new(Some(cache.path().to_path_buf()));
         let err = fetcher.fetch(&moved, "./webservice").await.unwrap_err();
@@ -21,7 +22,10 @@ async fn a_registry_serving_wrong_bytes_for_a_digest_is_refused_and_nothing_is_c
             FetchError::DigestMismatch { expected, got, .. } => assert_ne!(expected, got),
             other => panic!("{tamper:?}: {other}"),
         }
-        assert!(fetcher.cached(&moved, "./webservice").is_none(), "{tamper:?}: nothing cached");
+        assert!(
+            fetcher.cached(&moved, "./webservice").is_none(),
+            "{tamper:?}: nothing cached"
+        );
         let cached_files = walk(cache.path());
         assert!(cached_files.is_empty(), "{tamper:?}: {cached_files:?}");
     }
