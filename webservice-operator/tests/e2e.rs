@@ -304,7 +304,7 @@ async fn irsa_creates_the_role_first_and_annotates_the_service_account_after_the
 #[tokio::test(flavor = "multi_thread")]
 async fn ack_terminal_puts_the_node_in_error_and_the_instance_stalled() {
     let e = env("terminal").await;
-    let _ack = e.ack_stand_in(Duration::from_millis(300), &["denied"]);
+    let _ack = e.ack_stand_in(Duration::from_millis(300), &["denied-iam"]);
     let spec = with_iam(json!({"policyARNs": []}));
     e.apply("denied", spec).await;
     e.eventually(
@@ -1442,7 +1442,7 @@ async fn render_and_diff_preview_a_published_module_before_anyone_pins_it() {
     let e = env("preview").await;
     let registry = LocalRegistry::start().unwrap();
     // A candidate release that labels every object differently: visible in the render.
-    let candidate = module_variant("2.0.0-rc.1");
+    let candidate = module_variant("1.1.0-rc.1");
     let render_cue = candidate.path().join("webservice/render.cue");
     let text = std::fs::read_to_string(&render_cue).unwrap();
     std::fs::write(
@@ -1453,7 +1453,7 @@ async fn render_and_diff_preview_a_published_module_before_anyone_pins_it() {
         ),
     )
     .unwrap();
-    let reference = publish_module(&registry, candidate.path(), "v2.0.0-rc.1").unwrap();
+    let reference = publish_module(&registry, candidate.path(), "v1.1.0-rc.1").unwrap();
     // A cache of its own: the fetch below really goes to the registry.
     let cache = tempfile::tempdir().unwrap();
     let render = |extra: &[&str]| {
