@@ -129,9 +129,11 @@ impl GitRepo {
                 source,
             })?;
         }
-        copy_dir(module_dir, &target).map_err(|source| GitServerError::Io {
-            what: format!("copying {}", module_dir.display()),
-            source,
+        crate::oci_registry::copy_dir(module_dir, &target).map_err(|source| {
+            GitServerError::Io {
+                what: format!("copying {}", module_dir.display()),
+                source,
+            }
         })?;
         git(&work, &["add", "--all"])?;
         git(
@@ -323,18 +325,4 @@ fn git(dir: &Path, args: &[&str]) -> Result<String, GitServerError> {
         return Err(failed(String::from_utf8_lossy(&out.stderr).into_owned()));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let target = to.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            copy_dir(&entry.path(), &target)?;
-        } else {
-            std::fs::copy(entry.path(), &target)?;
-        }
-    }
-    Ok(())
 }

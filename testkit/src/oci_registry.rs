@@ -192,7 +192,8 @@ pub fn publish_module(
     Ok(format!("oci://{repo}@{digest}"))
 }
 
-fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+/// Copies a directory tree (the module fixtures the registry and the git server publish).
+pub(crate) fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(to)?;
     for entry in std::fs::read_dir(from)? {
         let entry = entry?;

@@ -4,6 +4,10 @@
 //! Each test gets its own namespace and its own controller scoped to it.
 #![allow(clippy::unwrap_used)]
 
+#[path = "support/module_variant.rs"]
+mod module_variant;
+use module_variant::module_variant;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -1299,23 +1303,6 @@ async fn diff_shows_what_an_apply_would_change_and_changes_nothing() {
     );
     assert_eq!(code, 3, "{out}");
     assert!(out.contains("allowed-registries"), "{out}");
-}
-
-/// A copy of the platform module with one more comment: the same objects, another digest.
-fn module_variant(comment: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let from = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../cue/platform");
-    let status = std::process::Command::new("cp")
-        .arg("-r")
-        .arg(format!("{}/.", from.display()))
-        .arg(dir.path())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let main = dir.path().join("webservice/main.cue");
-    let text = std::fs::read_to_string(&main).unwrap();
-    std::fs::write(&main, format!("{text}\n// {comment}\n")).unwrap();
-    dir
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -3,6 +3,10 @@
 //! cached commit without the server.
 #![allow(clippy::unwrap_used)]
 
+#[path = "support/module_variant.rs"]
+mod module_variant;
+use module_variant::module_variant;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -12,22 +16,6 @@ use cuebe_testkit::git_server::{GitDaemon, GitRepo};
 
 fn platform() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../cue/platform")
-}
-
-/// The platform module with one more comment: the same objects, another digest.
-fn variant(comment: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let status = std::process::Command::new("cp")
-        .arg("-r")
-        .arg(format!("{}/.", platform().display()))
-        .arg(dir.path())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let main = dir.path().join("webservice/main.cue");
-    let text = std::fs::read_to_string(&main).unwrap();
-    std::fs::write(&main, format!("{text}\n// {comment}\n")).unwrap();
-    dir
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -94,7 +82,7 @@ async fn a_module_is_fetched_from_git_by_branch_tag_and_commit_and_a_cached_comm
     assert_eq!(by_commit.module.digest(), expected);
 
     // The branch moves: the next resolution sees the new commit.
-    let changed = variant("1.1.0");
+    let changed = module_variant("1.1.0");
     let second = repo
         .commit_module("main", changed.path(), "cue/platform", "platform 1.1.0")
         .unwrap();
@@ -116,7 +104,7 @@ async fn a_module_is_fetched_from_git_by_branch_tag_and_commit_and_a_cached_comm
     let third = repo
         .commit_module(
             "main",
-            variant("1.2.0").path(),
+            module_variant("1.2.0").path(),
             "cue/platform",
             "platform 1.2.0",
         )
