@@ -102,9 +102,10 @@ enum Command {
     },
     /// Render a manifest into its Graph offline, exactly as the operator would.
     ///
-    /// Exit codes: 0 the Graph was printed; 3 policy violations (printed; as JSON with -o json);
-    /// 2 the input is malformed or does not match the schema (the field and line are named);
-    /// 4 the platform module failed.
+    /// Exit codes: 0 the Graph was printed; 3 policy violations (printed; as JSON with -o json),
+    /// or a published module the trust policy refuses; 2 the input or `--module` is malformed or
+    /// does not match the schema (the field and line are named); 4 the platform module failed,
+    /// or a published module could not be fetched or is not what its digest says.
     Render {
         /// The manifest (YAML or JSON); `-` reads standard input.
         #[arg(short = 'f', long = "filename")]
