@@ -61,6 +61,7 @@ async fn main() {
             pattern: format!("{}/*", registry.host()),
             deny: false,
             keys: vec![key.public_pem()],
+            ..SourceRule::default()
         }],
     };
     let pinned = OciReference::parse(&reference).unwrap();

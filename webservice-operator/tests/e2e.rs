@@ -1329,6 +1329,7 @@ async fn only_modules_the_policy_trusts_are_used_and_a_refused_one_keeps_the_las
             pattern: format!("{}/platform.example.com/*", registry.host()),
             deny: false,
             keys: vec![ours.public_pem()],
+            ..SourceRule::default()
         }],
     };
     let cache = tempfile::tempdir().unwrap();

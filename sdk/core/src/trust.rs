@@ -34,6 +34,10 @@ use base64::Engine as _;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+// The manual-approval gate (`requireApproval`): its own file, one decision.
+mod approval;
+pub use approval::{ApprovalDecision, ApprovedDigests, canonical_digest};
+
 /// Annotation of a cosign signature layer holding the base64 signature.
 pub const COSIGN_SIGNATURE_ANNOTATION: &str = "dev.cosignproject.cosign/signature";
 /// Media type of a cosign "simple signing" payload layer.
@@ -57,6 +61,10 @@ pub struct SourceRule {
     /// Refuse modules from matching sources.
     #[serde(default)]
     pub deny: bool,
+    /// Use a module from a matching source only once its digest (the OCI manifest digest, or
+    /// the git commit) is approved in the cluster: see [`ModulePolicy::decide_approval`].
+    #[serde(default, rename = "requireApproval")]
+    pub require_approval: bool,
     /// PEM public keys; a matching module must carry a valid signature by one of them.
     #[serde(default)]
     pub keys: Vec<String>,
@@ -102,6 +110,9 @@ impl ModulePolicy {
             let bad = |message: String| InvalidPolicy { index, message };
             if rule.pattern.trim().is_empty() {
                 return Err(bad("pattern is empty".into()));
+            }
+            if rule.deny && rule.require_approval {
+                return Err(bad("a deny rule needs no approval (requireApproval)".into()));
             }
             if rule.deny && !rule.keys.is_empty() {
                 return Err(bad("a deny rule has no keys".into()));
@@ -385,16 +396,19 @@ mod tests {
                     pattern: "127.0.0.1:*/denied/*".into(),
                     deny: true,
                     keys: vec![],
+                    ..SourceRule::default()
                 },
                 SourceRule {
                     pattern: "127.0.0.1:*/platform.example.com/*".into(),
                     deny: false,
                     keys: vec![pem.clone()],
+                    ..SourceRule::default()
                 },
                 SourceRule {
                     pattern: "ghcr.io/acme/*".into(),
                     deny: false,
                     keys: vec![],
+                    ..SourceRule::default()
                 },
             ],
         };
@@ -428,6 +442,7 @@ mod tests {
                 pattern: "x/*".into(),
                 deny: false,
                 keys: vec!["not a key".into()],
+                ..SourceRule::default()
             }],
         };
         let err = bad_key.validate().unwrap_err().to_string();
@@ -440,6 +455,7 @@ mod tests {
                 pattern: "x/*".into(),
                 deny: true,
                 keys: vec![key_pair().1],
+                ..SourceRule::default()
             }],
         };
         assert!(

@@ -601,16 +601,19 @@ mod tests {
                     pattern: "git+https://git.example.com/acme/experimental/*".into(),
                     deny: true,
                     keys: vec![],
+                    ..SourceRule::default()
                 },
                 SourceRule {
                     pattern: "git+https://git.example.com/acme/signed/*".into(),
                     deny: false,
                     keys: vec![key.into()],
+                    ..SourceRule::default()
                 },
                 SourceRule {
                     pattern: "git+https://git.example.com/acme/*".into(),
                     deny: false,
                     keys: vec![],
+                    ..SourceRule::default()
                 },
             ],
         };
