@@ -33,6 +33,7 @@ pub mod module;
 pub mod plan;
 pub mod readiness;
 pub mod render;
+pub mod rollout;
 pub mod status;
 pub mod trust;
 

@@ -151,8 +151,8 @@ impl ModuleSource {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(extend("x-kubernetes-validations" = [{
-    "rule": "[has(self.embedded), has(self.oci), has(self.git)].filter(x, x).size() == 1",
-    "message": "spec.platformRef: set exactly one of embedded (a version built into the operator), oci (oci://REGISTRY/REPOSITORY@sha256:DIGEST) or git (git+https://HOST/REPO?ref=REF&dir=PATH)"
+    "rule": "[has(self.embedded), has(self.oci), has(self.git), has(self.channel)].filter(x, x).size() == 1",
+    "message": "spec.platformRef: set exactly one of embedded (a version built into the operator), oci (oci://REGISTRY/REPOSITORY@sha256:DIGEST), git (git+https://HOST/REPO?ref=REF&dir=PATH) or channel (the name of a PlatformChannel)"
 }]))]
 pub struct PlatformRef {
     /// A version of a module embedded in the operator binary, e.g. `1.0.0`.
@@ -171,6 +171,26 @@ pub struct PlatformRef {
         pattern = r"^(git\+https|git\+file|git)://[^?#@\s]+\?([^&#\s]+&)*ref=[^&#\s]+(&[^&#\s]+)*$"
     ))]
     pub git: Option<String>,
+    /// The name of a `PlatformChannel` (cluster-scoped, group `cuebe.dev`): the instance renders
+    /// with the module the channel's rollout gives it (see [`crate::rollout`]). An instance that
+    /// pins `embedded`, `oci` or `git` is never moved by a rollout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub channel: Option<String>,
+}
+
+impl std::fmt::Display for PlatformRef {
+    /// The reference as one string: `embedded:VERSION`, the `oci://…` or `git+…` reference, or
+    /// `channel:NAME`. Rollouts compare modules by it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.embedded, &self.oci, &self.git, &self.channel) {
+            (Some(v), ..) => write!(f, "embedded:{v}"),
+            (_, Some(r), ..) => f.write_str(r),
+            (_, _, Some(r), _) => f.write_str(r),
+            (_, _, _, Some(c)) => write!(f, "channel:{c}"),
+            _ => f.write_str("embedded:default"),
+        }
+    }
 }
 
 impl PlatformRef {
@@ -476,13 +496,7 @@ impl ModuleSet {
         };
         found.ok_or_else(|| UnknownModule {
             requested: r
-                .map(|r| {
-                    r.embedded
-                        .clone()
-                        .or_else(|| r.oci.clone())
-                        .or_else(|| r.git.clone())
-                        .unwrap_or_default()
-                })
+                .map(|r| r.embedded.clone().unwrap_or_else(|| r.to_string()))
                 .unwrap_or_default(),
             available: self.modules.iter().map(|m| m.version.clone()).collect(),
         })

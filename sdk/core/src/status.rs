@@ -211,9 +211,84 @@ pub struct AbstractionStatus {
     /// `renderHash` of the last graph.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub render_hash: String,
+    /// The module reference the last graph was rendered with, as one string (`embedded:1.0.0`,
+    /// `oci://…@sha256:…`, `git+…`): for an instance on a channel, the module the channel's
+    /// rollout gave it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub module_ref: String,
+    /// The `PlatformChannel` the instance follows, if any.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub channel: String,
+    /// The last few renders the instance applied, newest first (at most [`REVISIONS`]): going
+    /// back to one re-renders it from its module and the spec, and an equal `renderHash` shows
+    /// it is the same Graph.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revisions: Vec<Revision>,
+}
+
+/// How many revisions an instance's status keeps: enough to see a rollout and its rollback,
+/// small enough for etcd.
+pub const REVISIONS: usize = 5;
+
+/// One render an instance applied.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Revision {
+    /// The module it rendered with ([`AbstractionStatus::module_ref`]).
+    pub module_ref: String,
+    /// The resolved module ([`AbstractionStatus::platform_ref_resolved`]).
+    pub resolved: String,
+    /// The Graph's `renderHash`.
+    pub render_hash: String,
+    /// When it was first applied.
+    pub applied_at: String,
+    /// How it went: the `Ready` condition's reason when it was last seen (`Ready`, `Stalled`,
+    /// `PolicyViolation`, …).
+    pub outcome: String,
 }
 
 impl AbstractionStatus {
+    /// Records the render this pass applied in [`AbstractionStatus::revisions`]: a new entry
+    /// when the module or the render hash changed, otherwise the latest entry's outcome.
+    ///
+    /// ```
+    /// use cuebe_core::status::AbstractionStatus;
+    /// let mut s = AbstractionStatus::default();
+    /// s.record_revision("embedded:1.0.0", "sha256:a", "h1", "Progressing", "t0");
+    /// s.record_revision("embedded:1.0.0", "sha256:a", "h1", "Ready", "t1");
+    /// s.record_revision("embedded:1.1.0", "sha256:b", "h2", "Ready", "t2");
+    /// assert_eq!(s.revisions.len(), 2);
+    /// assert_eq!((s.revisions[1].outcome.as_str(), s.revisions[1].applied_at.as_str()), ("Ready", "t0"));
+    /// ```
+    pub fn record_revision(
+        &mut self,
+        module_ref: &str,
+        resolved: &str,
+        render_hash: &str,
+        outcome: &str,
+        now: &str,
+    ) {
+        match self.revisions.first_mut() {
+            Some(latest) if latest.render_hash == render_hash && latest.resolved == resolved => {
+                latest.outcome = outcome.to_string();
+                latest.module_ref = module_ref.to_string();
+            }
+            _ => {
+                self.revisions.insert(
+                    0,
+                    Revision {
+                        module_ref: module_ref.to_string(),
+                        resolved: resolved.to_string(),
+                        render_hash: render_hash.to_string(),
+                        applied_at: now.to_string(),
+                        outcome: outcome.to_string(),
+                    },
+                );
+                self.revisions.truncate(REVISIONS);
+            }
+        }
+    }
+
     /// The condition of this type.
     pub fn condition(&self, type_: ConditionType) -> Option<&Condition> {
         self.conditions.iter().find(|c| c.type_ == type_.as_str())
