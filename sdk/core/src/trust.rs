@@ -1,22 +1,34 @@
-//! Which published platform modules the operator trusts: a source policy and cosign
-//! signatures, decided and checked in-process (never by running `cosign`).
+//! Which published platform modules the operator trusts: a source policy, cosign signatures of
+//! OCI modules and SSH signatures of git commits and tags, decided and checked in-process (never
+//! by running `cosign`, `ssh-keygen` or `gpg`).
 //!
 //! A [`ModulePolicy`] lists source rules; the first whose pattern matches a reference
-//! (`REGISTRY/REPOSITORY`, `*` matching any run of characters) decides:
+//! (`REGISTRY/REPOSITORY` for OCI, `git+https://HOST/REPO` for git; `*` matching any run of
+//! characters) decides:
 //!
 //! - `deny: true`: the module is refused (`SourceDenied`);
-//! - `keys: [...]`: the module is used only with a valid signature by one of these keys
-//!   (`SignatureInvalid` otherwise);
+//! - `keys: [...]` (OCI) and/or `allowedSigners: [...]` (git): the module is used only with a
+//!   valid signature by one of these keys (`SignatureInvalid` otherwise). A rule that asks for a
+//!   signature of a kind the source cannot carry (only `keys` for a git source, only
+//!   `allowedSigners` for an OCI one) refuses it: a signature asked for is never skipped;
 //! - neither: allowed, unverified.
 //!
 //! When a policy has rules and none matches, the source is not allowed. With no policy at all,
 //! every digest-pinned module is accepted as `Unverified`.
 //!
-//! Signatures are cosign's classic layout: the tag `sha256-<hex>.sig` next to the module holds
-//! one layer per signature, each a "simple signing" payload naming the signed manifest digest,
-//! with the base64 ECDSA P-256 signature (ASN.1 DER, over SHA-256 of the payload) in the
+//! OCI signatures are cosign's classic layout: the tag `sha256-<hex>.sig` next to the module
+//! holds one layer per signature, each a "simple signing" payload naming the signed manifest
+//! digest, with the base64 ECDSA P-256 signature (ASN.1 DER, over SHA-256 of the payload) in the
 //! annotation `dev.cosignproject.cosign/signature`. Keys are PEM public keys as `cosign
 //! generate-key-pair` writes them (`cosign.pub`).
+//!
+//! Git signatures are what `git -c gpg.format=ssh commit -S` (or `tag -s`) writes: an armored
+//! `-----BEGIN SSH SIGNATURE-----` ([sshsig]) in the commit's `gpgsig` header, or at the end of
+//! a tag's message, made in the namespace `git` over the object without its signature. The keys
+//! are lines in OpenSSH's `allowed_signers` format ([`AllowedSigner`]), checked by
+//! [`verify_git_signature`].
+//!
+//! [sshsig]: https://cvsweb.openbsd.org/src/usr.bin/ssh/PROTOCOL.sshsig
 //!
 //! ```
 //! use cuebe_core::trust::{ModulePolicy, SourceDecision};
@@ -65,9 +77,15 @@ pub struct SourceRule {
     /// the git commit) is approved in the cluster: see [`ModulePolicy::decide_approval`].
     #[serde(default, rename = "requireApproval")]
     pub require_approval: bool,
-    /// PEM public keys; a matching module must carry a valid signature by one of them.
+    /// PEM public keys; a matching OCI module must carry a valid cosign signature by one of
+    /// them.
     #[serde(default)]
     pub keys: Vec<String>,
+    /// Lines in OpenSSH's `allowed_signers` format (`PRINCIPALS [OPTIONS] KEYTYPE BASE64KEY`);
+    /// a matching git module is used only at a commit (or annotated tag) carrying a valid SSH
+    /// signature by one of these keys. See [`AllowedSigner`].
+    #[serde(default, rename = "allowedSigners")]
+    pub allowed_signers: Vec<String>,
 }
 
 /// What a [`ModulePolicy`] says about one source.
@@ -80,12 +98,15 @@ pub enum SourceDecision {
     },
     /// Rules exist and none matches.
     NotAllowed,
-    /// Allowed only with a valid signature by one of these keys.
+    /// Allowed only with a valid signature by one of these keys: `keys` for an OCI module,
+    /// `allowed_signers` for a git one (either list may be empty, not both).
     Signed {
         /// The rule's pattern.
         pattern: String,
-        /// PEM public keys.
+        /// PEM public keys (cosign).
         keys: Vec<String>,
+        /// `allowed_signers` lines (SSH keys signing git commits and tags).
+        allowed_signers: Vec<String>,
     },
     /// Allowed without a signature (no policy, or a rule without keys).
     Unverified,
@@ -102,9 +123,19 @@ pub struct InvalidPolicy {
 }
 
 impl ModulePolicy {
-    /// Checks every rule: a pattern, a rule that denies and requires keys at once, keys that
-    /// do not parse. Called at start so that a policy mistake fails loudly, not at the first
-    /// module it would have refused.
+    /// Checks every rule: a pattern, a rule that denies and requires keys at once, keys and
+    /// allowed signers that do not parse. Called at start so that a policy mistake fails loudly,
+    /// not at the first module it would have refused.
+    ///
+    /// ```
+    /// use cuebe_core::trust::ModulePolicy;
+    /// let policy: ModulePolicy = serde_json::from_value(serde_json::json!({
+    ///     "sources": [{"pattern": "git+https://git.example.com/*",
+    ///                  "allowedSigners": ["platform@example.com ssh-ed25519 not-base64"]}]
+    /// })).unwrap();
+    /// let err = policy.validate().unwrap_err().to_string();
+    /// assert!(err.starts_with("module policy: sources[0]: allowedSigners[0]: "), "{err}");
+    /// ```
     pub fn validate(&self) -> Result<(), InvalidPolicy> {
         for (index, rule) in self.sources.iter().enumerate() {
             let bad = |message: String| InvalidPolicy { index, message };
@@ -117,8 +148,20 @@ impl ModulePolicy {
             if rule.deny && !rule.keys.is_empty() {
                 return Err(bad("a deny rule has no keys".into()));
             }
+            if rule.deny && !rule.allowed_signers.is_empty() {
+                return Err(bad("a deny rule has no allowedSigners".into()));
+            }
             for (k, key) in rule.keys.iter().enumerate() {
                 PublicKey::from_pem(key).map_err(|e| bad(format!("keys[{k}]: {e}")))?;
+            }
+            for (j, line) in rule.allowed_signers.iter().enumerate() {
+                let signer = AllowedSigner::parse(line)
+                    .map_err(|e| bad(format!("allowedSigners[{j}]: {e}")))?;
+                if !signer.may_sign_git() {
+                    return Err(bad(format!(
+                        "allowedSigners[{j}]: its namespaces option does not include \"git\", so this key can never sign a commit or tag the operator accepts"
+                    )));
+                }
             }
         }
         Ok(())
@@ -134,10 +177,13 @@ impl ModulePolicy {
             Some(r) if r.deny => SourceDecision::Denied {
                 pattern: r.pattern.clone(),
             },
-            Some(r) if r.keys.is_empty() => SourceDecision::Unverified,
+            Some(r) if r.keys.is_empty() && r.allowed_signers.is_empty() => {
+                SourceDecision::Unverified
+            }
             Some(r) => SourceDecision::Signed {
                 pattern: r.pattern.clone(),
                 keys: r.keys.clone(),
+                allowed_signers: r.allowed_signers.clone(),
             },
         }
     }
@@ -324,6 +370,293 @@ pub fn signature_tag(digest: &str) -> String {
     format!("{}.sig", digest.replace(':', "-"))
 }
 
+/// The sshsig namespace git signs commits and tags in (`ssh-keygen -Y sign -n git`).
+pub const GIT_SIGNATURE_NAMESPACE: &str = "git";
+
+/// One line of an OpenSSH `allowed_signers` file (see `ssh-keygen(1)`, ALLOWED SIGNERS):
+/// `PRINCIPALS [OPTIONS] KEYTYPE BASE64KEY [COMMENT]`, as a policy rule's `allowedSigners` lists
+/// them.
+///
+/// - `PRINCIPALS`: who the key belongs to (comma-separated, quoted if it holds spaces); shown in
+///   the status beside the key's fingerprint. It is not matched against the commit's author:
+///   a signature vouches for the content, whoever committed it.
+/// - `OPTIONS`: `namespaces="git,…"` (patterns with `*` and `?`, `!` to exclude) limits what the
+///   key may sign; without it, every namespace. `cert-authority`, `valid-after` and
+///   `valid-before` are refused (SSH certificates and validity windows are not supported).
+/// - The key: Ed25519 or ECDSA (NIST P-256, P-384, P-521), also on a security key
+///   (`sk-ssh-ed25519@openssh.com`, `sk-ecdsa-sha2-nistp256@openssh.com`). RSA and DSA keys
+///   are refused.
+///
+/// ```
+/// use cuebe_core::trust::AllowedSigner;
+/// let signer = AllowedSigner::parse(
+///     r#"platform@acme.example namespaces="git" ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOcd/EDgoH23dpdFRkGx32HjK+zwRhGzpKUJORxpC3JS ci"#,
+/// ).unwrap();
+/// assert_eq!(signer.principals(), "platform@acme.example");
+/// assert!(signer.fingerprint().starts_with("SHA256:"));
+/// assert!(signer.may_sign_git());
+/// let err = AllowedSigner::parse("ops@acme.example cert-authority ssh-ed25519 AAAA").unwrap_err();
+/// assert!(err.starts_with("cert-authority is not supported"), "{err}");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowedSigner {
+    principals: String,
+    /// The `namespaces` option's patterns; `None`: every namespace.
+    namespaces: Option<Vec<String>>,
+    key: ssh_key::PublicKey,
+}
+
+impl AllowedSigner {
+    /// Parses one `allowed_signers` line; the error says what is wrong with it.
+    pub fn parse(line: &str) -> Result<Self, String> {
+        let line = line.trim();
+        if line.is_empty() {
+            return Err("empty (expected PRINCIPALS [OPTIONS] KEYTYPE BASE64KEY)".into());
+        }
+        if line.starts_with('#') {
+            return Err("a comment, not a signer".into());
+        }
+        let (principals, rest) = first_field(line)?;
+        let principals = principals.trim_matches('"').to_string();
+        if principals.is_empty() {
+            return Err(
+                "names no principal (expected PRINCIPALS [OPTIONS] KEYTYPE BASE64KEY)".into(),
+            );
+        }
+        let rest = rest.trim_start();
+        if rest.is_empty() {
+            return Err(format!("{principals:?} is followed by no key"));
+        }
+        let (maybe_options, after) = first_field(rest)?;
+        let (options, key_text) = if looks_like_options(maybe_options) {
+            (Some(maybe_options), after.trim_start())
+        } else {
+            (None, rest)
+        };
+        let mut namespaces = None;
+        for option in options.map(split_options).unwrap_or_default() {
+            let (name, value) = option.split_once('=').unwrap_or((option, ""));
+            match name.to_ascii_lowercase().as_str() {
+                "namespaces" => {
+                    let value = value.trim_matches('"');
+                    if value.is_empty() {
+                        return Err("namespaces is empty (write namespaces=\"git\")".into());
+                    }
+                    namespaces = Some(value.split(',').map(|n| n.trim().to_string()).collect());
+                }
+                "cert-authority" => {
+                    return Err(
+                        "cert-authority is not supported (SSH certificates are not verified): list the signing key itself".into(),
+                    );
+                }
+                "valid-after" | "valid-before" => {
+                    return Err(format!(
+                        "{name} is not supported: remove it, and remove the line when the key should no longer sign"
+                    ));
+                }
+                _ => {
+                    return Err(format!(
+                        "unknown option {name:?} (allowed_signers options: namespaces, cert-authority, valid-after, valid-before)"
+                    ));
+                }
+            }
+        }
+        if key_text.is_empty() {
+            return Err(format!("{principals:?} is followed by options and no key"));
+        }
+        let key = ssh_key::PublicKey::from_openssh(key_text).map_err(|e| {
+            format!("the key does not parse ({e}): expected KEYTYPE BASE64KEY, as in a .pub file")
+        })?;
+        match key.algorithm() {
+            ssh_key::Algorithm::Ed25519
+            | ssh_key::Algorithm::Ecdsa { .. }
+            | ssh_key::Algorithm::SkEd25519
+            | ssh_key::Algorithm::SkEcdsaSha2NistP256 => {}
+            other => {
+                return Err(format!(
+                    "{} keys are not supported: sign with an Ed25519 or ECDSA key (ssh-keygen -t ed25519)",
+                    other.as_str()
+                ));
+            }
+        }
+        Ok(Self {
+            principals,
+            namespaces,
+            key,
+        })
+    }
+
+    /// The principals, as the line names them.
+    pub fn principals(&self) -> &str {
+        &self.principals
+    }
+
+    /// `SHA256:` and the unpadded base64 of the key's SHA-256, as `ssh-keygen -l` prints it.
+    pub fn fingerprint(&self) -> String {
+        self.key.fingerprint(ssh_key::HashAlg::Sha256).to_string()
+    }
+
+    /// The line's `namespaces` option lets this key sign for git (no option: it does).
+    pub fn may_sign_git(&self) -> bool {
+        let Some(patterns) = &self.namespaces else {
+            return true;
+        };
+        let mut allowed = false;
+        for pattern in patterns {
+            match pattern.strip_prefix('!') {
+                Some(excluded) if wildcard_match(excluded, GIT_SIGNATURE_NAMESPACE) => {
+                    return false;
+                }
+                Some(_) => {}
+                None => allowed |= wildcard_match(pattern, GIT_SIGNATURE_NAMESPACE),
+            }
+        }
+        allowed
+    }
+}
+
+/// The first whitespace-separated field of `text` (a `"…"` quoted part may hold spaces) and
+/// what follows it.
+fn first_field(text: &str) -> Result<(&str, &str), String> {
+    let mut quoted = false;
+    for (at, c) in text.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            c if c.is_whitespace() && !quoted => return Ok((&text[..at], &text[at..])),
+            _ => {}
+        }
+    }
+    if quoted {
+        return Err("a quote is not closed".into());
+    }
+    Ok((text, ""))
+}
+
+/// A field is the options when each comma-separated part is `cert-authority` or `name=value`
+/// (a key type is neither).
+fn looks_like_options(field: &str) -> bool {
+    split_options(field).iter().all(|o| {
+        o.eq_ignore_ascii_case("cert-authority")
+            || o.split_once('=').is_some_and(|(name, _)| {
+                !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            })
+    })
+}
+
+/// Splits options at commas outside quotes.
+fn split_options(field: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut quoted, mut start) = (false, 0);
+    for (at, c) in field.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                parts.push(&field[start..at]);
+                start = at + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&field[start..]);
+    parts
+}
+
+/// OpenSSH's pattern match: `*` any run of characters, `?` one character.
+fn wildcard_match(pattern: &str, text: &str) -> bool {
+    fn go(p: &[u8], t: &[u8]) -> bool {
+        match (p.first(), t.first()) {
+            (None, None) => true,
+            (Some(b'*'), _) => go(&p[1..], t) || (!t.is_empty() && go(p, &t[1..])),
+            (Some(b'?'), Some(_)) => go(&p[1..], &t[1..]),
+            (Some(a), Some(b)) if a == b => go(&p[1..], &t[1..]),
+            _ => false,
+        }
+    }
+    go(pattern.as_bytes(), text.as_bytes())
+}
+
+/// Who validly signed a git commit or tag: one of the policy's allowed signers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GitSigner {
+    /// The key's fingerprint, `SHA256:…` (as `ssh-keygen -l` prints it).
+    pub fingerprint: String,
+    /// The principals of the `allowedSigners` line that lists the key.
+    pub principal: String,
+}
+
+impl std::fmt::Display for GitSigner {
+    /// `SHA256:… (platform@acme.example)`: how the status names the signer.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.fingerprint, self.principal)
+    }
+}
+
+/// The signer whose SSH signature over `signed_data` checks out, or why there is none.
+///
+/// `signature` is the armored signature found on a git object (a commit's `gpgsig` header or
+/// the end of a tag), and `signed_data` the object without it. It counts when it is an
+/// [sshsig] made in the namespace `git` by a key that one of `allowed_signers` lists (and whose
+/// `namespaces` option allows git), and it verifies over exactly these bytes: a commit changed
+/// after it was signed does not. Lines that do not parse are skipped
+/// ([`ModulePolicy::validate`] refuses them at start).
+///
+/// [sshsig]: https://cvsweb.openbsd.org/src/usr.bin/ssh/PROTOCOL.sshsig
+pub fn verify_git_signature(
+    signed_data: &[u8],
+    signature: &[u8],
+    allowed_signers: &[String],
+) -> Result<GitSigner, String> {
+    let armored = std::str::from_utf8(signature)
+        .map_err(|_| "the signature is not text".to_string())?
+        .trim();
+    if armored.starts_with("-----BEGIN PGP SIGNATURE-----") {
+        return Err("signed with GPG (OpenPGP); only SSH signatures are verified: sign with git -c gpg.format=ssh and a key the policy lists in allowedSigners".into());
+    }
+    if armored.starts_with("-----BEGIN SIGNED MESSAGE-----") {
+        return Err("signed with an X.509 certificate (gpgsm); only SSH signatures are verified: sign with git -c gpg.format=ssh and a key the policy lists in allowedSigners".into());
+    }
+    let sig = ssh_key::SshSig::from_pem(format!("{armored}\n"))
+        .map_err(|e| format!("the SSH signature does not parse: {e}"))?;
+    let fingerprint = sig
+        .public_key()
+        .fingerprint(ssh_key::HashAlg::Sha256)
+        .to_string();
+    if sig.namespace() != GIT_SIGNATURE_NAMESPACE {
+        return Err(format!(
+            "the signature by key {fingerprint} was made in the namespace {:?}, not \"git\": it was made for another purpose",
+            sig.namespace()
+        ));
+    }
+    let Some(signer) = allowed_signers
+        .iter()
+        .filter_map(|line| AllowedSigner::parse(line).ok())
+        .find(|s| s.key.key_data() == sig.public_key())
+    else {
+        return Err(format!(
+            "signed by key {fingerprint}, which no allowedSigners line of the policy lists"
+        ));
+    };
+    if !signer.may_sign_git() {
+        return Err(format!(
+            "signed by key {fingerprint} ({}), whose namespaces option does not include git",
+            signer.principals
+        ));
+    }
+    signer
+        .key
+        .verify(GIT_SIGNATURE_NAMESPACE, signed_data, &sig)
+        .map_err(|e| {
+            format!(
+                "the signature by key {fingerprint} ({}) does not match the content ({e}): it was changed after it was signed, or the signature is corrupt",
+                signer.principals
+            )
+        })?;
+    Ok(GitSigner {
+        fingerprint,
+        principal: signer.principals,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -395,27 +728,29 @@ mod tests {
                 SourceRule {
                     pattern: "127.0.0.1:*/denied/*".into(),
                     deny: true,
-                    keys: vec![],
                     ..SourceRule::default()
                 },
                 SourceRule {
                     pattern: "127.0.0.1:*/platform.example.com/*".into(),
-                    deny: false,
                     keys: vec![pem.clone()],
                     ..SourceRule::default()
                 },
                 SourceRule {
+                    pattern: "git+https://git.example.com/signed/*".into(),
+                    allowed_signers: vec![ssh_signer_line("platform@example.com")],
+                    ..SourceRule::default()
+                },
+                SourceRule {
                     pattern: "ghcr.io/acme/*".into(),
-                    deny: false,
-                    keys: vec![],
                     ..SourceRule::default()
                 },
             ],
         };
         policy.validate().unwrap();
-        let cases: [(&str, &str); 5] = [
+        let cases: [(&str, &str); 6] = [
             ("127.0.0.1:5000/denied/platform", "Denied"),
             ("127.0.0.1:5000/platform.example.com/platform", "Signed"),
+            ("git+https://git.example.com/signed/platform", "Signed"),
             ("ghcr.io/acme/web", "Unverified"),
             ("ghcr.io/other/web", "NotAllowed"),
             ("127.0.0.1:5000/other", "NotAllowed"),
@@ -440,7 +775,6 @@ mod tests {
         let bad_key = ModulePolicy {
             sources: vec![SourceRule {
                 pattern: "x/*".into(),
-                deny: false,
                 keys: vec!["not a key".into()],
                 ..SourceRule::default()
             }],
@@ -472,6 +806,262 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("unknown field `allow`")
+        );
+    }
+
+    fn ssh_key(algorithm: ssh_key::Algorithm) -> ssh_key::PrivateKey {
+        ssh_key::PrivateKey::random(&mut ssh_key::rand_core::OsRng, algorithm).unwrap()
+    }
+
+    /// `PRINCIPAL [OPTIONS ]KEYTYPE BASE64 COMMENT` for `key`.
+    fn line_of(key: &ssh_key::PrivateKey, principal: &str, options: &str) -> String {
+        let public = key.public_key().to_openssh().unwrap();
+        if options.is_empty() {
+            format!("{principal} {public}")
+        } else {
+            format!("{principal} {options} {public}")
+        }
+    }
+
+    fn ssh_signer_line(principal: &str) -> String {
+        line_of(&ssh_key(ssh_key::Algorithm::Ed25519), principal, "")
+    }
+
+    /// What `ssh-keygen -Y sign -n NAMESPACE` writes (git uses SHA-512).
+    fn ssh_sign(key: &ssh_key::PrivateKey, namespace: &str, data: &[u8]) -> Vec<u8> {
+        ssh_key::SshSig::sign(key, namespace, ssh_key::HashAlg::Sha512, data)
+            .unwrap()
+            .to_pem(ssh_key::LineEnding::LF)
+            .unwrap()
+            .into_bytes()
+    }
+
+    const RSA_KEY: &str = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAAAgQDc1eK0sUu/rVl/mal8sqWOA1xkDdG5h7pNUE4oEupbCRhNbK0pzQW+RfOZ+ATdoShLz6Y31P/mT8Lpsa4F4/q2Tek2zL91RRcPijDuzIG/v8uA8tdHCVrP5WbGryEx+hOibG85XfykSRCH24I9n340tw5wSFx716JDbnpLeorrvw== r";
+    const ECDSA_KEY: &str = "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBNoIPOAN7GCofLyf4EPox9YDPcor6384WPX2MpfqrxD840AFoiBOeNV5uP84e831DxxobvzNPKmN2zzxu5hbz8c= e";
+
+    #[test]
+    fn allowed_signers_lines_parse_or_say_what_is_wrong() {
+        let key = ssh_key(ssh_key::Algorithm::Ed25519);
+        let public = key.public_key().to_openssh().unwrap();
+        let fingerprint = key
+            .public_key()
+            .fingerprint(ssh_key::HashAlg::Sha256)
+            .to_string();
+        // (line, principals, may sign for git)
+        let ok: [(String, &str, bool); 9] = [
+            (
+                format!("platform@acme.example {public}"),
+                "platform@acme.example",
+                true,
+            ),
+            (
+                format!("  platform@acme.example\t{public}  "),
+                "platform@acme.example",
+                true,
+            ),
+            (
+                format!("\"a@acme.example,b@acme.example\" namespaces=\"git\" {public}"),
+                "a@acme.example,b@acme.example",
+                true,
+            ),
+            (format!("p@x NAMESPACES=\"file,git\" {public}"), "p@x", true),
+            (format!("p@x namespaces=\"g*\" {public}"), "p@x", true),
+            (format!("p@x namespaces=\"file\" {public}"), "p@x", false),
+            (format!("p@x namespaces=\"*,!git\" {public}"), "p@x", false),
+            (format!("p@x {ECDSA_KEY}"), "p@x", true),
+            (format!("p@x namespaces=\"git\" {ECDSA_KEY}"), "p@x", true),
+        ];
+        for (line, principals, git) in ok {
+            let signer = AllowedSigner::parse(&line).unwrap_or_else(|e| panic!("{line}: {e}"));
+            assert_eq!(signer.principals(), principals, "{line}");
+            assert_eq!(signer.may_sign_git(), git, "{line}");
+        }
+        assert_eq!(
+            AllowedSigner::parse(&format!("p@x {public}"))
+                .unwrap()
+                .fingerprint(),
+            fingerprint
+        );
+        let bad: [(String, &str); 10] = [
+            (String::new(), "empty"),
+            (format!("# p@x {public}"), "a comment, not a signer"),
+            ("p@x".into(), "\"p@x\" is followed by no key"),
+            (format!("\"p@x {public}"), "a quote is not closed"),
+            (
+                format!("p@x cert-authority {public}"),
+                "cert-authority is not supported",
+            ),
+            (
+                format!("p@x valid-after=\"20240101\" {public}"),
+                "valid-after is not supported",
+            ),
+            (
+                format!("p@x restrict=\"yes\" {public}"),
+                "unknown option \"restrict\"",
+            ),
+            (
+                "p@x ssh-ed25519 not-base64".into(),
+                "the key does not parse",
+            ),
+            (
+                "p@x namespaces=\"git\"".into(),
+                "\"p@x\" is followed by options and no key",
+            ),
+            (format!("p@x {RSA_KEY}"), "ssh-rsa keys are not supported"),
+        ];
+        for (line, start) in bad {
+            let err = AllowedSigner::parse(&line).expect_err(&line);
+            assert!(err.starts_with(start), "{line}: {err}");
+        }
+
+        // At start: the rule and the line are named.
+        let policy = |lines: Vec<String>| ModulePolicy {
+            sources: vec![
+                SourceRule {
+                    pattern: "ghcr.io/*".into(),
+                    ..SourceRule::default()
+                },
+                SourceRule {
+                    pattern: "git+https://git.example.com/*".into(),
+                    allowed_signers: lines,
+                    ..SourceRule::default()
+                },
+            ],
+        };
+        policy(vec![format!("p@x {public}")]).validate().unwrap();
+        for (lines, expected) in [
+            (
+                vec![format!("p@x {public}"), "p@x ssh-ed25519 AAAA".into()],
+                "module policy: sources[1]: allowedSigners[1]: the key does not parse",
+            ),
+            (
+                vec![format!("p@x namespaces=\"file\" {public}")],
+                "module policy: sources[1]: allowedSigners[0]: its namespaces option does not include \"git\"",
+            ),
+        ] {
+            let err = policy(lines).validate().unwrap_err().to_string();
+            assert!(err.starts_with(expected), "{err}");
+        }
+        let deny = ModulePolicy {
+            sources: vec![SourceRule {
+                pattern: "x".into(),
+                deny: true,
+                allowed_signers: vec![format!("p@x {public}")],
+                ..SourceRule::default()
+            }],
+        };
+        assert!(
+            deny.validate()
+                .unwrap_err()
+                .to_string()
+                .ends_with("a deny rule has no allowedSigners")
+        );
+        let parsed: ModulePolicy = serde_json::from_value(serde_json::json!({
+            "sources": [{"pattern": "git+https://*", "allowedSigners": [format!("p@x {public}")]}]
+        }))
+        .unwrap();
+        assert_eq!(parsed.sources[0].allowed_signers.len(), 1);
+    }
+
+    #[test]
+    fn a_git_signature_counts_only_by_an_allowed_signer_in_the_git_namespace_over_this_content() {
+        let ours = ssh_key(ssh_key::Algorithm::Ed25519);
+        let ours_ecdsa = ssh_key(ssh_key::Algorithm::Ecdsa {
+            curve: ssh_key::EcdsaCurve::NistP256,
+        });
+        let theirs = ssh_key(ssh_key::Algorithm::Ed25519);
+        let only_files = ssh_key(ssh_key::Algorithm::Ed25519);
+        let commit = b"tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\nauthor a <a@x> 1700000000 +0000\ncommitter a <a@x> 1700000000 +0000\n\nplatform 1.0.0\n";
+        let tampered = b"tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\nauthor a <a@x> 1700000000 +0000\ncommitter a <a@x> 1700000000 +0000\n\nplatform 1.0.1\n";
+        let allowed = [
+            line_of(&ours, "platform@acme.example", ""),
+            line_of(&ours_ecdsa, "release@acme.example", "namespaces=\"git\""),
+            line_of(&only_files, "files@acme.example", "namespaces=\"file\""),
+            "a line that does not parse is skipped".to_string(),
+        ];
+        let fingerprint = |k: &ssh_key::PrivateKey| {
+            k.public_key()
+                .fingerprint(ssh_key::HashAlg::Sha256)
+                .to_string()
+        };
+        let pgp =
+            b"-----BEGIN PGP SIGNATURE-----\n\niQEzBAABCAAdFiEE\n-----END PGP SIGNATURE-----\n"
+                .to_vec();
+        // (signed bytes, signature, Ok(signer) or the start of the refusal)
+        type Case<'a> = (&'a [u8], Vec<u8>, Result<GitSigner, String>);
+        let cases: [Case<'_>; 8] = [
+            (
+                commit,
+                ssh_sign(&ours, "git", commit),
+                Ok(GitSigner {
+                    fingerprint: fingerprint(&ours),
+                    principal: "platform@acme.example".into(),
+                }),
+            ),
+            (
+                commit,
+                ssh_sign(&ours_ecdsa, "git", commit),
+                Ok(GitSigner {
+                    fingerprint: fingerprint(&ours_ecdsa),
+                    principal: "release@acme.example".into(),
+                }),
+            ),
+            (
+                commit,
+                ssh_sign(&theirs, "git", commit),
+                Err(format!(
+                    "signed by key {}, which no allowedSigners line of the policy lists",
+                    fingerprint(&theirs)
+                )),
+            ),
+            (
+                commit,
+                ssh_sign(&ours, "file", commit),
+                Err(format!(
+                    "the signature by key {} was made in the namespace \"file\", not \"git\"",
+                    fingerprint(&ours)
+                )),
+            ),
+            (
+                tampered,
+                ssh_sign(&ours, "git", commit),
+                Err(format!(
+                    "the signature by key {} (platform@acme.example) does not match the content",
+                    fingerprint(&ours)
+                )),
+            ),
+            (
+                commit,
+                ssh_sign(&only_files, "git", commit),
+                Err(format!(
+                    "signed by key {} (files@acme.example), whose namespaces option does not include git",
+                    fingerprint(&only_files)
+                )),
+            ),
+            (commit, pgp, Err("signed with GPG (OpenPGP)".into())),
+            (
+                commit,
+                b"-----BEGIN SSH SIGNATURE-----\nnot base64\n-----END SSH SIGNATURE-----\n"
+                    .to_vec(),
+                Err("the SSH signature does not parse".into()),
+            ),
+        ];
+        for (i, (data, signature, expected)) in cases.into_iter().enumerate() {
+            let got = verify_git_signature(data, &signature, &allowed);
+            match expected {
+                Ok(signer) => assert_eq!(got, Ok(signer), "case {i}"),
+                Err(start) => {
+                    let message = got.expect_err("refused");
+                    assert!(message.starts_with(&start), "case {i}: {message}");
+                }
+            }
+        }
+        // The signer as the status names it.
+        let signer =
+            verify_git_signature(commit, &ssh_sign(&ours, "git", commit), &allowed).unwrap();
+        assert_eq!(
+            signer.to_string(),
+            format!("{} (platform@acme.example)", fingerprint(&ours))
         );
     }
 
