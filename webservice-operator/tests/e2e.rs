@@ -1146,6 +1146,202 @@ async fn metrics_count_instances_by_state_reconciles_and_renders() {
     .await;
 }
 
+/// The content digest a `ModuleResolved=True` message names: `… (module content sha256:…)`.
+fn content_digest(status: &AbstractionStatus) -> String {
+    let message = &status
+        .condition(ConditionType::ModuleResolved)
+        .unwrap()
+        .message;
+    let (_, rest) = message.split_once("module content ").unwrap();
+    rest.split([')', ',']).next().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_module_load_is_an_event_and_a_metric_and_a_switch_names_the_new_module() {
+    use cuebe::remote::ModuleFetcher;
+    use cuebe::trust::{ModulePolicy, SourceRule};
+    use cuebe_testkit::cosign::SigningKey;
+    use cuebe_testkit::oci_registry::{LocalRegistry, publish_module};
+    use k8s_openapi::api::events::v1::Event;
+    let registry = LocalRegistry::start().unwrap();
+    let key = SigningKey::generate();
+    let (v1, v2, v3) = (
+        module_variant("1.0.0"),
+        module_variant("1.1.0"),
+        module_variant("1.2.0"),
+    );
+    let first = publish_module(&registry, v1.path(), "v1.0.0").unwrap();
+    let second = publish_module(&registry, v2.path(), "v1.1.0").unwrap();
+    let unsigned = publish_module(&registry, v3.path(), "v1.2.0").unwrap();
+    key.sign_module(&first).await.unwrap();
+    key.sign_module(&second).await.unwrap();
+    let policy = ModulePolicy {
+        sources: vec![SourceRule {
+            pattern: format!("{}/platform.example.com/*", registry.host()),
+            deny: false,
+            keys: vec![key.public_pem()],
+            ..SourceRule::default()
+        }],
+    };
+    let cache = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let e = env_with("audit", |operator| {
+        operator
+            .serve_metrics(listener)
+            .with_module_fetcher(Arc::new(ModuleFetcher::new(Some(
+                cache.path().to_path_buf(),
+            ))))
+            .with_module_policy(policy)
+            .unwrap()
+    })
+    .await;
+    let pinned = |reference: &str| {
+        let mut spec = simple();
+        spec["platformRef"] = json!({"oci": reference});
+        spec
+    };
+    let events: Api<Event> = Api::namespaced(e.client.clone(), &e.ns);
+    let module_loaded = || async {
+        let mut notes: Vec<String> = events
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|ev| {
+                ev.reason.as_deref() == Some("ModuleLoaded")
+                    && ev.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("web")
+            })
+            .map(|ev| ev.note.unwrap_or_default())
+            .collect();
+        notes.sort();
+        notes
+    };
+    let scrape = || async { http_get(addr, "/metrics").await.1 };
+    let in_use = |digest: &str| {
+        format!(r#"cuebe_module_instances{{kind="WebService",source="oci",digest="{digest}"}}"#)
+    };
+    let verified = r#"cuebe_module_loads_total{kind="WebService",source="oci",result="verified",reason="Verified"}"#;
+
+    e.apply("web", pinned(&first)).await;
+    e.ready("web").await;
+    let status = e.status("web").await;
+    let first_digest = content_digest(&status);
+    let signed_by = status
+        .condition(ConditionType::ModuleVerified)
+        .unwrap()
+        .message
+        .clone();
+    assert!(
+        signed_by.starts_with("signed by key sha256:"),
+        "{signed_by}"
+    );
+    // The Event names the reference, the content digest, the verification and the key id.
+    e.eventually("a ModuleLoaded event", Duration::from_secs(10), || async {
+        module_loaded().await.len() == 1
+    })
+    .await;
+    let note = module_loaded().await.remove(0);
+    assert!(note.starts_with(&first), "{note}");
+    assert!(note.contains(&first_digest), "{note}");
+    assert!(note.contains(&format!("Verified: {signed_by}")), "{note}");
+
+    // More passes on the same module (a deleted Deployment is recreated): counted, no new Event.
+    let deployments: Api<Deployment> = Api::namespaced(e.client.clone(), &e.ns);
+    let loads_before = sample(&scrape().await, verified).unwrap_or(0.0);
+    deployments
+        .delete("web", &DeleteParams::default())
+        .await
+        .unwrap();
+    e.eventually(
+        "the Deployment recreated and the pass counted",
+        Duration::from_secs(30),
+        || async {
+            deployments
+                .get_opt("web")
+                .await
+                .unwrap()
+                .is_some_and(|d| d.metadata.deletion_timestamp.is_none())
+                && sample(&scrape().await, verified).is_some_and(|n| n > loads_before)
+        },
+    )
+    .await;
+    assert_eq!(module_loaded().await, vec![note.clone()]);
+    assert_eq!(sample(&scrape().await, &in_use(&first_digest)), Some(1.0));
+
+    // Switched to another module within a minute: an Event of its own names it (kube's
+    // recorder would have folded it into the first one's series, keeping the first note).
+    e.apply("web", pinned(&second)).await;
+    e.eventually(
+        "web on the second module",
+        Duration::from_secs(30),
+        || async { e.status("web").await.platform_ref_resolved == second },
+    )
+    .await;
+    let second_digest = content_digest(&e.status("web").await);
+    assert_ne!(first_digest, second_digest);
+    e.eventually(
+        "a ModuleLoaded event naming the second module",
+        Duration::from_secs(10),
+        || async {
+            module_loaded()
+                .await
+                .iter()
+                .any(|n| n.starts_with(&second) && n.contains(&second_digest))
+        },
+    )
+    .await;
+    let notes = module_loaded().await;
+    assert_eq!(notes.len(), 2, "{notes:?}");
+    assert!(
+        notes.contains(&note),
+        "the first Event kept its note: {notes:?}"
+    );
+    // The gauge follows the instance to the new digest; the old one's series is gone.
+    e.eventually(
+        "the gauge on the second digest only",
+        Duration::from_secs(10),
+        || async {
+            let text = scrape().await;
+            sample(&text, &in_use(&second_digest)) == Some(1.0)
+                && !text.contains(&in_use(&first_digest))
+        },
+    )
+    .await;
+
+    // A refused module: counted by its reason, a Warning Event, the instance stays on the
+    // second module (and the gauge with it).
+    e.apply("web", pinned(&unsigned)).await;
+    let refused = r#"cuebe_module_loads_total{kind="WebService",source="oci",result="refused",reason="SignatureInvalid"}"#;
+    e.eventually("the refusal counted", Duration::from_secs(30), || async {
+        sample(&scrape().await, refused).is_some_and(|n| n >= 1.0)
+    })
+    .await;
+    let text = scrape().await;
+    assert_eq!(sample(&text, &in_use(&second_digest)), Some(1.0), "{text}");
+    assert_eq!(e.status("web").await.platform_ref_resolved, second);
+    e.eventually(
+        "a SignatureInvalid warning",
+        Duration::from_secs(10),
+        || async {
+            events
+                .list(&Default::default())
+                .await
+                .unwrap()
+                .items
+                .iter()
+                .any(|ev| {
+                    ev.reason.as_deref() == Some("SignatureInvalid")
+                        && ev.type_.as_deref() == Some("Warning")
+                        && ev.note.as_deref().is_some_and(|n| n.contains(&unsigned))
+                })
+        },
+    )
+    .await;
+    assert_eq!(module_loaded().await.len(), 2);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn with_leader_election_one_replica_reconciles_and_a_follower_takes_over_when_it_dies() {
     let e = env("leader").await;
@@ -1638,9 +1834,14 @@ async fn a_service_tracking_a_git_branch_follows_it_and_outlives_its_server() {
         },
     )
     .await;
-    // No second ModuleLoaded Event is looked for: kube's recorder keys Events on reason and
-    // action, not the note, so a later module on the same instance only counts up the first
-    // Event's series (the status above is the record of the commit in use).
+    // The new commit is an Event of its own, beside the first one.
+    e.eventually(
+        "a ModuleLoaded event naming the new commit",
+        Duration::from_secs(10),
+        || loaded(at(&second)),
+    )
+    .await;
+    assert!(loaded(at(&first)).await);
 
     // The server goes away: the branch cannot be resolved, and the service keeps its last
     // good commit from the cache; drift is still corrected.

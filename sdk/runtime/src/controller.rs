@@ -38,7 +38,7 @@ use crate::executor::{Change, Executor, INSTANCE_LABEL, KIND_LABEL, Outcome, Ssa
 use crate::inventory::{Inventory, StatusInventory};
 use crate::lifecycle::{Adopter, ExplicitAdopter};
 use crate::ops::leader::LeaderElection;
-use crate::ops::metrics::{InstanceState, OperatorMetrics};
+use crate::ops::metrics::{InstanceState, ModuleLoad, ModuleOrigin, OperatorMetrics};
 use crate::readiness::{DefaultReadiness, Readiness};
 use crate::renderer::{Capabilities, CueRenderer, Renderer};
 use crate::status::AbstractionStatus;
@@ -307,14 +307,13 @@ impl<A: Abstraction> Operator<A> {
             )))
         });
         let discovery = Discovery::default();
+        let reporter = Reporter {
+            controller: A::FIELD_MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
         let ctx = Arc::new(Context::<A> {
-            recorder: Recorder::new(
-                client.clone(),
-                Reporter {
-                    controller: A::FIELD_MANAGER.into(),
-                    instance: std::env::var("POD_NAME").ok(),
-                },
-            ),
+            recorder: Recorder::new(client.clone(), reporter.clone()),
+            reporter,
             executor: self.executor.clone().unwrap_or_else(|| {
                 Arc::new(
                     SsaExecutor::new(client.clone(), A::FIELD_MANAGER)
@@ -623,6 +622,8 @@ fn stop_signal(enabled: bool) -> futures::future::BoxFuture<'static, ()> {
 struct Context<A: Abstraction> {
     client: Client,
     recorder: Recorder,
+    /// Who publishes the events (for a recorder of its own, see `publish`).
+    reporter: Reporter,
     renderer: Arc<dyn Renderer>,
     #[cfg(feature = "remote-modules")]
     module_fetcher: Arc<crate::remote::ModuleFetcher>,
@@ -661,6 +662,18 @@ impl<A: Abstraction> Context<A> {
 
 /// Publishes one event on the instance.
 async fn publish<A: Abstraction>(ctx: &Context<A>, object: &A, note: EventNote) {
+    // kube's recorder folds an event into the one it published on the same object in the last
+    // 6 minutes with the same type, reason and action (not note): it counts up that event's
+    // series and keeps its note. A `ModuleLoaded` names the module, so a second one within
+    // minutes (the instance switched modules) would still read as the first. It goes out as an
+    // event of its own; `transitions` makes one only when the module changed, not every pass.
+    let fresh;
+    let recorder = if note.reason == "ModuleLoaded" {
+        fresh = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+        &fresh
+    } else {
+        &ctx.recorder
+    };
     let event = KubeEvent {
         type_: if note.warning {
             EventType::Warning
@@ -672,7 +685,7 @@ async fn publish<A: Abstraction>(ctx: &Context<A>, object: &A, note: EventNote) 
         action: note.action,
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&event, &object.object_ref(&())).await {
+    if let Err(e) = recorder.publish(&event, &object.object_ref(&())).await {
         tracing::debug!(error = %e, "could not publish an event");
     }
 }
@@ -809,7 +822,9 @@ async fn resolve_published<A: Abstraction>(
             .map(|p| p.map(RemoteRef::Git).map_err(|e| (e.to_string(), "git"))),
         None => None,
     };
+    let uid = object.meta().uid.as_deref().unwrap_or_default();
     let Some(reference) = parsed else {
+        ctx.metrics.module_in_use(uid, None);
         // Back on an embedded module: conditions about a published one would be stale.
         status.conditions.retain(|c| {
             c.type_ != ConditionType::ModuleResolved.as_str()
@@ -820,6 +835,14 @@ async fn resolve_published<A: Abstraction>(
     let reference = match reference {
         Ok(r) => r,
         Err((message, field)) => {
+            ctx.metrics.module_in_use(uid, None);
+            let origin = if field == "oci" {
+                ModuleOrigin::Oci
+            } else {
+                ModuleOrigin::Git
+            };
+            ctx.metrics
+                .module_loaded(origin, ModuleLoad::Refused("InvalidReference"));
             status.stop_before_apply(
                 ConditionType::ModuleResolved,
                 "InvalidReference",
@@ -831,12 +854,13 @@ async fn resolve_published<A: Abstraction>(
             return Published::Unavailable(Duration::from_secs(300));
         }
     };
-    fetch_published(ctx, &reference, previous, status, generation, now).await
+    fetch_published(ctx, object, &reference, previous, status, generation, now).await
 }
 
 #[cfg(not(feature = "remote-modules"))]
 async fn fetch_published<A: Abstraction>(
     _ctx: &Context<A>,
+    _object: &A,
     reference: &RemoteRef,
     _previous: &AbstractionStatus,
     status: &mut AbstractionStatus,
@@ -938,6 +962,7 @@ fn last_good<A: Abstraction>(
 #[cfg(feature = "remote-modules")]
 async fn fetch_published<A: Abstraction>(
     ctx: &Context<A>,
+    object: &A,
     reference: &RemoteRef,
     previous: &AbstractionStatus,
     status: &mut AbstractionStatus,
@@ -987,11 +1012,11 @@ async fn fetch_published<A: Abstraction>(
                     now,
                 ),
             }
-            tracing::info!(reference = %reference, resolved = %resolved, digest = %module.digest(), ?verification, "platform module in use");
+            audit_module_in_use(ctx, object, reference, &resolved, &module, &verification);
             Published::Module(module, resolved, recheck)
         }
         Err(error) => {
-            tracing::warn!(%error, reason = error.reason(), "platform module not usable");
+            audit_module_refused(ctx, object, reference, &error);
             if matches!(
                 error,
                 crate::remote::FetchError::SourceDenied { .. }
@@ -1008,8 +1033,16 @@ async fn fetch_published<A: Abstraction>(
             }
             // Nothing breaks because a registry or git server is down or served bad content,
             // nor is a module the policy no longer trusts used (see `last_good`).
+            let uid = object.meta().uid.as_deref().unwrap_or_default();
             match last_good(ctx, reference, previous, package) {
                 Some((good, module)) => {
+                    let origin = if good.starts_with("oci://") {
+                        ModuleOrigin::Oci
+                    } else {
+                        ModuleOrigin::Git
+                    };
+                    ctx.metrics
+                        .module_in_use(uid, Some((origin, module.digest())));
                     status.set_condition(
                         ConditionType::ModuleResolved,
                         false,
@@ -1024,6 +1057,7 @@ async fn fetch_published<A: Abstraction>(
                     Published::Module(module, good, retry)
                 }
                 None if error.is_transient() => {
+                    ctx.metrics.module_in_use(uid, None);
                     status.set_condition(
                         ConditionType::ModuleResolved,
                         false,
@@ -1059,6 +1093,7 @@ async fn fetch_published<A: Abstraction>(
                     Published::Unavailable(Duration::from_secs(15))
                 }
                 None => {
+                    ctx.metrics.module_in_use(uid, None);
                     status.stop_before_apply(
                         ConditionType::ModuleResolved,
                         error.reason(),
@@ -1081,6 +1116,80 @@ async fn fetch_published<A: Abstraction>(
             }
         }
     }
+}
+
+#[cfg(feature = "remote-modules")]
+impl RemoteRef {
+    fn origin(&self) -> ModuleOrigin {
+        match self {
+            Self::Oci(_) => ModuleOrigin::Oci,
+            Self::Git(_) => ModuleOrigin::Git,
+        }
+    }
+}
+
+/// The audit trail of a published module a pass renders with, besides the `ModuleLoaded`
+/// Event (`transitions`): a count of `cuebe_module_loads_total`, the gauge of modules in use,
+/// and a log line with the source, digest, verification and signer key id (at info when the
+/// instance's module changed for this process, at debug on every later pass).
+#[cfg(feature = "remote-modules")]
+fn audit_module_in_use<A: Abstraction>(
+    ctx: &Context<A>,
+    object: &A,
+    reference: &RemoteRef,
+    resolved: &str,
+    module: &crate::module::ModuleSource,
+    verification: &crate::remote::Verification,
+) {
+    let (load, verified, key) = match verification {
+        crate::remote::Verification::Signed { key } => {
+            (ModuleLoad::Verified, "Verified", key.as_str())
+        }
+        crate::remote::Verification::Unverified => (ModuleLoad::Unverified, "Unverified", ""),
+    };
+    let origin = reference.origin();
+    ctx.metrics.module_loaded(origin, load);
+    let uid = object.meta().uid.as_deref().unwrap_or_default();
+    let changed = ctx
+        .metrics
+        .module_in_use(uid, Some((origin, module.digest())));
+    let instance = format!(
+        "{}/{}",
+        object.namespace().unwrap_or_default(),
+        object.name_any()
+    );
+    let source = origin.as_str();
+    if changed {
+        tracing::info!(%instance, source, %reference, %resolved, digest = %module.digest(), verification = verified, key, "platform module loaded");
+    } else {
+        tracing::debug!(%instance, source, %reference, %resolved, digest = %module.digest(), verification = verified, key, "platform module in use");
+    }
+}
+
+/// The audit trail of a published module a pass could not use: a count of
+/// `cuebe_module_loads_total` (`refused`, or `failed` when the source could not be reached)
+/// and a warning with the source, reference and reason.
+#[cfg(feature = "remote-modules")]
+fn audit_module_refused<A: Abstraction>(
+    ctx: &Context<A>,
+    object: &A,
+    reference: &RemoteRef,
+    error: &crate::remote::FetchError,
+) {
+    let load = if error.is_transient() {
+        ModuleLoad::Failed(error.reason())
+    } else {
+        ModuleLoad::Refused(error.reason())
+    };
+    let origin = reference.origin();
+    ctx.metrics.module_loaded(origin, load);
+    let instance = format!(
+        "{}/{}",
+        object.namespace().unwrap_or_default(),
+        object.name_any()
+    );
+    let source = origin.as_str();
+    tracing::warn!(%instance, source, %reference, %error, reason = error.reason(), "platform module not usable");
 }
 
 /// The kinds a sweep looks at: every watched kind, every kind of the inventory and of `plan`.

@@ -111,6 +111,76 @@ struct StateLabels {
     state: &'static str,
 }
 
+/// Where a published platform module comes from (the `source` label of the module metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ModuleOrigin {
+    /// `spec.platformRef.oci`: a module `cue mod publish` pushed to an OCI registry.
+    Oci,
+    /// `spec.platformRef.git`: a module in a git repository, at a commit.
+    Git,
+}
+
+impl ModuleOrigin {
+    /// The label value: `oci` or `git`.
+    ///
+    /// ```
+    /// assert_eq!(cuebe::ops::metrics::ModuleOrigin::Git.as_str(), "git");
+    /// ```
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Oci => "oci",
+            Self::Git => "git",
+        }
+    }
+}
+
+/// How one reconcile pass resolved an instance's published module (the `result` and `reason`
+/// labels of `cuebe_module_loads_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModuleLoad {
+    /// In use, signed by a key the module policy lists.
+    Verified,
+    /// In use without a signature: no policy rule asks for one.
+    Unverified,
+    /// Not used: the policy or the content checks refused it. The reason is the status
+    /// condition's (`SourceDenied`, `SignatureInvalid`, `DigestMismatch`, `NotACueModule`, …).
+    Refused(&'static str),
+    /// Not fetched: the registry or git server could not be reached (`FetchFailed`); the
+    /// instance keeps its last good module when it has one.
+    Failed(&'static str),
+}
+
+impl ModuleLoad {
+    fn labels(self, origin: ModuleOrigin) -> ModuleLoadLabels {
+        let (result, reason) = match self {
+            Self::Verified => ("verified", "Verified"),
+            Self::Unverified => ("unverified", "Unverified"),
+            Self::Refused(reason) => ("refused", reason),
+            Self::Failed(reason) => ("failed", reason),
+        };
+        ModuleLoadLabels {
+            source: origin.as_str(),
+            result,
+            reason,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModuleLoadLabels {
+    source: &'static str,
+    result: &'static str,
+    reason: &'static str,
+}
+
+/// One published module in use: its content digest (few at a time, see
+/// [`OperatorMetrics::module_in_use`]).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModuleInUseLabels {
+    source: &'static str,
+    digest: String,
+}
+
 /// The metrics of one operator (one abstraction kind).
 ///
 /// | metric | type | what |
@@ -126,6 +196,8 @@ struct StateLabels {
 /// | `cuebe_leader` | gauge | 1 while this replica reconciles, 0 while it stands by |
 /// | `cuebe_prune_paused` | gauge | 1 while the fleet prune guard holds instances back (see [`crate::executor::FleetPruneGuard`]) |
 /// | `cuebe_prune_held_total` | counter | prune attempts the fleet prune guard held back |
+/// | `cuebe_module_loads_total{source,result,reason}` | counter | published modules resolved by a reconcile pass (see [`ModuleLoad`]) |
+/// | `cuebe_module_instances{source,digest}` | gauge | instances rendering with each published module, by content digest |
 ///
 /// ```
 /// use cuebe::ops::metrics::OperatorMetrics;
@@ -143,6 +215,10 @@ pub struct OperatorMetrics {
     restarts: Counter,
     leading: Gauge,
     states: Mutex<HashMap<String, InstanceState>>,
+    module_loads: Family<ModuleLoadLabels, Counter>,
+    module_instances: Family<ModuleInUseLabels, Gauge>,
+    /// The published module each instance (by UID) renders with.
+    modules_in_use: Mutex<HashMap<String, ModuleInUseLabels>>,
     watching: AtomicBool,
     standing_by: AtomicBool,
 }
@@ -204,6 +280,18 @@ impl OperatorMetrics {
             "1 while this replica reconciles (always, without leader election), 0 while it stands by",
             leading.clone(),
         );
+        let module_loads = Family::<ModuleLoadLabels, Counter>::default();
+        registry.register(
+            "module_loads",
+            "Published platform modules resolved by a reconcile pass, by source (oci, git), result (verified, unverified, refused, failed) and reason",
+            module_loads.clone(),
+        );
+        let module_instances = Family::<ModuleInUseLabels, Gauge>::default();
+        registry.register(
+            "module_instances",
+            "Instances rendering with each published platform module, by source and content digest",
+            module_instances.clone(),
+        );
         if let Some(renderer) = renderer {
             registry.register_collector(Box::new(RenderCacheCollector(renderer)));
         }
@@ -216,6 +304,9 @@ impl OperatorMetrics {
             restarts,
             leading,
             states: Mutex::new(HashMap::new()),
+            module_loads,
+            module_instances,
+            modules_in_use: Mutex::new(HashMap::new()),
             watching: AtomicBool::new(false),
             standing_by: AtomicBool::new(false),
         }
@@ -286,6 +377,67 @@ impl OperatorMetrics {
                 })
                 .dec();
         }
+        drop(states);
+        self.module_in_use(uid, None);
+    }
+
+    /// Records how a reconcile pass resolved a published module from `origin`: one count of
+    /// `cuebe_module_loads_total` per pass, so that a module refused or not fetched keeps
+    /// counting (and alerting) for as long as an instance names it.
+    ///
+    /// ```
+    /// use cuebe::ops::metrics::{ModuleLoad, ModuleOrigin, OperatorMetrics};
+    /// let metrics = OperatorMetrics::new("WebService", None);
+    /// metrics.module_loaded(ModuleOrigin::Oci, ModuleLoad::Refused("SignatureInvalid"));
+    /// let text = metrics.encode().expect("metrics encode");
+    /// assert!(text.contains(r#"cuebe_module_loads_total{kind="WebService",source="oci",result="refused",reason="SignatureInvalid"} 1"#));
+    /// ```
+    pub fn module_loaded(&self, origin: ModuleOrigin, load: ModuleLoad) {
+        self.module_loads.get_or_create(&load.labels(origin)).inc();
+    }
+
+    /// Records the published module the instance `uid` renders with (`None`: an embedded one,
+    /// or none); true when that changed for this process. A digest no instance uses any more
+    /// leaves `cuebe_module_instances`, so its series are the modules in use now: a few at a
+    /// time (one per release being rolled out), however many instances there are.
+    ///
+    /// ```
+    /// use cuebe::ops::metrics::{ModuleOrigin, OperatorMetrics};
+    /// let metrics = OperatorMetrics::new("WebService", None);
+    /// assert!(metrics.module_in_use("uid-1", Some((ModuleOrigin::Git, "sha256:ab12"))));
+    /// assert!(!metrics.module_in_use("uid-1", Some((ModuleOrigin::Git, "sha256:ab12"))));
+    /// let series = r#"cuebe_module_instances{kind="WebService",source="git",digest="sha256:ab12"}"#;
+    /// assert!(metrics.encode().expect("metrics encode").contains(&format!("{series} 1")));
+    /// assert!(metrics.module_in_use("uid-1", None));
+    /// assert!(!metrics.encode().expect("metrics encode").contains(series));
+    /// ```
+    pub fn module_in_use(&self, uid: &str, module: Option<(ModuleOrigin, &str)>) -> bool {
+        let now = module.map(|(origin, digest)| ModuleInUseLabels {
+            source: origin.as_str(),
+            digest: digest.to_string(),
+        });
+        let mut in_use = self
+            .modules_in_use
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let before = match &now {
+            Some(labels) => in_use.insert(uid.to_string(), labels.clone()),
+            None => in_use.remove(uid),
+        };
+        if before == now {
+            return false;
+        }
+        if let Some(before) = before {
+            let gauge = self.module_instances.get_or_create(&before);
+            if gauge.dec() <= 1 {
+                drop(gauge);
+                self.module_instances.remove(&before);
+            }
+        }
+        if let Some(now) = now {
+            self.module_instances.get_or_create(&now).inc();
+        }
+        true
     }
 
     /// Records a restart of the controller because the cluster's APIs changed.
