@@ -307,6 +307,18 @@ impl<A: Abstraction> Operator<A> {
             )))
         });
         let discovery = Discovery::default();
+        // Approvals are read only when the policy asks for them: no watch, and no RBAC on
+        // them needed, otherwise. Dropped (and so stopped) when `run` returns.
+        #[cfg(feature = "remote-modules")]
+        let (approvals, _approvals_watch) = if self.module_policy.any_requires_approval() {
+            let (approvals, driver) = crate::approval::Approvals::watch(client.clone());
+            (
+                Some(Arc::new(approvals)),
+                Some(AbortOnDrop(tokio::spawn(driver))),
+            )
+        } else {
+            (None, None)
+        };
         let reporter = Reporter {
             controller: A::FIELD_MANAGER.into(),
             instance: std::env::var("POD_NAME").ok(),
@@ -329,6 +341,8 @@ impl<A: Abstraction> Operator<A> {
             module_fetcher: self.module_fetcher.clone(),
             #[cfg(feature = "remote-modules")]
             module_policy: self.module_policy.clone(),
+            #[cfg(feature = "remote-modules")]
+            approvals: approvals.clone(),
             metrics: metrics.clone(),
             inventory: self.inventory.clone(),
             client: client.clone(),
@@ -343,6 +357,18 @@ impl<A: Abstraction> Operator<A> {
             _kind: std::marker::PhantomData,
         });
         let stop: Trigger = stop_signal(self.shutdown_on_signal).shared();
+        // An approval not listed yet is not a refusal: nothing is reconciled before the first
+        // list (a missing CRD or RBAC is logged by the watch and retried).
+        #[cfg(feature = "remote-modules")]
+        if let Some(approvals) = &approvals {
+            tracing::info!(
+                "the module policy asks for approvals: reading PlatformModuleApprovals first"
+            );
+            tokio::select! {
+                () = approvals.ready() => {}
+                () = stop.clone() => return,
+            }
+        }
         let Some(election) = self.leader_election.clone() else {
             self.run_controller(
                 &ctx,
@@ -450,6 +476,11 @@ impl<A: Abstraction> Operator<A> {
                 // A lost lease is not waited for here: `run` drops this future at once.
                 .graceful_shutdown_on(stop.clone())
                 .graceful_shutdown_on(changed_rx.map(|_| ()));
+            // An approval arriving (or revoked) reconciles the instances that checked its digest.
+            #[cfg(feature = "remote-modules")]
+            if let Some(approvals) = &ctx.approvals {
+                controller = controller.reconcile_on(approvals.triggers());
+            }
             metrics.set_watching(true);
             for (_, resource) in &apis.watched {
                 let child_api: Api<DynamicObject> = match &self.namespace {
@@ -629,6 +660,9 @@ struct Context<A: Abstraction> {
     module_fetcher: Arc<crate::remote::ModuleFetcher>,
     #[cfg(feature = "remote-modules")]
     module_policy: Arc<crate::trust::ModulePolicy>,
+    /// The cluster's module approvals, read when the policy asks for any (`requireApproval`).
+    #[cfg(feature = "remote-modules")]
+    approvals: Option<Arc<crate::approval::Approvals<ObjectRef<A>>>>,
     metrics: Arc<OperatorMetrics>,
     executor: Arc<dyn Executor>,
     inventory: Arc<dyn Inventory>,
@@ -823,6 +857,11 @@ async fn resolve_published<A: Abstraction>(
         None => None,
     };
     let uid = object.meta().uid.as_deref().unwrap_or_default();
+    // What this instance waits on is what this pass checks (see `check_approval`).
+    #[cfg(feature = "remote-modules")]
+    if let Some(approvals) = &ctx.approvals {
+        approvals.forget(&ObjectRef::from_obj(object));
+    }
     let Some(reference) = parsed else {
         ctx.metrics.module_in_use(uid, None);
         // Back on an embedded module: conditions about a published one would be stale.
@@ -896,12 +935,16 @@ struct Fetched {
 #[cfg(feature = "remote-modules")]
 async fn fetch_remote<A: Abstraction>(
     ctx: &Context<A>,
+    object: &A,
     reference: &RemoteRef,
     package: &str,
 ) -> Result<Fetched, crate::remote::FetchError> {
     let fetcher = &ctx.module_fetcher;
     match reference {
         RemoteRef::Oci(r) => {
+            // Before any request: an unapproved digest is not fetched.
+            let source = format!("{}/{}", r.registry, r.repository);
+            check_approval(ctx, object, &source, &r.digest, &r.to_string())?;
             let (module, verification) = fetcher
                 .fetch_trusted(r, package, &ctx.module_policy)
                 .await?;
@@ -917,6 +960,14 @@ async fn fetch_remote<A: Abstraction>(
             let (fetched, verification) = fetcher
                 .fetch_git_trusted(r, package, &ctx.module_policy)
                 .await?;
+            // The commit is known once the ref is resolved; nothing is used before this.
+            check_approval(
+                ctx,
+                object,
+                &r.repository.to_string(),
+                &fetched.resolved.commit,
+                &fetched.resolved.to_string(),
+            )?;
             Ok(Fetched {
                 module: fetched.module,
                 verification,
@@ -931,12 +982,37 @@ async fn fetch_remote<A: Abstraction>(
     }
 }
 
+/// The approval gate (`requireApproval`) for one digest the instance would use (an OCI
+/// manifest digest or a git commit): `Ok` when the policy asks for none or an approval lists
+/// it. The digest is recorded as one the instance waits on, so that a change of its approval
+/// reconciles the instance at once.
+#[cfg(feature = "remote-modules")]
+fn check_approval<A: Abstraction>(
+    ctx: &Context<A>,
+    object: &A,
+    source: &str,
+    digest: &str,
+    shown: &str,
+) -> Result<(), crate::remote::FetchError> {
+    match &ctx.approvals {
+        Some(approvals) => approvals.check(
+            &ObjectRef::from_obj(object),
+            &ctx.module_policy,
+            source,
+            digest,
+            shown,
+        ),
+        None => Ok(()),
+    }
+}
+
 /// The module the instance rendered with last, if it was a published one (OCI or git) still
 /// in the cache and the current policy still trusts it: what it keeps rendering with when its
 /// reference cannot be used. Never the network.
 #[cfg(feature = "remote-modules")]
 fn last_good<A: Abstraction>(
     ctx: &Context<A>,
+    object: &A,
     reference: &RemoteRef,
     previous: &AbstractionStatus,
     package: &str,
@@ -947,8 +1023,13 @@ fn last_good<A: Abstraction>(
         if matches!(reference, RemoteRef::Oci(r) if *r == good) {
             return None;
         }
+        let source = format!("{}/{}", good.registry, good.repository);
         return fetcher
             .cached_trusted(&good, package, &ctx.module_policy)
+            // A revoked approval revokes the fallback too.
+            .filter(|_| {
+                check_approval(ctx, object, &source, &good.digest, &good.to_string()).is_ok()
+            })
             .map(|(m, _)| (good.to_string(), m));
     }
     // A git reference's last good commit may be the one its branch still names (the server is
@@ -956,6 +1037,10 @@ fn last_good<A: Abstraction>(
     let good = crate::module::ResolvedGitReference::parse(previous)?;
     fetcher
         .cached_git_trusted(&good, package, &ctx.module_policy)
+        .filter(|_| {
+            let source = good.repository.to_string();
+            check_approval(ctx, object, &source, &good.commit, &good.to_string()).is_ok()
+        })
         .map(|(m, _)| (good.to_string(), m))
 }
 
@@ -971,7 +1056,7 @@ async fn fetch_published<A: Abstraction>(
 ) -> Published {
     let modules = A::modules();
     let package = modules.entry_package().unwrap_or(".");
-    match fetch_remote(ctx, reference, package).await {
+    match fetch_remote(ctx, object, reference, package).await {
         Ok(fetched) => {
             let Fetched {
                 module,
@@ -984,6 +1069,11 @@ async fn fetch_published<A: Abstraction>(
             // the commit.
             let from = match reference {
                 RemoteRef::Git(r) if recheck.is_some() => format!(", from {}", r.revision),
+                RemoteRef::Oci(r) => ctx
+                    .module_fetcher
+                    .vendored_layout(&r.digest)
+                    .map(|layout| format!(", vendored in {}", layout.display()))
+                    .unwrap_or_default(),
                 _ => String::new(),
             };
             status.set_condition(
@@ -1021,6 +1111,7 @@ async fn fetch_published<A: Abstraction>(
                 error,
                 crate::remote::FetchError::SourceDenied { .. }
                     | crate::remote::FetchError::SignatureInvalid { .. }
+                    | crate::remote::FetchError::NotApproved { .. }
             ) {
                 status.set_condition(
                     ConditionType::ModuleVerified,
@@ -1034,7 +1125,7 @@ async fn fetch_published<A: Abstraction>(
             // Nothing breaks because a registry or git server is down or served bad content,
             // nor is a module the policy no longer trusts used (see `last_good`).
             let uid = object.meta().uid.as_deref().unwrap_or_default();
-            match last_good(ctx, reference, previous, package) {
+            match last_good(ctx, object, reference, previous, package) {
                 Some((good, module)) => {
                     let origin = if good.starts_with("oci://") {
                         ModuleOrigin::Oci
@@ -1099,6 +1190,9 @@ async fn fetch_published<A: Abstraction>(
                         error.reason(),
                         &error.to_string(),
                         match &error {
+                            crate::remote::FetchError::NotApproved { .. } => {
+                                "the module policy requires approval of this digest: approve it (a PlatformModuleApproval listing it, as the message says), or pin an approved module"
+                            }
                             crate::remote::FetchError::SourceDenied { .. }
                             | crate::remote::FetchError::SignatureInvalid { .. } => {
                                 "the module policy refuses this module: sign it with a key the policy lists, pin another module, or change the policy"
@@ -1502,6 +1596,10 @@ async fn cleanup<A: Abstraction>(
         .map_err(ReconcileError::Teardown)?;
     if done {
         ctx.inventory.forget(&instance).await?;
+        #[cfg(feature = "remote-modules")]
+        if let Some(approvals) = &ctx.approvals {
+            approvals.forget(&ObjectRef::from_obj(object.as_ref()));
+        }
         let uid = object.meta().uid.clone().unwrap_or_default();
         ctx.failures
             .lock()

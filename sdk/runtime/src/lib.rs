@@ -19,6 +19,8 @@
 
 pub mod abstraction;
 pub mod access;
+#[cfg(feature = "remote-modules")]
+pub mod approval;
 pub mod controller;
 pub mod discovery;
 pub mod executor;

@@ -15,6 +15,10 @@
 //!
 //! Plain HTTP is used only for registries on loopback; everything else is HTTPS.
 //!
+//! With [`ModuleFetcher::with_vendored_modules`], a digest found in an OCI image layout on disk
+//! (as `cue mod publish --out` writes one) is served from there, never from the network, with
+//! the same checks; its signatures come from the layouts too ([`VendoredModules`]).
+//!
 //! Modules kept in git repositories (`spec.platformRef.git`) are fetched by the same
 //! [`ModuleFetcher`] ([`ModuleFetcher::fetch_git`]), into bare repositories under the same cache
 //! directory.
@@ -49,6 +53,11 @@ use crate::module::{ModuleSource, OciReference};
 #[path = "remote_git.rs"]
 mod git;
 pub use git::{DEFAULT_GIT_REFRESH, GitModule};
+
+// Image layouts on disk (`--vendored-modules`): a child module too, read by the same checks.
+#[path = "remote_vendored.rs"]
+mod vendored;
+pub use vendored::{REF_NAME_ANNOTATION, VendorError, VendoredModules};
 
 /// Media type of the config of a module `cue mod publish` pushed.
 pub const CUE_MODULE_CONFIG: &str = "application/vnd.cue.module.v1+json";
@@ -111,6 +120,15 @@ pub enum FetchError {
         /// What was found and why it does not count.
         message: String,
     },
+    /// The policy's rule asks for approval (`requireApproval`) and no approval in the cluster
+    /// lists the digest (see `cuebe::approval`).
+    #[error("{reference}: {message}")]
+    NotApproved {
+        /// The reference.
+        reference: String,
+        /// Which digest, which rule, and how to approve it.
+        message: String,
+    },
 }
 
 impl FetchError {
@@ -122,6 +140,7 @@ impl FetchError {
             Self::NotACueModule { .. } => "NotACueModule",
             Self::SourceDenied { .. } => "SourceDenied",
             Self::SignatureInvalid { .. } => "SignatureInvalid",
+            Self::NotApproved { .. } => "NotApproved",
         }
     }
 
@@ -171,6 +190,8 @@ pub struct ModuleFetcher {
     timeout: Duration,
     /// Modules from git repositories (`platformRef.git`): see [`ModuleFetcher::fetch_git`].
     git: git::GitState,
+    /// Image layouts served before any registry: see [`ModuleFetcher::with_vendored_modules`].
+    vendored: Option<VendoredModules>,
 }
 
 impl ModuleFetcher {
@@ -182,7 +203,31 @@ impl ModuleFetcher {
             verified: Mutex::new(HashMap::new()),
             timeout: Duration::from_secs(30),
             git: git::GitState::default(),
+            vendored: None,
         }
+    }
+
+    /// Serves OCI modules from the image layouts under `dir` (`--vendored-modules`) before
+    /// asking any registry: a pinned digest found there never touches the network, and its
+    /// signatures are read from the layouts too (a rule with keys refuses a vendored module
+    /// whose layouts hold no valid signature, without asking the registry). The directory is
+    /// checked now: it must hold at least one layout, and each must parse.
+    ///
+    /// ```no_run
+    /// # fn f() -> Result<(), cuebe::remote::VendorError> {
+    /// let fetcher = cuebe::remote::ModuleFetcher::new(None)
+    ///     .with_vendored_modules("/var/lib/cuebe/vendored")?;
+    /// # let _ = fetcher; Ok(()) }
+    /// ```
+    pub fn with_vendored_modules(mut self, dir: impl Into<PathBuf>) -> Result<Self, VendorError> {
+        self.vendored = Some(VendoredModules::open(dir)?);
+        Ok(self)
+    }
+
+    /// The vendored layout holding the manifest `digest`, if this fetcher has vendored modules
+    /// and one holds it.
+    pub fn vendored_layout(&self, digest: &str) -> Option<PathBuf> {
+        self.vendored.as_ref()?.layout_of(digest)
     }
 
     /// The module `reference` pins, if `policy` trusts its source: a denied source is refused
@@ -206,6 +251,25 @@ impl ModuleFetcher {
         let module = self.fetch(reference, package).await?;
         if let Some(key) = self.verified_offline(reference, &keys) {
             return Ok((module, Verification::Signed { key }));
+        }
+        if let Some(vendored) = &self.vendored
+            && let Some(layout) = vendored.layout_of(&reference.digest)
+        {
+            // A vendored module is for a cluster without the registry: its signatures are
+            // where it is, or nowhere.
+            let found = vendored.signatures(&reference.digest);
+            let why = crate::trust::verify_signatures(&reference.digest, &found, &keys)
+                .err()
+                .unwrap_or_default();
+            return Err(FetchError::SignatureInvalid {
+                reference: reference.to_string(),
+                message: format!(
+                    "{why} (the module is vendored in {}: its signatures are read from the layouts under {} only; copy the cosign signature tag {} into a layout there)",
+                    layout.display(),
+                    vendored.root().display(),
+                    crate::trust::signature_tag(&reference.digest)
+                ),
+            });
         }
         let signatures = self.pull_signatures(reference).await?;
         let key = crate::trust::verify_signatures(&reference.digest, &signatures, &keys).map_err(
@@ -241,8 +305,9 @@ impl ModuleFetcher {
         }
     }
 
-    /// A signature already checked for these keys (this process), or one cached on disk that
-    /// checks out again: a verified module needs no network on later passes.
+    /// A signature already checked for these keys (this process), or one cached on disk or in a
+    /// vendored layout that checks out again: a verified module needs no network on later
+    /// passes.
     fn verified_offline(&self, reference: &OciReference, keys: &[String]) -> Option<String> {
         let memo = (reference.digest.clone(), keys.join("\n"));
         if let Some(key) = self
@@ -253,8 +318,17 @@ impl ModuleFetcher {
         {
             return Some(key.clone());
         }
-        let cached = load_signatures(self.cache_dir.as_ref()?, &reference.digest)?;
-        let key = crate::trust::verify_signatures(&reference.digest, &cached, keys).ok()?;
+        let on_disk = self
+            .cache_dir
+            .as_ref()
+            .and_then(|dir| load_signatures(dir, &reference.digest))
+            .and_then(|cached| {
+                crate::trust::verify_signatures(&reference.digest, &cached, keys).ok()
+            });
+        let key = on_disk.or_else(|| {
+            let found = self.vendored.as_ref()?.signatures(&reference.digest);
+            crate::trust::verify_signatures(&reference.digest, &found, keys).ok()
+        })?;
         self.remember_verified(reference, keys, &key);
         Some(key)
     }
@@ -307,22 +381,7 @@ impl ModuleFetcher {
         let manifest: OciImageManifest = serde_json::from_slice(&raw)
             .map_err(|e| failed(format!("the signature manifest does not parse: {e}")))?;
         let mut found = Vec::new();
-        for layer in manifest
-            .layers
-            .iter()
-            .filter(|l| l.media_type == crate::trust::COSIGN_PAYLOAD_MEDIA_TYPE)
-        {
-            let Some(signature_b64) = layer
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(crate::trust::COSIGN_SIGNATURE_ANNOTATION))
-                .cloned()
-            else {
-                continue;
-            };
-            if !(0..=64 * 1024).contains(&layer.size) {
-                continue;
-            }
+        for (layer, signature_b64) in cosign_layers(&manifest) {
             let mut payload = Vec::new();
             tokio::time::timeout(self.timeout, client.pull_blob(&oci, layer, &mut payload))
                 .await
@@ -361,8 +420,11 @@ impl ModuleFetcher {
         reference: &OciReference,
         package: &str,
     ) -> Result<Arc<ModuleSource>, FetchError> {
-        if let Some(found) = self.cached(reference, package) {
+        if let Some(found) = self.cached_locally(reference, package) {
             return Ok(found);
+        }
+        if let Some(vendored) = self.from_vendored(reference, package) {
+            return vendored;
         }
         let (manifest, archive) = self.pull(reference).await?;
         let source = Arc::new(unpack(reference, &manifest, &archive, package)?);
@@ -377,9 +439,56 @@ impl ModuleFetcher {
         Ok(source)
     }
 
-    /// The module when it is in memory or in the disk cache (and still hashes right); never
-    /// touches the network. What a registry outage leaves to render with.
+    /// The module when it is in memory, in the disk cache or in a vendored layout (and still
+    /// hashes right); never touches the network. What a registry outage leaves to render with.
     pub fn cached(&self, reference: &OciReference, package: &str) -> Option<Arc<ModuleSource>> {
+        self.cached_locally(reference, package).or_else(|| {
+            match self.from_vendored(reference, package)? {
+                Ok(found) => Some(found),
+                Err(error) => {
+                    tracing::warn!(%error, "a vendored module fails its checks; not used");
+                    None
+                }
+            }
+        })
+    }
+
+    /// The module from a vendored layout holding its manifest, checked as a pull is; `None`
+    /// when no layout holds it. Never the network.
+    fn from_vendored(
+        &self,
+        reference: &OciReference,
+        package: &str,
+    ) -> Option<Result<Arc<ModuleSource>, FetchError>> {
+        let (layout, manifest) = self.vendored.as_ref()?.manifest(&reference.digest)?;
+        let unreadable = |what: &str, e: std::io::Error| FetchError::FetchFailed {
+            reference: reference.to_string(),
+            message: format!(
+                "reading {what} from the vendored layout {}: {e}",
+                layout.display()
+            ),
+        };
+        let loaded = manifest
+            .map_err(|e| unreadable("the manifest", e))
+            .and_then(|raw| {
+                verify(reference, "the manifest", &raw, &reference.digest)?;
+                let zip = parse_manifest(reference, &raw)?.layers[0].digest.clone();
+                let limit = u64::try_from(MAX_ARCHIVE_BYTES).unwrap_or(u64::MAX);
+                let archive = VendoredModules::read_blob(&layout, &zip, limit)
+                    .map_err(|e| unreadable("the module zip", e))?;
+                Ok((raw, archive))
+            })
+            .and_then(|(raw, archive)| unpack(reference, &raw, &archive, package));
+        Some(loaded.map(|source| {
+            let source = Arc::new(source);
+            self.remember(reference, package, source.clone());
+            tracing::info!(reference = %reference, layout = %layout.display(), digest = %source.digest(), "platform module served from a vendored layout");
+            source
+        }))
+    }
+
+    /// The module from memory or the disk cache.
+    fn cached_locally(&self, reference: &OciReference, package: &str) -> Option<Arc<ModuleSource>> {
         let key = (reference.digest.clone(), package.to_string());
         if let Some(found) = self
             .memory
@@ -447,6 +556,26 @@ impl ModuleFetcher {
     }
 }
 
+/// The layers of a cosign signature manifest that carry a signature: (layer, base64 signature).
+/// A layer larger than 64 KiB is no signature payload and is skipped.
+fn cosign_layers(
+    manifest: &OciImageManifest,
+) -> Vec<(&oci_client::manifest::OciDescriptor, String)> {
+    manifest
+        .layers
+        .iter()
+        .filter(|l| l.media_type == crate::trust::COSIGN_PAYLOAD_MEDIA_TYPE)
+        .filter(|l| (0..=64 * 1024).contains(&l.size))
+        .filter_map(|l| {
+            let signature = l
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(crate::trust::COSIGN_SIGNATURE_ANNOTATION))?;
+            Some((l, signature.clone()))
+        })
+        .collect()
+}
+
 /// The keys a module from this source must be signed by (`None`: no signature asked), or why
 /// the source is refused.
 fn keys_for(
@@ -465,6 +594,15 @@ fn keys_for(
             message: format!("no rule of the module policy allows {source}"),
         }),
         SourceDecision::Unverified => Ok(None),
+        // A rule asking for a signature is never skipped: SSH signers cannot sign an OCI module.
+        SourceDecision::Signed { pattern, keys, .. } if keys.is_empty() => {
+            Err(FetchError::SignatureInvalid {
+                reference: reference.to_string(),
+                message: format!(
+                    "the rule {pattern:?} lists only allowedSigners, which verify signed git commits and tags; an OCI module is verified against cosign keys: add keys to the rule, or give this registry a rule of its own"
+                ),
+            })
+        }
         SourceDecision::Signed { keys, .. } => Ok(Some(keys)),
     }
 }
