@@ -89,7 +89,7 @@ enum Command {
         #[arg(short = 'n', long)]
         namespace: Option<String>,
     },
-    /// Print the CustomResourceDefinition as YAML.
+    /// Print the CustomResourceDefinitions as YAML: the abstraction's and cuebe's PlatformChannel.
     Crd,
     /// Print the least ClusterRole the operator needs, as YAML: the custom resource, the kinds
     /// the module renders for these manifests (under no optional API and under all of them),
@@ -341,8 +341,11 @@ impl<A: Abstraction> App<A> {
         };
         match cli.command {
             Command::Crd => {
-                let yaml =
-                    serde_norway::to_string(&cuebe::abstraction::crd::<A>()).unwrap_or_default();
+                let yaml = cuebe::abstraction::crds::<A>()
+                    .iter()
+                    .map(|crd| serde_norway::to_string(crd).unwrap_or_default())
+                    .collect::<Vec<_>>()
+                    .join("---\n");
                 let _ = write!(std::io::stdout(), "{yaml}");
                 ExitCode::SUCCESS
             }

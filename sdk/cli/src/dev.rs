@@ -120,7 +120,7 @@ pub async fn run<A: Abstraction>(
     }
     let client = running.client();
     running
-        .install_crds(&[cuebe::abstraction::crd::<A>()])
+        .install_crds(&cuebe::abstraction::crds::<A>())
         .await
         .map_err(DevError::Cluster)?;
 

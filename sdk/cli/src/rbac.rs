@@ -11,6 +11,9 @@
 //! | the custom resource | get, list, watch, patch | reconcile it, its finalizer (a JSON patch) |
 //! | its `/status` | patch | the status write |
 //! | `events.k8s.io` Events | create, patch | events on the instance (series are patched) |
+//! | `cuebe.dev` PlatformModuleApprovals (with remote modules) | list, watch | a module policy's `requireApproval` reads them through a watch |
+//! | `cuebe.dev` PlatformChannels | get, list, watch | instances on a channel read it |
+//! | their `/status` | patch | the rollout driver's progress |
 //!
 //! The access check before each pass ([`cuebe::access`]) asks for the same verbs, so a role
 //! built from this output passes it. Resources are the kinds' plurals by the API's own rule
@@ -124,6 +127,20 @@ pub fn least_cluster_role<A: Abstraction>(
         grant(group, plural(kind), &["list", "watch"]);
     }
     grant("events.k8s.io", "events".into(), &["create", "patch"]);
+    // Approvals of published modules, read through one watch (never a GET).
+    #[cfg(feature = "remote-modules")]
+    grant(
+        "cuebe.dev",
+        "platformmoduleapprovals".into(),
+        &["list", "watch"],
+    );
+    // Rollouts: instances read their channel; the leader's driver writes the channel's status.
+    grant(
+        "cuebe.dev",
+        "platformchannels".into(),
+        &["get", "list", "watch"],
+    );
+    grant("cuebe.dev", "platformchannels/status".into(), &["patch"]);
 
     // One rule per (group, verbs), resources sorted: the shape people write by hand.
     let mut rules: BTreeMap<(String, Vec<&'static str>), Vec<String>> = BTreeMap::new();

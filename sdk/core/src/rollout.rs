@@ -64,9 +64,20 @@ pub struct AbstractionRef {
     pub kind: String,
 }
 
-/// How a rollout advances.
+/// How a rollout advances. The API server checks the shape of each field at admission;
+/// [`RolloutStrategy::parse`] also checks that the steps grow.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "self.steps.all(s, s.matches('^([1-9][0-9]*|([1-9][0-9]?|100)%)$'))",
+        "message": "spec.strategy.steps: each step is a count of instances (\"1\") or a percentage from 1% to 100% (\"10%\")"
+    },
+    {
+        "rule": "self.healthDeadline.matches('^([0-9]+(ms|s|m|h))+$') && self.pause.matches('^([0-9]+(ms|s|m|h))+$')",
+        "message": "spec.strategy.healthDeadline and pause are durations with a unit: 90s, 5m, 1h30m"
+    }
+]))]
 pub struct RolloutStrategy {
     /// How many instances have moved when each step ends: a count (`"1"`) or a percentage of
     /// the instances on the channel (`"10%"`), growing; a last `"100%"` is implied.

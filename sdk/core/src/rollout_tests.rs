@@ -70,7 +70,8 @@ fn clean_preview(n: usize) -> Preview {
 
 #[test]
 fn steps_parse_or_name_the_field_and_rule() {
-    let table: &[(&[&str], Result<Vec<Step>, &str>)] = &[
+    type Case<'a> = (&'a [&'a str], Result<Vec<Step>, &'a str>);
+    let table: &[Case] = &[
         (
             &["1", "10%", "50%"],
             Ok(vec![

@@ -119,6 +119,28 @@ pub fn well_known_capabilities() -> Vec<CapabilityProbe> {
 
 pub use crate::discovery::{discover_capabilities, served_kind};
 
+/// Every CustomResourceDefinition an operator for `A` uses: `A`'s own ([`crd`]) and cuebe's
+/// (`PlatformChannel`, for rollouts). The `crd` command prints them, `dev` installs them.
+///
+/// ```
+/// # use kube::CustomResource;
+/// # use schemars::JsonSchema;
+/// # use serde::{Deserialize, Serialize};
+/// # #[derive(CustomResource, cuebe::Abstraction, Serialize, Deserialize, Clone, Debug, JsonSchema)]
+/// # #[kube(group = "example.com", version = "v1", kind = "Greeter", namespaced,
+/// #        status = "cuebe::status::AbstractionStatus")]
+/// # #[abstraction(module = "../../cue/platform", package = "./webservice")]
+/// # pub struct GreeterSpec { pub message: String }
+/// let names: Vec<_> = cuebe::abstraction::crds::<Greeter>()
+///     .into_iter()
+///     .filter_map(|c| c.metadata.name)
+///     .collect();
+/// assert_eq!(names, ["greeters.example.com", "platformchannels.cuebe.dev"]);
+/// ```
+pub fn crds<A: Abstraction>() -> Vec<CustomResourceDefinition> {
+    vec![crd::<A>(), crate::rollout::channel_crd()]
+}
+
 /// The CustomResourceDefinition to install for `A`: kube's [`CustomResourceExt::crd`] with the
 /// instance name rule ([`crate::instance::NAME_RULE_CEL`]) at the root of every version's
 /// schema, so that the API server refuses — at `kubectl apply`, naming the field — a name the

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
-use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event, finalizer};
@@ -295,9 +295,11 @@ impl<A: Abstraction> Operator<A> {
             .renderer
             .clone()
             .unwrap_or_else(|| Arc::new(CueRenderer::new(A::modules())));
+        let rollout_metrics = crate::rollout::RolloutMetrics::default();
         let metrics = Arc::new(
             OperatorMetrics::new(&kind, Some(renderer.clone()))
-                .with_fleet_prune_guard(self.fleet_prune_guard.clone()),
+                .with_fleet_prune_guard(self.fleet_prune_guard.clone())
+                .with_rollouts(&rollout_metrics),
         );
         // Dropped (and so stopped) when `run` returns.
         let _metrics_server = self.metrics_listener.take().map(|listener| {
@@ -344,6 +346,8 @@ impl<A: Abstraction> Operator<A> {
             #[cfg(feature = "remote-modules")]
             approvals: approvals.clone(),
             metrics: metrics.clone(),
+            rollout_metrics,
+            channels: channel_driver::ChannelBook::default(),
             inventory: self.inventory.clone(),
             client: client.clone(),
             capabilities: RwLock::new(Capabilities::default()),
@@ -476,6 +480,47 @@ impl<A: Abstraction> Operator<A> {
                 // A lost lease is not waited for here: `run` drops this future at once.
                 .graceful_shutdown_on(stop.clone())
                 .graceful_shutdown_on(changed_rx.map(|_| ()));
+            // Channels: instances follow their channel's status, and the driver moves rollouts
+            // (only when the PlatformChannel CRD is installed).
+            let channels: Api<crate::rollout::PlatformChannel> = Api::all(client.clone());
+            let channels_served = match channels.list(&ListParams::default().limit(1)).await {
+                Ok(_) => true,
+                Err(error) => {
+                    tracing::info!(%error, "PlatformChannel is not served: rollouts are off (install the CRD the `crd` command prints)");
+                    false
+                }
+            };
+            let instances = controller.store();
+            let mut driver = None;
+            if channels_served {
+                let mapper_ctx = ctx.clone();
+                let mapper_store = instances.clone();
+                controller = controller.watches(
+                    channels.clone(),
+                    watcher::Config::default(),
+                    move |channel| {
+                        channel_driver::instances_moved_by(&mapper_ctx, &mapper_store, channel)
+                    },
+                );
+                let state = Arc::new(channel_driver::Driver {
+                    ctx: ctx.clone(),
+                    instances: instances.clone(),
+                });
+                driver = Some(
+                    Controller::new(channels, watcher::Config::default())
+                        .graceful_shutdown_on(stop.clone())
+                        .run(
+                            channel_driver::drive_channel::<A>,
+                            channel_driver::driver_error_policy::<A>,
+                            state,
+                        )
+                        .for_each(|result| async move {
+                            if let Err(e) = result {
+                                tracing::debug!(error = %e, "rollout driver error");
+                            }
+                        }),
+                );
+            }
             // An approval arriving (or revoked) reconciles the instances that checked its digest.
             #[cfg(feature = "remote-modules")]
             if let Some(approvals) = &ctx.approvals {
@@ -495,14 +540,24 @@ impl<A: Abstraction> Operator<A> {
                     move |obj| owner_of::<A>(&obj, &kind),
                 );
             }
-            controller
+            let instance_controller = controller
                 .run(reconcile::<A>, error_policy::<A>, ctx.clone())
                 .for_each(|result| async move {
                     if let Err(e) = result {
                         tracing::debug!(error = %e, "reconcile error");
                     }
-                })
-                .await;
+                });
+            // The driver lives as long as the instance controller it reads from.
+            let driver = async move {
+                if let Some(driver) = driver {
+                    driver.await;
+                }
+                futures::future::pending::<()>().await;
+            };
+            tokio::select! {
+                () = instance_controller => {}
+                () = driver => {}
+            }
             metrics.set_watching(false);
             rediscovery.0.abort();
             // The poller ends only once it has seen a change; anything else stopped the
@@ -664,6 +719,10 @@ struct Context<A: Abstraction> {
     #[cfg(feature = "remote-modules")]
     approvals: Option<Arc<crate::approval::Approvals<ObjectRef<A>>>>,
     metrics: Arc<OperatorMetrics>,
+    /// `cuebe_rollout_*`.
+    rollout_metrics: crate::rollout::RolloutMetrics,
+    /// The channels seen, for instances on a channel.
+    channels: channel_driver::ChannelBook,
     executor: Arc<dyn Executor>,
     inventory: Arc<dyn Inventory>,
     /// What the cluster offers, as last discovered (a change restarts the controller).
@@ -818,6 +877,47 @@ enum Published {
     Unavailable(Duration),
 }
 
+// Rollouts: which module an instance on a channel renders with, and the driver of channels.
+#[path = "channel_driver.rs"]
+mod channel_driver;
+
+/// The module a reference names, for a render outside an instance's pass (a rollout's
+/// preview): `None` for an embedded version (the renderer resolves it), the fetched and
+/// verified module for a published one.
+async fn module_of_ref<A: Abstraction>(
+    ctx: &Context<A>,
+    object: &A,
+    reference: &crate::module::PlatformRef,
+) -> Result<Option<Arc<crate::module::ModuleSource>>, String> {
+    if reference.embedded.is_some() {
+        return A::modules()
+            .resolve(Some(reference))
+            .map(|_| None)
+            .map_err(|e| e.to_string());
+    }
+    let remote = match (reference.oci_reference(), reference.git_reference()) {
+        (Some(r), _) => r.map(RemoteRef::Oci).map_err(|e| e.to_string())?,
+        (_, Some(r)) => r.map(RemoteRef::Git).map_err(|e| e.to_string())?,
+        _ => return Err(format!("{reference}: not a module")),
+    };
+    #[cfg(feature = "remote-modules")]
+    {
+        let modules = A::modules();
+        let package = modules.entry_package().unwrap_or(".");
+        fetch_remote(ctx, object, &remote, package)
+            .await
+            .map(|f| Some(f.module))
+            .map_err(|e| e.to_string())
+    }
+    #[cfg(not(feature = "remote-modules"))]
+    {
+        let _ = (ctx, object);
+        Err(format!(
+            "{remote}: this operator was built without the remote-modules feature of cuebe"
+        ))
+    }
+}
+
 /// A module the instance names outside the operator: an OCI digest or a git reference.
 #[cfg_attr(not(feature = "remote-modules"), allow(dead_code))]
 enum RemoteRef {
@@ -841,13 +941,13 @@ impl std::fmt::Display for RemoteRef {
 async fn resolve_published<A: Abstraction>(
     ctx: &Context<A>,
     object: &A,
+    platform_ref: Option<&crate::module::PlatformRef>,
     previous: &AbstractionStatus,
     status: &mut AbstractionStatus,
     generation: Option<i64>,
     now: &str,
 ) -> Published {
-    let platform_ref = object.platform_ref();
-    let parsed = match platform_ref.as_ref() {
+    let parsed = match platform_ref {
         Some(r) if r.oci.is_some() => r
             .oci_reference()
             .map(|p| p.map(RemoteRef::Oci).map_err(|e| (e.to_string(), "oci"))),
@@ -1385,9 +1485,39 @@ async fn apply<A: Abstraction>(
     let new_and_untouched = first_sight && nothing_written_before;
     let mut sweep_pending = !(known_complete || new_and_untouched);
 
+    // An instance on a channel renders with the module the channel's rollout gives it.
+    let platform_ref = match channel_driver::effective_ref(&ctx, object.as_ref()).await {
+        Ok(r) => r,
+        Err(no_module) => {
+            status.stop_before_apply(
+                ConditionType::ModuleResolved,
+                no_module.reason,
+                &no_module.message,
+                &no_module.hint,
+                generation,
+                &now,
+            );
+            store_inventory(&ctx, &instance, &mut status).await?;
+            write_status(&ctx, &api, &object, &status).await?;
+            return Ok(Action::requeue(Duration::from_secs(10)));
+        }
+    };
+    status.channel = object
+        .platform_ref()
+        .and_then(|r| r.channel)
+        .unwrap_or_default();
+    // Said before rendering: a channel's driver must see which module a failure belongs to.
+    status.module_ref = match &platform_ref {
+        Some(r) => r.to_string(),
+        None => format!(
+            "embedded:{}",
+            A::modules().versions().last().unwrap_or_default()
+        ),
+    };
     let (published, published_ref, recheck) = match resolve_published(
         &ctx,
         object.as_ref(),
+        platform_ref.as_ref(),
         &previous,
         &mut status,
         generation,
@@ -1396,7 +1526,17 @@ async fn apply<A: Abstraction>(
     .await
     {
         Published::Embedded => (None, None, None),
-        Published::Module(module, reference, recheck) => (Some(module), Some(reference), recheck),
+        Published::Module(module, reference, recheck) => {
+            // Kept on its last good module (the one asked for is unusable): say which it is.
+            if platform_ref
+                .as_ref()
+                .and_then(|r| r.oci.as_ref())
+                .is_some_and(|asked| *asked != reference)
+            {
+                status.module_ref = reference.clone();
+            }
+            (Some(module), Some(reference), recheck)
+        }
         Published::Unavailable(retry) => {
             store_inventory(&ctx, &instance, &mut status).await?;
             write_status(&ctx, &api, &object, &status).await?;
@@ -1409,6 +1549,7 @@ async fn apply<A: Abstraction>(
     let mut last_exec: Option<Outcome> = None;
     for _round in 0..3 {
         let mut input = render_input(object.as_ref(), capabilities.clone(), observed.clone());
+        input.platform_ref = platform_ref.clone();
         input.module = published.clone();
         let started = std::time::Instant::now();
         let rendered = ctx.renderer.render(&input).await;
@@ -1548,6 +1689,16 @@ async fn apply<A: Abstraction>(
         return Ok(Action::requeue(Duration::from_secs(2)));
     };
     let verdict = summarize(&mut status, &outcome, generation, &now);
+    let outcome_reason = status
+        .condition(ConditionType::Ready)
+        .map(|c| c.reason.clone())
+        .unwrap_or_default();
+    let (module_ref, resolved, render_hash) = (
+        status.module_ref.clone(),
+        status.platform_ref_resolved.clone(),
+        status.render_hash.clone(),
+    );
+    status.record_revision(&module_ref, &resolved, &render_hash, &outcome_reason, &now);
     write_status(&ctx, &api, &object, &status).await?;
     if !sweep_pending {
         // The stored inventory lists everything written so far.

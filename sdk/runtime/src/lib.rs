@@ -30,6 +30,7 @@ pub mod ops;
 #[cfg(feature = "remote-modules")]
 pub mod remote;
 pub mod renderer;
+pub mod rollout;
 
 pub use cuebe_core::{clock, cue, graph, instance, module, plan, readiness, status, trust};
 

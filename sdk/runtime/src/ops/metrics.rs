@@ -332,6 +332,21 @@ impl OperatorMetrics {
         self
     }
 
+    /// Adds the rollout drivers' metrics (`cuebe_rollout_*`).
+    ///
+    /// ```
+    /// use cuebe::ops::metrics::OperatorMetrics;
+    /// use cuebe::rollout::RolloutMetrics;
+    /// let rollouts = RolloutMetrics::default();
+    /// let metrics = OperatorMetrics::new("WebService", None).with_rollouts(&rollouts);
+    /// rollouts.observe("stable", &[], &Default::default());
+    /// assert!(metrics.encode().unwrap().contains("cuebe_rollout_step{kind=\"WebService\",channel=\"stable\"} 0"));
+    /// ```
+    pub fn with_rollouts(mut self, rollouts: &crate::rollout::RolloutMetrics) -> Self {
+        rollouts.register(&mut self.registry);
+        self
+    }
+
     /// Records one reconcile.
     pub fn reconciled(&self, success: bool, took: Duration) {
         let result = if success { "success" } else { "error" };
