@@ -1709,6 +1709,124 @@ async fn render_and_diff_preview_a_published_module_before_anyone_pins_it() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn render_and_diff_preview_a_module_from_git_by_flag_or_by_the_manifest() {
+    use cuebe_testkit::git_server::{GitDaemon, GitRepo};
+    let e = env("gitpreview").await;
+    // A candidate on a branch that labels every object differently: visible in the render.
+    let candidate = module_variant("git candidate");
+    let render_cue = candidate.path().join("webservice/render.cue");
+    let text = std::fs::read_to_string(&render_cue).unwrap();
+    std::fs::write(
+        &render_cue,
+        text.replace(
+            r#""app.kubernetes.io/managed-by": "cuebe""#,
+            r#""app.kubernetes.io/managed-by": "cuebe-git""#,
+        ),
+    )
+    .unwrap();
+    let repo = GitRepo::new("platform").unwrap();
+    let commit = repo
+        .commit_module("next", candidate.path(), "cue/platform", "candidate")
+        .unwrap();
+    let mut daemon = GitDaemon::start(&repo).unwrap();
+    let url = daemon.url();
+    let reference = format!("{url}?ref=next&dir=cue/platform");
+    let resolved = format!("{url}@{commit}?dir=cue/platform");
+    // A cache of its own: the fetches below really go to the server.
+    let cache = tempfile::tempdir().unwrap();
+    let render_file = |file: &std::path::Path, extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_webservice-operator"))
+            .args(["render", "-f"])
+            .arg(file)
+            .args(extra)
+            .env("CUEBE_MODULE_CACHE", cache.path())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let simple_yaml = std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/webservices/simple.yaml"
+    ));
+    let render = |extra: &[&str]| render_file(simple_yaml, extra);
+
+    // By the flag: the branch resolved to its commit, the tree read, rendered with.
+    let (code, stdout, stderr) = render(&["--module", &reference]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("managed-by: cuebe-git"), "{stdout}");
+    assert!(
+        stderr.contains(&format!(
+            "module: {resolved} (Unverified: no policy rule asks for a signature, from next)"
+        )),
+        "{stderr}"
+    );
+    // The resolved form, as `status.platformRefResolved` shows it, is the same module.
+    let (code, stdout, stderr) = render(&["--module", &resolved]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("managed-by: cuebe-git"), "{stdout}");
+
+    // By the manifest's own platformRef.git, without the flag.
+    let mut spec = simple();
+    spec["platformRef"] = json!({"git": reference});
+    let manifest = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        manifest.path(),
+        json!({
+            "apiVersion": "platform.example.com/v1alpha1", "kind": "WebService",
+            "metadata": {"name": "web"}, "spec": spec,
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let (code, stdout, stderr) = render_file(manifest.path(), &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("managed-by: cuebe-git"), "{stdout}");
+    assert!(stderr.contains(&format!("module: {resolved}")), "{stderr}");
+
+    // A policy that denies the repository: exit 3, the reason, nothing fetched.
+    let policy = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        policy.path(),
+        "sources:\n- pattern: \"git://127.0.0.1:*\"\n  deny: true\n",
+    )
+    .unwrap();
+    let policy_path = policy.path().to_str().unwrap();
+    let (code, _, stderr) = render(&["--module", &reference, "--module-policy", policy_path]);
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(stderr.contains("SourceDenied"), "{stderr}");
+    // A malformed reference names the flag: exit 2.
+    let (code, _, stderr) = render(&["--module", "git+http://127.0.0.1/platform.git?ref=main"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--module: plain http is not allowed"),
+        "{stderr}"
+    );
+    // A branch the repository does not have: exit 4.
+    let missing = format!("{url}?ref=nowhere&dir=cue/platform");
+    let (code, _, stderr) = render(&["--module", &missing]);
+    assert_eq!(code, Some(4), "{stderr}");
+    assert!(stderr.contains("FetchFailed"), "{stderr}");
+
+    // `diff` of the manifest naming the branch: every object would be created, with the
+    // candidate's labels; nothing is written.
+    let (code, out) = diff_command(&e, "web", &spec, &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(&format!("module: {resolved}")), "{out}");
+    assert!(out.contains("create"), "{out}");
+    let deployments: Api<Deployment> = Api::namespaced(e.client.clone(), &e.ns);
+    assert!(deployments.get_opt("web").await.unwrap().is_none());
+    // The server gone, `diff` of a moving branch cannot tell: exit 4.
+    daemon.stop();
+    let (code, out) = diff_command(&e, "web", &spec, &[]);
+    assert_eq!(code, 4, "{out}");
+    assert!(out.contains("FetchFailed"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_service_tracking_a_git_branch_follows_it_and_outlives_its_server() {
     use cuebe::remote::ModuleFetcher;
     use cuebe_testkit::git_server::{GitDaemon, GitRepo};

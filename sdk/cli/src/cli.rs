@@ -103,9 +103,10 @@ enum Command {
     /// Render a manifest into its Graph offline, exactly as the operator would.
     ///
     /// Exit codes: 0 the Graph was printed; 3 policy violations (printed; as JSON with -o json),
-    /// or a published module the trust policy refuses; 2 the input or `--module` is malformed or
-    /// does not match the schema (the field and line are named); 4 the platform module failed,
-    /// or a published module could not be fetched or is not what its digest says.
+    /// or a published module (OCI or git) the trust policy refuses; 2 the input or `--module`
+    /// is malformed or does not match the schema (the field and line are named); 4 the platform
+    /// module failed, or a published module could not be fetched (a registry or git server
+    /// down, a branch or directory that does not exist) or is not what its digest says.
     Render {
         /// The manifest (YAML or JSON); `-` reads standard input.
         #[arg(short = 'f', long = "filename")]
@@ -142,9 +143,13 @@ enum Command {
 /// Which published module `render` and `diff` use.
 #[derive(Args, Debug, Default)]
 struct ModuleArgs {
-    /// Render with this published module (`oci://REGISTRY/REPO@sha256:…`) instead of what the
-    /// manifest pins (its `platformRef.oci`, else the embedded module): preview a module before
-    /// anyone pins it. Fetched, checked and cached as the operator does.
+    /// Render with this published module instead of what the manifest names (its
+    /// `platformRef.oci` or `platformRef.git`, else the embedded module): preview a module
+    /// before anyone pins it. `oci://REGISTRY/REPO@sha256:…`, or
+    /// `git+https://HOST/REPO?ref=BRANCH|TAG|COMMIT&dir=PATH` (a branch or tag is resolved
+    /// anew; also `git+file://`, `git://` on loopback, and the resolved form
+    /// `git+https://HOST/REPO@COMMIT?dir=PATH`). Fetched, checked and cached as the operator
+    /// does.
     #[arg(long, value_name = "REF")]
     module: Option<String>,
     /// Verify the published module against this policy file, as `run --module-policy` does
@@ -160,7 +165,10 @@ impl ModuleArgs {
         &self,
         object: &A,
     ) -> Result<Option<crate::published::Chosen>, ExitCode> {
-        if self.module.is_none() && object.platform_ref().and_then(|r| r.oci).is_none() {
+        let names_published = object
+            .platform_ref()
+            .is_some_and(|r| r.oci.is_some() || r.git.is_some());
+        if self.module.is_none() && !names_published {
             return Ok(None); // the embedded module: nothing to fetch
         }
         let policy = match self

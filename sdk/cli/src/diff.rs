@@ -200,7 +200,8 @@ impl DiffReport {
 
 /// Renders `desired` (the instance as the user would apply it; its namespace set) and asks the
 /// API server what applying it would change. Writes nothing. `module` is a published module to
-/// render with instead of the embedded one (what `platformRef.oci` or `--module` names).
+/// render with instead of the embedded one (what `platformRef.oci`, `platformRef.git` or
+/// `--module` names).
 ///
 /// ```no_run
 /// # async fn f<A: cuebe::Abstraction>(client: kube::Client, desired: A) -> Result<(), cuebe_cli::diff::DiffError> {

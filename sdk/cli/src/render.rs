@@ -103,7 +103,8 @@ pub fn render<A: Abstraction>(
 }
 
 /// Renders an instance already read from `file`, with a published `module` in place of the
-/// embedded one when given (`render --module`, or the manifest's own `platformRef.oci`).
+/// embedded one when given (`render --module`, or the manifest's own `platformRef.oci` or
+/// `platformRef.git`).
 ///
 /// ```no_run
 /// # fn f<A: cuebe::Abstraction>(object: A, module: std::sync::Arc<cuebe::ModuleSource>) -> Result<(), cuebe_cli::render::RenderFailure> {
