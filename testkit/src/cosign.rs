@@ -91,6 +91,66 @@ impl SigningKey {
     }
 }
 
+impl SigningKey {
+    /// Signs the module `digest` pins as [`SigningKey::sign_module`] does, into the OCI image
+    /// layout at `layout` instead of a registry: the payload and config blobs, the signature
+    /// manifest, and an `index.json` entry tagged `sha256-<hex>.sig` (the cosign tag), as
+    /// `skopeo copy docker://REG/REPO:sha256-<hex>.sig oci:LAYOUT:sha256-<hex>.sig` writes it.
+    /// `docker_reference` is the `REGISTRY/REPO` the payload names.
+    pub fn sign_layout(
+        &self,
+        layout: &std::path::Path,
+        docker_reference: &str,
+        digest: &str,
+    ) -> Result<(), String> {
+        let payload = simple_signing_payload(docker_reference, digest);
+        let signature = self
+            .pair
+            .sign(&SystemRandom::new(), &payload)
+            .map_err(|e| e.to_string())?;
+        let signature = base64::engine::general_purpose::STANDARD.encode(signature.as_ref());
+        let config = b"{}".to_vec();
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256_of(&config), "size": config.len()},
+            "layers": [{
+                "mediaType": COSIGN_PAYLOAD_MEDIA_TYPE,
+                "digest": sha256_of(&payload),
+                "size": payload.len(),
+                "annotations": {COSIGN_SIGNATURE_ANNOTATION: signature},
+            }],
+        });
+        let manifest = serde_json::to_vec(&manifest).map_err(|e| e.to_string())?;
+        let blobs = layout.join("blobs").join("sha256");
+        std::fs::create_dir_all(&blobs).map_err(|e| e.to_string())?;
+        for blob in [&config, &payload, &manifest] {
+            let name = sha256_of(blob).replace("sha256:", "");
+            std::fs::write(blobs.join(name), blob).map_err(|e| e.to_string())?;
+        }
+        let index_path = layout.join("index.json");
+        let mut index: serde_json::Value = std::fs::read(&index_path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))?;
+        let entry = serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": sha256_of(&manifest),
+            "size": manifest.len(),
+            "annotations": {"org.opencontainers.image.ref.name": signature_tag(digest)},
+        });
+        index
+            .get_mut("manifests")
+            .and_then(|m| m.as_array_mut())
+            .ok_or_else(|| format!("{}: no manifests list", index_path.display()))?
+            .push(entry);
+        std::fs::write(
+            &index_path,
+            serde_json::to_vec_pretty(&index).map_err(|e| e.to_string())?,
+        )
+        .map_err(|e| e.to_string())
+    }
+}
+
 fn sha256_of(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }

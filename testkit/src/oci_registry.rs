@@ -192,6 +192,95 @@ pub fn publish_module(
     Ok(format!("oci://{repo}@{digest}"))
 }
 
+/// Writes the CUE module at `module_dir` as `version` into a new OCI image layout at `out`
+/// (which must not exist) with the real `cue mod publish VERSION --out`: what a platform team
+/// vendors for an air-gapped cluster (`--vendored-modules`). Returns the manifest digest
+/// (`sha256:…`), which is what `oci://REGISTRY/REPO@sha256:…` pins whatever the registry.
+///
+/// The module is given `source: kind: "self"` as in [`publish_module`], so the same files give
+/// the same digest as a publish to a registry.
+///
+/// ```no_run
+/// # fn f() -> Result<(), cuebe_testkit::oci_registry::RegistryError> {
+/// let dir = tempfile::tempdir().map_err(|e| cuebe_testkit::oci_registry::RegistryError::Publish(e.to_string()))?;
+/// let digest = cuebe_testkit::oci_registry::write_module_layout(
+///     "cue/platform".as_ref(), "v1.0.0", &dir.path().join("platform-v1.0.0"))?;
+/// assert!(digest.starts_with("sha256:"));
+/// # Ok(()) }
+/// ```
+pub fn write_module_layout(
+    module_dir: &Path,
+    version: &str,
+    out: &Path,
+) -> Result<String, RegistryError> {
+    let fail = |m: String| RegistryError::Publish(m);
+    let cue = crate::cue_cli::cue_binary().map_err(|e| fail(e.to_string()))?;
+    let work = tempfile::tempdir().map_err(|e| fail(e.to_string()))?;
+    let copy = work.path().join("module");
+    copy_dir(module_dir, &copy)
+        .map_err(|e| fail(format!("copying {}: {e}", module_dir.display())))?;
+    let module_file = copy.join("cue.mod/module.cue");
+    let text = std::fs::read_to_string(&module_file).map_err(|e| fail(e.to_string()))?;
+    if !text.contains("source:") {
+        std::fs::write(&module_file, format!("{text}source: kind: \"self\"\n"))
+            .map_err(|e| fail(e.to_string()))?;
+    }
+    let written = Command::new(&cue)
+        .current_dir(&copy)
+        .args(["mod", "publish", version, "--out"])
+        .arg(out)
+        // --out writes nothing to a registry; CUE still wants one named. Nothing listens here.
+        .env("CUE_REGISTRY", "127.0.0.1:1")
+        .env("CUE_CACHE_DIR", work.path().join("cue-cache"))
+        .output()
+        .map_err(|e| fail(e.to_string()))?;
+    if !written.status.success() {
+        return Err(fail(String::from_utf8_lossy(&written.stderr).into_owned()));
+    }
+    let index: serde_json::Value = std::fs::read(out.join("index.json"))
+        .map_err(|e| fail(format!("{}: {e}", out.display())))
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| fail(e.to_string())))?;
+    index
+        .pointer("/manifests/0/digest")
+        .and_then(|d| d.as_str())
+        .map(str::to_string)
+        .ok_or_else(|| fail(format!("{}: index.json lists no manifest", out.display())))
+}
+
+/// Copies every manifest and blob of the image layouts `from` into the layout `into` (creating
+/// it), merging their `index.json` entries: several modules in one layout, as `oras copy
+/// --to-oci-layout` or `skopeo copy` build one.
+pub fn merge_layouts(from: &[&Path], into: &Path) -> std::io::Result<()> {
+    let blobs = into.join("blobs").join("sha256");
+    std::fs::create_dir_all(&blobs)?;
+    std::fs::write(
+        into.join("oci-layout"),
+        br#"{"imageLayoutVersion": "1.0.0"}"#,
+    )?;
+    let mut manifests = Vec::new();
+    for layout in from {
+        for blob in std::fs::read_dir(layout.join("blobs").join("sha256"))? {
+            let blob = blob?;
+            std::fs::copy(blob.path(), blobs.join(blob.file_name()))?;
+        }
+        let index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(layout.join("index.json"))?)
+                .map_err(std::io::Error::other)?;
+        if let Some(list) = index.get("manifests").and_then(|m| m.as_array()) {
+            manifests.extend(list.iter().cloned());
+        }
+    }
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": manifests,
+    });
+    std::fs::write(
+        into.join("index.json"),
+        serde_json::to_vec_pretty(&index).map_err(std::io::Error::other)?,
+    )
+}
+
 /// Copies a directory tree (the module fixtures the registry and the git server publish).
 pub(crate) fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(to)?;

@@ -1989,3 +1989,289 @@ async fn a_service_tracking_a_git_branch_follows_it_and_outlives_its_server() {
     )
     .await;
 }
+
+/// Applies the approval `approve REF` prints (the operator binary, as a platform team would pipe
+/// it to `kubectl apply -f -`), under a name of this test's own: approvals are cluster-scoped.
+async fn approve(e: &Env, reference: &str, name: &str) {
+    use cuebe::approval::PlatformModuleApproval;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_webservice-operator"))
+        .args(["approve", reference, "--note", "approved by the e2e test"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut approval: PlatformModuleApproval = serde_norway::from_slice(&out.stdout).unwrap();
+    approval.metadata.name = Some(name.to_string());
+    let approvals: Api<PlatformModuleApproval> = Api::all(e.client.clone());
+    approvals
+        .patch(
+            name,
+            &PatchParams::apply("kubectl").force(),
+            &Patch::Apply(&approval),
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unapproved_digest_waits_on_the_last_good_module_until_approved_and_a_revoked_one_is_not_used()
+ {
+    use cuebe::approval::{PlatformModuleApproval, approval_crd};
+    use cuebe::remote::ModuleFetcher;
+    use cuebe::trust::{ModulePolicy, SourceRule};
+    use cuebe_testkit::oci_registry::{LocalRegistry, publish_module};
+    let registry = LocalRegistry::start().unwrap();
+    let (v1, v2, v3) = (
+        module_variant("approved 1.0.0"),
+        module_variant("approved 1.1.0"),
+        module_variant("approved 1.2.0"),
+    );
+    let first = publish_module(&registry, v1.path(), "v1.0.0").unwrap();
+    let second = publish_module(&registry, v2.path(), "v1.1.0").unwrap();
+    let third = publish_module(&registry, v3.path(), "v1.2.0").unwrap();
+    let digest = |reference: &str| reference.rsplit_once('@').unwrap().1.to_string();
+    // The CRD first: the operator lists approvals before it reconciles anything.
+    let cluster = TestCluster::shared().await.unwrap();
+    cluster
+        .apply_crds(&[approval_crd()], Instant::now() + Duration::from_secs(30))
+        .await
+        .unwrap();
+    let policy = ModulePolicy {
+        sources: vec![SourceRule {
+            pattern: format!("{}/platform.example.com/*", registry.host()),
+            require_approval: true,
+            ..SourceRule::default()
+        }],
+    };
+    let cache = tempfile::tempdir().unwrap();
+    let e = env_with("approval", |operator| {
+        operator
+            .with_module_fetcher(Arc::new(ModuleFetcher::new(Some(
+                cache.path().to_path_buf(),
+            ))))
+            .with_module_policy(policy)
+            .unwrap()
+    })
+    .await;
+    let approval_name = |v: &str| format!("{}-{v}", e.ns);
+    let pinned = |reference: &str| {
+        let mut spec = simple();
+        spec["platformRef"] = json!({"oci": reference});
+        spec
+    };
+    let condition = |s: &AbstractionStatus, t: ConditionType| {
+        s.condition(t)
+            .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+            .unwrap_or_default()
+    };
+    let deployments: Api<Deployment> = Api::namespaced(e.client.clone(), &e.ns);
+    let services: Api<Service> = Api::namespaced(e.client.clone(), &e.ns);
+    let accounts: Api<ServiceAccount> = Api::namespaced(e.client.clone(), &e.ns);
+    let uids = |name: &'static str| {
+        let (deployments, services, accounts) =
+            (deployments.clone(), services.clone(), accounts.clone());
+        async move {
+            [
+                deployments.get(name).await.unwrap().metadata.uid,
+                services.get(name).await.unwrap().metadata.uid,
+                accounts.get(name).await.unwrap().metadata.uid,
+            ]
+        }
+    };
+    // Refused for want of an approval: ModuleVerified says which digest and how to approve it.
+    let not_approved = |name: &'static str, reference: String| {
+        let e = &e;
+        async move {
+            let (state, reason, message) =
+                condition(&e.status(name).await, ConditionType::ModuleVerified);
+            state == "False"
+                && reason == "NotApproved"
+                && message.contains(&format!("{} is not approved", digest(&reference)))
+                && message.contains("PlatformModuleApproval")
+                && message.contains("approve")
+        }
+    };
+
+    // An approved digest is used.
+    approve(&e, &first, &approval_name("v1")).await;
+    e.apply("web", pinned(&first)).await;
+    e.ready("web").await;
+    let before = uids("web").await;
+
+    // Moving to an unapproved digest: refused, the service stays on its last good (approved)
+    // module, nothing pruned or replaced.
+    e.apply("web", pinned(&second)).await;
+    e.eventually(
+        "web refused NotApproved, still on the first module",
+        Duration::from_secs(30),
+        || async {
+            let s = e.status("web").await;
+            let (state, reason, message) = condition(&s, ConditionType::ModuleResolved);
+            not_approved("web", second.clone()).await
+                && state == "False"
+                && reason == "NotApproved"
+                && message.contains(&format!(
+                    "still rendering with the last good module {first}"
+                ))
+                && s.platform_ref_resolved == first
+                && s.is_ready()
+        },
+    )
+    .await;
+    assert_eq!(uids("web").await, before, "nothing pruned or replaced");
+    // A new instance on it has nothing to fall back to: nothing is applied.
+    e.apply("fresh", pinned(&second)).await;
+    e.eventually(
+        "fresh refused NotApproved and stalled",
+        Duration::from_secs(30),
+        || async {
+            let s = e.status("fresh").await;
+            not_approved("fresh", second.clone()).await
+                && condition(&s, ConditionType::Stalled).0 == "True"
+        },
+    )
+    .await;
+    assert!(deployments.get_opt("fresh").await.unwrap().is_none());
+
+    // Approving it reconciles both at once (well within the 5 min a refused instance waits
+    // otherwise): applied and Ready, the running service updated in place.
+    approve(&e, &second, &approval_name("v2")).await;
+    for name in ["web", "fresh"] {
+        e.eventually(
+            &format!("{name} on the approved second module and Ready"),
+            Duration::from_secs(30),
+            || async {
+                let s = e.status(name).await;
+                s.platform_ref_resolved == second
+                    && condition(&s, ConditionType::ModuleResolved).0 == "True"
+                    && s.is_ready()
+            },
+        )
+        .await;
+    }
+    assert_eq!(uids("web").await, before, "updated in place");
+    let fresh_uids = uids("fresh").await;
+
+    // web moves to a third, unapproved digest and waits on the second; then the second is
+    // revoked. A revoked digest is not switched to, nor kept as the fallback: both instances
+    // stop applying (Stalled, NotApproved), and nothing they run is pruned.
+    e.apply("web", pinned(&third)).await;
+    e.eventually(
+        "web refused NotApproved, still on the second module",
+        Duration::from_secs(30),
+        || async {
+            let s = e.status("web").await;
+            not_approved("web", third.clone()).await && s.platform_ref_resolved == second
+        },
+    )
+    .await;
+    let approvals: Api<PlatformModuleApproval> = Api::all(e.client.clone());
+    approvals
+        .delete(&approval_name("v2"), &DeleteParams::default())
+        .await
+        .unwrap();
+    e.eventually(
+        "web stalled: its pinned digest unapproved and its fallback revoked",
+        Duration::from_secs(30),
+        || async {
+            let s = e.status("web").await;
+            let (state, reason, message) = condition(&s, ConditionType::ModuleResolved);
+            state == "False"
+                && reason == "NotApproved"
+                && !message.contains("still rendering")
+                && condition(&s, ConditionType::Stalled).0 == "True"
+        },
+    )
+    .await;
+    e.eventually(
+        "fresh stalled: the digest it runs was revoked",
+        Duration::from_secs(30),
+        || async {
+            let s = e.status("fresh").await;
+            not_approved("fresh", second.clone()).await
+                && condition(&s, ConditionType::Stalled).0 == "True"
+        },
+    )
+    .await;
+    assert_eq!(uids("web").await, before, "nothing pruned");
+    assert_eq!(uids("fresh").await, fresh_uids, "nothing pruned");
+
+    // Back to the first (still approved): applied again.
+    e.apply("web", pinned(&first)).await;
+    e.eventually(
+        "web back on the first module",
+        Duration::from_secs(30),
+        || async {
+            let s = e.status("web").await;
+            s.platform_ref_resolved == first
+                && condition(&s, ConditionType::ModuleResolved).0 == "True"
+                && s.is_ready()
+        },
+    )
+    .await;
+    let _ = approvals
+        .delete(&approval_name("v1"), &DeleteParams::default())
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_vendored_module_is_ready_with_no_registry_and_its_signature_from_the_layout() {
+    use cuebe::remote::ModuleFetcher;
+    use cuebe::trust::{ModulePolicy, SourceRule};
+    use cuebe_testkit::cosign::SigningKey;
+    use cuebe_testkit::oci_registry::write_module_layout;
+    // Nothing listens on port 1: a request to the registry would fail the test.
+    let source = "127.0.0.1:1/platform.example.com/platform";
+    let vendored = tempfile::tempdir().unwrap();
+    let layout = vendored.path().join("platform-v1.1.0");
+    let module = module_variant("vendored 1.1.0");
+    let digest = write_module_layout(module.path(), "v1.1.0", &layout).unwrap();
+    let key = SigningKey::generate();
+    key.sign_layout(&layout, source, &digest).unwrap();
+    let policy = ModulePolicy {
+        sources: vec![SourceRule {
+            pattern: "127.0.0.1:1/*".into(),
+            keys: vec![key.public_pem()],
+            ..SourceRule::default()
+        }],
+    };
+    let cache = tempfile::tempdir().unwrap();
+    let fetcher = ModuleFetcher::new(Some(cache.path().to_path_buf()))
+        .with_vendored_modules(vendored.path())
+        .unwrap();
+    let e = env_with("vendored", |operator| {
+        operator
+            .with_module_fetcher(Arc::new(fetcher))
+            .with_module_policy(policy)
+            .unwrap()
+    })
+    .await;
+    let reference = format!("oci://{source}@{digest}");
+    let mut spec = simple();
+    spec["platformRef"] = json!({"oci": reference});
+    e.apply("web", spec).await;
+    e.ready("web").await;
+    let s = e.status("web").await;
+    assert_eq!(s.platform_ref_resolved, reference);
+    let resolved = s.condition(ConditionType::ModuleResolved).unwrap();
+    assert_eq!(resolved.status, "True");
+    assert!(
+        resolved
+            .message
+            .contains(&format!("vendored in {}", layout.display())),
+        "{}",
+        resolved.message
+    );
+    let verified = s.condition(ConditionType::ModuleVerified).unwrap();
+    assert_eq!(
+        (verified.status.as_str(), verified.reason.as_str()),
+        ("True", "Verified"),
+        "{}",
+        verified.message
+    );
+    let deployments: Api<Deployment> = Api::namespaced(e.client.clone(), &e.ns);
+    assert!(deployments.get_opt("web").await.unwrap().is_some());
+}

@@ -1,5 +1,5 @@
-//! The operator binary: `run`, `dev`, `crd`, `render`, `diff`, `explain` and `rbac` for any
-//! [`Abstraction`].
+//! The operator binary: `run`, `dev`, `crd`, `render`, `diff`, `explain`, `rbac` and (with
+//! remote modules) `approve` for any [`Abstraction`].
 //!
 //! An operator's `main` is a few lines:
 //!
@@ -55,6 +55,10 @@ enum Command {
         /// Serve /metrics, /healthz and /readyz on this address, e.g. 127.0.0.1:8080.
         #[arg(long, value_name = "ADDR")]
         metrics_bind: Option<std::net::SocketAddr>,
+        /// Serve published modules from the OCI image layouts under DIR, as `run
+        /// --vendored-modules` does.
+        #[arg(long, value_name = "DIR")]
+        vendored_modules: Option<PathBuf>,
     },
     /// Run the operator against the current kubeconfig (KUBECONFIG or ~/.kube/config, or the
     /// in-cluster service account) until SIGINT or SIGTERM.
@@ -79,6 +83,14 @@ enum Command {
         /// bad key stops the operator at start (exit 2).
         #[arg(long, value_name = "FILE")]
         module_policy: Option<std::path::PathBuf>,
+        /// Serve published modules (`platformRef.oci`) from the OCI image layouts under DIR (as
+        /// `cue mod publish VERSION --out DIR/NAME` writes them) before asking any registry: a
+        /// pinned digest found there never touches the network, with the same checks (its
+        /// signatures are read from the layouts too). For clusters without registry access. A
+        /// directory without a layout, or a layout that does not parse, stops the operator at
+        /// start (exit 2).
+        #[arg(long, value_name = "DIR")]
+        vendored_modules: Option<PathBuf>,
     },
     /// Explain a live instance: its graph, each node's phase and what it is blocked on, the top
     /// violations and the resolved module (uses the current kubeconfig).
@@ -91,6 +103,19 @@ enum Command {
     },
     /// Print the CustomResourceDefinitions as YAML: the abstraction's and cuebe's PlatformChannel.
     Crd,
+    /// Print the PlatformModuleApproval that approves a published module's digest, for
+    /// `kubectl apply -f -` or a GitOps repository: REF is a pinned reference
+    /// (`oci://REGISTRY/REPO@sha256:…`), a resolved git reference (`git+https://…@<commit>`, as
+    /// `status.platformRefResolved` shows it) or a digest. Exit 2: REF names no digest.
+    #[cfg(feature = "remote-modules")]
+    Approve {
+        /// What to approve.
+        #[arg(value_name = "REF")]
+        reference: String,
+        /// Why, by whom, a ticket (`spec.note`, shown by `kubectl get platformmoduleapprovals`).
+        #[arg(long)]
+        note: Option<String>,
+    },
     /// Print the least ClusterRole the operator needs, as YAML: the custom resource, the kinds
     /// the module renders for these manifests (under no optional API and under all of them),
     /// the watched kinds and events. Exit 2: a manifest is malformed; 4: the module failed.
@@ -153,9 +178,14 @@ struct ModuleArgs {
     #[arg(long, value_name = "REF")]
     module: Option<String>,
     /// Verify the published module against this policy file, as `run --module-policy` does
-    /// (exit 3 when it refuses the module).
+    /// (exit 3 when it refuses the module). Approvals (`requireApproval`) are not checked:
+    /// previewing a module is how one decides to approve it.
     #[arg(long, value_name = "FILE")]
     module_policy: Option<PathBuf>,
+    /// Serve the published module from the OCI image layouts under DIR before asking any
+    /// registry, as `run --vendored-modules` does.
+    #[arg(long, value_name = "DIR")]
+    vendored_modules: Option<PathBuf>,
 }
 
 impl ModuleArgs {
@@ -190,6 +220,7 @@ impl ModuleArgs {
             object,
             self.module.as_deref(),
             policy.as_ref(),
+            self.vendored_modules.as_deref(),
         )) {
             Ok(chosen) => {
                 if let Some(c) = &chosen {
@@ -357,6 +388,20 @@ impl<A: Abstraction> App<A> {
                 let _ = write!(std::io::stdout(), "{yaml}");
                 ExitCode::SUCCESS
             }
+            #[cfg(feature = "remote-modules")]
+            Command::Approve { reference, note } => {
+                match cuebe::approval::approval_for(&reference, note.as_deref()) {
+                    Ok(approval) => {
+                        let yaml = serde_norway::to_string(&approval).unwrap_or_default();
+                        let _ = write!(std::io::stdout(), "{yaml}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(message) => {
+                        eprintln!("error: approve: {message}");
+                        Exit::BadInput.into()
+                    }
+                }
+            }
             Command::Diff {
                 file,
                 namespace,
@@ -375,12 +420,21 @@ impl<A: Abstraction> App<A> {
                 leader_elect,
                 lease_namespace,
                 module_policy,
-            } => match module_policy.as_deref().map(read_module_policy).transpose() {
-                Ok(policy) => self.run_operator(
+                vendored_modules,
+            } => match module_policy
+                .as_deref()
+                .map(read_module_policy)
+                .transpose()
+                .and_then(|policy| {
+                    let vendored = vendored_modules.as_deref().map(open_vendored).transpose()?;
+                    Ok((policy, vendored))
+                }) {
+                Ok((policy, vendored)) => self.run_operator(
                     namespace,
                     metrics_bind,
                     leader_elect.then_some(lease_namespace),
                     policy,
+                    vendored,
                 ),
                 Err(message) => {
                     tracing::error!("{message}");
@@ -395,7 +449,14 @@ impl<A: Abstraction> App<A> {
                 sample,
                 no_sample,
                 metrics_bind,
-            } => self.run_dev(with, sample, no_sample, metrics_bind),
+                vendored_modules,
+            } => match vendored_modules.as_deref().map(open_vendored).transpose() {
+                Ok(vendored) => self.run_dev(with, sample, no_sample, metrics_bind, vendored),
+                Err(message) => {
+                    eprintln!("error: {message}");
+                    Exit::BadInput.into()
+                }
+            },
         }
     }
 
@@ -455,6 +516,7 @@ impl<A: Abstraction> App<A> {
         metrics_bind: Option<std::net::SocketAddr>,
         leader_elect: Option<Option<String>>,
         module_policy: Option<cuebe::trust::ModulePolicy>,
+        vendored: Option<Vendored>,
     ) -> ExitCode {
         let Some(runtime) = runtime() else {
             return Exit::Failed.into();
@@ -463,7 +525,10 @@ impl<A: Abstraction> App<A> {
             let Some(client) = default_client().await else {
                 return Exit::Failed.into();
             };
-            let mut operator = Operator::<A>::new(client).shutdown_on_signal(true);
+            let mut operator = with_vendored(
+                Operator::<A>::new(client).shutdown_on_signal(true),
+                vendored,
+            );
             if let Some(policy) = module_policy {
                 operator = match operator.with_module_policy(policy) {
                     Ok(operator) => operator,
@@ -510,6 +575,7 @@ impl<A: Abstraction> App<A> {
         sample: Option<PathBuf>,
         no_sample: bool,
         metrics_bind: Option<std::net::SocketAddr>,
+        vendored: Option<Vendored>,
     ) -> ExitCode {
         let Some(cluster) = self.dev.clone() else {
             eprintln!(
@@ -550,10 +616,14 @@ impl<A: Abstraction> App<A> {
             },
             None => None,
         };
+        // `--vendored-modules` first: what `configure` sets wins, as for `run`.
+        let configure = self.configure.clone();
         let options = DevOptions {
             extras: with,
             sample,
-            configure: self.configure.clone(),
+            configure: Arc::new(move |operator| {
+                configure(with_vendored(operator, vendored.clone()))
+            }),
             metrics,
         };
         match runtime.block_on(crate::dev::run::<A>(cluster.as_ref(), options)) {
@@ -563,6 +633,42 @@ impl<A: Abstraction> App<A> {
                 Exit::Failed.into()
             }
         }
+    }
+}
+
+/// A fetcher serving `--vendored-modules DIR`, checked at start.
+#[cfg(feature = "remote-modules")]
+type Vendored = Arc<cuebe::remote::ModuleFetcher>;
+/// Without remote modules, `--vendored-modules` is refused at start.
+#[cfg(not(feature = "remote-modules"))]
+type Vendored = std::convert::Infallible;
+
+/// Opens `--vendored-modules DIR`, naming the flag, the directory and the problem on error.
+fn open_vendored(dir: &Path) -> Result<Vendored, String> {
+    #[cfg(feature = "remote-modules")]
+    {
+        cuebe::remote::ModuleFetcher::new(Some(cuebe::remote::default_cache_dir()))
+            .with_vendored_modules(dir)
+            .map(Arc::new)
+            .map_err(|e| format!("--vendored-modules {}: {e}", dir.display()))
+    }
+    #[cfg(not(feature = "remote-modules"))]
+    {
+        Err(format!(
+            "--vendored-modules {}: this binary was built without the remote-modules feature of cuebe-cli",
+            dir.display()
+        ))
+    }
+}
+
+/// The operator with the fetcher of `--vendored-modules`, if given.
+fn with_vendored<A: Abstraction>(operator: Operator<A>, vendored: Option<Vendored>) -> Operator<A> {
+    match vendored {
+        #[cfg(feature = "remote-modules")]
+        Some(fetcher) => operator.with_module_fetcher(fetcher),
+        #[cfg(not(feature = "remote-modules"))]
+        Some(never) => match never {},
+        None => operator,
     }
 }
 

@@ -5,6 +5,7 @@
 //! Owns: choosing the module (the flag, else the manifest's own `platformRef.oci` or
 //! `platformRef.git`, else the embedded one) and turning fetch errors into messages that name
 //! the reference and the reason.
+use std::path::Path;
 use std::sync::Arc;
 
 use cuebe::ModuleSource;
@@ -14,7 +15,8 @@ use cuebe::trust::ModulePolicy;
 /// Why a published module cannot be used; each maps to the commands' exit codes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChooseError {
-    /// The reference does not parse (exit 2).
+    /// The reference does not parse, or `--vendored-modules` is no directory of image layouts
+    /// (exit 2).
     #[error("{0}")]
     BadReference(String),
     /// The module policy refuses it: denied source, missing or invalid signature (exit 3).
@@ -49,11 +51,12 @@ pub struct Chosen {
 /// The published module to render `object` with: `flag` (a `--module` reference: `oci://…`,
 /// or `git+https://…?ref=…&dir=…` and the other git forms) if given, else the module `object`
 /// names with `platformRef.oci` or `platformRef.git`, else `None` (the embedded module).
-/// Verified against `policy` (no policy: accepted as Unverified, as the operator does).
+/// Verified against `policy` (no policy: accepted as Unverified, as the operator does);
+/// served from the image layouts under `vendored` when one holds its digest.
 ///
 /// ```no_run
 /// # async fn f<A: cuebe::Abstraction>(object: A) -> Result<(), cuebe_cli::published::ChooseError> {
-/// let chosen = cuebe_cli::published::choose(&object, Some("oci://registry.example.com/platform@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"), None).await?;
+/// let chosen = cuebe_cli::published::choose(&object, Some("oci://registry.example.com/platform@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"), None, None).await?;
 /// if let Some(c) = chosen { eprintln!("rendering with {}", c.described); }
 /// # Ok(()) }
 /// ```
@@ -61,6 +64,7 @@ pub async fn choose<A: Abstraction>(
     object: &A,
     flag: Option<&str>,
     policy: Option<&ModulePolicy>,
+    vendored: Option<&Path>,
 ) -> Result<Option<Chosen>, ChooseError> {
     let named = object.platform_ref().and_then(|r| r.oci.or(r.git));
     let Some(reference) = flag.map(str::to_string).or(named) else {
@@ -71,29 +75,39 @@ pub async fn choose<A: Abstraction>(
             .await
             .map(Some);
     }
-    fetch::<A>(&reference, policy).await.map(Some)
+    fetch::<A>(&reference, policy, vendored).await.map(Some)
 }
 
 #[cfg(feature = "remote-modules")]
 async fn fetch<A: Abstraction>(
     reference: &str,
     policy: Option<&ModulePolicy>,
+    vendored: Option<&Path>,
 ) -> Result<Chosen, ChooseError> {
     use cuebe::remote::{ModuleFetcher, default_cache_dir};
     let parsed = cuebe::module::OciReference::parse(reference)
         .map_err(|e| ChooseError::BadReference(format!("{reference}: {e}")))?;
     let modules = A::modules();
     let package = modules.entry_package().unwrap_or(".");
-    let fetcher = ModuleFetcher::new(Some(default_cache_dir()));
+    let mut fetcher = ModuleFetcher::new(Some(default_cache_dir()));
+    if let Some(dir) = vendored {
+        fetcher = fetcher.with_vendored_modules(dir).map_err(|e| {
+            ChooseError::BadReference(format!("--vendored-modules {}: {e}", dir.display()))
+        })?;
+    }
     let default_policy = ModulePolicy::default();
     let (module, verification) = fetcher
         .fetch_trusted(&parsed, package, policy.unwrap_or(&default_policy))
         .await
         .map_err(not_usable)?;
     let how = trusted_as(&verification);
+    let vendored = fetcher
+        .vendored_layout(&parsed.digest)
+        .map(|layout| format!(", vendored in {}", layout.display()))
+        .unwrap_or_default();
     Ok(Chosen {
         module,
-        described: format!("{parsed} ({how})"),
+        described: format!("{parsed} ({how}{vendored})"),
     })
 }
 
@@ -102,6 +116,7 @@ async fn fetch<A: Abstraction>(
 async fn fetch<A: Abstraction>(
     reference: &str,
     _policy: Option<&ModulePolicy>,
+    _vendored: Option<&Path>,
 ) -> Result<Chosen, ChooseError> {
     Err(ChooseError::Failed(format!(
         "{reference}: this binary was built without the remote-modules feature of cuebe-cli"

@@ -120,7 +120,9 @@ pub fn well_known_capabilities() -> Vec<CapabilityProbe> {
 pub use crate::discovery::{discover_capabilities, served_kind};
 
 /// Every CustomResourceDefinition an operator for `A` uses: `A`'s own ([`crd`]) and cuebe's
-/// (`PlatformChannel`, for rollouts). The `crd` command prints them, `dev` installs them.
+/// (`PlatformChannel`, for rollouts, and with the `remote-modules` feature
+/// `PlatformModuleApproval`, for a module policy's `requireApproval`). The `crd` command prints
+/// them, `dev` installs them.
 ///
 /// ```
 /// # use kube::CustomResource;
@@ -135,10 +137,14 @@ pub use crate::discovery::{discover_capabilities, served_kind};
 ///     .into_iter()
 ///     .filter_map(|c| c.metadata.name)
 ///     .collect();
-/// assert_eq!(names, ["greeters.example.com", "platformchannels.cuebe.dev"]);
+/// assert_eq!(names[..2], ["greeters.example.com", "platformchannels.cuebe.dev"]);
 /// ```
 pub fn crds<A: Abstraction>() -> Vec<CustomResourceDefinition> {
-    vec![crd::<A>(), crate::rollout::channel_crd()]
+    #[allow(unused_mut)]
+    let mut crds = vec![crd::<A>(), crate::rollout::channel_crd()];
+    #[cfg(feature = "remote-modules")]
+    crds.push(crate::approval::approval_crd());
+    crds
 }
 
 /// The CustomResourceDefinition to install for `A`: kube's [`CustomResourceExt::crd`] with the

@@ -52,17 +52,8 @@ pub const DIGEST_PATTERN: &str = "^(sha256:[0-9a-f]{64}|[0-9a-f]{40}|[0-9a-f]{64
 
 /// An approval of one published platform module, by digest: with a module policy rule that
 /// says `requireApproval: true`, a module from a matching source is used only while an approval
-/// lists its digest.
-///
-/// ```
-/// use cuebe::approval::{PlatformModuleApproval, PlatformModuleApprovalSpec};
-/// let approval = PlatformModuleApproval::new("platform-1-1-0", PlatformModuleApprovalSpec {
-///     digest: format!("sha256:{}", "0".repeat(64)),
-///     reference: Some("oci://ghcr.io/acme/platform.example.com/platform@sha256:…".into()),
-///     note: Some("v1.1.0, reviewed in PLAT-42".into()),
-/// });
-/// assert_eq!(approval.spec.digest.len(), 71);
-/// ```
+/// lists its digest. One object per approved digest; deleting it revokes the approval.
+// (No example here: this text is the CRD's description of `spec`; see `approval_for`.)
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[kube(
     group = "cuebe.dev",
