@@ -423,7 +423,7 @@ impl ModuleFetcher {
         if let Some(found) = self.cached_locally(reference, package) {
             return Ok(found);
         }
-        if let Some(vendored) = self.from_vendored(reference, package) {
+        if let Some(vendored) = self.vendored_module(reference, package) {
             return vendored;
         }
         let (manifest, archive) = self.pull(reference).await?;
@@ -443,7 +443,7 @@ impl ModuleFetcher {
     /// hashes right); never touches the network. What a registry outage leaves to render with.
     pub fn cached(&self, reference: &OciReference, package: &str) -> Option<Arc<ModuleSource>> {
         self.cached_locally(reference, package).or_else(|| {
-            match self.from_vendored(reference, package)? {
+            match self.vendored_module(reference, package)? {
                 Ok(found) => Some(found),
                 Err(error) => {
                     tracing::warn!(%error, "a vendored module fails its checks; not used");
@@ -455,7 +455,7 @@ impl ModuleFetcher {
 
     /// The module from a vendored layout holding its manifest, checked as a pull is; `None`
     /// when no layout holds it. Never the network.
-    fn from_vendored(
+    fn vendored_module(
         &self,
         reference: &OciReference,
         package: &str,
