@@ -15,8 +15,9 @@
 //!   was awaited when it does not come.
 //! - [`oci_registry`]: a real OCI registry on loopback, and `cue mod publish` to it.
 //! - [`cosign`]: signing a published module as `cosign sign --key` does.
-//! - [`git_server`]: git repositories on this machine (`git+file://`, and `git daemon` on
-//!   loopback for `git://`), and committing a platform module into one.
+//! - [`git_server`]: git repositories on this machine (`git+file://`, `git daemon` on loopback
+//!   for `git://`, and `git http-backend` behind TLS from the testkit's PKI for `git+https://`),
+//!   committing a platform module into one, and signing commits and tags with an SSH key.
 //! - [`cue_cli`]: the official `cue` CLI at the bridge's pinned version, built once and cached.
 pub mod chaos;
 pub mod cluster;

@@ -151,12 +151,20 @@ impl FetchError {
     }
 }
 
+/// A CA certificate file for [`ModuleFetcher::with_ca_certificates`] that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("extra CA certificates: {0}")]
+pub struct InvalidCaCertificates(pub String);
+
 /// How a fetched module was trusted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verification {
-    /// A valid signature by the key with this id (see [`crate::trust::PublicKey::id`]).
+    /// A valid signature by this key: a cosign key's id for an OCI module (see
+    /// [`crate::trust::PublicKey::id`]), or an allowed signer's fingerprint and principal for a
+    /// git commit or tag (`SHA256:… (platform@acme.example)`, see
+    /// [`crate::trust::GitSigner`]).
     Signed {
-        /// The key id.
+        /// The key id, or fingerprint and principal.
         key: String,
     },
     /// Accepted without a signature: no policy, or a rule that asks for none.
@@ -190,6 +198,9 @@ pub struct ModuleFetcher {
     timeout: Duration,
     /// Modules from git repositories (`platformRef.git`): see [`ModuleFetcher::fetch_git`].
     git: git::GitState,
+    /// Extra CA certificates (DER) trusted for HTTPS, for registries and git servers alike:
+    /// see [`ModuleFetcher::with_ca_certificates`].
+    extra_roots: Vec<Vec<u8>>,
     /// Image layouts served before any registry: see [`ModuleFetcher::with_vendored_modules`].
     vendored: Option<VendoredModules>,
 }
@@ -203,6 +214,7 @@ impl ModuleFetcher {
             verified: Mutex::new(HashMap::new()),
             timeout: Duration::from_secs(30),
             git: git::GitState::default(),
+            extra_roots: Vec::new(),
             vendored: None,
         }
     }
@@ -228,6 +240,37 @@ impl ModuleFetcher {
     /// and one holds it.
     pub fn vendored_layout(&self, digest: &str) -> Option<PathBuf> {
         self.vendored.as_ref()?.layout_of(digest)
+    }
+
+    /// Also trusts the CA certificates in `pem` (one or more `-----BEGIN CERTIFICATE-----`
+    /// blocks, e.g. a company CA or the one of a registry mirror) for HTTPS, besides the
+    /// system's roots: for OCI registries and for `git+https://` repositories alike. Each
+    /// certificate is checked now. Plain HTTP stays for loopback only.
+    ///
+    /// ```
+    /// let err = cuebe::remote::ModuleFetcher::new(None)
+    ///     .with_ca_certificates(b"not a certificate")
+    ///     .unwrap_err();
+    /// assert!(err.to_string().contains("no -----BEGIN CERTIFICATE----- block"), "{err}");
+    /// ```
+    pub fn with_ca_certificates(mut self, pem: &[u8]) -> Result<Self, InvalidCaCertificates> {
+        use rustls::pki_types::{CertificateDer, pem::PemObject};
+        let mut found = Vec::new();
+        for (i, der) in CertificateDer::pem_slice_iter(pem).enumerate() {
+            let der = der.map_err(|e| InvalidCaCertificates(format!("certificate {i}: {e}")))?;
+            // What the TLS clients will do with it: a trust anchor must parse as one.
+            rustls::RootCertStore::empty()
+                .add(der.clone())
+                .map_err(|e| InvalidCaCertificates(format!("certificate {i}: {e}")))?;
+            found.push(der.to_vec());
+        }
+        if found.is_empty() {
+            return Err(InvalidCaCertificates(
+                "no -----BEGIN CERTIFICATE----- block found".into(),
+            ));
+        }
+        self.extra_roots.extend(found);
+        Ok(self)
     }
 
     /// The module `reference` pins, if `policy` trusts its source: a denied source is refused
@@ -408,6 +451,14 @@ impl ModuleFetcher {
             protocol,
             connect_timeout: Some(Duration::from_secs(5)),
             read_timeout: Some(self.timeout),
+            extra_root_certificates: self
+                .extra_roots
+                .iter()
+                .map(|der| oci_client::client::Certificate {
+                    encoding: oci_client::client::CertificateEncoding::Der,
+                    data: der.clone(),
+                })
+                .collect(),
             ..ClientConfig::default()
         })
         .map_err(|e| e.to_string())

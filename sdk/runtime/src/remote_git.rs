@@ -15,8 +15,16 @@
 //!   seen is used without the network.
 //!
 //! The module policy (`crate::trust`) matches `git+https://HOST/REPO` (the repository, without
-//! `ref` and `dir`). Signed commits are not verified yet: a rule with `keys` that matches a git
-//! source refuses it (`SignatureInvalid`), it never lets it through unverified.
+//! `ref` and `dir`). Where the matching rule lists `allowedSigners`, the module is used only at
+//! a commit that carries a valid SSH signature by one of them, or that a validly signed
+//! annotated tag names (a tag fetched into the cached repository); otherwise the fetch is a
+//! `SignatureInvalid`, and the instance stays on its last good module. Signatures are read from
+//! the cached repository's objects and checked in-process ([`crate::trust::verify_git_signature`]),
+//! so a verified commit needs no network either. A rule with only cosign `keys` refuses a git
+//! source: those keys sign OCI modules, never commits.
+//!
+//! HTTPS uses the system's roots and the fetcher's extra CA certificates
+//! ([`ModuleFetcher::with_ca_certificates`]).
 //!
 //! ```no_run
 //! # async fn f() -> Result<(), cuebe::remote::FetchError> {
@@ -51,6 +59,9 @@ const TRACKING: &str = "refs/cuebe";
 /// Modules read, by (repository, commit, dir, package).
 type ModuleCache = HashMap<(String, String, String, String), Arc<ModuleSource>>;
 
+/// Commits whose signature checked out, by (repository, commit, the allowed signers' lines).
+type VerifiedCommits = HashMap<(String, String, String), crate::trust::GitSigner>;
+
 /// The git side of a [`ModuleFetcher`]: resolutions of moving refs, modules read, and one lock
 /// per repository so that two reconciles do not fetch into the same repository at once.
 #[derive(Debug)]
@@ -59,6 +70,7 @@ pub(super) struct GitState {
     /// (repository, ref) → (commit, when it was resolved).
     resolved: Mutex<HashMap<(String, String), (String, Instant)>>,
     modules: Mutex<ModuleCache>,
+    verified: Mutex<VerifiedCommits>,
     locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
 
@@ -68,6 +80,7 @@ impl Default for GitState {
             refresh: DEFAULT_GIT_REFRESH,
             resolved: Mutex::default(),
             modules: Mutex::default(),
+            verified: Mutex::default(),
             locks: Mutex::default(),
         }
     }
@@ -111,8 +124,11 @@ impl ModuleFetcher {
     }
 
     /// The module `reference` names, if `policy` trusts its repository: a denied repository is
-    /// refused before anything is fetched, and so is one whose rule lists keys (signed commits
-    /// are not verified yet, and a rule asking for a signature is never silently skipped).
+    /// refused before anything is fetched. Where the rule lists `allowedSigners`, the commit the
+    /// reference resolves to must carry a valid SSH signature by one of them (or be named by a
+    /// validly signed annotated tag): [`Verification::Signed`] names the signer's fingerprint
+    /// and principal, anything else is a `SignatureInvalid`. A rule with only cosign `keys`
+    /// refuses the repository (a rule asking for a signature is never silently skipped).
     ///
     /// ```no_run
     /// # async fn f() -> Result<(), cuebe::remote::FetchError> {
@@ -132,16 +148,62 @@ impl ModuleFetcher {
         package: &str,
         policy: &crate::trust::ModulePolicy,
     ) -> Result<(GitModule, Verification), FetchError> {
-        check_policy(&reference.repository, &reference.to_string(), policy)?;
+        let signers = check_policy(&reference.repository, &reference.to_string(), policy)?;
+        let fetched = self.fetch_git(reference, package).await?;
+        let Some(signers) = signers else {
+            return Ok((fetched, Verification::Unverified));
+        };
+        let signer = self.verify_commit(&fetched.resolved, &signers).await?;
         Ok((
-            self.fetch_git(reference, package).await?,
-            Verification::Unverified,
+            fetched,
+            Verification::Signed {
+                key: signer.to_string(),
+            },
         ))
     }
 
+    /// Who validly signed `resolved`'s commit (or an annotated tag naming it), among
+    /// `signers`; read from the cached repository, never the network. Remembered per commit and
+    /// signers, so a verified commit is checked once per process.
+    async fn verify_commit(
+        &self,
+        resolved: &ResolvedGitReference,
+        signers: &[String],
+    ) -> Result<crate::trust::GitSigner, FetchError> {
+        let memo = (
+            resolved.repository.to_string(),
+            resolved.commit.clone(),
+            signers.join("\n"),
+        );
+        if let Some(signer) = self.git_verified().get(&memo) {
+            return Ok(signer.clone());
+        }
+        let dir = self.git_repository_dir(&resolved.repository);
+        let (commit, owned) = (resolved.commit.clone(), signers.to_vec());
+        let checked = tokio::task::spawn_blocking(move || {
+            let repo = open_isolated(&dir)?;
+            let commit = gix::ObjectId::from_hex(commit.as_bytes()).map_err(|e| e.to_string())?;
+            verify_signed(&repo, commit, &owned)
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
+        match checked {
+            Ok(signer) => {
+                self.git_verified().insert(memo, signer.clone());
+                Ok(signer)
+            }
+            Err(message) => Err(FetchError::SignatureInvalid {
+                reference: resolved.to_string(),
+                message,
+            }),
+        }
+    }
+
     /// The module at a resolved commit when the cached repository has it and `policy` still
-    /// trusts the repository, without the network: what an instance keeps rendering with when
-    /// its git reference cannot be used.
+    /// trusts the repository (and, where it lists `allowedSigners`, the commit's signature
+    /// still checks out), without the network: what an instance keeps rendering with when its
+    /// git reference cannot be used.
     ///
     /// ```
     /// use cuebe::module::ResolvedGitReference;
@@ -157,10 +219,36 @@ impl ModuleFetcher {
         package: &str,
         policy: &crate::trust::ModulePolicy,
     ) -> Option<(Arc<ModuleSource>, Verification)> {
-        check_policy(&resolved.repository, &resolved.to_string(), policy).ok()?;
+        let signers = check_policy(&resolved.repository, &resolved.to_string(), policy).ok()?;
+        let module = self.cached_git(resolved, package)?;
+        let Some(signers) = signers else {
+            return Some((module, Verification::Unverified));
+        };
+        let memo = (
+            resolved.repository.to_string(),
+            resolved.commit.clone(),
+            signers.join("\n"),
+        );
+        let remembered = self.git_verified().get(&memo).cloned();
+        let signer = match remembered {
+            Some(signer) => signer,
+            None => {
+                // Synchronous (the caller is a fallback with no await): reading two objects
+                // from the cached repository.
+                let repo = open_isolated(&self.git_repository_dir(&resolved.repository)).ok()?;
+                let commit = gix::ObjectId::from_hex(resolved.commit.as_bytes()).ok()?;
+                let signer = verify_signed(&repo, commit, &signers)
+                    .map_err(|error| tracing::warn!(%error, reference = %resolved, "the last good commit's signature does not check out under the current policy"))
+                    .ok()?;
+                self.git_verified().insert(memo, signer.clone());
+                signer
+            }
+        };
         Some((
-            self.cached_git(resolved, package)?,
-            Verification::Unverified,
+            module,
+            Verification::Signed {
+                key: signer.to_string(),
+            },
         ))
     }
 
@@ -279,6 +367,7 @@ impl ModuleFetcher {
                 interrupt.clone(),
             );
             let shown = shown.clone();
+            let extra_roots = self.extra_roots.clone();
             tokio::task::spawn_blocking(move || {
                 let _one_fetch_at_a_time = lock.lock().unwrap_or_else(PoisonError::into_inner);
                 let repo = open_or_init(&dir).map_err(|message| FetchError::FetchFailed {
@@ -292,12 +381,12 @@ impl ModuleFetcher {
                 let (commit, networked) = match cached {
                     Some(commit) => (commit, false),
                     None => (
-                        fetch_revision(&repo, &url, &revision, &interrupt).map_err(|message| {
-                            FetchError::FetchFailed {
+                        fetch_revision(&repo, &url, &revision, &interrupt, &extra_roots).map_err(
+                            |message| FetchError::FetchFailed {
                                 reference: shown.clone(),
                                 message,
-                            }
-                        })?,
+                            },
+                        )?,
                         true,
                     ),
                 };
@@ -341,6 +430,13 @@ impl ModuleFetcher {
         })
     }
 
+    fn git_verified(&self) -> std::sync::MutexGuard<'_, VerifiedCommits> {
+        self.git
+            .verified
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn git_modules(&self) -> std::sync::MutexGuard<'_, ModuleCache> {
         self.git
             .modules
@@ -369,17 +465,19 @@ fn module_key(resolved: &ResolvedGitReference, package: &str) -> (String, String
     )
 }
 
-/// The policy's word on a git repository; git sources are never signed-checked yet, so a rule
-/// asking for keys refuses them.
+/// The policy's word on a git repository: `Some(allowed signers)` when its commits must be
+/// signed, `None` when they need not be, or why it is refused. A rule with only cosign keys
+/// refuses it: those keys verify OCI modules, and a rule asking for a signature is never
+/// skipped.
 fn check_policy(
     repository: &GitRepository,
     shown: &str,
     policy: &crate::trust::ModulePolicy,
-) -> Result<(), FetchError> {
+) -> Result<Option<Vec<String>>, FetchError> {
     use crate::trust::SourceDecision;
     let source = repository.to_string();
     match policy.decide(&source) {
-        SourceDecision::Unverified => Ok(()),
+        SourceDecision::Unverified => Ok(None),
         SourceDecision::Denied { pattern } => Err(FetchError::SourceDenied {
             reference: shown.to_string(),
             message: format!("the module policy denies sources matching {pattern:?}"),
@@ -388,13 +486,104 @@ fn check_policy(
             reference: shown.to_string(),
             message: format!("no rule of the module policy allows {source}"),
         }),
-        SourceDecision::Signed { pattern, .. } => Err(FetchError::SignatureInvalid {
+        SourceDecision::Signed {
+            pattern,
+            allowed_signers,
+            ..
+        } if allowed_signers.is_empty() => Err(FetchError::SignatureInvalid {
             reference: shown.to_string(),
             message: format!(
-                "the rule {pattern:?} asks for a signature, and git signature verification is not supported yet (only cosign signatures of OCI modules are verified); publish the module to an OCI registry and sign it, or give this repository a rule without keys"
+                "the rule {pattern:?} lists only cosign keys, which verify OCI modules; a git source is verified against allowedSigners (the SSH keys that sign its commits and tags): add allowedSigners to the rule, or give this repository a rule of its own"
             ),
         }),
+        SourceDecision::Signed {
+            allowed_signers, ..
+        } => Ok(Some(allowed_signers)),
     }
+}
+
+/// Who validly signed `commit` among `signers`: the commit's own SSH signature (its `gpgsig`
+/// header), else the signature of an annotated tag in the cached repository that names it
+/// (tags are fetched under `refs/cuebe/tags/`). The error says what was found on each.
+fn verify_signed(
+    repo: &gix::Repository,
+    commit: gix::ObjectId,
+    signers: &[String],
+) -> Result<crate::trust::GitSigner, String> {
+    let object = repo
+        .find_object(commit)
+        .map_err(|e| format!("reading commit {commit}: {}", describe(&e)))?;
+    if object.kind != gix::object::Kind::Commit {
+        return Err(format!("{commit} is not a commit"));
+    }
+    let mut problems = match commit_signature(&object.data, signers) {
+        Ok(signer) => return Ok(signer),
+        Err(why) => vec![format!("commit {commit}: {why}")],
+    };
+    for (name, tag) in tags_naming(repo, commit) {
+        match tag_signature(&tag, signers) {
+            Ok(signer) => return Ok(signer),
+            Err(why) => problems.push(format!("tag {name}: {why}")),
+        }
+    }
+    Err(problems.join("; "))
+}
+
+/// The signer of a raw commit object (its `gpgsig` header over the rest of the object).
+fn commit_signature(raw: &[u8], signers: &[String]) -> Result<crate::trust::GitSigner, String> {
+    match gix::objs::CommitRefIter::signature(raw, gix::hash::Kind::Sha1) {
+        Ok(Some((signature, signed))) => {
+            crate::trust::verify_git_signature(&signed.to_bstring(), &signature, signers)
+        }
+        Ok(None) => Err("not signed".into()),
+        Err(e) => Err(format!("does not parse: {e}")),
+    }
+}
+
+/// The signer of a raw tag object (the signature that ends its message, over what precedes it).
+fn tag_signature(raw: &[u8], signers: &[String]) -> Result<crate::trust::GitSigner, String> {
+    match gix::objs::TagRefIter::signature(raw) {
+        Some((signature, signed)) => {
+            crate::trust::verify_git_signature(&signed.to_bstring(), signature.data, signers)
+        }
+        None => Err("not signed".into()),
+    }
+}
+
+/// The annotated tags fetched into the cached repository (`refs/cuebe/tags/…`) whose object
+/// names `commit` directly, with their raw objects.
+fn tags_naming(repo: &gix::Repository, commit: gix::ObjectId) -> Vec<(String, Vec<u8>)> {
+    let mut found = Vec::new();
+    let Ok(references) = repo.references() else {
+        return found;
+    };
+    let Ok(tags) = references.prefixed(format!("{TRACKING}/tags/").as_str()) else {
+        return found;
+    };
+    for reference in tags.flatten() {
+        let Some(id) = reference.target().try_id().map(ToOwned::to_owned) else {
+            continue;
+        };
+        let Ok(object) = repo.find_object(id) else {
+            continue;
+        };
+        if object.kind != gix::object::Kind::Tag {
+            continue;
+        }
+        let names_commit = gix::objs::TagRefIter::from_bytes(&object.data, gix::hash::Kind::Sha1)
+            .target_id()
+            .is_ok_and(|target| target == commit);
+        if names_commit {
+            let full = reference.name().as_bstr().to_string();
+            let name = full
+                .strip_prefix(&format!("{TRACKING}/tags/"))
+                .unwrap_or(&full)
+                .to_string();
+            found.push((name, object.data.clone()));
+        }
+    }
+    found.sort();
+    found
 }
 
 /// gix's errors carry their causes as a chain; the status shows all of it, once each.
@@ -448,6 +637,7 @@ fn fetch_revision(
     url: &str,
     revision: &GitRevision,
     interrupt: &AtomicBool,
+    extra_roots: &[Vec<u8>],
 ) -> Result<gix::ObjectId, String> {
     use gix::remote::Direction;
     let refspecs: Vec<String> = match revision {
@@ -470,11 +660,14 @@ fn fetch_revision(
         .with_fetch_tags(gix::remote::fetch::Tags::None)
         .with_refspecs(refspecs.iter().map(String::as_str), Direction::Fetch)
         .map_err(|e| describe(&e))?;
-    let connection = remote
+    let mut connection = remote
         .connect(Direction::Fetch)
         .map_err(|e| describe(&e))?
         // Anonymous: a server asking for credentials gets none (and nobody is prompted).
         .with_credentials(|_| Ok(None));
+    if url.starts_with("https://") && !extra_roots.is_empty() {
+        connection.set_transport_options(https_options(repo, url, extra_roots)?);
+    }
     let prepare = connection
         .prepare_fetch(gix::progress::Discard, Default::default())
         .map_err(|e| describe(&e))?;
@@ -520,6 +713,34 @@ fn fetch_revision(
         .and_then(|o| o.peel_to_commit())
         .map_err(|e| format!("{wanted} is not a commit: {}", describe(&e)))?;
     Ok(commit.id)
+}
+
+/// gix's HTTP options for `url` with the extra CA certificates added to the system's roots
+/// (reqwest's `tls_certs_merge`: the platform verifier with extra roots).
+fn https_options(
+    repo: &gix::Repository,
+    url: &str,
+    extra_roots: &[Vec<u8>],
+) -> Result<Box<dyn std::any::Any>, String> {
+    use gix::protocol::transport::client::blocking_io::http;
+    let mut options = repo
+        .transport_options(url, None)
+        .map_err(|e| format!("configuring HTTPS: {e}"))?
+        .and_then(|o| o.downcast::<http::Options>().ok())
+        .map(|o| *o)
+        .unwrap_or_default();
+    let certificates = extra_roots
+        .iter()
+        .map(|der| reqwest::Certificate::from_der(der))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("an extra CA certificate: {e}"))?;
+    options.backend = Some(Arc::new(Mutex::new(http::reqwest::Options {
+        configure_client: Some(Box::new(move |builder| {
+            Ok(builder.tls_certs_merge(certificates.clone()))
+        })),
+        configure_request: None,
+    })));
+    Ok(Box::new(options))
 }
 
 /// The `.cue` files under `dir` at `commit`, in memory. Blob sizes are read from the object
@@ -591,50 +812,192 @@ fn read_module(
 mod tests {
     use super::*;
 
+    fn ssh_key() -> ssh_key::PrivateKey {
+        ssh_key::PrivateKey::random(&mut ssh_key::rand_core::OsRng, ssh_key::Algorithm::Ed25519)
+            .unwrap()
+    }
+
+    fn signer_line(key: &ssh_key::PrivateKey, principal: &str) -> String {
+        format!("{principal} {}", key.public_key().to_openssh().unwrap())
+    }
+
+    fn armored(key: &ssh_key::PrivateKey, namespace: &str, data: &[u8]) -> String {
+        ssh_key::SshSig::sign(key, namespace, ssh_key::HashAlg::Sha512, data)
+            .unwrap()
+            .to_pem(ssh_key::LineEnding::LF)
+            .unwrap()
+    }
+
+    const UNSIGNED_COMMIT: &str = "tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\nparent 0123456789abcdef0123456789abcdef01234567\nauthor Platform <platform@acme.example> 1700000000 +0000\ncommitter Platform <platform@acme.example> 1700000000 +0000\n\nplatform 1.1.0\n";
+
+    /// A commit object as `git commit -S` writes it: the signature of the object without it,
+    /// as a `gpgsig` header after the committer (continuation lines start with a space).
+    fn signed_commit(signature: &str) -> Vec<u8> {
+        let header = format!("gpgsig {}", signature.trim_end().replace('\n', "\n "));
+        UNSIGNED_COMMIT
+            .replacen("\n\n", &format!("\n{header}\n\n"), 1)
+            .into_bytes()
+    }
+
+    /// A tag object as `git tag -s` writes it: the signature appended to the message.
+    fn signed_tag(key: &ssh_key::PrivateKey, namespace: &str) -> Vec<u8> {
+        let body = "object 0123456789abcdef0123456789abcdef01234567\ntype commit\ntag v1.1.0\ntagger Platform <platform@acme.example> 1700000000 +0000\n\nplatform 1.1.0\n";
+        format!("{body}{}", armored(key, namespace, body.as_bytes())).into_bytes()
+    }
+
     #[test]
-    fn a_rule_with_keys_refuses_a_git_source_and_patterns_match_the_repository() {
+    fn a_commit_or_tag_is_trusted_only_with_a_valid_ssh_signature_by_an_allowed_signer() {
+        let ours = ssh_key();
+        let theirs = ssh_key();
+        let signers = vec![signer_line(&ours, "platform@acme.example")];
+        let fingerprint = ours
+            .public_key()
+            .fingerprint(ssh_key::HashAlg::Sha256)
+            .to_string();
+        let by_ours = signed_commit(&armored(&ours, "git", UNSIGNED_COMMIT.as_bytes()));
+        // The content changed after signing (another tree), the signature kept.
+        let tampered = String::from_utf8(by_ours.clone())
+            .unwrap()
+            .replace("tree 4b825dc6", "tree 5b825dc6")
+            .into_bytes();
+        let with_gpg = signed_commit(
+            "-----BEGIN PGP SIGNATURE-----\n\niQEzBAABCAAdFiEE\n-----END PGP SIGNATURE-----\n",
+        );
+        // (what, raw object, a commit or a tag, Ok(status text) or a piece of the refusal)
+        type Case = (&'static str, Vec<u8>, bool, Result<String, String>);
+        let cases: Vec<Case> = vec![
+            (
+                "signed by an allowed key",
+                by_ours.clone(),
+                true,
+                Ok(format!("{fingerprint} (platform@acme.example)")),
+            ),
+            (
+                "signed by another key",
+                signed_commit(&armored(&theirs, "git", UNSIGNED_COMMIT.as_bytes())),
+                true,
+                Err("which no allowedSigners line of the policy lists".into()),
+            ),
+            (
+                "unsigned",
+                UNSIGNED_COMMIT.as_bytes().to_vec(),
+                true,
+                Err("not signed".into()),
+            ),
+            (
+                "signed in another namespace",
+                signed_commit(&armored(&ours, "file", UNSIGNED_COMMIT.as_bytes())),
+                true,
+                Err("was made in the namespace \"file\", not \"git\"".into()),
+            ),
+            (
+                "tampered content",
+                tampered,
+                true,
+                Err("does not match the content".into()),
+            ),
+            (
+                "signed with GPG",
+                with_gpg,
+                true,
+                Err("signed with GPG (OpenPGP)".into()),
+            ),
+            (
+                "a tag signed by an allowed key",
+                signed_tag(&ours, "git"),
+                false,
+                Ok(format!("{fingerprint} (platform@acme.example)")),
+            ),
+            (
+                "a tag signed by another key",
+                signed_tag(&theirs, "git"),
+                false,
+                Err("which no allowedSigners line".into()),
+            ),
+            (
+                "a lightweight-looking tag without a signature",
+                b"object 0123456789abcdef0123456789abcdef01234567\ntype commit\ntag v1\ntagger P <p@x> 1700000000 +0000\n\nv1\n".to_vec(),
+                false,
+                Err("not signed".into()),
+            ),
+        ];
+        for (what, raw, is_commit, expected) in cases {
+            let got = if is_commit {
+                commit_signature(&raw, &signers)
+            } else {
+                tag_signature(&raw, &signers)
+            };
+            match (got, expected) {
+                (Ok(signer), Ok(text)) => assert_eq!(signer.to_string(), text, "{what}"),
+                (Err(why), Err(piece)) => assert!(why.contains(&piece), "{what}: {why}"),
+                (got, expected) => panic!("{what}: {got:?} vs {expected:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_policy_decides_which_git_sources_need_signed_commits() {
         use crate::trust::{ModulePolicy, SourceRule};
         let key = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE\n-----END PUBLIC KEY-----\n";
+        let signer = signer_line(&ssh_key(), "platform@acme.example");
         let policy = ModulePolicy {
             sources: vec![
                 SourceRule {
                     pattern: "git+https://git.example.com/acme/experimental/*".into(),
                     deny: true,
-                    keys: vec![],
                     ..SourceRule::default()
                 },
                 SourceRule {
-                    pattern: "git+https://git.example.com/acme/signed/*".into(),
-                    deny: false,
+                    pattern: "git+https://git.example.com/acme/cosign/*".into(),
                     keys: vec![key.into()],
                     ..SourceRule::default()
                 },
                 SourceRule {
+                    pattern: "git+https://git.example.com/acme/signed/*".into(),
+                    allowed_signers: vec![signer.clone()],
+                    ..SourceRule::default()
+                },
+                SourceRule {
+                    pattern: "git+https://git.example.com/acme/both/*".into(),
+                    keys: vec![key.into()],
+                    allowed_signers: vec![signer.clone()],
+                    ..SourceRule::default()
+                },
+                SourceRule {
                     pattern: "git+https://git.example.com/acme/*".into(),
-                    deny: false,
-                    keys: vec![],
                     ..SourceRule::default()
                 },
             ],
         };
-        // (reference, Ok or the reason and a piece of the message)
-        type Expected<'a> = Result<(), (&'a str, &'a str)>;
-        let cases: [(&str, Expected<'_>); 5] = [
-            ("git+https://git.example.com/acme/platform?ref=main", Ok(())),
+        // (reference, Ok(signers asked for) or the reason and a piece of the message)
+        type Expected<'a> = Result<Option<Vec<String>>, (&'a str, &'a str)>;
+        let cases: [(&str, Expected<'_>); 7] = [
+            (
+                "git+https://git.example.com/acme/platform?ref=main",
+                Ok(None),
+            ),
             (
                 "git+https://git.example.com/acme/platform?ref=main&dir=acme/experimental/x",
-                Ok(()),
+                Ok(None),
             ),
             (
                 "git+https://git.example.com/acme/experimental/web?ref=v1",
                 Err(("SourceDenied", "denies sources matching")),
             ),
             (
-                "git+https://git.example.com/acme/signed/web?ref=v1",
+                "git+https://git.example.com/acme/cosign/web?ref=v1",
                 Err((
                     "SignatureInvalid",
-                    "git signature verification is not supported yet",
+                    "lists only cosign keys, which verify OCI modules; a git source is verified against allowedSigners",
                 )),
+            ),
+            (
+                "git+https://git.example.com/acme/signed/web?ref=v1",
+                Ok(Some(vec![signer.clone()])),
+            ),
+            (
+                "git+https://git.example.com/acme/both/web?ref=v1",
+                Ok(Some(vec![signer.clone()])),
             ),
             (
                 "git+https://git.example.org/acme/platform?ref=main",
@@ -645,7 +1008,7 @@ mod tests {
             let parsed = GitReference::parse(reference).unwrap_or_else(|e| panic!("{e}"));
             let got = check_policy(&parsed.repository, reference, &policy);
             match (got, expected) {
-                (Ok(()), Ok(())) => {}
+                (Ok(signers), Ok(wanted)) => assert_eq!(signers, wanted, "{reference}"),
                 (Err(e), Err((reason, text))) => {
                     assert_eq!(e.reason(), reason, "{reference}: {e}");
                     assert!(e.to_string().contains(text), "{reference}: {e}");
@@ -657,6 +1020,9 @@ mod tests {
         // No policy: every repository, unverified.
         let parsed =
             GitReference::parse("git+file:///srv/p.git?ref=main").unwrap_or_else(|e| panic!("{e}"));
-        assert!(check_policy(&parsed.repository, "x", &ModulePolicy::default()).is_ok());
+        assert_eq!(
+            check_policy(&parsed.repository, "x", &ModulePolicy::default()).ok(),
+            Some(None)
+        );
     }
 }
