@@ -81,13 +81,17 @@ pub struct AbstractionRef {
 pub struct RolloutStrategy {
     /// How many instances have moved when each step ends: a count (`"1"`) or a percentage of
     /// the instances on the channel (`"10%"`), growing; a last `"100%"` is implied.
+    // Bounded so that the API server can cost the CEL rules above (it refuses the CRD otherwise).
     #[serde(default = "default_steps")]
+    #[schemars(length(max = 20), inner(length(max = 8)))]
     pub steps: Vec<String>,
     /// How long a step's instances have to become Ready on the new module (`90s`, `5m`).
     #[serde(default = "default_deadline")]
+    #[schemars(length(max = 32))]
     pub health_deadline: String,
     /// How long every moved instance stays Ready before the next step starts.
     #[serde(default = "default_pause")]
+    #[schemars(length(max = 32))]
     pub pause: String,
     /// Move the instances of a halted rollout back to the previous module.
     #[serde(default = "default_true")]

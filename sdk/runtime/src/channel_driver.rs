@@ -119,6 +119,22 @@ pub(super) async fn effective_ref<A: Abstraction>(
     }
 }
 
+/// The module sees the module reference it renders with: for an instance on a channel, the
+/// channel's module in `spec.platformRef` instead of `{channel: NAME}` (a module knows
+/// embedded, oci and git references; which channel gave it one is the operator's business).
+pub(super) fn show_module_ref<A: Abstraction>(
+    input: &mut crate::renderer::RenderInput,
+    module: Option<&PlatformRef>,
+    object: &A,
+) {
+    let on_channel = object.platform_ref().is_some_and(|r| r.channel.is_some());
+    if let (true, Some(module), Some(spec)) = (on_channel, module, input.spec.as_object_mut())
+        && let Ok(value) = serde_json::to_value(module)
+    {
+        spec.insert("platformRef".into(), value);
+    }
+}
+
 /// The instances a channel's new object concerns: those whose module it changes (all of the
 /// channel's instances the first time it is seen).
 pub(super) fn instances_moved_by<A: Abstraction>(
@@ -373,6 +389,7 @@ async fn preview<A: Abstraction>(
                     Default::default(),
                 );
                 input.platform_ref = Some(target.clone());
+                show_module_ref(&mut input, Some(target), object.as_ref());
                 input.module = module;
                 let new = match ctx.renderer.render(&input).await {
                     Ok(plan) => plan,
@@ -391,6 +408,7 @@ async fn preview<A: Abstraction>(
                 let changed = match previous_module {
                     Ok(m) => {
                         input.platform_ref = Some(previous.clone());
+                        show_module_ref(&mut input, Some(previous), object.as_ref());
                         input.module = m.clone();
                         match ctx.renderer.render(&input).await {
                             Ok(old) => {

@@ -506,8 +506,15 @@ impl<A: Abstraction> Operator<A> {
                     ctx: ctx.clone(),
                     instances: instances.clone(),
                 });
+                // One driver per channel: an operator limited to a namespace drives only the
+                // channels labelled with it; a cluster-wide one drives the others.
+                let label = cuebe_core::NAMESPACE_LABEL;
+                let driven = match &self.namespace {
+                    Some(ns) => watcher::Config::default().labels(&format!("{label}={ns}")),
+                    None => watcher::Config::default().labels(&format!("!{label}")),
+                };
                 driver = Some(
-                    Controller::new(channels, watcher::Config::default())
+                    Controller::new(channels, driven)
                         .graceful_shutdown_on(stop.clone())
                         .run(
                             channel_driver::drive_channel::<A>,
@@ -1550,6 +1557,7 @@ async fn apply<A: Abstraction>(
     for _round in 0..3 {
         let mut input = render_input(object.as_ref(), capabilities.clone(), observed.clone());
         input.platform_ref = platform_ref.clone();
+        channel_driver::show_module_ref(&mut input, platform_ref.as_ref(), object.as_ref());
         input.module = published.clone();
         let started = std::time::Instant::now();
         let rendered = ctx.renderer.render(&input).await;
