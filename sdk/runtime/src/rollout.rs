@@ -178,3 +178,74 @@ impl RolloutMetrics {
         self.moved.get_or_create(&labels).set(moved);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::metrics::OperatorMetrics;
+
+    #[test]
+    fn every_step_halt_rollback_and_completion_is_counted_per_channel() {
+        let rollouts = RolloutMetrics::default();
+        let metrics = OperatorMetrics::new("WebService", None).with_rollouts(&rollouts);
+        let mut status = ChannelStatus {
+            updated: "5/20".into(),
+            rollout: Some(Rollout {
+                phase: Phase::Progressing,
+                step: 1,
+                ..Rollout::default()
+            }),
+            ..ChannelStatus::default()
+        };
+        let step = |n| RolloutEvent::StepStarted {
+            step: n,
+            instances: 1,
+            total: 20,
+        };
+        rollouts.observe("stable", &[step(1)], &status);
+        rollouts.observe("stable", &[step(2)], &status);
+        let text = metrics.encode().expect("encodes");
+        let line = |name: &str| format!("{name}{{kind=\"WebService\",channel=\"stable\"}}");
+        assert!(
+            text.contains(&format!("{} 2", line("cuebe_rollout_steps_total"))),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("{} 2", line("cuebe_rollout_step"))),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("{} 5", line("cuebe_rollout_moved"))),
+            "{text}"
+        );
+
+        status.rollout = Some(Rollout {
+            phase: Phase::RolledBack,
+            ..Rollout::default()
+        });
+        let halt = RolloutEvent::Halted {
+            reason: "deadline".into(),
+        };
+        let back = RolloutEvent::RolledBack {
+            reason: "deadline".into(),
+        };
+        rollouts.observe("stable", &[halt, back], &status);
+        let text = metrics.encode().expect("encodes");
+        assert!(
+            text.contains(&format!("{} 1", line("cuebe_rollout_halts_total"))),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("{} 1", line("cuebe_rollout_rollbacks_total"))),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("{} 0", line("cuebe_rollout_step"))),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("{} 0", line("cuebe_rollout_moved"))),
+            "{text}"
+        );
+    }
+}
