@@ -59,6 +59,10 @@ enum Command {
         /// --vendored-modules` does.
         #[arg(long, value_name = "DIR")]
         vendored_modules: Option<PathBuf>,
+        /// Also trust the CA certificates in FILE (PEM) for HTTPS registries and git servers,
+        /// as `run --module-ca-file` does.
+        #[arg(long, value_name = "FILE")]
+        module_ca_file: Option<PathBuf>,
     },
     /// Run the operator against the current kubeconfig (KUBECONFIG or ~/.kube/config, or the
     /// in-cluster service account) until SIGINT or SIGTERM.
@@ -91,6 +95,12 @@ enum Command {
         /// start (exit 2).
         #[arg(long, value_name = "DIR")]
         vendored_modules: Option<PathBuf>,
+        /// Also trust the CA certificates in FILE (one or more PEM `-----BEGIN CERTIFICATE-----`
+        /// blocks, e.g. mounted from a ConfigMap) for HTTPS, besides the system's roots: for OCI
+        /// registries and `git+https://` repositories alike. A file without a certificate, or
+        /// one that does not parse, stops the operator at start (exit 2).
+        #[arg(long, value_name = "FILE")]
+        module_ca_file: Option<PathBuf>,
     },
     /// Explain a live instance: its graph, each node's phase and what it is blocked on, the top
     /// violations and the resolved module (uses the current kubeconfig).
@@ -421,12 +431,14 @@ impl<A: Abstraction> App<A> {
                 lease_namespace,
                 module_policy,
                 vendored_modules,
+                module_ca_file,
             } => match module_policy
                 .as_deref()
                 .map(read_module_policy)
                 .transpose()
                 .and_then(|policy| {
-                    let vendored = vendored_modules.as_deref().map(open_vendored).transpose()?;
+                    let vendored =
+                        open_fetcher(vendored_modules.as_deref(), module_ca_file.as_deref())?;
                     Ok((policy, vendored))
                 }) {
                 Ok((policy, vendored)) => self.run_operator(
@@ -450,7 +462,8 @@ impl<A: Abstraction> App<A> {
                 no_sample,
                 metrics_bind,
                 vendored_modules,
-            } => match vendored_modules.as_deref().map(open_vendored).transpose() {
+                module_ca_file,
+            } => match open_fetcher(vendored_modules.as_deref(), module_ca_file.as_deref()) {
                 Ok(vendored) => self.run_dev(with, sample, no_sample, metrics_bind, vendored),
                 Err(message) => {
                     eprintln!("error: {message}");
@@ -657,6 +670,40 @@ fn open_vendored(dir: &Path) -> Result<Vendored, String> {
         Err(format!(
             "--vendored-modules {}: this binary was built without the remote-modules feature of cuebe-cli",
             dir.display()
+        ))
+    }
+}
+
+/// The fetcher of `--vendored-modules DIR` and `--module-ca-file FILE`, when either is given,
+/// checked at start; errors name the flag.
+fn open_fetcher(
+    vendored: Option<&Path>,
+    ca_file: Option<&Path>,
+) -> Result<Option<Vendored>, String> {
+    let Some(ca_file) = ca_file else {
+        return vendored.map(open_vendored).transpose();
+    };
+    #[cfg(feature = "remote-modules")]
+    {
+        let pem = std::fs::read(ca_file)
+            .map_err(|e| format!("--module-ca-file {}: {e}", ca_file.display()))?;
+        let mut fetcher =
+            cuebe::remote::ModuleFetcher::new(Some(cuebe::remote::default_cache_dir()))
+                .with_ca_certificates(&pem)
+                .map_err(|e| format!("--module-ca-file {}: {e}", ca_file.display()))?;
+        if let Some(dir) = vendored {
+            fetcher = fetcher
+                .with_vendored_modules(dir)
+                .map_err(|e| format!("--vendored-modules {}: {e}", dir.display()))?;
+        }
+        Ok(Some(Arc::new(fetcher)))
+    }
+    #[cfg(not(feature = "remote-modules"))]
+    {
+        let _ = vendored;
+        Err(format!(
+            "--module-ca-file {}: this binary was built without the remote-modules feature of cuebe-cli",
+            ca_file.display()
         ))
     }
 }
