@@ -2275,3 +2275,133 @@ async fn a_vendored_module_is_ready_with_no_registry_and_its_signature_from_the_
     let deployments: Api<Deployment> = Api::namespaced(e.client.clone(), &e.ns);
     assert!(deployments.get_opt("web").await.unwrap().is_some());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_on_signed_git_commits_refuses_an_unsigned_one_and_keeps_the_last_good() {
+    use cuebe::remote::ModuleFetcher;
+    use cuebe::trust::{ModulePolicy, SourceRule};
+    use cuebe_testkit::git_server::{GitHttpsServer, GitRepo, SshSigningKey};
+    let platform = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../cue/platform");
+    let key = SshSigningKey::generate("platform@acme.example");
+    let repo = GitRepo::new("platform").unwrap();
+    let first = repo
+        .commit_module_signed("main", &platform, "cue/platform", "platform 1.0.0", &key)
+        .unwrap();
+    let server = GitHttpsServer::start(&repo).unwrap();
+    let policy = ModulePolicy {
+        sources: vec![SourceRule {
+            pattern: "git+https://127.0.0.1:*/*".into(),
+            allowed_signers: vec![key.allowed_signer()],
+            ..SourceRule::default()
+        }],
+    };
+    let cache = tempfile::tempdir().unwrap();
+    // HTTPS with the testkit's CA; branches resolved again every 2 s (60 s by default).
+    let fetcher = ModuleFetcher::new(Some(cache.path().to_path_buf()))
+        .with_git_refresh(Duration::from_secs(2))
+        .with_ca_certificates(server.ca_pem().as_bytes())
+        .unwrap();
+    let e = env_with("signedgit", |operator| {
+        operator
+            .with_module_fetcher(Arc::new(fetcher))
+            .with_module_policy(policy)
+            .unwrap()
+    })
+    .await;
+    let url = server.url();
+    let at = |commit: &str| format!("{url}@{commit}?dir=cue/platform");
+    let mut spec = simple();
+    spec["platformRef"] = json!({"git": format!("{url}?ref=main&dir=cue/platform")});
+    e.apply("signed", spec).await;
+    e.ready("signed").await;
+    let status = e.status("signed").await;
+    assert_eq!(status.platform_ref_resolved, at(&first));
+    let verified = status.condition(ConditionType::ModuleVerified).unwrap();
+    assert_eq!(
+        (verified.status.as_str(), verified.reason.as_str()),
+        ("True", "Verified")
+    );
+    assert_eq!(
+        verified.message,
+        format!(
+            "signed by key {} (platform@acme.example)",
+            key.fingerprint()
+        )
+    );
+
+    // A module that labels every object, so that which commit is rendered shows in the cluster.
+    let labelled = |comment: &str| {
+        let dir = module_variant(comment);
+        let render_cue = dir.path().join("webservice/render.cue");
+        let text = std::fs::read_to_string(&render_cue).unwrap();
+        std::fs::write(
+            &render_cue,
+            format!("{text}\n_labels: \"platform.example.com/commit\": \"{comment}\"\n"),
+        )
+        .unwrap();
+        dir
+    };
+    let deployments: Api<Deployment> = Api::namespaced(e.client.clone(), &e.ns);
+    let label = || async {
+        deployments
+            .get_opt("signed")
+            .await
+            .unwrap()
+            .and_then(|d| d.metadata.labels)
+            .and_then(|l| l.get("platform.example.com/commit").cloned())
+    };
+
+    // The branch moves to an unsigned commit: refused, and the service stays Ready on the
+    // last good commit; nothing of the unsigned module reaches the cluster.
+    let unsigned_module = labelled("unsigned");
+    let unsigned = repo
+        .commit_module("main", unsigned_module.path(), "cue/platform", "unsigned")
+        .unwrap();
+    e.eventually(
+        "the unsigned commit refused with SignatureInvalid",
+        Duration::from_secs(60),
+        || async {
+            let s = e.status("signed").await;
+            s.condition(ConditionType::ModuleVerified)
+                .is_some_and(|c| c.status == "False" && c.reason == "SignatureInvalid")
+                && s.condition(ConditionType::ModuleResolved).is_some_and(|c| {
+                    c.status == "False"
+                        && c.reason == "SignatureInvalid"
+                        && c.message
+                            .contains(&format!("commit {unsigned}: not signed"))
+                        && c.message.contains(&format!(
+                            "still rendering with the last good module {}",
+                            at(&first)
+                        ))
+                })
+        },
+    )
+    .await;
+    let status = e.status("signed").await;
+    assert_eq!(status.platform_ref_resolved, at(&first));
+    assert_eq!(
+        status
+            .condition(ConditionType::Ready)
+            .map(|c| c.status.as_str()),
+        Some("True")
+    );
+    assert_eq!(label().await, None, "the unsigned module was never applied");
+
+    // Moved again, to a signed commit: followed and applied.
+    let signed_module = labelled("signed");
+    let second = repo
+        .commit_module_signed("main", signed_module.path(), "cue/platform", "signed", &key)
+        .unwrap();
+    e.eventually(
+        "the service re-rendered on the new signed commit",
+        Duration::from_secs(60),
+        || async {
+            let s = e.status("signed").await;
+            s.platform_ref_resolved == at(&second)
+                && s.condition(ConditionType::ModuleVerified)
+                    .is_some_and(|c| c.status == "True" && c.reason == "Verified")
+                && label().await.as_deref() == Some("signed")
+        },
+    )
+    .await;
+}

@@ -1249,9 +1249,13 @@ async fn fetch_published<A: Abstraction>(
                         generation,
                         now,
                     );
-                    // A git server that is down is asked again when the ref is due anyway.
-                    let retry = (error.is_transient() && matches!(reference, RemoteRef::Git(_)))
-                        .then(|| ctx.module_fetcher.git_refresh());
+                    // A git server that is down is asked again when the ref is due anyway, and
+                    // so is a branch or tag whose commit was refused (unsigned, say): it may
+                    // move to one that is good.
+                    let retry = matches!(reference, RemoteRef::Git(r)
+                        if error.is_transient()
+                            || matches!(r.revision, crate::module::GitRevision::Name(_)))
+                    .then(|| ctx.module_fetcher.git_refresh());
                     Published::Module(module, good, retry)
                 }
                 None if error.is_transient() => {
