@@ -119,16 +119,17 @@ pub(super) async fn effective_ref<A: Abstraction>(
     }
 }
 
-/// The module sees the module reference it renders with: for an instance on a channel, the
-/// channel's module in `spec.platformRef` instead of `{channel: NAME}` (a module knows
-/// embedded, oci and git references; which channel gave it one is the operator's business).
+/// The module sees the module reference it renders with in `spec.platformRef`: for an
+/// instance on a channel, the channel's module instead of `{channel: NAME}` (a module knows
+/// embedded, oci and git references; which channel gave it one is the operator's business);
+/// for an instance kept on its last good module, that module's reference.
 pub(super) fn show_module_ref<A: Abstraction>(
     input: &mut crate::renderer::RenderInput,
     module: Option<&PlatformRef>,
     object: &A,
 ) {
-    let on_channel = object.platform_ref().is_some_and(|r| r.channel.is_some());
-    if let (true, Some(module), Some(spec)) = (on_channel, module, input.spec.as_object_mut())
+    let differs = module.is_some() && object.platform_ref().as_ref() != module;
+    if let (true, Some(module), Some(spec)) = (differs, module, input.spec.as_object_mut())
         && let Ok(value) = serde_json::to_value(module)
     {
         spec.insert("platformRef".into(), value);

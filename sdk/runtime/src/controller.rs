@@ -1525,6 +1525,7 @@ async fn apply<A: Abstraction>(
             A::modules().versions().last().unwrap_or_default()
         ),
     };
+    let mut rendered_ref = platform_ref.clone();
     let (published, published_ref, recheck) = match resolve_published(
         &ctx,
         object.as_ref(),
@@ -1538,13 +1539,19 @@ async fn apply<A: Abstraction>(
     {
         Published::Embedded => (None, None, None),
         Published::Module(module, reference, recheck) => {
-            // Kept on its last good module (the one asked for is unusable): say which it is.
+            // Kept on its last good module (the one asked for is unusable): say which it is,
+            // and render exactly as before (the module sees the reference it renders with, so
+            // the render hash is the one that module gave).
             if platform_ref
                 .as_ref()
                 .and_then(|r| r.oci.as_ref())
                 .is_some_and(|asked| *asked != reference)
             {
                 status.module_ref = reference.clone();
+                rendered_ref = Some(crate::module::PlatformRef {
+                    oci: Some(reference.clone()),
+                    ..Default::default()
+                });
             }
             (Some(module), Some(reference), recheck)
         }
@@ -1561,7 +1568,7 @@ async fn apply<A: Abstraction>(
     for _round in 0..3 {
         let mut input = render_input(object.as_ref(), capabilities.clone(), observed.clone());
         input.platform_ref = platform_ref.clone();
-        channel_driver::show_module_ref(&mut input, platform_ref.as_ref(), object.as_ref());
+        channel_driver::show_module_ref(&mut input, rendered_ref.as_ref(), object.as_ref());
         input.module = published.clone();
         let started = std::time::Instant::now();
         let rendered = ctx.renderer.render(&input).await;
