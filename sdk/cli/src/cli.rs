@@ -1,5 +1,5 @@
-//! The operator binary: `run`, `dev`, `crd`, `render`, `diff`, `explain`, `rbac` and (with
-//! remote modules) `approve` for any [`Abstraction`].
+//! The operator binary: `run`, `dev`, `crd`, `render`, `diff`, `explain`, `rbac`, `rollout`
+//! and (with remote modules) `approve` for any [`Abstraction`].
 //!
 //! An operator's `main` is a few lines:
 //!
@@ -159,6 +159,11 @@ enum Command {
         #[command(flatten)]
         module: ModuleArgs,
     },
+    /// Platform changes through PlatformChannels: `plan` a candidate module on a channel's
+    /// instances (offline, or from the cluster), `pause`, `resume` or `undo` a rollout, print a
+    /// channel's `status`.
+    #[command(subcommand)]
+    Rollout(crate::rollout_command::RolloutCommand),
     /// Show what applying a manifest would change in the cluster (uses the current kubeconfig;
     /// writes nothing): each object created, updated (field by field) or unchanged, and what
     /// would be pruned. Exit 0: no changes; 1: changes; 2: bad input; 3: policy violations;
@@ -455,6 +460,7 @@ impl<A: Abstraction> App<A> {
                 }
             },
             Command::Explain { name, namespace } => run_explain::<A>(&name, namespace),
+            Command::Rollout(command) => command.run::<A>(),
             Command::Rbac { files } => self.run_rbac(&files),
             Command::Dev {
                 with,
@@ -719,7 +725,7 @@ fn with_vendored<A: Abstraction>(operator: Operator<A>, vendored: Option<Vendore
     }
 }
 
-fn read(path: &Path) -> Result<String, String> {
+pub(crate) fn read(path: &Path) -> Result<String, String> {
     if path.as_os_str() == "-" {
         let mut s = String::new();
         std::io::stdin()
@@ -732,7 +738,7 @@ fn read(path: &Path) -> Result<String, String> {
 
 /// The async runtime for `run`, `dev` and `explain`; `None` (after saying why) when it cannot
 /// start.
-fn runtime() -> Option<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> Option<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -946,7 +952,9 @@ fn run_render<A: Abstraction>(
 }
 
 /// Reads and checks `--module-policy FILE` (YAML), naming the file and the rule on error.
-fn read_module_policy(path: &std::path::Path) -> Result<cuebe::trust::ModulePolicy, String> {
+pub(crate) fn read_module_policy(
+    path: &std::path::Path,
+) -> Result<cuebe::trust::ModulePolicy, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("--module-policy {}: {e}", path.display()))?;
     let policy: cuebe::trust::ModulePolicy = serde_norway::from_str(&text)

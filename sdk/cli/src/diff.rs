@@ -366,6 +366,19 @@ fn comparable(mut object: Value) -> Value {
 
 /// Appends the differences between `before` and `after` under `path`. Objects are compared
 /// field by field; lists and scalars as a whole.
+/// The dotted paths at which `before` and `after` differ, as `diff` names them (for
+/// `rollout plan`, which compares two renders rather than a render and a live object).
+pub(crate) fn field_paths(
+    path: &str,
+    before: Option<&Value>,
+    after: Option<&Value>,
+    out: &mut Vec<String>,
+) {
+    let mut changes = Vec::new();
+    field_changes(path, before, after, &mut changes);
+    out.extend(changes.into_iter().map(|c| c.path));
+}
+
 fn field_changes(
     path: &str,
     before: Option<&Value>,

@@ -1,7 +1,7 @@
 //! # cuebe-cli
 //!
 //! The command line of a cuebe operator: one [`App`] gives an abstraction's binary `run`,
-//! `dev`, `crd`, `render`, `diff`, `explain` and `rbac`.
+//! `dev`, `crd`, `render`, `diff`, `explain`, `rbac` and `rollout`.
 //!
 //! ```no_run
 //! # fn f<A: cuebe::Abstraction>() -> std::process::ExitCode {
@@ -24,5 +24,7 @@ pub mod explain;
 pub mod published;
 pub mod rbac;
 pub mod render;
+pub mod rollout;
+mod rollout_command;
 
 pub use cli::App;

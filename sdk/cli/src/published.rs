@@ -78,6 +78,26 @@ pub async fn choose<A: Abstraction>(
     fetch::<A>(&reference, policy, vendored).await.map(Some)
 }
 
+/// The published module `reference` names (`oci://…` or a git reference), fetched and checked
+/// as [`choose`] does: `rollout plan --module` and the modules a channel points at.
+///
+/// ```no_run
+/// # async fn f<A: cuebe::Abstraction>() -> Result<(), cuebe_cli::published::ChooseError> {
+/// let c = cuebe_cli::published::fetch_reference::<A>("oci://registry.example.com/platform@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", None, None).await?;
+/// eprintln!("{}", c.described);
+/// # Ok(()) }
+/// ```
+pub async fn fetch_reference<A: Abstraction>(
+    reference: &str,
+    policy: Option<&ModulePolicy>,
+    vendored: Option<&Path>,
+) -> Result<Chosen, ChooseError> {
+    if is_git(reference) {
+        return fetch_git::<A>(reference, false, policy).await;
+    }
+    fetch::<A>(reference, policy, vendored).await
+}
+
 #[cfg(feature = "remote-modules")]
 async fn fetch<A: Abstraction>(
     reference: &str,
