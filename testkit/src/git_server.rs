@@ -525,10 +525,9 @@ impl SshSigningKey {
 /// let repo = GitRepo::new("platform").unwrap();
 /// let server = GitHttpsServer::start(&repo).unwrap();
 /// assert!(server.url().starts_with("git+https://127.0.0.1:"));
-/// let fetcher = cuebe::remote::ModuleFetcher::new(None)
-///     .with_ca_certificates(server.ca_pem().as_bytes())
-///     .unwrap();
-/// # let _ = fetcher;
+/// // What a client must trust: `ModuleFetcher::with_ca_certificates(server.ca_pem().as_bytes())`,
+/// // or `run --module-ca-file` with `server.ca_file()`.
+/// assert!(server.ca_pem().starts_with("-----BEGIN CERTIFICATE-----"));
 /// ```
 #[derive(Debug)]
 pub struct GitHttpsServer {
