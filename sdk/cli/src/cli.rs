@@ -658,9 +658,10 @@ impl<A: Abstraction> App<A> {
 /// A fetcher serving `--vendored-modules DIR`, checked at start.
 #[cfg(feature = "remote-modules")]
 type Vendored = Arc<cuebe::remote::ModuleFetcher>;
-/// Without remote modules, `--vendored-modules` is refused at start.
+/// Without remote modules, `--vendored-modules` is refused at start: no value of this exists.
 #[cfg(not(feature = "remote-modules"))]
-type Vendored = std::convert::Infallible;
+#[derive(Clone)]
+enum Vendored {}
 
 /// Opens `--vendored-modules DIR`, naming the flag, the directory and the problem on error.
 fn open_vendored(dir: &Path) -> Result<Vendored, String> {
