@@ -346,7 +346,14 @@ async fn publish_on_channel<A: Abstraction>(
         action: note.action,
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&event, &channel.object_ref(&())).await {
+    // kube's recorder folds an event into the one it published on the same object in the last
+    // 6 minutes with the same type, reason and action, keeping that one's note: the second and
+    // third StepStarted of a rollout read "step 1", a rollout to A then one to B reads
+    // "rolling out A" twice. Every rollout event names what happened (the step, the module,
+    // the reason) and the driver publishes one per transition, not per pass: each goes out as
+    // an event of its own.
+    let recorder = kube::runtime::events::Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+    if let Err(e) = recorder.publish(&event, &channel.object_ref(&())).await {
         tracing::debug!(error = %e, "could not publish an event on the channel");
     }
 }
