@@ -563,16 +563,17 @@ pub fn drive(
 
     let rollout_target = next.rollout.as_ref().map(|r| r.target.clone());
     if rollout_target.as_ref() != Some(&spec.module) {
-        // The module changed (or was set back): whatever was under way ends.
-        if let Some(r) = next.rollout.take() {
-            if r.phase.is_active() || r.phase == Phase::Halted {
-                events.push(RolloutEvent::RolledBack {
-                    reason: format!("spec.module changed to {}", spec.module),
-                });
-                record(&mut next, &r, "Replaced", &now_text);
-            } else {
-                next.rollout = Some(r);
-            }
+        // The module changed (or was set back): whatever was under way ends. A finished
+        // rollout is in the history already; kept as `rollout`, a rolled-back one whose module
+        // the spec left would match the spec again when that module is set once more, and
+        // that module would never roll out again.
+        if let Some(r) = next.rollout.take()
+            && (r.phase.is_active() || r.phase == Phase::Halted)
+        {
+            events.push(RolloutEvent::RolledBack {
+                reason: format!("spec.module changed to {}", spec.module),
+            });
+            record(&mut next, &r, "Replaced", &now_text);
         }
         if spec.module != current {
             next.rollout = Some(Rollout {

@@ -488,3 +488,33 @@ fn buckets_spread_a_fleet_and_differ_per_channel() {
         .collect();
     assert_ne!(a, b);
 }
+
+#[test]
+fn a_rolled_back_module_rolls_out_again_once_the_spec_left_it_and_came_back() {
+    let (mut spec, status, mut members) = rollout_started(20, RolloutStrategy::default());
+    let status = drive(&spec, &status, &members, Some(clean_preview(20)), at(2))
+        .expect("valid")
+        .status;
+    converge(&status, &mut members, |_| true);
+    spec.undo = true;
+    let undone = drive(&spec, &status, &members, None, at(3))
+        .expect("valid")
+        .status;
+    converge(&undone, &mut members, |_| true);
+    assert_eq!(moved(&undone, &members, &v("1.1.0")), 0);
+    // Back to the current module (undo cleared), then 1.1.0 again: a new rollout, previewed
+    // first, not the old one's RolledBack kept for ever.
+    spec.undo = false;
+    spec.module = v("1.0.0");
+    let left = drive(&spec, &undone, &members, None, at(4))
+        .expect("valid")
+        .status;
+    assert_eq!(left.phase, "Complete");
+    assert_eq!(left.module, "embedded:1.0.0");
+    spec.module = v("1.1.0");
+    let again = drive(&spec, &left, &members, None, at(5)).expect("valid");
+    assert!(again.needs_preview);
+    let r = again.status.rollout.expect("a rollout");
+    assert_eq!((r.phase, r.target), (Phase::Previewing, v("1.1.0")));
+    assert_eq!(again.status.history[0].outcome, "RolledBack");
+}
