@@ -348,6 +348,7 @@ impl<A: Abstraction> Operator<A> {
             metrics: metrics.clone(),
             rollout_metrics,
             channels: channel_driver::ChannelBook::default(),
+            channel_nudges: std::sync::Mutex::new(None),
             inventory: self.inventory.clone(),
             client: client.clone(),
             capabilities: RwLock::new(Capabilities::default()),
@@ -513,8 +514,19 @@ impl<A: Abstraction> Operator<A> {
                     Some(ns) => watcher::Config::default().labels(&format!("{label}={ns}")),
                     None => watcher::Config::default().labels(&format!("!{label}")),
                 };
+                let (nudge, nudged) = futures::channel::mpsc::unbounded();
+                *ctx.channel_nudges
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(nudge);
                 driver = Some(
                     Controller::new(channels, driven)
+                        // A nudge comes right after an instance's status write; the cache the
+                        // driver reads from sees that write a moment later.
+                        .with_config(
+                            kube::runtime::controller::Config::default()
+                                .debounce(Duration::from_millis(500)),
+                        )
+                        .reconcile_on(nudged)
                         .graceful_shutdown_on(stop.clone())
                         .run(
                             channel_driver::drive_channel::<A>,
@@ -730,6 +742,11 @@ struct Context<A: Abstraction> {
     rollout_metrics: crate::rollout::RolloutMetrics,
     /// The channels seen, for instances on a channel.
     channels: channel_driver::ChannelBook,
+    /// Wakes the rollout driver of a channel when one of its instances changes readiness or
+    /// module (set while a driver runs).
+    channel_nudges: std::sync::Mutex<
+        Option<futures::channel::mpsc::UnboundedSender<ObjectRef<crate::rollout::PlatformChannel>>>,
+    >,
     executor: Arc<dyn Executor>,
     inventory: Arc<dyn Inventory>,
     /// What the cluster offers, as last discovered (a change restarts the controller).
@@ -845,6 +862,26 @@ async fn write_status<A: Abstraction>(
     )
     .await
     .map_err(ReconcileError::Status)?;
+    // A step of a rollout ends when its instances are Ready on the new module: tell the
+    // channel's driver now rather than at its next look.
+    let moved = |s: &AbstractionStatus| {
+        (
+            s.module_ref.clone(),
+            s.is_ready(),
+            s.condition(ConditionType::Stalled)
+                .map(|c| c.status.clone()),
+        )
+    };
+    if !status.channel.is_empty()
+        && moved(&previous) != moved(status)
+        && let Some(nudge) = ctx
+            .channel_nudges
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+    {
+        let _ = nudge.unbounded_send(ObjectRef::new(&status.channel));
+    }
     // Events go out after the status they describe is stored: a refused status write publishes
     // nothing that the status does not say.
     for note in transitions(&previous, status) {
