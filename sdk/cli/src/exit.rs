@@ -4,8 +4,8 @@
 //! |------|---------|-------------|
 //! | 0 | success (for `diff`: nothing would change) | all |
 //! | 1 | `diff` found changes | `diff` |
-//! | 2 | the input is malformed or does not fit the schema (the file, field and line are named) | `render`, `diff`, `crd`, flags of any command |
-//! | 3 | policy violations (printed; as JSON with `-o json`) | `render`, `diff` |
+//! | 2 | the input is malformed or does not fit the schema (the file, field and line are named) | `render`, `diff`, `crd`, `rollout plan`, flags of any command |
+//! | 3 | policy violations (printed; as JSON with `-o json`) | `render`, `diff`, `rollout plan` (an instance the candidate's policy refuses) |
 //! | 4 | the operation failed: the cluster, the platform module, a file that cannot be written | all |
 //!
 //! Like `diff(1)` and `kubectl diff`, 1 is not an error: scripts can tell "would change" from
