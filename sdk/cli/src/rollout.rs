@@ -393,11 +393,7 @@ impl RolloutPlan {
                 );
             }
             if !p.pending.is_empty() {
-                let _ = writeln!(
-                    out,
-                    "  pending, not compared: {}",
-                    p.pending.join(", ")
-                );
+                let _ = writeln!(out, "  pending, not compared: {}", p.pending.join(", "));
             }
             for o in &p.objects {
                 let at = if o.namespace.is_empty() {
