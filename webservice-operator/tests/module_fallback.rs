@@ -85,7 +85,6 @@ async fn a_tampered_module_is_refused_with_nothing_pruned_and_an_earlier_digest_
     let status = || async { api.get("web").await.unwrap().status.unwrap_or_default() };
     let wait = |what: &'static str,
                 check: Box<dyn Fn(&AbstractionStatus) -> bool + Send + Sync>| {
-        let status = status.clone();
         async move {
             cuebe_testkit::eventually::eventually(
                 what,

@@ -244,8 +244,9 @@ pub struct ChannelSpec {
     /// Hold the rollout at its current step (nothing more is moved; `false` resumes).
     #[serde(default)]
     pub paused: bool,
-    /// Roll the current rollout back: every moved instance returns to the previous module.
-    /// Stays in effect while the module is unchanged; set a new module to roll out again.
+    /// Roll the current rollout back: every moved instance returns to the previous module. It
+    /// acts when it turns `true` during a rollout; a `true` left from an earlier rollout does
+    /// not roll back the next one (set it to `false` and `true` again to undo that one too).
     #[serde(default)]
     pub undo: bool,
 }
@@ -356,6 +357,10 @@ pub struct Rollout {
     /// What is happening, for people.
     #[serde(default)]
     pub message: String,
+    /// `spec.undo` as the driver last saw it during this rollout: undo acts when it turns
+    /// `true`, so a value left set from an earlier rollout does not roll this one back.
+    #[serde(default)]
+    pub undo_seen: bool,
 }
 
 /// A finished rollout, kept in the channel's history.
@@ -587,6 +592,7 @@ pub fn drive(
                     "rendering every instance with {} before anything is applied",
                     spec.module
                 ),
+                undo_seen: spec.undo,
                 ..Rollout::default()
             });
             events.push(RolloutEvent::Started {
@@ -602,7 +608,7 @@ pub fn drive(
         let target = r.target.to_string();
         match r.phase {
             Phase::Complete | Phase::RolledBack => {}
-            _ if spec.undo => {
+            _ if spec.undo && !r.undo_seen => {
                 r.phase = Phase::RolledBack;
                 r.threshold = 0;
                 r.message = "spec.undo: every moved instance returns to the previous module".into();
@@ -754,6 +760,7 @@ pub fn drive(
                 }
             }
         }
+        r.undo_seen = spec.undo;
         next.rollout = Some(r);
     }
     summarize(&mut next, members);

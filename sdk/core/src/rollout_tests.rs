@@ -518,3 +518,61 @@ fn a_rolled_back_module_rolls_out_again_once_the_spec_left_it_and_came_back() {
     assert_eq!((r.phase, r.target), (Phase::Previewing, v("1.1.0")));
     assert_eq!(again.status.history[0].outcome, "RolledBack");
 }
+
+#[test]
+fn an_undo_left_set_from_an_earlier_rollout_does_not_roll_back_the_next_one() {
+    let strategy = RolloutStrategy {
+        pause: "0s".into(),
+        ..RolloutStrategy::default()
+    };
+    let (mut spec, status, mut members) = rollout_started(20, strategy);
+    let status = drive(&spec, &status, &members, Some(clean_preview(20)), at(2))
+        .expect("valid")
+        .status;
+    converge(&status, &mut members, |_| true);
+    spec.undo = true;
+    let undone = drive(&spec, &status, &members, None, at(3))
+        .expect("valid")
+        .status;
+    assert_eq!(
+        undone.rollout.as_ref().map(|r| r.phase),
+        Some(Phase::RolledBack)
+    );
+    converge(&undone, &mut members, |_| true);
+    // A new module while undo is still true: it rolls out (previewed, then the canary).
+    spec.module = v("1.2.0");
+    let next = drive(&spec, &undone, &members, None, at(4)).expect("valid");
+    assert!(next.needs_preview);
+    let started = drive(
+        &spec,
+        &next.status,
+        &members,
+        Some(clean_preview(20)),
+        at(4),
+    )
+    .expect("valid")
+    .status;
+    assert_eq!(
+        started.rollout.as_ref().map(|r| r.phase),
+        Some(Phase::Progressing)
+    );
+    assert_eq!(moved(&started, &members, &v("1.2.0")), 1);
+    // Turned false and true again, it undoes this one too.
+    spec.undo = false;
+    let cleared = drive(&spec, &started, &members, None, at(5))
+        .expect("valid")
+        .status;
+    assert_eq!(
+        cleared.rollout.as_ref().map(|r| r.phase),
+        Some(Phase::Progressing)
+    );
+    spec.undo = true;
+    let again = drive(&spec, &cleared, &members, None, at(6))
+        .expect("valid")
+        .status;
+    assert_eq!(
+        again.rollout.as_ref().map(|r| r.phase),
+        Some(Phase::RolledBack)
+    );
+    assert_eq!(moved(&again, &members, &v("1.2.0")), 0);
+}
