@@ -157,11 +157,13 @@ impl ModuleSource {
 pub struct PlatformRef {
     /// A version of a module embedded in the operator binary, e.g. `1.0.0`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
     pub embedded: Option<String>,
     /// A module published with `cue mod publish`, pinned by the digest of its OCI manifest:
     /// `oci://REGISTRY/REPOSITORY@sha256:<64 hex>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^oci://[^@\s]+@sha256:[0-9a-f]{64}$"))]
+    #[schemars(length(max = 1024))]
     pub oci: Option<String>,
     /// A directory of a git repository at a branch, tag or full commit sha:
     /// `git+https://HOST/REPO?ref=REF&dir=PATH` (`dir` defaults to the repository's root;
@@ -170,12 +172,14 @@ pub struct PlatformRef {
     #[schemars(regex(
         pattern = r"^(git\+https|git\+file|git)://[^?#@\s]+\?([^&#\s]+&)*ref=[^&#\s]+(&[^&#\s]+)*$"
     ))]
+    #[schemars(length(max = 1024))]
     pub git: Option<String>,
     /// The name of a `PlatformChannel` (cluster-scoped, group `cuebe.dev`): the instance renders
     /// with the module the channel's rollout gives it (see [`crate::rollout`]). An instance that
     /// pins `embedded`, `oci` or `git` is never moved by a rollout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    #[schemars(length(max = 1024))]
     pub channel: Option<String>,
 }
 

@@ -229,10 +229,20 @@ impl RolloutStrategy {
 /// What a `PlatformChannel` asks for (its `spec`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-#[schemars(extend("x-kubernetes-validations" = [{
-    "rule": "!has(self.module.channel)",
-    "message": "spec.module: a channel points at a module (embedded, oci or git), not at another channel"
-}]))]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!has(self.module.channel)",
+        "message": "spec.module: a channel points at a module (embedded, oci or git), not at another channel"
+    },
+    {
+        "rule": "!has(self.module.git) || self.module.git.matches('[?&]ref=[0-9a-f]{40}(&|$)')",
+        "message": "spec.module.git: a channel's module is pinned to a commit (ref=<40 hex>): a branch or tag would move every instance without a rollout"
+    },
+    {
+        "rule": "self.strategy.healthDeadline.matches('[1-9]')",
+        "message": "spec.strategy.healthDeadline: a step needs some time to become healthy (more than 0)"
+    }
+]))]
 pub struct ChannelSpec {
     /// The abstraction whose instances may follow this channel.
     pub abstraction: AbstractionRef,
@@ -357,6 +367,10 @@ pub struct Rollout {
     /// What is happening, for people.
     #[serde(default)]
     pub message: String,
+    /// Every instance of the step under way has been Ready on `target` at least once: from
+    /// then on the deadline no longer applies to it (only failures halt).
+    #[serde(default)]
+    pub step_healthy: bool,
     /// `spec.undo` as the driver last saw it during this rollout: undo acts when it turns
     /// `true`, so a value left set from an earlier rollout does not roll this one back.
     #[serde(default)]
@@ -679,7 +693,13 @@ pub fn drive(
                     );
                 } else if !unhealthy.is_empty() {
                     r.healthy_since.clear();
-                    if step_age >= strategy.health_deadline {
+                    // The deadline is for reaching health: once the step was healthy, a later dip
+                    // (an edit, a rolling restart) waits rather than rolling the fleet back, and a
+                    // paused rollout is held, not judged.
+                    if !r.step_healthy
+                        && r.phase == Phase::Progressing
+                        && step_age >= strategy.health_deadline
+                    {
                         let problems = unhealthy
                             .iter()
                             .map(|m| InstanceProblem {
@@ -718,13 +738,18 @@ pub fn drive(
                             unhealthy.len(),
                             reached.len()
                         );
-                        requeue =
-                            Some((strategy.health_deadline - step_age).min(Duration::from_secs(5)));
+                        requeue = Some(
+                            strategy
+                                .health_deadline
+                                .saturating_sub(step_age)
+                                .clamp(Duration::from_secs(1), Duration::from_secs(5)),
+                        );
                     }
                 } else {
                     if r.healthy_since.is_empty() {
                         r.healthy_since = now_text.clone();
                     }
+                    r.step_healthy = true;
                     let healthy_for = elapsed_since(&r.healthy_since, now).unwrap_or_default();
                     let last = r.step as usize + 1 >= strategy.steps.len();
                     if r.phase == Phase::Paused {
@@ -755,7 +780,7 @@ pub fn drive(
                             strategy.steps.len(),
                             reached.len()
                         );
-                        requeue = Some(strategy.pause - healthy_for);
+                        requeue = Some(strategy.pause.saturating_sub(healthy_for));
                     }
                 }
             }
@@ -793,6 +818,7 @@ fn start_step(
     r.step = step as u32;
     r.step_started_at = now.to_string();
     r.healthy_since.clear();
+    r.step_healthy = false;
     r.message = format!(
         "step {} of {}: moving {} of {} instances to {}",
         step + 1,

@@ -576,3 +576,56 @@ fn an_undo_left_set_from_an_earlier_rollout_does_not_roll_back_the_next_one() {
     );
     assert_eq!(moved(&again, &members, &v("1.2.0")), 0);
 }
+
+#[test]
+fn once_a_step_was_healthy_a_later_dip_waits_and_a_paused_rollout_is_not_judged() {
+    let strategy = RolloutStrategy {
+        health_deadline: "1m".into(),
+        pause: "10m".into(),
+        ..RolloutStrategy::default()
+    };
+    let (mut spec, status, mut members) = rollout_started(20, strategy);
+    let status = drive(&spec, &status, &members, Some(clean_preview(20)), at(2))
+        .expect("valid")
+        .status;
+    converge(&status, &mut members, |_| true);
+    let healthy = drive(&spec, &status, &members, None, at(10))
+        .expect("valid")
+        .status;
+    // The canary dips (an edit rolls its Deployment) long after the deadline: it waits.
+    converge(&healthy, &mut members, |_| false);
+    let dipped = drive(&spec, &healthy, &members, None, at(600))
+        .expect("valid")
+        .status;
+    assert_eq!(
+        dipped.rollout.as_ref().map(|r| r.phase),
+        Some(Phase::Progressing)
+    );
+    // Paused while the next step is not yet healthy: held however long, not rolled back.
+    converge(&dipped, &mut members, |_| true);
+    let mut s = drive(&spec, &dipped, &members, None, at(601))
+        .expect("valid")
+        .status;
+    s = drive(&spec, &s, &members, None, at(1300))
+        .expect("valid")
+        .status;
+    assert_eq!(s.rollout.as_ref().map(|r| r.step), Some(1));
+    converge(&s, &mut members, |_| false);
+    spec.paused = true;
+    let paused = drive(&spec, &s, &members, None, at(1301))
+        .expect("valid")
+        .status;
+    let held = drive(&spec, &paused, &members, None, at(5000))
+        .expect("valid")
+        .status;
+    assert_eq!(held.rollout.as_ref().map(|r| r.phase), Some(Phase::Paused));
+    // Resumed and still not healthy past the deadline: now it halts.
+    spec.paused = false;
+    let resumed = drive(&spec, &held, &members, None, at(5001))
+        .expect("valid")
+        .status;
+    assert_eq!(
+        resumed.rollout.as_ref().map(|r| r.phase),
+        Some(Phase::RolledBack)
+    );
+}

@@ -172,6 +172,10 @@ pub(super) enum DriveError {
 pub(super) struct Driver<A: Abstraction> {
     pub ctx: Arc<Context<A>>,
     pub instances: Store<A>,
+    /// The status this driver last wrote per channel. Only the leader's driver writes a
+    /// channel's status, so it is newer than a watch cache that has not seen the write yet: a
+    /// pass never starts from a status older than its own last decision.
+    pub written: std::sync::Mutex<HashMap<String, ChannelStatus>>,
 }
 
 /// One pass of the driver over one channel.
@@ -184,6 +188,11 @@ pub(super) async fn drive_channel<A: Abstraction>(
     }
     let ctx = &driver.ctx;
     let name = channel.name_any();
+    // An empty cache (just after a start, a change of leader or of the cluster's APIs) would
+    // look like a channel with no instances: every gate open, nothing to preview.
+    if driver.instances.wait_until_ready().await.is_err() {
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
     let on_channel: Vec<Arc<A>> = driver
         .instances
         .state()
@@ -194,7 +203,13 @@ pub(super) async fn drive_channel<A: Abstraction>(
         .iter()
         .map(|o| member_of(&name, o.as_ref()))
         .collect();
-    let status = channel.status.clone().unwrap_or_default();
+    let status = driver
+        .written
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(&name)
+        .cloned()
+        .unwrap_or_else(|| channel.status.clone().unwrap_or_default());
     let now = ctx.clock.now();
     let decision = match drive(&channel.spec.channel, &status, &members, None, now) {
         Ok(d) if d.needs_preview => {
@@ -207,6 +222,24 @@ pub(super) async fn drive_channel<A: Abstraction>(
                 Some((target, previous)) => preview(ctx, &on_channel, &target, &previous).await,
                 None => Preview::default(),
             };
+            // A module that could not be fetched or a render that timed out says nothing about
+            // the module: preview again later rather than halting for good.
+            if let Some(transient) = preview
+                .failures
+                .iter()
+                .find(|f| f.reason == "ModuleUnavailable" || f.reason == "Timeout")
+            {
+                let mut waiting = d.status.clone();
+                if let Some(r) = waiting.rollout.as_mut() {
+                    r.message = format!(
+                        "previewing again in 15 s: {}: {}",
+                        transient.instance, transient.message
+                    );
+                }
+                waiting.observed_generation = channel.metadata.generation;
+                write_channel_status(&driver, &name, &status, &waiting).await?;
+                return Ok(Action::requeue(Duration::from_secs(15)));
+            }
             drive(
                 &channel.spec.channel,
                 &d.status,
@@ -232,21 +265,10 @@ pub(super) async fn drive_channel<A: Abstraction>(
         }
     };
     next.observed_generation = channel.metadata.generation;
+    write_channel_status(&driver, &name, &status, &next).await?;
+    // Counted once the status that says so is stored (a failed write is retried, not counted).
     ctx.rollout_metrics.observe(&name, &events, &next);
     if next != status {
-        let api: Api<PlatformChannel> = Api::all(ctx.client.clone());
-        let body = serde_json::json!({
-            "apiVersion": "cuebe.dev/v1alpha1",
-            "kind": "PlatformChannel",
-            "status": next,
-        });
-        api.patch_status(
-            &name,
-            &PatchParams::apply(A::FIELD_MANAGER).force(),
-            &Patch::Apply(&body),
-        )
-        .await
-        .map_err(|e| DriveError::Status(name.clone(), e))?;
         if !next.error.is_empty() && next.error != status.error {
             tracing::warn!(channel = %name, error = %next.error, "the channel's strategy is invalid: nothing moves");
             publish_on_channel(
@@ -285,6 +307,37 @@ pub(super) async fn drive_channel<A: Abstraction>(
         None if active => Action::requeue(Duration::from_secs(5)),
         None => Action::requeue(Duration::from_secs(300)),
     })
+}
+
+/// Writes a channel's status when it changed, and remembers it (see [`Driver::written`]).
+async fn write_channel_status<A: Abstraction>(
+    driver: &Driver<A>,
+    name: &str,
+    before: &ChannelStatus,
+    next: &ChannelStatus,
+) -> Result<(), DriveError> {
+    if next == before {
+        return Ok(());
+    }
+    let api: Api<PlatformChannel> = Api::all(driver.ctx.client.clone());
+    let body = serde_json::json!({
+        "apiVersion": "cuebe.dev/v1alpha1",
+        "kind": "PlatformChannel",
+        "status": next,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(A::FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map_err(|e| DriveError::Status(name.to_string(), e))?;
+    driver
+        .written
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(name.to_string(), next.clone());
+    Ok(())
 }
 
 fn describe(event: &RolloutEvent) -> (bool, &'static str, String) {

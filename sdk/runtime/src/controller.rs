@@ -506,6 +506,7 @@ impl<A: Abstraction> Operator<A> {
                 let state = Arc::new(channel_driver::Driver {
                     ctx: ctx.clone(),
                     instances: instances.clone(),
+                    written: std::sync::Mutex::new(std::collections::HashMap::new()),
                 });
                 // One driver per channel: an operator limited to a namespace drives only the
                 // channels labelled with it; a cluster-wide one drives the others.
@@ -1579,15 +1580,21 @@ async fn apply<A: Abstraction>(
             // Kept on its last good module (the one asked for is unusable): say which it is,
             // and render exactly as before (the module sees the reference it renders with, so
             // the render hash is the one that module gave).
-            if platform_ref
-                .as_ref()
-                .and_then(|r| r.oci.as_ref())
-                .is_some_and(|asked| *asked != reference)
-            {
+            let fell_back = status
+                .condition(ConditionType::ModuleResolved)
+                .is_some_and(|c| c.status == "False");
+            if fell_back {
                 status.module_ref = reference.clone();
-                rendered_ref = Some(crate::module::PlatformRef {
-                    oci: Some(reference.clone()),
-                    ..Default::default()
+                rendered_ref = Some(if reference.starts_with("oci://") {
+                    crate::module::PlatformRef {
+                        oci: Some(reference.clone()),
+                        ..Default::default()
+                    }
+                } else {
+                    crate::module::PlatformRef {
+                        git: Some(reference.clone()),
+                        ..Default::default()
+                    }
                 });
             }
             (Some(module), Some(reference), recheck)

@@ -82,7 +82,8 @@ pub fn member_of<A: Abstraction>(channel: &str, object: &A) -> Member {
     .into_iter()
     .find_map(|(t, bad)| {
         current(t)
-            .filter(|c| c.status == bad)
+            // The channel itself could not be read: nothing to say about its module.
+            .filter(|c| c.status == bad && !c.reason.starts_with("Channel"))
             .map(|c| (c.reason.clone(), c.message.clone()))
     });
     Member {
