@@ -268,21 +268,19 @@ pub(super) async fn drive_channel<A: Abstraction>(
     write_channel_status(&driver, &name, &status, &next).await?;
     // Counted once the status that says so is stored (a failed write is retried, not counted).
     ctx.rollout_metrics.observe(&name, &events, &next);
-    if next != status {
-        if !next.error.is_empty() && next.error != status.error {
-            tracing::warn!(channel = %name, error = %next.error, "the channel's strategy is invalid: nothing moves");
-            publish_on_channel(
-                ctx,
-                &channel,
-                EventNote {
-                    warning: true,
-                    reason: "InvalidStrategy".into(),
-                    note: Some(next.error.clone()),
-                    action: "Rollout".into(),
-                },
-            )
-            .await;
-        }
+    if !next.error.is_empty() && next.error != status.error {
+        tracing::warn!(channel = %name, error = %next.error, "the channel's strategy is invalid: nothing moves");
+        publish_on_channel(
+            ctx,
+            &channel,
+            EventNote {
+                warning: true,
+                reason: "InvalidStrategy".into(),
+                note: Some(next.error.clone()),
+                action: "Rollout".into(),
+            },
+        )
+        .await;
     }
     for event in &events {
         let (warning, reason, note) = describe(event);
