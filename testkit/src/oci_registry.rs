@@ -133,6 +133,24 @@ impl Drop for LocalRegistry {
     }
 }
 
+/// A copy of `module_dir` that `cue mod publish` accepts: its `cue.mod/module.cue` gets
+/// `source: kind: "self"` when it has no `source` (publishing needs one; `self` needs no VCS).
+/// The copy lives as long as the returned directory.
+fn publishable_copy(module_dir: &Path) -> Result<(tempfile::TempDir, PathBuf), RegistryError> {
+    let fail = |m: String| RegistryError::Publish(m);
+    let work = tempfile::tempdir().map_err(|e| fail(e.to_string()))?;
+    let copy = work.path().join("module");
+    copy_dir(module_dir, &copy)
+        .map_err(|e| fail(format!("copying {}: {e}", module_dir.display())))?;
+    let module_file = copy.join("cue.mod/module.cue");
+    let text = std::fs::read_to_string(&module_file).map_err(|e| fail(e.to_string()))?;
+    if !text.contains("source:") {
+        std::fs::write(&module_file, format!("{text}source: kind: \"self\"\n"))
+            .map_err(|e| fail(e.to_string()))?;
+    }
+    Ok((work, copy))
+}
+
 /// Publishes the CUE module at `module_dir` as `version` (e.g. `v1.0.0`) to `registry` with the
 /// real `cue mod publish`, and returns the reference that pins it:
 /// `oci://127.0.0.1:PORT/<module path without major version>@sha256:<manifest digest>`.
@@ -146,16 +164,7 @@ pub fn publish_module(
 ) -> Result<String, RegistryError> {
     let fail = |m: String| RegistryError::Publish(m);
     let cue = crate::cue_cli::cue_binary().map_err(|e| fail(e.to_string()))?;
-    let work = tempfile::tempdir().map_err(|e| fail(e.to_string()))?;
-    let copy = work.path().join("module");
-    copy_dir(module_dir, &copy)
-        .map_err(|e| fail(format!("copying {}: {e}", module_dir.display())))?;
-    let module_file = copy.join("cue.mod/module.cue");
-    let text = std::fs::read_to_string(&module_file).map_err(|e| fail(e.to_string()))?;
-    if !text.contains("source:") {
-        std::fs::write(&module_file, format!("{text}source: kind: \"self\"\n"))
-            .map_err(|e| fail(e.to_string()))?;
-    }
+    let (work, copy) = publishable_copy(module_dir)?;
     let run = |extra: &[&str]| {
         Command::new(&cue)
             .current_dir(&copy)
@@ -215,16 +224,7 @@ pub fn write_module_layout(
 ) -> Result<String, RegistryError> {
     let fail = |m: String| RegistryError::Publish(m);
     let cue = crate::cue_cli::cue_binary().map_err(|e| fail(e.to_string()))?;
-    let work = tempfile::tempdir().map_err(|e| fail(e.to_string()))?;
-    let copy = work.path().join("module");
-    copy_dir(module_dir, &copy)
-        .map_err(|e| fail(format!("copying {}: {e}", module_dir.display())))?;
-    let module_file = copy.join("cue.mod/module.cue");
-    let text = std::fs::read_to_string(&module_file).map_err(|e| fail(e.to_string()))?;
-    if !text.contains("source:") {
-        std::fs::write(&module_file, format!("{text}source: kind: \"self\"\n"))
-            .map_err(|e| fail(e.to_string()))?;
-    }
+    let (work, copy) = publishable_copy(module_dir)?;
     let written = Command::new(&cue)
         .current_dir(&copy)
         .args(["mod", "publish", version, "--out"])

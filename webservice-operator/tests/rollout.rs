@@ -9,7 +9,7 @@
 
 #[path = "support/module_variant.rs"]
 mod module_variant;
-use module_variant::module_variant;
+use module_variant::{module_variant, module_variant_with, stricter_policy};
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -46,33 +46,12 @@ struct Env {
 /// A module that renders the same objects but whose Deployment can never be Ready (its
 /// readiness predicate waits for a condition no controller sets).
 fn never_ready() -> tempfile::TempDir {
-    let dir = module_variant("never ready");
-    let render = dir.path().join("webservice/render.cue");
-    let text = std::fs::read_to_string(&render).unwrap();
-    let patched = text.replace(
+    module_variant_with(
+        "never ready",
+        "webservice/render.cue",
         r#"readyWhen: [{type: "DeploymentAvailable", timeout: "10m"}]"#,
         r#"readyWhen: [{type: "ConditionMatch", conditionType: "example.com/NeverSet", status: "True", timeout: "10m"}]"#,
-    );
-    assert_ne!(
-        text, patched,
-        "the Deployment's readiness predicate is where it was"
-    );
-    std::fs::write(&render, patched).unwrap();
-    dir
-}
-
-/// A module whose policy asks for at least 3 replicas: instances with 2 fail it.
-fn stricter_policy() -> tempfile::TempDir {
-    let dir = module_variant("stricter policy");
-    let input = dir.path().join("policy/input.cue");
-    let text = std::fs::read_to_string(&input).unwrap();
-    let patched = text.replace(
-        "replicaBounds: {min: 1, max: 20}",
-        "replicaBounds: {min: 3, max: 20}",
-    );
-    assert_ne!(text, patched, "the replica bounds are where they were");
-    std::fs::write(&input, patched).unwrap();
-    dir
+    )
 }
 
 fn operator(client: &Client, ns: &str, cache: &std::path::Path) -> Operator<WebService> {

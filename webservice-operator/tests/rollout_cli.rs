@@ -7,7 +7,7 @@
 
 #[path = "support/module_variant.rs"]
 mod module_variant;
-use module_variant::module_variant;
+use module_variant::{module_variant, module_variant_with, stricter_policy};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -96,30 +96,12 @@ fn plan(channel: &Path, module: &str, extra: &[String], cache: &Path) -> Run {
 
 /// A release that labels every object differently.
 fn relabelled() -> tempfile::TempDir {
-    let dir = module_variant("relabelled 1.1.0");
-    let render = dir.path().join("webservice/render.cue");
-    let text = std::fs::read_to_string(&render).unwrap();
-    let patched = text.replace(
+    module_variant_with(
+        "relabelled 1.1.0",
+        "webservice/render.cue",
         r#""app.kubernetes.io/managed-by": "cuebe""#,
         r#""app.kubernetes.io/managed-by": "cuebe-next""#,
-    );
-    assert_ne!(text, patched, "the managed-by label is where it was");
-    std::fs::write(&render, patched).unwrap();
-    dir
-}
-
-/// A release whose policy asks for at least 3 replicas: instances with 2 fail it.
-fn stricter_policy() -> tempfile::TempDir {
-    let dir = module_variant("stricter policy");
-    let input = dir.path().join("policy/input.cue");
-    let text = std::fs::read_to_string(&input).unwrap();
-    let patched = text.replace(
-        "replicaBounds: {min: 1, max: 20}",
-        "replicaBounds: {min: 3, max: 20}",
-    );
-    assert_ne!(text, patched, "the replica bounds are where they were");
-    std::fs::write(&input, patched).unwrap();
-    dir
+    )
 }
 
 /// A release with a bug that only Public services hit: their NetworkPolicy conflicts.

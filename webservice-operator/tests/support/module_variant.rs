@@ -16,3 +16,27 @@ pub fn module_variant(comment: &str) -> tempfile::TempDir {
     std::fs::write(&main, format!("{text}\n// {comment}\n")).expect("main.cue is writable");
     dir
 }
+
+/// [`module_variant`] with `from` replaced by `to` in the module's `file` (which must contain it,
+/// so a moved line fails the test that relies on it rather than publishing an unchanged module).
+#[allow(dead_code)] // each test crate includes this file and uses part of it
+pub fn module_variant_with(comment: &str, file: &str, from: &str, to: &str) -> tempfile::TempDir {
+    let dir = module_variant(comment);
+    let path = dir.path().join(file);
+    let text = std::fs::read_to_string(&path).expect("the module file is readable");
+    let patched = text.replace(from, to);
+    assert_ne!(text, patched, "{file} no longer contains {from:?}");
+    std::fs::write(&path, patched).expect("the module file is writable");
+    dir
+}
+
+/// A release whose policy asks for at least 3 replicas: instances with 2 fail it.
+#[allow(dead_code)]
+pub fn stricter_policy() -> tempfile::TempDir {
+    module_variant_with(
+        "stricter policy",
+        "policy/input.cue",
+        "replicaBounds: {min: 1, max: 20}",
+        "replicaBounds: {min: 3, max: 20}",
+    )
+}
