@@ -93,7 +93,7 @@ fn node(u: &mut Unstructured<'_>) -> Value {
         n.insert(
             "applyPolicy".into(),
             json!({
-                "mode": pick(u, &["CreateOrUpdate", "CreateOnly", "AdoptOnly"]),
+                "mode": pick(u, &["CreateOrUpdate", "CreateOnly", "AdoptOnly", "Reference"]),
                 "conflictPolicy": pick(u, &["Fail", "Force"]),
             }),
         );

@@ -2,7 +2,8 @@
 //!
 //! A Worker renders a ServiceAccount, a Deployment, a NetworkPolicy that denies all ingress and,
 //! as the spec asks, an HPA, a PodDisruptionBudget (two or more pods) and an ACK IAM Role for
-//! IRSA. The CUE module is `cue/` next to this file; this crate is the CRD and a `main`.
+//! IRSA; with `queueCredentials` it reads an existing Secret (a reference node: never written,
+//! adopted or deleted) and the Deployment waits for it. The CUE module is `cue/` next to this file; this crate is the CRD and a `main`.
 use cuebe::Abstraction;
 use cuebe::lifecycle::{AdoptSpec, DeletionPolicy};
 use cuebe::module::PlatformRef;
@@ -45,6 +46,11 @@ pub struct WorkerSpec {
     pub image: String,
     /// The queue URL the worker consumes (given to the container as `QUEUE_URL`).
     pub queue: String,
+    /// An existing Secret in the Worker's namespace holding the queue's credentials: its keys
+    /// become the container's environment (`envFrom`), and a change to it rolls the pods. The
+    /// Worker waits (Pending, naming it) until it exists, and never writes or deletes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_credentials: Option<String>,
     /// Overrides the image's entrypoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<Vec<String>>,

@@ -15,5 +15,5 @@ fn worker_module_golden_cases() {
         .snapshots(format!("{dir}/snapshots"))
         .run()
         .expect("golden cases run");
-    assert_eq!(count, 8, "every golden case ran");
+    assert_eq!(count, 10, "every golden case ran");
 }

@@ -6,7 +6,8 @@
 //! Invariants checked by [`Graph::validate`] before anything runs: node ids are unique,
 //! dependencies exist, the dependencies form no cycle (the error shows the cycle's path),
 //! readiness predicates are known and well-formed, every object has `apiVersion`, `kind` and
-//! `metadata.name`, and a namespaced object lives in the instance's namespace.
+//! `metadata.name`, a namespaced object lives in the instance's namespace, and a `Reference`
+//! node's object names the object it reads and nothing more.
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -81,6 +82,11 @@ impl Node {
     pub fn is_pending(&self) -> bool {
         !self.pending_on.is_empty()
     }
+
+    /// True when the node only reads an existing object ([`ApplyMode::Reference`]).
+    pub fn is_reference(&self) -> bool {
+        self.apply_policy.mode.is_reference()
+    }
 }
 
 /// How a node's object is written.
@@ -105,6 +111,20 @@ pub enum ApplyMode {
     CreateOnly,
     /// Never create; take over an existing object.
     AdoptOnly,
+    /// Only read an existing object that someone else owns (a Secret the app needs, a shared
+    /// ConfigMap): never written, labelled, adopted, recorded in the inventory or deleted. The
+    /// node is Pending, and its dependents wait, until the object exists; its `readyWhen`
+    /// predicates and exports read the live object. The node's `object` names the object
+    /// (`apiVersion`, `kind`, `metadata.name`, optionally `metadata.namespace`) and nothing
+    /// else: anything more would never be applied, so [`Graph::validate`] refuses it.
+    Reference,
+}
+
+impl ApplyMode {
+    /// True for [`ApplyMode::Reference`]: the object is only read.
+    pub fn is_reference(self) -> bool {
+        self == Self::Reference
+    }
 }
 
 /// Conflict policy of a node.
@@ -435,6 +455,30 @@ pub enum GraphError {
         /// The instance's namespace.
         expected: String,
     },
+    /// A Reference node's object holds more than the identity of the object to read.
+    #[error(
+        "nodes.{node}.object.{field}: a Reference node only reads an existing object, so its \
+         object names it (apiVersion, kind, metadata.name, metadata.namespace) and nothing \
+         else; {field} would never be applied: remove it, or use another applyPolicy.mode to \
+         write the object"
+    )]
+    ReferenceContent {
+        /// The node.
+        node: String,
+        /// The field beyond the identity, e.g. `data` or `metadata.labels`.
+        field: String,
+    },
+    /// A Reference node asks for a write or delete policy, which it never uses.
+    #[error(
+        "nodes.{node}.{field}: a Reference node is never written or deleted, so {field} has no \
+         meaning on it: remove it"
+    )]
+    ReferencePolicy {
+        /// The node.
+        node: String,
+        /// `deletionPolicy` or `applyPolicy.conflictPolicy`.
+        field: &'static str,
+    },
     /// A pending node waits for an export whose source node is not in the graph.
     #[error(
         "exports.{export}.node: a node waits for this export, but its source node {node:?} is not in the graph"
@@ -525,6 +569,9 @@ impl Graph {
             if let Some(obj) = &n.object {
                 check_object(&n.id, obj, namespace, &mut errors);
             }
+            if n.is_reference() {
+                check_reference(n, &mut errors);
+            }
         }
         // A node may only wait for an export whose source node is in this graph; otherwise it
         // would stay pending forever.
@@ -597,7 +644,13 @@ impl Graph {
                 n.id,
                 kind_of(n),
                 gate_label(n).replace('"', "\\\""),
-                if n.is_pending() { ", style=dashed" } else { "" }
+                if n.is_pending() {
+                    ", style=dashed"
+                } else if n.is_reference() {
+                    ", style=dotted"
+                } else {
+                    ""
+                }
             );
         }
         for n in &self.nodes {
@@ -645,6 +698,7 @@ fn kind_of(n: &Node) -> String {
         .and_then(Value::as_str)
     {
         Some(kind) if n.is_pending() => format!("{kind} (pending on {})", n.pending_on.join(", ")),
+        Some(kind) if n.is_reference() => format!("{kind} (reference)"),
         Some(kind) => kind.to_string(),
         None => format!("(pending on {})", n.pending_on.join(", ")),
     }
@@ -690,6 +744,43 @@ fn check_object(id: &str, obj: &Value, namespace: &str, errors: &mut Vec<GraphEr
             node: id.to_string(),
             found: ns.to_string(),
             expected: namespace.to_string(),
+        });
+    }
+}
+
+/// A Reference node names the object it reads and asks for nothing a write would do: a
+/// platform author who gives it labels, data or a spec expects them applied, and they never
+/// would be.
+fn check_reference(n: &Node, errors: &mut Vec<GraphError>) {
+    let beyond = |field: String| GraphError::ReferenceContent {
+        node: n.id.clone(),
+        field,
+    };
+    if let Some(Value::Object(fields)) = &n.object {
+        for (key, value) in fields {
+            match (key.as_str(), value) {
+                ("apiVersion" | "kind", _) => {}
+                ("metadata", Value::Object(meta)) => {
+                    for meta_key in meta.keys() {
+                        if !matches!(meta_key.as_str(), "name" | "namespace") {
+                            errors.push(beyond(format!("metadata.{meta_key}")));
+                        }
+                    }
+                }
+                _ => errors.push(beyond(key.clone())),
+            }
+        }
+    }
+    if n.deletion_policy.is_some() {
+        errors.push(GraphError::ReferencePolicy {
+            node: n.id.clone(),
+            field: "deletionPolicy",
+        });
+    }
+    if n.apply_policy.conflict_policy == ConflictPolicy::Force {
+        errors.push(GraphError::ReferencePolicy {
+            node: n.id.clone(),
+            field: "applyPolicy.conflictPolicy",
         });
     }
 }
@@ -863,6 +954,57 @@ pub(crate) mod tests {
                 .to_string()
                 .starts_with("nodes.a.readyWhen[0]: timeout: invalid duration \"soon\"")
         );
+    }
+
+    #[test]
+    fn a_reference_names_its_object_and_nothing_else() {
+        let reference = |object: Value| {
+            let mut n = node("creds", &[]);
+            n.apply_policy.mode = ApplyMode::Reference;
+            n.object = Some(object);
+            n
+        };
+        // Identity only (the namespace may be spelled out): valid.
+        let ok = reference(
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "q", "namespace": "ns"}}),
+        );
+        assert_eq!(graph(vec![ok]).validate("ns"), Ok(()));
+        // Anything a write would apply is a platform author's mistake: refused, naming the
+        // fields, with the write and delete policies it would never use.
+        let mut loaded = reference(json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "q", "labels": {"app": "x"}}, "data": {"k": "dg=="}}));
+        loaded.deletion_policy = Some(DeletionPolicy::Orphan);
+        loaded.apply_policy.conflict_policy = ConflictPolicy::Force;
+        let errs: Vec<String> = graph(vec![loaded])
+            .validate("ns")
+            .unwrap_err()
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        assert_eq!(errs.len(), 4, "{errs:#?}");
+        assert!(
+            errs[0].starts_with("nodes.creds.object.metadata.labels: a Reference node"),
+            "{errs:#?}"
+        );
+        assert!(errs[0].contains("metadata.labels would never be applied"));
+        assert!(errs[1].starts_with("nodes.creds.object.data: a Reference node only reads"));
+        assert!(errs[2].starts_with("nodes.creds.deletionPolicy: a Reference node is never"));
+        assert!(errs[3].starts_with("nodes.creds.applyPolicy.conflictPolicy: a Reference"));
+        // The namespace rule holds for what it reads too.
+        let elsewhere = reference(
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "q", "namespace": "other"}}),
+        );
+        assert!(matches!(
+            &graph(vec![elsewhere]).validate("ns").unwrap_err()[..],
+            [GraphError::WrongNamespace { .. }]
+        ));
+        // The module protocol spells it as an apply mode.
+        let decoded: Node = decode(
+            json!({"id": "creds", "applyPolicy": {"mode": "Reference"}}),
+            "nodes.creds",
+        )
+        .unwrap();
+        assert!(decoded.is_reference());
     }
 
     #[test]

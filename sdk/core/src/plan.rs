@@ -20,7 +20,11 @@
 //!   whose spec generation (or, without one, `resourceVersion`) is the one our last apply left is
 //!   not applied again;
 //! - an expired readiness timeout stays expired (the first time a node was seen waiting is
-//!   kept).
+//!   kept);
+//! - a `Reference` node's object is only read: never written, adopted or labelled, never in the
+//!   inventory (so never pruned or deleted); while it is missing the node is `Pending`, naming
+//!   it, and its dependents wait. An object the inventory recorded for a node that is now a
+//!   reference is released (unlabelled, dropped from the inventory), never deleted.
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -221,6 +225,15 @@ impl std::fmt::Display for Change {
             ChangeAction::Pruned => {
                 write!(f, "deleted {kind} {name}: node {node_id} left the graph")
             }
+            ChangeAction::Released if node_id.starts_with(REFERENCED_PREFIX) => {
+                let node = node_id[REFERENCED_PREFIX.len()..]
+                    .strip_suffix(&format!("/{kind}/{name}"))
+                    .unwrap_or(node_id);
+                write!(
+                    f,
+                    "released {kind} {name}: its node {node} now only references it"
+                )
+            }
             ChangeAction::Released => write!(
                 f,
                 "released {kind} {name}: node {node_id} left the graph and its deletionPolicy is Orphan"
@@ -359,11 +372,13 @@ impl<'p> Pass<'p> {
         self.inventory.get(node_id)
     }
 
-    /// Records what applying `node_id` gave.
+    /// Records what applying `node_id` gave. A `Reference` node's object never enters the
+    /// inventory, whatever the result carries.
     pub fn record(&mut self, node_id: &str, result: NodeResult) {
         self.done.insert(node_id.to_string());
         self.out.writes += result.writes;
-        if let Some(entry) = result.entry {
+        let reference = self.plan.node(node_id).is_some_and(Node::is_reference);
+        if let Some(entry) = result.entry.filter(|_| !reference) {
             let was_adopted = self
                 .inventory
                 .get(node_id)
@@ -538,6 +553,11 @@ impl<'p> Pass<'p> {
 /// let start = starting_inventory(&plan, &[stored]);
 /// assert_eq!(start[0].node_id, "replaced:config/ConfigMap/settings");
 /// ```
+///
+/// An entry whose node is now a `Reference` (the module stopped managing the object and only
+/// reads it) is re-keyed `referenced:<node>/<Kind>/<name>` with `deletionPolicy: Orphan`: it
+/// is released (unlabelled and dropped from the inventory) after a healthy pass, never
+/// deleted — the node still reads that very object.
 pub fn starting_inventory(plan: &Plan, stored: &[InventoryEntry]) -> Vec<InventoryEntry> {
     let group = |api_version: &str| {
         api_version
@@ -548,6 +568,16 @@ pub fn starting_inventory(plan: &Plan, stored: &[InventoryEntry]) -> Vec<Invento
     stored
         .iter()
         .map(|entry| {
+            if plan.node(&entry.node_id).is_some_and(Node::is_reference) {
+                return InventoryEntry {
+                    node_id: format!(
+                        "{REFERENCED_PREFIX}{}/{}/{}",
+                        entry.node_id, entry.kind, entry.name
+                    ),
+                    deletion_policy: Some(DeletionPolicy::Orphan),
+                    ..entry.clone()
+                };
+            }
             let rendered = plan.node(&entry.node_id).and_then(|n| n.object.as_ref());
             let Some(object) = rendered else {
                 // Not in the graph (pruned as usual), or pending on an export: nothing to compare.
@@ -573,6 +603,10 @@ pub fn starting_inventory(plan: &Plan, stored: &[InventoryEntry]) -> Vec<Invento
         })
         .collect()
 }
+
+/// The node-id prefix of an inventory entry whose node became a `Reference`
+/// ([`starting_inventory`]).
+pub const REFERENCED_PREFIX: &str = "referenced:";
 
 /// What a pass may prune: entries of the stored inventory whose node left the graph, last
 /// applied first, each with how it goes.
@@ -791,6 +825,9 @@ pub enum WriteDecision {
     Keep,
     /// `AdoptOnly` and there is nothing to adopt: the node is Blocked.
     NothingToAdopt,
+    /// `Reference` and the object does not exist: the node is Pending
+    /// ([`missing_reference`]); cuebe never creates it.
+    MissingReference,
 }
 
 /// Decides whether to write, from the node's mode, whether the object exists and whether it is
@@ -801,14 +838,85 @@ pub enum WriteDecision {
 /// | any            | yes    | yes       | Keep           |
 /// | CreateOnly     | yes    | no        | Keep           |
 /// | AdoptOnly      | no     | —         | NothingToAdopt |
+/// | Reference      | yes    | —         | Keep           |
+/// | Reference      | no     | —         | MissingReference |
 /// | otherwise      |        |           | Apply          |
 pub fn write_decision(mode: ApplyMode, exists: bool, unchanged: bool) -> WriteDecision {
     match (mode, exists) {
+        (ApplyMode::Reference, true) => WriteDecision::Keep,
+        (ApplyMode::Reference, false) => WriteDecision::MissingReference,
         (_, true) if unchanged => WriteDecision::Keep,
         (ApplyMode::CreateOnly, true) => WriteDecision::Keep,
         (ApplyMode::AdoptOnly, false) => WriteDecision::NothingToAdopt,
         _ => WriteDecision::Apply,
     }
+}
+
+/// Where a `Reference` node's object is read from, in the shape the runtime's
+/// `Executor::live` reads (apiVersion, kind, namespace, name): for reading its exports before
+/// a pass. Never stored: a referenced object is never in the inventory. `None` for a node that
+/// is not a reference or whose object is not rendered yet (pending on an export).
+///
+/// ```
+/// use cuebe_core::graph::Node;
+/// use cuebe_core::plan::reference_address;
+/// let node: Node = serde_json::from_value(serde_json::json!({"id": "credentials",
+///     "applyPolicy": {"mode": "Reference"},
+///     "object": {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "queue"}}})).unwrap();
+/// let address = reference_address(&node, "apps").unwrap();
+/// assert_eq!((address.kind.as_str(), address.namespace.as_str(), address.name.as_str()), ("Secret", "apps", "queue"));
+/// ```
+pub fn reference_address(node: &Node, namespace: &str) -> Option<InventoryEntry> {
+    let object = node.object.as_ref().filter(|_| node.is_reference())?;
+    let text = |p: &str| {
+        object
+            .pointer(p)
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    Some(InventoryEntry {
+        node_id: node.id.clone(),
+        api_version: text("/apiVersion")?,
+        kind: text("/kind")?,
+        namespace: text("/metadata/namespace").unwrap_or_else(|| namespace.to_string()),
+        name: text("/metadata/name")?,
+        uid: String::new(),
+        mode: InventoryMode::Managed,
+        last_applied_hash: String::new(),
+        last_applied_resource_version: String::new(),
+        last_applied_generation: None,
+        last_ready_transition: None,
+        deletion_policy: None,
+    })
+}
+
+/// The status of a `Reference` node whose object does not exist: `Pending` on
+/// `object:<Kind>/<namespace>/<name>` (`object:<Kind>/<name>` when cluster-scoped), with a
+/// message naming the object, so whoever reads the instance's status knows what to create.
+/// Its dependents wait for it like for any node that is not Ready.
+///
+/// ```
+/// use cuebe_core::plan::missing_reference;
+/// let status = missing_reference("Secret", "apps", "queue-credentials");
+/// assert_eq!(status.blocked_on, ["object:Secret/apps/queue-credentials"]);
+/// assert!(status.ready_details.unwrap().contains("Secret apps/queue-credentials does not exist"));
+/// ```
+pub fn missing_reference(kind: &str, namespace: &str, name: &str) -> NodeStatus {
+    let (path, shown) = if namespace.is_empty() {
+        (format!("{kind}/{name}"), format!("{kind} {name}"))
+    } else {
+        (
+            format!("{kind}/{namespace}/{name}"),
+            format!("{kind} {namespace}/{name}"),
+        )
+    };
+    NodeStatus::pending(
+        vec![format!("object:{path}")],
+        format!(
+            "{shown} does not exist: this node only references it (cuebe reads it and never \
+             creates it); the nodes that depend on it wait until it is created"
+        ),
+    )
 }
 
 /// Judges an applied node against its readiness verdict and the clock: Ready, still Applied
@@ -1049,6 +1157,30 @@ pub fn cluster_scope_refusal(group: &str, kind: &str, allowed: &[String]) -> Opt
     }
     Some(format!(
         "{name} is cluster-scoped: an instance may only write objects in its own namespace \
+         unless the operator allows the kind (Operator::allow_cluster_scoped([\"{name}\"])); \
+         nothing of the graph was written"
+    ))
+}
+
+/// [`cluster_scope_refusal`] for a `Reference` node: reading a cluster-scoped object is
+/// reaching outside the instance's namespace too (a tenant could gate on, or export from, any
+/// object of the kind), so the same allow-list decides.
+///
+/// ```
+/// use cuebe_core::plan::reference_scope_refusal;
+/// let refusal = reference_scope_refusal("storage.k8s.io", "StorageClass", &[]).unwrap();
+/// assert!(refusal.contains("may only reference objects in its own namespace"));
+/// assert_eq!(reference_scope_refusal("storage.k8s.io", "StorageClass", &["StorageClass.storage.k8s.io".into()]), None);
+/// ```
+pub fn reference_scope_refusal(group: &str, kind: &str, allowed: &[String]) -> Option<String> {
+    cluster_scope_refusal(group, kind, allowed)?;
+    let name = if group.is_empty() {
+        kind.to_string()
+    } else {
+        format!("{kind}.{group}")
+    };
+    Some(format!(
+        "{name} is cluster-scoped: an instance may only reference objects in its own namespace \
          unless the operator allows the kind (Operator::allow_cluster_scoped([\"{name}\"])); \
          nothing of the graph was written"
     ))

@@ -644,3 +644,389 @@ fn an_entry_whose_node_renders_another_object_is_rekeyed_for_pruning() {
     let start = starting_inventory(&p, &[recorded("v1", "ConfigMap", "old")]);
     assert_eq!(start[0].node_id, "a");
 }
+
+/// A node that only reads an existing Secret named `name`.
+fn reference(id: &str, name: &str) -> Node {
+    let mut n = node(id, &[]);
+    n.apply_policy.mode = ApplyMode::Reference;
+    n.object =
+        Some(serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}}));
+    n
+}
+
+#[test]
+fn a_reference_is_read_never_written() {
+    use WriteDecision::*;
+    // (exists, unchanged, decision): an existing referenced object is kept as it is whatever
+    // our render says; a missing one is never created.
+    let rows = [
+        (true, false, Keep),
+        (true, true, Keep),
+        (false, false, MissingReference),
+        (false, true, MissingReference),
+    ];
+    for (exists, unchanged, expected) in rows {
+        assert_eq!(
+            write_decision(ApplyMode::Reference, exists, unchanged),
+            expected,
+            "exists={exists} unchanged={unchanged}"
+        );
+    }
+    // Always read: its existence is its readiness, and its exports come from the live object.
+    for e in [None, Some(&entry("creds"))] {
+        assert!(needs_read(ApplyMode::Reference, e, "h1"), "{e:?}");
+    }
+}
+
+#[test]
+fn a_missing_reference_holds_its_dependents_and_pruning() {
+    // creds (reference) → deployment; config independent; `old` left the graph.
+    let p = plan(vec![
+        reference("creds", "queue-credentials"),
+        node("deployment", &["creds"]),
+        node("config", &[]),
+    ]);
+    let stored = [entry("config"), entry("old")];
+    let mut pass = Pass::start(&p, &stored);
+    assert_eq!(ids(&pass.frontier()), ["creds", "config"]);
+    pass.record(
+        "creds",
+        NodeResult::unwritten(
+            missing_reference("Secret", "apps", "queue-credentials"),
+            None,
+        ),
+    );
+    pass.record("config", ready());
+    assert!(pass.frontier().is_empty(), "deployment waits for creds");
+    pass.close();
+    let nodes = pass.nodes();
+    assert_eq!(nodes["creds"].phase, NodePhase::Pending);
+    assert_eq!(
+        nodes["creds"].blocked_on,
+        ["object:Secret/apps/queue-credentials"]
+    );
+    let message = nodes["creds"].ready_details.clone().unwrap_or_default();
+    assert!(
+        message.contains("Secret apps/queue-credentials does not exist"),
+        "{message}"
+    );
+    assert_eq!(nodes["deployment"].phase, NodePhase::Pending);
+    assert_eq!(nodes["deployment"].blocked_on, ["creds"]);
+    // Nothing is pruned while the reference is missing.
+    let prune = prune_plan(
+        &["creds", "deployment", "config"],
+        &stored,
+        |id| nodes.get(id).map(|s| s.phase),
+        &ALL,
+    );
+    assert!(prune.entries.is_empty());
+    assert!(
+        prune.held_back.unwrap_or_default().contains("creds"),
+        "the reason names the missing reference"
+    );
+    let out = pass.into_outcome();
+    assert!(!out.ready);
+    assert_eq!(
+        out.stalled, None,
+        "waiting for someone to create it is not a failure"
+    );
+    // Cluster-scoped: no namespace in the name.
+    assert_eq!(
+        missing_reference("StorageClass", "", "fast").blocked_on,
+        ["object:StorageClass/fast"]
+    );
+}
+
+#[test]
+fn a_referenced_object_never_enters_the_inventory() {
+    let p = plan(vec![
+        reference("creds", "queue-credentials"),
+        node("deployment", &["creds"]),
+    ]);
+    let mut pass = Pass::start(&p, &[]);
+    // Even a result that carries an entry (an executor wrapper's mistake) records none, and
+    // no adoption is announced.
+    let adopted = InventoryEntry {
+        mode: InventoryMode::Adopted,
+        ..entry("creds")
+    };
+    pass.record(
+        "creds",
+        NodeResult::unwritten(NodeStatus::ready("exists"), Some(adopted)),
+    );
+    assert_eq!(
+        ids(&pass.frontier()),
+        ["deployment"],
+        "a present reference is Ready"
+    );
+    pass.record(
+        "deployment",
+        NodeResult::unwritten(NodeStatus::ready("exists"), Some(entry("deployment"))),
+    );
+    let out = pass.finish();
+    assert!(out.ready);
+    assert!(out.changes.is_empty(), "{:?}", out.changes);
+    let recorded: Vec<&str> = out.inventory.iter().map(|e| e.node_id.as_str()).collect();
+    assert_eq!(recorded, ["deployment"]);
+    // So neither a prune nor the instance's deletion can ever reach it.
+    let prune = prune_plan(
+        &["deployment"],
+        &out.inventory,
+        |_| Some(NodePhase::Ready),
+        &ALL,
+    );
+    assert!(prune.entries.is_empty());
+}
+
+#[test]
+fn an_object_whose_node_becomes_a_reference_is_released_not_deleted() {
+    // The module managed Secret queue-credentials as node `creds`; now it only reads it.
+    let stored = InventoryEntry {
+        kind: "Secret".into(),
+        name: "queue-credentials".into(),
+        ..entry("creds")
+    };
+    let p = plan(vec![
+        reference("creds", "queue-credentials"),
+        node("other", &[]),
+    ]);
+    let start = starting_inventory(&p, &[stored, entry("other")]);
+    assert_eq!(
+        start[0].node_id,
+        "referenced:creds/Secret/queue-credentials"
+    );
+    assert_eq!(start[0].deletion_policy, Some(DeletionPolicy::Orphan));
+    // A healthy pass releases it (even under the strictest prune threshold: nothing is
+    // deleted), and says so in words.
+    let ready = |_: &str| Some(NodePhase::Ready);
+    let prune = prune_plan(
+        &["creds", "other"],
+        &start,
+        ready,
+        &PruneThreshold::Percent(0),
+    );
+    assert_eq!(prune.entries.len(), 1);
+    assert_eq!(prune.entries[0].1, DeletionPolicy::Orphan);
+    assert_eq!(prune.guarded, None);
+    let mut pass = Pass::start(&p, &start);
+    pass.pruned(&prune.entries[0].0, Some(ChangeAction::Released));
+    let out = pass.into_outcome();
+    assert_eq!(
+        out.changes[0].to_string(),
+        "released Secret queue-credentials: its node creds now only references it"
+    );
+    assert!(out.inventory.iter().all(|e| e.node_id == "other"));
+    // Deleting the instance before that pass only unlabels it too.
+    assert_eq!(
+        entry_policy(&start[0], DeletionPolicy::Delete),
+        DeletionPolicy::Orphan
+    );
+}
+
+#[test]
+fn a_reference_is_read_where_the_graph_names_it() {
+    let r = reference("creds", "queue-credentials");
+    let address = reference_address(&r, "apps").unwrap();
+    assert_eq!(
+        (
+            address.api_version.as_str(),
+            address.kind.as_str(),
+            address.namespace.as_str(),
+            address.name.as_str()
+        ),
+        ("v1", "Secret", "apps", "queue-credentials")
+    );
+    // Not a reference, or not rendered yet: nothing to read.
+    assert!(reference_address(&node("a", &[]), "apps").is_none());
+    let mut waiting = reference("creds", "x");
+    waiting.object = None;
+    assert!(reference_address(&waiting, "apps").is_none());
+}
+
+#[test]
+fn a_cluster_scoped_reference_needs_the_allow_list() {
+    let allowed = ["StorageClass.storage.k8s.io".to_string()];
+    assert_eq!(
+        reference_scope_refusal("storage.k8s.io", "StorageClass", &allowed),
+        None
+    );
+    let refusal = reference_scope_refusal("", "Namespace", &allowed).unwrap_or_default();
+    assert!(refusal.contains("Namespace is cluster-scoped"), "{refusal}");
+    assert!(refusal.contains("reference"), "{refusal}");
+}
+
+/// A CronJob over five runs as the executor sees it pass after pass: its node stays Ready and so
+/// does the instance; a failed run turns it Unhealthy once (one Warning), the runs after it keep
+/// it Unhealthy until one succeeds (one Normal), and no pass flips Ready.
+#[test]
+fn a_cronjob_run_that_fails_is_reported_once_and_never_flips_ready() {
+    use crate::readiness::{CompiledPredicate, DefaultReadiness, Readiness};
+    use crate::status::{AbstractionStatus, Health, summarize, transitions};
+    let cron = |status: serde_json::Value| {
+        serde_json::json!({"apiVersion": "batch/v1", "kind": "CronJob",
+            "metadata": {"name": "report", "generation": 1},
+            "spec": {"schedule": "*/5 * * * *"}, "status": status})
+    };
+    let run = |job: &str| serde_json::json!([{"kind": "Job", "name": job}]);
+    // The CronJob's status pass after pass: (what happened, status, expected health).
+    let passes = [
+        ("created", serde_json::json!({}), Health::Healthy),
+        (
+            "first run",
+            serde_json::json!({"active": run("report-1"), "lastScheduleTime": "2026-12-02T10:00:00Z"}),
+            Health::Healthy,
+        ),
+        (
+            "it succeeded",
+            serde_json::json!({"lastScheduleTime": "2026-12-02T10:00:00Z", "lastSuccessfulTime": "2026-12-02T10:00:20Z"}),
+            Health::Healthy,
+        ),
+        (
+            "second run",
+            serde_json::json!({"active": run("report-2"), "lastScheduleTime": "2026-12-02T10:05:00Z", "lastSuccessfulTime": "2026-12-02T10:00:20Z"}),
+            Health::Healthy,
+        ),
+        (
+            "it failed",
+            serde_json::json!({"lastScheduleTime": "2026-12-02T10:05:00Z", "lastSuccessfulTime": "2026-12-02T10:00:20Z"}),
+            Health::Unhealthy,
+        ),
+        (
+            "a resync",
+            serde_json::json!({"lastScheduleTime": "2026-12-02T10:05:00Z", "lastSuccessfulTime": "2026-12-02T10:00:20Z"}),
+            Health::Unhealthy,
+        ),
+        (
+            "third run",
+            serde_json::json!({"active": run("report-3"), "lastScheduleTime": "2026-12-02T10:10:00Z", "lastSuccessfulTime": "2026-12-02T10:00:20Z"}),
+            Health::Unhealthy,
+        ),
+        (
+            "it succeeded",
+            serde_json::json!({"lastScheduleTime": "2026-12-02T10:10:00Z", "lastSuccessfulTime": "2026-12-02T10:10:31Z"}),
+            Health::Healthy,
+        ),
+    ];
+    let now: Timestamp = "2026-12-02T10:11:00Z".parse().unwrap();
+    let exists =
+        [CompiledPredicate::compile(&ReadinessPredicate::Exists { timeout: None }).unwrap()];
+    for predicates in [&[][..], &exists[..]] {
+        let mut status = AbstractionStatus::default();
+        let mut events = Vec::new();
+        for (what, cron_status, health) in &passes {
+            let verdict = DefaultReadiness
+                .evaluate(predicates, &cron(cron_status.clone()))
+                .unwrap();
+            let (node, terminal) = judge(&verdict, status.nodes.get("report"), None, now);
+            assert!(!terminal);
+            assert_eq!(node.phase, NodePhase::Ready, "{what}: {node:?}");
+            assert_eq!(node.health, Some(*health), "{what}: {node:?}");
+            let before = status.clone();
+            status.nodes.insert("report".into(), node);
+            let outcome = Outcome {
+                ready: true,
+                ..Default::default()
+            };
+            summarize(&mut status, &outcome, Some(1), "2026-12-02T10:11:00Z");
+            assert!(status.is_ready(), "{what}");
+            events.extend(
+                transitions(&before, &status)
+                    .into_iter()
+                    .map(|e| (*what, e)),
+            );
+        }
+        let seen: Vec<(&str, &str, bool)> = events
+            .iter()
+            .map(|(what, e)| (*what, e.reason.as_str(), e.warning))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("created", "Ready", false),
+                ("it failed", "NodeUnhealthy", true),
+                ("it succeeded", "NodeHealthy", false),
+            ]
+        );
+        let unhealthy = events[1].1.note.clone().unwrap_or_default();
+        assert!(
+            unhealthy.starts_with("report: the last run (scheduled 2026-12-02T10:05:00Z) did not succeed; last success: 2026-12-02T10:00:20Z"),
+            "{unhealthy}"
+        );
+    }
+}
+
+#[test]
+fn health_the_object_cannot_tell_keeps_the_last_judgement() {
+    use crate::readiness::HealthVerdict;
+    use crate::status::Health;
+    let now: Timestamp = "2026-12-02T10:11:00Z".parse().unwrap();
+    let verdict = |ready: bool, health: Option<Health>| Verdict {
+        ready,
+        details: "d".into(),
+        terminal: None,
+        health: health.map(|health| HealthVerdict {
+            health,
+            details: format!("judged {health:?}"),
+        }),
+    };
+    let before = |health: Option<Health>| {
+        let s = NodeStatus::ready("d");
+        match health {
+            Some(h) => s.with_health(h, format!("before {h:?}")),
+            None => s,
+        }
+    };
+    use Health::{Healthy, Unhealthy, Unknown};
+    // (judged now, before, expected health, expected details)
+    let cases = [
+        (
+            Some(Unknown),
+            Some(Unhealthy),
+            Some(Unhealthy),
+            Some("before Unhealthy"),
+        ),
+        (
+            Some(Unknown),
+            Some(Healthy),
+            Some(Healthy),
+            Some("before Healthy"),
+        ),
+        (
+            Some(Unknown),
+            Some(Unknown),
+            Some(Unknown),
+            Some("judged Unknown"),
+        ),
+        (Some(Unknown), None, Some(Unknown), Some("judged Unknown")),
+        (
+            Some(Healthy),
+            Some(Unhealthy),
+            Some(Healthy),
+            Some("judged Healthy"),
+        ),
+        (
+            Some(Unhealthy),
+            Some(Healthy),
+            Some(Unhealthy),
+            Some("judged Unhealthy"),
+        ),
+        (None, Some(Unhealthy), None, None),
+    ];
+    for (judged, previous, health, details) in cases {
+        for ready in [true, false] {
+            let (status, _) = judge(&verdict(ready, judged), Some(&before(previous)), None, now);
+            assert_eq!(
+                (status.health, status.health_details.as_deref()),
+                (health, details),
+                "{judged:?} after {previous:?}"
+            );
+            // Health never decides the phase.
+            let phase = if ready {
+                NodePhase::Ready
+            } else {
+                NodePhase::Applied
+            };
+            assert_eq!(status.phase, phase);
+        }
+    }
+}

@@ -4,7 +4,8 @@
 //! leaves the instance half-applied. [`AccessReviews`] asks first, with
 //! `SelfSubjectAccessReview`s, whether the operator may `get`, `create`, `patch`, `list` and
 //! `delete` each
-//! kind a graph renders in the instance's namespace; a refused kind is a Blocked node naming the
+//! kind a graph renders in the instance's namespace (only `get`, `list` and `watch` for a kind a
+//! `Reference` node reads); a refused kind is a Blocked node naming the
 //! verb, resource and namespace, and nothing of the graph is written
 //! ([`cuebe_core::plan::Pass::refuse`]).
 //!
@@ -30,6 +31,11 @@ pub const DENIED_TTL: Duration = Duration::from_secs(30);
 /// Server-Side Apply it (`patch`, and `create` when the apply creates it: the API server
 /// checks both), find what it wrote by label, and delete or release it.
 pub const NEEDED_VERBS: [&str; 5] = ["get", "create", "patch", "list", "delete"];
+
+/// The verbs a `Reference` node needs on the kind it reads: read the object (`get`), and
+/// `list`/`watch` for the watch that wakes the instances referencing it when it changes. A
+/// reference is never written, so nothing more.
+pub const REFERENCE_VERBS: [&str; 3] = ["get", "list", "watch"];
 
 /// (verb, group, resource, namespace; "" for cluster-wide).
 type Key = (String, String, String, String);
@@ -76,7 +82,20 @@ impl AccessReviews {
         resource: &str,
         namespace: Option<&str>,
     ) -> Option<&'static str> {
-        for verb in NEEDED_VERBS {
+        self.missing_among(&NEEDED_VERBS, group, resource, namespace)
+            .await
+    }
+
+    /// The first of `verbs` the operator may not use on `resource` of `group` in `namespace`
+    /// (e.g. [`REFERENCE_VERBS`] for a kind a graph only reads), as [`AccessReviews::missing`].
+    pub async fn missing_among(
+        &self,
+        verbs: &[&'static str],
+        group: &str,
+        resource: &str,
+        namespace: Option<&str>,
+    ) -> Option<&'static str> {
+        for &verb in verbs {
             if !self.allowed(verb, group, resource, namespace).await {
                 return Some(verb);
             }

@@ -1697,7 +1697,15 @@ async fn apply<A: Abstraction>(
                 Some(l) => Some(l),
                 None => match status.inventory_entry(&export.node) {
                     Some(entry) => ctx.executor.live(entry).await.ok().flatten(),
-                    None => None,
+                    // A Reference node's object is never in the inventory: read it where the
+                    // graph names it.
+                    None => match graph
+                        .node(&export.node)
+                        .and_then(|n| cuebe_core::plan::reference_address(n, &instance.namespace))
+                    {
+                        Some(address) => ctx.executor.live(&address).await.ok().flatten(),
+                        None => None,
+                    },
                 },
             };
             if let Some(live) = live

@@ -16,8 +16,8 @@ use std::sync::Arc;
 pub use cuebe_core::plan::{Change, ChangeAction, FleetPruneGuard, Outcome};
 use cuebe_core::plan::{
     EntryUpdate, LiveMeta, NodeResult, Pass, Plan, WriteDecision, cluster_scope_refusal,
-    entry_policy, is_recorded_object, is_unchanged, needs_read, prune_plan, starting_inventory,
-    write_decision,
+    entry_policy, is_recorded_object, is_unchanged, missing_reference, needs_read, prune_plan,
+    reference_scope_refusal, starting_inventory, write_decision,
 };
 pub use cuebe_core::{INSTANCE_LABEL, KIND_LABEL, NAMESPACE_LABEL};
 use kube::Client;
@@ -344,23 +344,32 @@ impl SsaExecutor {
     /// cluster-scoped kind the abstraction does not allow, or a verb the operator's RBAC
     /// lacks — each Blocked with the reason. Kinds discovery cannot resolve are left to the
     /// apply, which reports them.
+    /// A `Reference` node's kind is only read: the read verbs are checked for it, and a
+    /// cluster-scoped kind needs the allow-list all the same.
     async fn preflight(&self, instance: &Instance, plan: &Plan) -> BTreeMap<String, NodeStatus> {
-        let mut verdicts: BTreeMap<(String, String), Option<String>> = BTreeMap::new();
+        let mut verdicts: BTreeMap<(String, String, bool), Option<String>> = BTreeMap::new();
         let mut refused = BTreeMap::new();
         for node in &plan.graph().nodes {
             let Some(object) = node.object.as_ref().filter(|_| !node.is_pending()) else {
                 continue;
             };
             let (api_version, kind, _) = identity_of(object);
-            let key = (api_version.clone(), kind.clone());
+            let key = (api_version.clone(), kind.clone(), node.is_reference());
             if !verdicts.contains_key(&key) {
-                let verdict = self.kind_refusal(instance, &api_version, &kind).await;
+                let verdict = self
+                    .kind_refusal(instance, &api_version, &kind, node.is_reference())
+                    .await;
                 verdicts.insert(key.clone(), verdict);
             }
             if let Some(Some(message)) = verdicts.get(&key) {
+                let done = if node.is_reference() {
+                    "not read"
+                } else {
+                    "not written"
+                };
                 refused.insert(
                     node.id.clone(),
-                    NodeStatus::blocked(message.clone(), Some("not written".into())),
+                    NodeStatus::blocked(message.clone(), Some(done.into())),
                 );
             }
         }
@@ -372,6 +381,7 @@ impl SsaExecutor {
         instance: &Instance,
         api_version: &str,
         kind: &str,
+        reference: bool,
     ) -> Option<String> {
         let (ar, namespaced) = self
             .discovery
@@ -379,16 +389,25 @@ impl SsaExecutor {
             .await
             .ok()
             .flatten()?;
+        let scope_refusal = if reference {
+            reference_scope_refusal
+        } else {
+            cluster_scope_refusal
+        };
         if !namespaced
-            && let Some(refusal) =
-                cluster_scope_refusal(&ar.group, kind, &self.cluster_scoped_allowed)
+            && let Some(refusal) = scope_refusal(&ar.group, kind, &self.cluster_scoped_allowed)
         {
             return Some(refusal);
         }
         let namespace = namespaced.then_some(instance.namespace.as_str());
+        let verbs: &[&'static str] = if reference {
+            &crate::access::REFERENCE_VERBS
+        } else {
+            &crate::access::NEEDED_VERBS
+        };
         let verb = self
             .access
-            .missing(&ar.group, &ar.plural, namespace)
+            .missing_among(verbs, &ar.group, &ar.plural, namespace)
             .await?;
         let resource = if ar.group.is_empty() {
             ar.plural.clone()
@@ -538,6 +557,11 @@ impl SsaExecutor {
         let Some(mut object) = node.object.clone() else {
             return error("no object (pending)".into());
         };
+        if node.is_reference() {
+            return self
+                .read_reference(instance, plan, node, &object, previous, now)
+                .await;
+        }
         let (api_version, kind, name) = identity_of(&object);
         let api = match self.resolve(&api_version, &kind, &instance.namespace).await {
             Ok((api, namespaced)) => {
@@ -610,6 +634,13 @@ impl SsaExecutor {
             existing,
         ) {
             (WriteDecision::Keep, Some(live)) => live,
+            (WriteDecision::MissingReference, _) => {
+                // Unreachable: a Reference node is read in `read_reference`, never here.
+                return NodeResult::unwritten(
+                    missing_reference(&kind, &instance.namespace, &name),
+                    None,
+                );
+            }
             (WriteDecision::NothingToAdopt, _) => {
                 return NodeResult::unwritten(
                     NodeStatus::blocked(
@@ -693,6 +724,62 @@ impl SsaExecutor {
             entry: Some(new_entry),
             live: Some(live),
             writes,
+        }
+    }
+
+    /// A `Reference` node: read the object, nothing else — no labels, no adoption, no tenancy
+    /// check (referencing another instance's object is what a shared ConfigMap is for), no
+    /// inventory entry. Missing: Pending, naming it. Present: judged by its `readyWhen`, and its
+    /// live object feeds the exports.
+    async fn read_reference(
+        &self,
+        instance: &Instance,
+        plan: &Plan,
+        node: &Node,
+        object: &Value,
+        previous: &AbstractionStatus,
+        now: Timestamp,
+    ) -> NodeResult {
+        let (api_version, kind, name) = identity_of(object);
+        let failed = |message: String, terminal: bool| NodeResult {
+            terminal,
+            ..NodeResult::unwritten(NodeStatus::error(message), None)
+        };
+        let (api, namespaced) = match self.resolve(&api_version, &kind, &instance.namespace).await {
+            Ok(resolved) => resolved,
+            Err(e) => return failed(e.to_string(), false),
+        };
+        let live = match api.get_opt(&name).await {
+            Ok(Some(o)) => serde_json::to_value(o).unwrap_or(Value::Null),
+            Ok(None) => {
+                let namespace = if namespaced {
+                    instance.namespace.as_str()
+                } else {
+                    ""
+                };
+                return NodeResult::unwritten(missing_reference(&kind, namespace, &name), None);
+            }
+            Err(e) => {
+                return failed(
+                    format!("reading {kind} {name}: {}", api_message(&e)),
+                    is_permanent(&e),
+                );
+            }
+        };
+        let predicates = plan.predicates(&node.id);
+        let verdict = match self.readiness.evaluate(&predicates, &live) {
+            Ok(v) => v,
+            Err(e) => return failed(e.to_string(), true),
+        };
+        let timeout = predicates.iter().filter_map(|p| p.timeout).min();
+        let (status, terminal) =
+            cuebe_core::plan::judge(&verdict, previous.nodes.get(&node.id), timeout, now);
+        NodeResult {
+            terminal,
+            status,
+            entry: None,
+            live: Some(live),
+            writes: 0,
         }
     }
 
