@@ -19,13 +19,18 @@
 //!   for `git://`, and `git http-backend` behind TLS from the testkit's PKI for `git+https://`),
 //!   committing a platform module into one, and signing commits and tags with an SSH key.
 //! - [`cue_cli`]: the official `cue` CLI at the bridge's pinned version, built once and cached.
+//! - [`helm`]: the real `helm` at a pinned version, built from its Go module once and cached.
+//! - [`crane`]: go-containerregistry's `crane`, to push, pull and unpack images.
 pub mod chaos;
 pub mod cluster;
 pub mod cosign;
+pub mod crane;
 pub mod cue_cli;
 pub mod dev;
 pub mod eventually;
 pub mod fault;
 pub mod git_server;
+mod go_install;
 pub mod golden;
+pub mod helm;
 pub mod oci_registry;
