@@ -85,6 +85,26 @@ mod tests {
                 "expected `watches = [\"apps/v1/Deployment\", \"v1/Service\"]`",
             ),
             (
+                quote! { #kube #module #[abstraction(watches = ["batch/CronJob"])] },
+                quote! {},
+                "`batch` in \"batch/CronJob\" is not a Kubernetes API version (v1, v2, v1beta1, v1alpha2, ...) (did you mean \"batch/v1/CronJob\"?)",
+            ),
+            (
+                quote! { #kube #module #[abstraction(watches = ["apps/1/Deployment"])] },
+                quote! {},
+                "`1` in \"apps/1/Deployment\" is not a Kubernetes API version",
+            ),
+            (
+                quote! { #kube #module #[abstraction(watches = ["apps/v1/deployment"])] },
+                quote! {},
+                "`deployment` in \"apps/v1/deployment\" is not a kind",
+            ),
+            (
+                quote! { #kube #module #[abstraction(watches = ["v1/ConfigMap", "batch/v1/CronJob", "gateway.networking.k8s.io/v1beta1/HTTPRoute", "iam.services.k8s.aws/v1alpha1/Role"])] },
+                quote! {},
+                "expanded",
+            ),
+            (
                 quote! { #kube #module },
                 quote! { #[abstraction(adopt)] a: Option<A>, #[abstraction(adopt)] b: Option<A> },
                 "two fields are marked `adopt`; keep one",

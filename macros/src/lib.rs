@@ -102,6 +102,7 @@ fn expand(args: &EmbedArgs) -> syn::Result<proc_macro2::TokenStream> {
         }
     }
     files.sort();
+    check_entry_package(&root, &files, &args.package)?;
     let entries = files
         .iter()
         .map(|(rel, abs)| quote! { (#rel, include_str!(#abs)) });
@@ -109,6 +110,124 @@ fn expand(args: &EmbedArgs) -> syn::Result<proc_macro2::TokenStream> {
     Ok(quote! {
         ::cuebe::module::ModuleSource::new([#(#entries),*], #package)
     })
+}
+
+/// Checks at build time that the entry package names a package of the module: a typo in
+/// `package` would otherwise compile and fail only when the operator first renders.
+///
+/// `package` is `"."`, `"./dir"` or the module's import path (`"example.com/platform/dir"`),
+/// optionally qualified (`"./dir:name"`). The directory must hold `.cue` files; with several
+/// packages in it, the qualifier must pick one of them.
+fn check_entry_package(
+    root: &std::path::Path,
+    files: &[(String, String)],
+    package: &LitStr,
+) -> syn::Result<()> {
+    let value = package.value();
+    let fail = |message: String| Err(syn::Error::new(package.span(), message));
+    // A qualifier follows the last `:` (a path never has one after its last `/`).
+    let (path, qualifier) = match value.rsplit_once(':') {
+        Some((path, q)) if !q.contains('/') => (path.to_string(), Some(q.to_string())),
+        _ => (value.clone(), None),
+    };
+    let module_path = module_path(root);
+    let dir = if path == "." {
+        String::new()
+    } else if let Some(rel) = path.strip_prefix("./") {
+        rel.trim_end_matches('/').to_string()
+    } else if let Some(rel) = module_path
+        .as_deref()
+        .and_then(|m| path.strip_prefix(m))
+        .filter(|rest| rest.is_empty() || rest.starts_with('/'))
+    {
+        rel.trim_start_matches('/').to_string()
+    } else {
+        return fail(format!(
+            "package = {value:?}: not a package of this module; expected \"./dir\" (a directory of \
+             the module){}",
+            module_path
+                .map(|m| format!(" or an import path under {m:?}"))
+                .unwrap_or_default()
+        ));
+    };
+    let in_dir = |rel: &str| match rel.rsplit_once('/') {
+        Some((parent, _)) => parent == dir,
+        None => dir.is_empty(),
+    };
+    let mut packages = std::collections::BTreeSet::new();
+    let mut found = false;
+    for (_, abs) in files.iter().filter(|(rel, _)| in_dir(rel)) {
+        found = true;
+        if let Some(name) = std::fs::read_to_string(abs)
+            .ok()
+            .and_then(|text| package_clause(&text))
+        {
+            packages.insert(name);
+        }
+    }
+    if !found {
+        let candidates: Vec<String> = files
+            .iter()
+            .filter(|(rel, _)| !rel.starts_with("cue.mod/"))
+            .map(|(rel, _)| match rel.rsplit_once('/') {
+                Some((parent, _)) => format!("\"./{parent}\""),
+                None => "\".\"".to_string(),
+            })
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        return fail(format!(
+            "package = {value:?}: the module at {} has no .cue files in {:?}; its packages are {}",
+            root.display(),
+            if dir.is_empty() { "." } else { dir.as_str() },
+            if candidates.is_empty() {
+                "none".to_string()
+            } else {
+                candidates.join(", ")
+            }
+        ));
+    }
+    match qualifier {
+        Some(q) if !packages.contains(&q) => fail(format!(
+            "package = {value:?}: no file in {:?} declares `package {q}` (found: {})",
+            if dir.is_empty() { "." } else { dir.as_str() },
+            packages.into_iter().collect::<Vec<_>>().join(", ")
+        )),
+        None if packages.len() > 1 => fail(format!(
+            "package = {value:?}: {:?} holds several packages ({}); pick one with \"{path}:name\"",
+            if dir.is_empty() { "." } else { dir.as_str() },
+            packages.into_iter().collect::<Vec<_>>().join(", ")
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The module's import path without its major version (`module: "example.com/p@v0"` →
+/// `example.com/p`), from `cue.mod/module.cue`.
+fn module_path(root: &std::path::Path) -> Option<String> {
+    let text = std::fs::read_to_string(root.join("cue.mod/module.cue")).ok()?;
+    text.lines().find_map(|line| {
+        let rest = line.trim().strip_prefix("module:")?.trim();
+        let quoted = rest.strip_prefix('"')?;
+        let path = &quoted[..quoted.find('"')?];
+        Some(path.split('@').next().unwrap_or(path).to_string())
+    })
+}
+
+/// The name in a file's `package` clause (comments and attributes may precede it).
+fn package_clause(text: &str) -> Option<String> {
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with("//") || line.starts_with('@') {
+            continue;
+        }
+        let name = line.strip_prefix("package")?;
+        if !name.starts_with(char::is_whitespace) {
+            return None;
+        }
+        return name.split_whitespace().next().map(str::to_string);
+    }
+    None
 }
 
 /// Implements `cuebe::Abstraction` for the kind a kube `CustomResource` spec struct generates.

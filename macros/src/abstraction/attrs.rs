@@ -432,14 +432,56 @@ fn watched_kind(element: &Expr) -> Result<LitStr> {
         return Err(Error::custom("expected a string \"group/version/Kind\"").with_span(element));
     };
     let value = s.value();
-    let parts = value.split('/').count();
-    if !(2..=3).contains(&parts) || value.split('/').any(str::is_empty) {
+    let parts: Vec<&str> = value.split('/').collect();
+    if !(2..=3).contains(&parts.len()) || parts.iter().any(|p| p.is_empty()) {
         return Err(Error::custom(
             "expected \"group/version/Kind\" (or \"v1/Kind\" for the core group), e.g. \"apps/v1/Deployment\"",
         )
         .with_span(s));
     }
+    // `"batch/CronJob"` has the right shape but names version `batch`: a kind that would
+    // silently never be watched.
+    let version = parts[parts.len() - 2];
+    let kind = parts[parts.len() - 1];
+    if !is_api_version(version) {
+        let hint = if parts.len() == 2 {
+            format!(" (did you mean \"{version}/v1/{kind}\"?)")
+        } else {
+            String::new()
+        };
+        return Err(Error::custom(format!(
+            "`{version}` in {value:?} is not a Kubernetes API version (v1, v2, v1beta1, v1alpha2, ...){hint}"
+        ))
+        .with_span(s));
+    }
+    if !kind.starts_with(|c: char| c.is_ascii_uppercase())
+        || !kind.chars().all(|c| c.is_ascii_alphanumeric())
+    {
+        return Err(Error::custom(format!(
+            "`{kind}` in {value:?} is not a kind: kinds are CamelCase, e.g. \"Deployment\""
+        ))
+        .with_span(s));
+    }
     Ok(s.clone())
+}
+
+/// `v<N>`, `v<N>alpha<M>` or `v<N>beta<M>`: the versions Kubernetes API groups use.
+fn is_api_version(version: &str) -> bool {
+    let Some(rest) = version.strip_prefix('v') else {
+        return false;
+    };
+    let digits = rest.chars().take_while(char::is_ascii_digit).count();
+    if digits == 0 || rest.starts_with('0') {
+        return false;
+    }
+    let suffix = &rest[digits..];
+    let level = suffix
+        .strip_prefix("alpha")
+        .or_else(|| suffix.strip_prefix("beta"));
+    match level {
+        None => suffix.is_empty(),
+        Some(n) => !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()) && !n.starts_with('0'),
+    }
 }
 
 /// An expression without the invisible groups `macro_rules!` wraps around fragments.

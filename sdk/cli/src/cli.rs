@@ -537,6 +537,10 @@ impl<A: Abstraction> App<A> {
         module_policy: Option<cuebe::trust::ModulePolicy>,
         vendored: Option<Vendored>,
     ) -> ExitCode {
+        if let Err(e) = cuebe::abstraction::check_embedded_modules::<A>() {
+            eprintln!("error: {e}");
+            return Exit::Failed.into();
+        }
         let Some(runtime) = runtime() else {
             return Exit::Failed.into();
         };
@@ -596,6 +600,12 @@ impl<A: Abstraction> App<A> {
         metrics_bind: Option<std::net::SocketAddr>,
         vendored: Option<Vendored>,
     ) -> ExitCode {
+        // Before the control plane starts: a module that does not load fails now, not at the
+        // sample's first render.
+        if let Err(e) = cuebe::abstraction::check_embedded_modules::<A>() {
+            eprintln!("error: {e}");
+            return Exit::Failed.into();
+        }
         let Some(cluster) = self.dev.clone() else {
             eprintln!(
                 "error: {} was built without a local control plane for `dev`",

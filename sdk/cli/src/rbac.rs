@@ -115,6 +115,9 @@ pub fn least_cluster_role<A: Abstraction>(
     grant(&own_group, format!("{own}/status"), &["patch"]);
     for (group, kind) in rendered {
         grant(group, plural(kind), &RENDERED_VERBS);
+        // Every rendered kind is watched (those `WATCHES` does not list from their first
+        // render), for drift correction and readiness.
+        grant(group, plural(kind), &["watch"]);
     }
     for watched in A::WATCHES {
         // "group/version/Kind", or "version/Kind" for the core group.

@@ -218,6 +218,59 @@ pub async fn observed_exports(
 
 pub use crate::discovery::parse_watch;
 
+/// An embedded platform module that does not load (a syntax error, a wrong `package`).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the embedded platform module {version} of {kind} (package {package:?}) does not load: {source}"
+)]
+pub struct EmbeddedModuleError {
+    /// The abstraction's kind.
+    pub kind: String,
+    /// The module version (`version = ...` of the derive).
+    pub version: String,
+    /// Its entry package.
+    pub package: String,
+    /// What CUE said.
+    #[source]
+    pub source: Box<crate::renderer::RenderError>,
+}
+
+/// Loads every embedded module version of `A` and reports the first that does not: the
+/// derive generates a unit test calling this for every abstraction, and `run` and `dev` call it
+/// before they start, so a broken module fails at build or start, never at the first render.
+///
+/// ```
+/// # use cuebe::Abstraction;
+/// # use kube::CustomResource;
+/// # use schemars::JsonSchema;
+/// # use serde::{Deserialize, Serialize};
+/// # #[derive(CustomResource, cuebe::Abstraction, Serialize, Deserialize, Clone, Debug, JsonSchema)]
+/// # #[kube(group = "example.com", version = "v1", kind = "Greeter", namespaced,
+/// #        status = "cuebe::status::AbstractionStatus")]
+/// # #[abstraction(module = "../../cue/platform", package = "./webservice")]
+/// # pub struct GreeterSpec { pub message: String }
+/// cuebe::abstraction::check_embedded_modules::<Greeter>().expect("the module loads");
+/// ```
+pub fn check_embedded_modules<A: Abstraction>() -> Result<(), EmbeddedModuleError> {
+    let modules = A::modules();
+    let renderer = crate::renderer::CueRenderer::new(modules.clone());
+    for version in modules.versions() {
+        let package = modules
+            .resolve(Some(&PlatformRef::embedded(version)))
+            .map(|m| m.source.package().to_string())
+            .unwrap_or_default();
+        if let Err(source) = renderer.preload(Some(&PlatformRef::embedded(version))) {
+            return Err(EmbeddedModuleError {
+                kind: A::kind(&()).into_owned(),
+                version: version.to_string(),
+                package,
+                source: Box::new(source),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// The executor's view of an instance.
 pub fn instance_of<A: Abstraction>(object: &A) -> Instance {
     let meta = object.meta();
@@ -272,6 +325,13 @@ pub mod __fields {
             .as_ref()
             .map(|a| a.resources.clone())
             .unwrap_or_default()
+    }
+
+    /// The body of the unit test the derive generates: every embedded module loads.
+    pub fn assert_embedded_modules_load<A: crate::Abstraction>() {
+        if let Err(e) = crate::abstraction::check_embedded_modules::<A>() {
+            panic!("{e}");
+        }
     }
 
     pub fn to_value<T: serde::Serialize>(spec: &T) -> Value {

@@ -326,7 +326,7 @@ impl<A: Abstraction> Operator<A> {
             instance: std::env::var("POD_NAME").ok(),
         };
         let ctx = Arc::new(Context::<A> {
-            recorder: Recorder::new(client.clone(), reporter.clone()),
+            recorders: NoteRecorders::new(client.clone(), reporter.clone()),
             reporter,
             executor: self.executor.clone().unwrap_or_else(|| {
                 Arc::new(
@@ -357,6 +357,7 @@ impl<A: Abstraction> Operator<A> {
             written: std::sync::Mutex::new(std::collections::HashMap::new()),
             failures: std::sync::Mutex::new(RetryBook::default()),
             watched: std::sync::RwLock::new(Vec::new()),
+            rendered_watches: std::sync::Mutex::new(None),
             swept: std::sync::Mutex::new(std::collections::HashSet::new()),
             seen: std::sync::Mutex::new(std::collections::HashSet::new()),
             _kind: std::marker::PhantomData,
@@ -558,6 +559,22 @@ impl<A: Abstraction> Operator<A> {
                     resource.clone(),
                     children.clone(),
                     move |obj| owner_of::<A>(&obj, &kind),
+            // Kinds the module renders beyond `WATCHES` are watched from their first render.
+            let (rendered_tx, rendered_rx) = futures::channel::mpsc::unbounded();
+            *ctx.rendered_watches
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                Some(Arc::new(rendered_watches::RenderedKindWatches::new(
+                    client.clone(),
+                    self.namespace.clone(),
+                    kind.clone(),
+                    apis.watched
+                        .iter()
+                        .map(|(_, r)| (r.api_version.clone(), r.kind.clone()))
+                        .collect(),
+                    rendered_tx,
+                )));
+            controller = controller.reconcile_on(rendered_rx);
                 );
             }
             let instance_controller = controller
@@ -591,6 +608,11 @@ impl<A: Abstraction> Operator<A> {
         }
     }
 }
+            // Stops the watches of rendered kinds; the next run starts them again as it renders.
+            ctx.rendered_watches
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
 
 /// A shutdown trigger several controllers (one after another) can wait on.
 type Trigger = futures::future::Shared<futures::future::BoxFuture<'static, ()>>;
@@ -727,8 +749,9 @@ fn stop_signal(enabled: bool) -> futures::future::BoxFuture<'static, ()> {
 /// Shared state of the controller.
 struct Context<A: Abstraction> {
     client: Client,
-    recorder: Recorder,
-    /// Who publishes the events (for a recorder of its own, see `publish`).
+    /// Publishes the instances' events (one recorder per note: see [`NoteRecorders`]).
+    recorders: NoteRecorders,
+    /// Who publishes the events.
     reporter: Reporter,
     renderer: Arc<dyn Renderer>,
     #[cfg(feature = "remote-modules")]
@@ -776,23 +799,59 @@ impl<A: Abstraction> Context<A> {
     async fn capabilities(&self) -> Capabilities {
         self.capabilities.read().await.clone()
     }
+    /// Watches of rendered kinds `WATCHES` does not list, started at their first render (set
+    /// while the controller runs).
+    rendered_watches: std::sync::Mutex<Option<Arc<rendered_watches::RenderedKindWatches<A>>>>,
 }
 
 /// Publishes one event on the instance.
 async fn publish<A: Abstraction>(ctx: &Context<A>, object: &A, note: EventNote) {
-    // kube's recorder folds an event into the one it published on the same object in the last
-    // 6 minutes with the same type, reason and action (not note): it counts up that event's
-    // series and keeps its note. A `ModuleLoaded` names the module, so a second one within
-    // minutes (the instance switched modules) would still read as the first. It goes out as an
-    // event of its own; `transitions` makes one only when the module changed, not every pass.
-    let fresh;
-    let recorder = if note.reason == "ModuleLoaded" {
-        fresh = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
-        &fresh
-    } else {
-        &ctx.recorder
-    };
+    let recorder = ctx
+        .recorders
+        .for_note(note.note.as_deref().unwrap_or_default());
     let event = KubeEvent {
+/// Event recorders, one per distinct note.
+///
+/// kube's recorder folds an event into the one it published on the same object in the last 6
+/// minutes with the same type, reason and action — not note: it counts up that event's series
+/// and keeps the first note. A Ready after recovery would read "3/3 nodes" for 2/2, a second
+/// `ModuleLoaded` would name the first module. With a recorder per note, the same note folds
+/// into a series and a different one is an event of its own (`transitions` makes events only on
+/// changes, so this does not multiply them).
+struct NoteRecorders {
+    client: Client,
+    reporter: Reporter,
+    by_note: std::sync::Mutex<std::collections::HashMap<String, Recorder>>,
+}
+
+impl NoteRecorders {
+    /// Distinct notes kept; past it the map starts over (an event then becomes a new object
+    /// instead of counting up a series: harmless).
+    const CAPACITY: usize = 1024;
+
+    fn new(client: Client, reporter: Reporter) -> Self {
+        Self {
+            client,
+            reporter,
+            by_note: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    fn for_note(&self, note: &str) -> Recorder {
+        let mut by_note = self
+            .by_note
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if by_note.len() >= Self::CAPACITY && !by_note.contains_key(note) {
+            by_note.clear();
+        }
+        by_note
+            .entry(note.to_string())
+            .or_insert_with(|| Recorder::new(self.client.clone(), self.reporter.clone()))
+            .clone()
+    }
+}
+
         type_: if note.warning {
             EventType::Warning
         } else {
@@ -940,6 +999,8 @@ async fn module_of_ref<A: Abstraction>(
             .map(|_| None)
             .map_err(|e| e.to_string());
     }
+#[path = "rendered_watches.rs"]
+mod rendered_watches;
     let remote = match (reference.oci_reference(), reference.git_reference()) {
         (Some(r), _) => r.map(RemoteRef::Oci).map_err(|e| e.to_string())?,
         (_, Some(r)) => r.map(RemoteRef::Git).map_err(|e| e.to_string())?,
@@ -1452,6 +1513,49 @@ fn sweep_kinds<A: Abstraction>(
         .filter_map(|n| {
             let o = n.object.as_ref()?;
             Some((
+/// Starts a watch of every kind `graph` renders that is not watched yet (see
+/// [`rendered_watches`]); a kind the cluster does not serve is left to the apply to report.
+async fn watch_rendered_kinds<A: Abstraction>(ctx: &Context<A>, graph: &cuebe_core::graph::Graph) {
+    let Some(watches) = ctx
+        .rendered_watches
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
+    else {
+        return;
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    for object in graph.nodes.iter().filter_map(|n| n.object.as_ref()) {
+        let (Some(api_version), Some(kind)) = (
+            object.get("apiVersion").and_then(|v| v.as_str()),
+            object.get("kind").and_then(|v| v.as_str()),
+        ) else {
+            continue;
+        };
+        if !seen.insert((api_version, kind)) || watches.is_watched(api_version, kind) {
+            continue;
+        }
+        match ctx.discovery.resource(&ctx.client, api_version, kind).await {
+            Ok(Some((resource, _))) => {
+                if watches.ensure(&resource) {
+                    let mut watched = ctx
+                        .watched
+                        .write()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let key = (api_version.to_string(), kind.to_string());
+                    if !watched.contains(&key) {
+                        watched.push(key);
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(error) => {
+                tracing::debug!(%api_version, %kind, %error, "discovery failed; the kind is watched after a later render");
+            }
+        }
+    }
+}
+
                 o.get("apiVersion")?.as_str()?.to_string(),
                 o.get("kind")?.as_str()?.to_string(),
             ))
@@ -1662,6 +1766,7 @@ async fn apply<A: Abstraction>(
         if graph.has_blocking_violations() {
             let message = graph
                 .violations
+        watch_rendered_kinds(&ctx, graph).await;
                 .iter()
                 .map(|v| v.to_string())
                 .collect::<Vec<_>>()
