@@ -13,7 +13,8 @@
 //!   predicate, never a panic, and only a CEL predicate gives one;
 //! - the verdict is deterministic, never Ready with a terminal failure or with a controller
 //!   behind the current generation, and Ready for a list exactly when Ready for each predicate
-//!   alone.
+//!   alone; no predicates at all (the kind's built-in judgement) is Ready exactly when
+//!   `Current` is; health is the object's, whatever the predicates.
 use arbitrary::Unstructured;
 use cuebe_core::graph::{ReadinessPredicate, decode};
 use cuebe_core::readiness::{CompiledPredicate, DefaultReadiness, Readiness, Verdict};
@@ -375,10 +376,27 @@ pub fn check(predicates: &[ReadinessPredicate], live: &Value) {
             );
         }
     }
-    let empty = DefaultReadiness.evaluate(&[], live);
-    let Ok(empty) = empty else {
-        panic!("no predicates cannot fail to evaluate: {empty:?}");
+    let only = |p: ReadinessPredicate| {
+        let compiled = CompiledPredicate::compile(&p).expect("a built-in predicate compiles");
+        DefaultReadiness.evaluate(&[compiled], live)
     };
+    // What the object alone says (its generation and a terminal failure): `Exists`.
+    let empty = only(ReadinessPredicate::Exists { timeout: None });
+    let Ok(empty) = empty else {
+        panic!("Exists cannot fail to evaluate: {empty:?}");
+    };
+    // No `readyWhen` at all is the kind's built-in judgement, the same as `Current`.
+    let by_kind = DefaultReadiness.evaluate(&[], live);
+    let Ok(by_kind) = by_kind else {
+        panic!("no predicates cannot fail to evaluate: {by_kind:?}");
+    };
+    let current = only(ReadinessPredicate::Current { timeout: None });
+    assert_eq!(
+        Some(by_kind.ready),
+        current.as_ref().ok().map(|v| v.ready),
+        "no readyWhen judges as Current does: {by_kind:?} vs {current:?}"
+    );
+    assert_eq!(by_kind.health, empty.health, "health is the object's");
     match all {
         Err(e) => assert!(
             singles.iter().any(Result::is_err),
@@ -390,7 +408,8 @@ pub fn check(predicates: &[ReadinessPredicate], live: &Value) {
                 // Terminal, or the controller is behind the generation: nothing is Ready.
                 assert!(!verdict.ready, "Ready despite {:?}", empty);
             }
-            if singles.iter().all(Result::is_ok) {
+            // (An empty list is the kind's judgement, checked against `Current` above.)
+            if !singles.is_empty() && singles.iter().all(Result::is_ok) {
                 let each = singles.iter().all(|s| s.as_ref().is_ok_and(|v| v.ready));
                 assert_eq!(
                     verdict.ready,

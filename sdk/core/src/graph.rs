@@ -65,7 +65,8 @@ pub struct Node {
     /// Ids of nodes that must be Ready before this one is applied.
     #[serde(default)]
     pub depends_on: Vec<String>,
-    /// All must pass for the node to be Ready; empty means "exists".
+    /// All must pass for the node to be Ready; empty means the kind's built-in judgement
+    /// (a Deployment's rollout, a Job's completion, a PVC's binding, kstatus conditions…).
     #[serde(default)]
     pub ready_when: Vec<ReadinessPredicate>,
     /// What happens to the object when it leaves the graph or the instance is deleted.
@@ -195,6 +196,11 @@ pub enum ReadinessPredicate {
     Cel {
         /// The expression, e.g. `self.status.phase == "Bound"`.
         expression: String,
+        /// What people read while the expression is false (in `readyDetails`, the Ready
+        /// condition and `explain`), e.g. `the queue has no consumer yet`; without it they read
+        /// the expression.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
         /// Give up after this long.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         timeout: Option<String>,
@@ -545,10 +551,21 @@ impl Graph {
                 if let Err(e) = p.timeout() {
                     errors.push(invalid(format!("timeout: {e}")));
                 }
-                if let ReadinessPredicate::Cel { expression, .. } = p
-                    && expression.trim().is_empty()
+                if let ReadinessPredicate::Cel {
+                    expression,
+                    message,
+                    ..
+                } = p
                 {
-                    errors.push(invalid("expression: must not be empty".into()));
+                    if expression.trim().is_empty() {
+                        errors.push(invalid("expression: must not be empty".into()));
+                    }
+                    if message.as_deref().is_some_and(|m| m.trim().is_empty()) {
+                        errors.push(invalid(
+                            "message: must not be empty (leave it out to show the expression)"
+                                .into(),
+                        ));
+                    }
                 }
                 if let ReadinessPredicate::ConditionMatch {
                     condition_type,

@@ -36,7 +36,7 @@ use crate::graph::{ApplyMode, DeletionPolicy, Graph, GraphError, Node};
 use crate::instance::{PRUNE_THRESHOLD_ANNOTATION, PruneThreshold};
 use crate::inventory::{InventoryEntry, InventoryMode};
 use crate::readiness::{CompiledPredicate, Verdict};
-use crate::status::{NodePhase, NodeStatus};
+use crate::status::{Health, NodePhase, NodeStatus};
 
 /// A validated graph, ready to walk.
 ///
@@ -924,12 +924,16 @@ pub fn missing_reference(kind: &str, namespace: &str, name: &str) -> NodeStatus 
 /// terminal failure or the smallest predicate timeout has expired. Returns the status and
 /// whether the failure is terminal.
 ///
+/// The node's health comes with it and never changes its phase; a health the object cannot
+/// tell right now ([`Health::Unknown`]: a CronJob's run in progress) keeps the last judgement
+/// from `previous`, so a failed run stays reported while the next one runs.
+///
 /// ```
 /// use std::time::Duration;
 /// use cuebe_core::plan::judge;
 /// use cuebe_core::readiness::Verdict;
 /// use cuebe_core::status::{NodePhase, NodeStatus};
-/// let waiting = Verdict { ready: false, details: "0/1 available".into(), terminal: None };
+/// let waiting = Verdict { ready: false, details: "0/1 available".into(), terminal: None, health: None };
 /// let now = "2026-01-01T00:10:00Z".parse().unwrap();
 /// let before = NodeStatus::applied("0/1 available", "2026-01-01T00:00:00Z");
 /// let (status, terminal) = judge(&waiting, Some(&before), Some(Duration::from_secs(300)), now);
@@ -937,6 +941,28 @@ pub fn missing_reference(kind: &str, namespace: &str, name: &str) -> NodeStatus 
 /// assert!(terminal);
 /// ```
 pub fn judge(
+    verdict: &Verdict,
+    previous: Option<&NodeStatus>,
+    timeout: Option<Duration>,
+    now: Timestamp,
+) -> (NodeStatus, bool) {
+    let (status, terminal) = judge_readiness(verdict, previous, timeout, now);
+    let Some(judged) = &verdict.health else {
+        return (status, terminal);
+    };
+    let last = previous.and_then(|p| {
+        p.health
+            .filter(|h| *h != Health::Unknown)
+            .map(|h| (h, p.health_details.clone().unwrap_or_default()))
+    });
+    let (health, details) = match (judged.health, last) {
+        (Health::Unknown, Some(last)) => last,
+        (health, _) => (health, judged.details.clone()),
+    };
+    (status.with_health(health, details), terminal)
+}
+
+fn judge_readiness(
     verdict: &Verdict,
     previous: Option<&NodeStatus>,
     timeout: Option<Duration>,

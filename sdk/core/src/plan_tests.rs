@@ -400,6 +400,7 @@ fn readiness_against_the_clock() {
         ready: false,
         details: "0/1".into(),
         terminal: None,
+        health: None,
     };
     let five_min = Some(Duration::from_secs(300));
     let since = |t: &str| NodeStatus::applied("0/1", t);
@@ -480,6 +481,7 @@ fn a_malformed_cel_predicate_fails_the_plan_naming_the_node() {
     let mut bad = node("pvc", &[]);
     bad.ready_when = vec![ReadinessPredicate::Cel {
         expression: "self.status.(".into(),
+        message: None,
         timeout: None,
     }];
     let graph = plan(vec![node("a", &[])]).graph().clone();

@@ -96,6 +96,18 @@ pub enum NodePhase {
     Error,
 }
 
+/// How a node's object is doing apart from readiness (a CronJob's last run). Health never
+/// gates readiness: an unhealthy node can be Ready, and the instance stays Ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum Health {
+    /// Its last outcome was good (a CronJob's last run succeeded, or it has not run yet).
+    Healthy,
+    /// Its last outcome was bad (a CronJob's last run did not succeed).
+    Unhealthy,
+    /// Not judged yet (a CronJob's first run is in progress).
+    Unknown,
+}
+
 /// The state of one node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -114,6 +126,13 @@ pub struct NodeStatus {
     /// When the node was first applied without being ready (for predicate timeouts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting_since: Option<String>,
+    /// How its object is doing apart from readiness, for kinds that have a notion of it (a
+    /// CronJob: its last run); absent for the others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
+    /// Why it is (un)healthy, e.g. `the last run (scheduled …) did not succeed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_details: Option<String>,
 }
 
 impl NodeStatus {
@@ -124,6 +143,8 @@ impl NodeStatus {
             last_error: None,
             ready_details: None,
             waiting_since: None,
+            health: None,
+            health_details: None,
         }
     }
 
@@ -179,6 +200,13 @@ impl NodeStatus {
     /// Adds since when the node waits (for timeouts).
     pub fn waiting_since(mut self, since: impl Into<String>) -> Self {
         self.waiting_since = Some(since.into());
+        self
+    }
+
+    /// Adds how its object is doing apart from readiness.
+    pub fn with_health(mut self, health: Health, details: impl Into<String>) -> Self {
+        self.health = Some(health);
+        self.health_details = Some(details.into());
         self
     }
 }
@@ -590,7 +618,9 @@ impl EventNote {
 }
 
 /// Events for what changed between two statuses: the instance's Ready/Stalled/policy
-/// transitions and each node failing or being blocked. A node turning Ready is not an event of
+/// transitions, each node failing or being blocked, and each node turning unhealthy (Warning
+/// `NodeUnhealthy`) or healthy again after that (Normal `NodeHealthy`) — once per change, not
+/// per pass, since the status keeps the last judgement. A node turning Ready is not an event of
 /// its own (it is in the status, and at hundreds of instances the writes add up).
 ///
 /// ```
@@ -662,6 +692,17 @@ pub fn transitions(previous: &AbstractionStatus, current: &AbstractionStatus) ->
         };
         let note = format!("{id}: {}", node.last_error.clone().unwrap_or_default());
         events.push(EventNote::new(true, reason, Some(note), "Apply"));
+    }
+    for (id, node) in &current.nodes {
+        let before = previous.nodes.get(id).and_then(|n| n.health);
+        let (warning, reason) = match (before, node.health) {
+            (Some(Health::Unhealthy), Some(Health::Unhealthy)) => continue,
+            (_, Some(Health::Unhealthy)) => (true, "NodeUnhealthy"),
+            (Some(Health::Unhealthy), Some(Health::Healthy)) => (false, "NodeHealthy"),
+            _ => continue,
+        };
+        let note = format!("{id}: {}", node.health_details.clone().unwrap_or_default());
+        events.push(EventNote::new(warning, reason, Some(note), "Reconcile"));
     }
     let progressing_reason = |s: &AbstractionStatus| {
         s.condition(ConditionType::Progressing)

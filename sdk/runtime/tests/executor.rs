@@ -150,6 +150,7 @@ async fn an_expired_readiness_timeout_puts_the_node_in_error_and_holds_its_depen
     let mut g = graph(&ns, ConflictPolicy::Force);
     g.nodes[0].ready_when = vec![ReadinessPredicate::Cel {
         expression: "self.data.mode == 'ready'".into(),
+        message: None,
         timeout: Some("1s".into()),
     }];
     let mut dependent = g.nodes[0].clone();
