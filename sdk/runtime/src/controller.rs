@@ -360,6 +360,7 @@ impl<A: Abstraction> Operator<A> {
             rendered_watches: std::sync::Mutex::new(None),
             swept: std::sync::Mutex::new(std::collections::HashSet::new()),
             seen: std::sync::Mutex::new(std::collections::HashSet::new()),
+            reference_watches: std::sync::Mutex::new(None),
             _kind: std::marker::PhantomData,
         });
         let stop: Trigger = stop_signal(self.shutdown_on_signal).shared();
@@ -542,6 +543,17 @@ impl<A: Abstraction> Operator<A> {
                         }),
                 );
             }
+            // A referenced object (never labelled by us) changing reconciles its readers.
+            let (referenced_tx, referenced_rx) = futures::channel::mpsc::unbounded();
+            *ctx.reference_watches
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                Some(Arc::new(reference_watches::ReferenceWatches::new(
+                    client.clone(),
+                    self.namespace.clone(),
+                    referenced_tx,
+                )));
+            controller = controller.reconcile_on(referenced_rx);
             // An approval arriving (or revoked) reconciles the instances that checked its digest.
             #[cfg(feature = "remote-modules")]
             if let Some(approvals) = &ctx.approvals {
@@ -792,6 +804,9 @@ struct Context<A: Abstraction> {
     swept: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Instances (by UID) this process has reconciled at least once.
     seen: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// What wakes an instance when an object its `Reference` nodes read changes (set while the
+    /// controller runs).
+    reference_watches: std::sync::Mutex<Option<Arc<reference_watches::ReferenceWatches<A>>>>,
     _kind: std::marker::PhantomData<fn() -> A>,
 }
 
@@ -984,6 +999,8 @@ enum Published {
 // Rollouts: which module an instance on a channel renders with, and the driver of channels.
 #[path = "channel_driver.rs"]
 mod channel_driver;
+#[path = "reference_watches.rs"]
+mod reference_watches;
 
 /// The module a reference names, for a render outside an instance's pass (a rollout's
 /// preview): `None` for an embedded version (the renderer resolves it), the fetched and
@@ -1792,6 +1809,7 @@ async fn apply<A: Abstraction>(
             &now,
         );
 
+        track_references(&ctx, object.as_ref(), graph).await;
         // Read the exports a pending node waits for from the objects applied so far.
         let mut newly_observed = false;
         for export in graph.exports.iter().filter(|e| e.value.is_none()) {
@@ -1903,6 +1921,44 @@ async fn apply<A: Abstraction>(
     })
 }
 
+/// Tells the reference watches which objects the instance's `Reference` nodes read now (see
+/// [`reference_watches`]).
+async fn track_references<A: Abstraction>(
+    ctx: &Context<A>,
+    object: &A,
+    graph: &cuebe_core::graph::Graph,
+) {
+    let Some(watches) = ctx
+        .reference_watches
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
+    else {
+        return;
+    };
+    let namespace = object.namespace().unwrap_or_default();
+    let mut objects = Vec::new();
+    for node in graph.nodes.iter().filter(|n| n.is_reference()) {
+        let Some(address) = cuebe_core::plan::reference_address(node, &namespace) else {
+            continue;
+        };
+        match ctx
+            .discovery
+            .resource(&ctx.client, &address.api_version, &address.kind)
+            .await
+        {
+            Ok(Some((resource, namespaced))) => {
+                objects.push((resource, namespaced, address.namespace, address.name));
+            }
+            Ok(None) => {}
+            Err(error) => {
+                tracing::debug!(kind = %address.kind, %error, "discovery failed; the reference is watched after a later render");
+            }
+        }
+    }
+    watches.track(&ObjectRef::from_obj(object), objects);
+}
+
 async fn cleanup<A: Abstraction>(
     object: Arc<A>,
     ctx: Arc<Context<A>>,
@@ -1923,6 +1979,14 @@ async fn cleanup<A: Abstraction>(
         .map_err(ReconcileError::Teardown)?;
     if done {
         ctx.inventory.forget(&instance).await?;
+        if let Some(watches) = ctx
+            .reference_watches
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+        {
+            watches.track(&ObjectRef::from_obj(object.as_ref()), Vec::new());
+        }
         #[cfg(feature = "remote-modules")]
         if let Some(approvals) = &ctx.approvals {
             approvals.forget(&ObjectRef::from_obj(object.as_ref()));
