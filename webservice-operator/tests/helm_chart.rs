@@ -483,9 +483,7 @@ async fn the_api_server_accepts_the_rendered_chart_and_helm_installs_it() {
 
     // A server-side dry run of the defaults and of every setting whose kinds this cluster serves
     // (the ServiceMonitor and cert-manager's kinds need their operators' CRDs: not here).
-    let ca = std::fs::read_to_string(cluster.workdir().join("pki/ca.crt"))
-        .or_else(|_| std::fs::read_to_string(cluster.workdir().join("ca.crt")))
-        .unwrap_or_else(|_| SOME_CA.to_string());
+    let ca = std::fs::read_to_string(cluster.workdir().join("ca.crt")).expect("the cluster's CA");
     let all = all_settings(dir.path(), &ca);
     for (what, extra) in [
         ("defaults", vec![]),
@@ -562,6 +560,10 @@ async fn the_api_server_accepts_the_rendered_chart_and_helm_installs_it() {
             "{account} may not {verb} {resource}"
         );
     }
+    // The operator starts with the command line the chart gives it, reading the files its
+    // ConfigMaps hold: every flag exists and every file is accepted.
+    operator_starts_with_the_charts_arguments(&cluster, &helm, dir.path(), &ca).await;
+
     // Uninstalling keeps the CRDs (and so every instance), removes the rest.
     helm.run(&[
         "uninstall",
@@ -581,4 +583,129 @@ async fn the_api_server_accepts_the_rendered_chart_and_helm_installs_it() {
         kubectl(&cluster, &["-n", NAMESPACE, "get", "deployment", RELEASE]).is_err(),
         "the Deployment is gone"
     );
+}
+
+/// Renders the chart with a module policy, a CA and vendored modules, writes what its ConfigMaps
+/// hold where its volumes would be mounted (under `dir`), and runs the operator with the
+/// Deployment's arguments against `cluster` until `/readyz` answers 200.
+async fn operator_starts_with_the_charts_arguments(
+    cluster: &TestCluster,
+    helm: &Helm,
+    dir: &Path,
+    ca: &str,
+) {
+    let values = all_settings(dir, ca);
+    let rendered = documents(
+        &helm
+            .template(
+                &chart(),
+                RELEASE,
+                NAMESPACE,
+                &[
+                    "-f",
+                    values.to_str().expect("utf-8"),
+                    // The webhook's flags land with the webhook.
+                    "--set",
+                    "webhook.enabled=false",
+                    "--set",
+                    "watchNamespace=",
+                ],
+            )
+            .expect("helm template"),
+    );
+    let mounts = dir.join("mounts");
+    let config_map_file = |name: &str, key: &str, path: &str| {
+        let data = find(&rendered, "ConfigMap", name)["data"][key]
+            .as_str()
+            .expect("ConfigMap data")
+            .to_string();
+        let file = mounts.join(path.trim_start_matches('/'));
+        std::fs::create_dir_all(file.parent().expect("parent")).expect("mkdir");
+        std::fs::write(file, data).expect("write");
+    };
+    config_map_file(
+        "webservice-operator-module-policy",
+        "policy.yaml",
+        "/etc/cuebe/module-policy/policy.yaml",
+    );
+    config_map_file(
+        "webservice-operator-module-ca",
+        "ca.crt",
+        "/etc/cuebe/module-ca/ca.crt",
+    );
+    // The image volume of vendored modules: an (empty) OCI image layout.
+    let vendored = mounts.join("var/lib/cuebe/vendored-modules/platform");
+    std::fs::create_dir_all(&vendored).expect("mkdir");
+    std::fs::write(
+        vendored.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .expect("write");
+    std::fs::write(
+        vendored.join("index.json"),
+        r#"{"schemaVersion":2,"manifests":[]}"#,
+    )
+    .expect("write");
+
+    let port = cuebe_testkit::cluster::free_port().expect("a free port");
+    let args: Vec<String> = deployment_args(&rendered, RELEASE)
+        .into_iter()
+        .map(|arg| {
+            if arg.starts_with("0.0.0.0:") {
+                format!("127.0.0.1:{port}")
+            } else if arg.starts_with('/') {
+                mounts
+                    .join(arg.trim_start_matches('/'))
+                    .display()
+                    .to_string()
+            } else {
+                arg
+            }
+        })
+        .collect();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_webservice-operator"))
+        .args(&args)
+        .env("KUBECONFIG", cluster.kubeconfig())
+        .env("POD_NAME", "chart-test")
+        .env("POD_NAMESPACE", NAMESPACE)
+        .env("CUEBE_MODULE_CACHE", dir.join("module-cache"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the operator starts");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let ready = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            let mut stderr = String::new();
+            if let Some(mut pipe) = child.stderr.take() {
+                use std::io::Read;
+                let _ = pipe.read_to_string(&mut stderr);
+            }
+            panic!("the operator exited with {status} on the chart's arguments {args:?}: {stderr}");
+        }
+        if readyz(port) == Some(200) {
+            break true;
+        }
+        if std::time::Instant::now() > deadline {
+            break false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(ready, "/readyz did not answer 200 within 60 s ({args:?})");
+}
+
+/// The status code of `GET /readyz` on 127.0.0.1:`port`, if it answers.
+fn readyz(port: u16) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .ok()?;
+    stream
+        .write_all(b"GET /readyz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.split_whitespace().nth(1)?.parse().ok()
 }
