@@ -2,7 +2,8 @@
 //!
 //! Reads the instance's status and re-renders its Graph (same renderer, the cluster's
 //! capabilities, the exports observed on its inventory) to print the DAG with each node's phase,
-//! what it is blocked on, the top violations and the resolved module.
+//! what it is blocked on, its health where its kind has one, the top violations and the
+//! resolved module.
 use std::fmt::Write as _;
 
 use kube::api::Api;
@@ -130,6 +131,11 @@ pub async fn explain<A: Abstraction>(
                         let _ = writeln!(out, "      error: {e}");
                     } else if let Some(d) = &s.ready_details {
                         let _ = writeln!(out, "      {d}");
+                    }
+                    // Apart from readiness: a Ready CronJob whose last run failed says so here.
+                    if let Some(health) = s.health {
+                        let details = s.health_details.as_deref().unwrap_or_default();
+                        let _ = writeln!(out, "      health: {health:?}: {details}");
                     }
                 }
             }

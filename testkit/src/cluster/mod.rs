@@ -10,8 +10,9 @@
 //! 2. generate a CA, serving and admin certificates and a service-account key;
 //! 3. start etcd, then kube-apiserver (RBAC on), and wait for `/readyz`;
 //! 4. with controllers: start kube-controller-manager (garbage collector, deployment, replicaset,
-//!    namespace, service-account and a few more), kube-scheduler and kwok, create a Node that kwok
-//!    manages, and wait until it is Ready;
+//!    statefulset, daemonset, job, cronjob, namespace, service-account and a few more: every kind
+//!    cuebe judges by its status has its controller), kube-scheduler and kwok, create a Node that
+//!    kwok manages, and wait until it is Ready;
 //! 5. install the CRDs asked for and wait until they are Established.
 //!
 //! Every component is given loopback ports picked just before it starts. A picked port can be
@@ -642,7 +643,7 @@ impl TestCluster {
                 "--bind-address=127.0.0.1".into(),
                 format!("--secure-port={}", port("kube-controller-manager")),
                 "--leader-elect=false".into(),
-                "--controllers=garbage-collector-controller,deployment-controller,replicaset-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller,endpointslice-controller,disruption-controller,root-ca-certificate-publisher-controller,pod-garbage-collector-controller".into(),
+                "--controllers=garbage-collector-controller,deployment-controller,replicaset-controller,statefulset-controller,daemonset-controller,job-controller,cronjob-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller,endpointslice-controller,disruption-controller,root-ca-certificate-publisher-controller,pod-garbage-collector-controller".into(),
                 format!("--service-account-private-key-file={}", w(&pki.sa_key)),
                 format!("--root-ca-file={}", w(&pki.ca_cert)),
                 "--use-service-account-credentials=false".into(),
