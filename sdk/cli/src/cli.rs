@@ -105,6 +105,8 @@ enum Command {
     /// Explain a live instance: its graph, each node's phase and what it is blocked on, the top
     /// violations and the resolved module (uses the current kubeconfig).
     Explain {
+        #[command(flatten)]
+        webhook: crate::webhook::WebhookArgs,
         /// The instance's name.
         name: String,
         /// Its namespace (default: the kubeconfig's).
@@ -513,6 +515,7 @@ impl<A: Abstraction> App<A> {
         let role = crate::rbac::least_cluster_role::<A>(&self.name, &kinds);
         let mut value = serde_json::to_value(&role).unwrap_or_default();
         if let Some(object) = value.as_object_mut() {
+                webhook,
             object.insert("apiVersion".into(), "rbac.authorization.k8s.io/v1".into());
             object.insert("kind".into(), "ClusterRole".into());
         }
@@ -529,6 +532,7 @@ impl<A: Abstraction> App<A> {
     }
 
     /// `leader_elect` is `Some(lease namespace)` with `--leader-elect`.
+                    &webhook,
     fn run_operator(
         &self,
         namespace: Option<String>,
@@ -614,6 +618,7 @@ impl<A: Abstraction> App<A> {
             return Exit::Failed.into();
         };
         let known: Vec<&str> = cluster.extras().iter().map(|(n, _)| *n).collect();
+        webhook: &crate::webhook::WebhookArgs,
         if let Some(bad) = with.iter().find(|w| !known.contains(&w.as_str())) {
             eprintln!(
                 "error: --with: unknown extra {bad:?} (known: {})",
@@ -648,6 +653,14 @@ impl<A: Abstraction> App<A> {
         // `--vendored-modules` first: what `configure` sets wins, as for `run`.
         let configure = self.configure.clone();
         let options = DevOptions {
+            match webhook.webhook().await {
+                Ok(Some(webhook)) => operator = operator.admission_webhook(webhook),
+                Ok(None) => {}
+                Err(message) => {
+                    eprintln!("error: {message}");
+                    return Exit::BadInput.into();
+                }
+            }
             extras: with,
             sample,
             configure: Arc::new(move |operator| {

@@ -125,6 +125,19 @@ pub async fn run<A: Abstraction>(
         .map_err(DevError::Cluster)?;
 
     let mut operator = (options.configure)(Operator::<A>::new(client.clone()));
+    // The admission webhook on loopback, registered with the API server, so `kubectl apply`
+    // of a refused instance prints the violations at once.
+    let webhook_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let webhook_url = format!("https://{}", webhook_listener.local_addr()?);
+    let webhook_config = format!("{}-webhook", A::FIELD_MANAGER);
+    operator = operator.admission_webhook(
+        cuebe::admission::AdmissionWebhook::self_signed(webhook_listener, vec!["127.0.0.1".into()])
+            .register(
+                &webhook_config,
+                &webhook_url,
+                cuebe::admission::FailurePolicy::Ignore,
+            ),
+    );
     let mut metrics_url = None;
     if let Some(listener) = options.metrics {
         metrics_url = listener
@@ -142,6 +155,10 @@ pub async fn run<A: Abstraction>(
     if let Some(url) = metrics_url {
         writeln!(out, "metrics: {url}")?;
     }
+    writeln!(
+        out,
+        "admission webhook: {webhook_url} (ValidatingWebhookConfiguration {webhook_config}, failurePolicy Ignore)"
+    )?;
 
     if let Some((name, text)) = &options.sample {
         let object: A = crate::render::parse_instance(name, text)

@@ -27,4 +27,5 @@ pub mod render;
 pub mod rollout;
 mod rollout_command;
 
+pub mod webhook;
 pub use cli::App;

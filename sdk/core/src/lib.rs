@@ -27,6 +27,7 @@
 
 pub mod clock;
 pub mod graph;
+pub mod admission;
 pub mod instance;
 pub mod inventory;
 pub mod module;

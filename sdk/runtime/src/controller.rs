@@ -97,6 +97,7 @@ pub struct Operator<A: Abstraction> {
     clock: Arc<dyn Clock>,
     fleet_prune_guard: Arc<std::sync::Mutex<crate::executor::FleetPruneGuard>>,
     cluster_scoped_allowed: Vec<String>,
+    admission: Option<crate::admission::AdmissionWebhook>,
     _kind: std::marker::PhantomData<fn() -> A>,
 }
 
@@ -133,6 +134,7 @@ impl<A: Abstraction> Operator<A> {
             shutdown_on_signal: false,
             rediscover_every: DEFAULT_REDISCOVERY_INTERVAL,
             metrics_listener: None,
+            admission: None,
             leader_election: None,
             clock: Arc::new(SystemClock),
             fleet_prune_guard: Arc::default(),
@@ -269,6 +271,13 @@ impl<A: Abstraction> Operator<A> {
         self
     }
 
+    /// Serves the validating admission webhook (see [`crate::admission`]) on every replica,
+    /// leader or not: the API server asks it before storing an instance.
+    pub fn admission_webhook(mut self, webhook: crate::admission::AdmissionWebhook) -> Self {
+        self.admission = Some(webhook);
+        self
+    }
+
     /// Reconciles only while this replica holds the election's Lease (see [`crate::ops::leader`]),
     /// so several replicas can run. Without it, every replica reconciles.
     pub fn leader_election(mut self, election: LeaderElection) -> Self {
@@ -362,6 +371,15 @@ impl<A: Abstraction> Operator<A> {
             seen: std::sync::Mutex::new(std::collections::HashSet::new()),
             reference_watches: std::sync::Mutex::new(None),
             _kind: std::marker::PhantomData,
+        });
+        // The admission webhook answers on every replica, leader or not. Dropped (and so
+        // stopped) when `run` returns.
+        let _admission = self.admission.take().map(|webhook| {
+            AbortOnDrop(tokio::spawn(serve_admission(
+                webhook,
+                ctx.clone(),
+                self.rediscover_every,
+            )))
         });
         let stop: Trigger = stop_signal(self.shutdown_on_signal).shared();
         // An approval not listed yet is not a refusal: nothing is reconciled before the first
@@ -819,12 +837,97 @@ impl<A: Abstraction> Context<A> {
     rendered_watches: std::sync::Mutex<Option<Arc<rendered_watches::RenderedKindWatches<A>>>>,
 }
 
-/// Publishes one event on the instance.
-async fn publish<A: Abstraction>(ctx: &Context<A>, object: &A, note: EventNote) {
-    let recorder = ctx
-        .recorders
-        .for_note(note.note.as_deref().unwrap_or_default());
-    let event = KubeEvent {
+/// Runs the admission webhook for `A`: renders each instance the API server sends, with the
+/// capabilities the cluster offers (asked here too: a follower has no controller asking) and
+/// no cluster reads, and answers with [`crate::admission::verdict`].
+async fn serve_admission<A: Abstraction>(
+    webhook: crate::admission::AdmissionWebhook,
+    ctx: Arc<Context<A>>,
+    rediscover_every: Duration,
+) {
+    let crd = A::crd();
+    let served = crate::admission::Served {
+        plural: crd.spec.names.plural.clone(),
+        group: crd.spec.group.clone(),
+        versions: crd
+            .spec
+            .versions
+            .iter()
+            .filter(|v| v.served)
+            .map(|v| v.name.clone())
+            .collect(),
+    };
+    let capabilities = Arc::new(RwLock::new(None::<Capabilities>));
+    let discovering = {
+        let (client, capabilities) = (ctx.client.clone(), capabilities.clone());
+        async move {
+            loop {
+                match crate::discovery::discover_capabilities(&client, &A::capability_probes())
+                    .await
+                {
+                    Ok(found) => *capabilities.write().await = Some(found),
+                    Err(error) => {
+                        tracing::debug!(%error, "admission webhook: capability discovery failed")
+                    }
+                }
+                tokio::time::sleep(rediscover_every).await;
+            }
+        }
+    };
+    let _discovering = AbortOnDrop(tokio::spawn(discovering));
+    let client = ctx.client.clone();
+    let validate: crate::admission::Validate = Arc::new(move |object: DynamicObject| {
+        let ctx = ctx.clone();
+        let capabilities = capabilities.clone();
+        Box::pin(async move { admission_verdict(&ctx, object, capabilities).await })
+    });
+    crate::admission::serve(webhook, client, served, validate).await;
+}
+
+/// The verdict on one object: decode it as `A`, find its module (embedded, or its channel's
+/// embedded one), render with no observed values and ask the core.
+async fn admission_verdict<A: Abstraction>(
+    ctx: &Context<A>,
+    object: DynamicObject,
+    capabilities: Arc<RwLock<Option<Capabilities>>>,
+) -> crate::admission::AdmissionVerdict {
+    use crate::admission::{AdmissionVerdict, verdict};
+    let kind = A::kind(&()).into_owned();
+    let value = match serde_json::to_value(&object) {
+        Ok(v) => v,
+        Err(e) => return AdmissionVerdict::admit_unchecked(e),
+    };
+    let instance: A = match serde_path_to_error::deserialize(value) {
+        Ok(instance) => instance,
+        Err(e) => {
+            return AdmissionVerdict {
+                allowed: false,
+                message: Some(format!("{}: {}", e.path(), e.inner())),
+                warnings: Vec::new(),
+            };
+        }
+    };
+    let Some(capabilities) = capabilities.read().await.clone() else {
+        return AdmissionVerdict::admit_unchecked("the cluster's capabilities are not known yet");
+    };
+    let platform_ref = match channel_driver::effective_ref(ctx, &instance).await {
+        Ok(r) => r,
+        Err(no_module) => return AdmissionVerdict::admit_unchecked(no_module.message),
+    };
+    if platform_ref
+        .as_ref()
+        .is_some_and(|r| r.oci.is_some() || r.git.is_some())
+    {
+        return AdmissionVerdict::admit_unchecked(
+            "the instance renders with a published module, fetched and verified after admission",
+        );
+    }
+    let mut input = render_input(&instance, capabilities, BTreeMap::new());
+    input.platform_ref = platform_ref;
+    let rendered = ctx.renderer.render(&input).await;
+    verdict(&kind, rendered.as_ref().map(|plan| plan.graph()))
+}
+
 /// Event recorders, one per distinct note.
 ///
 /// kube's recorder folds an event into the one it published on the same object in the last 6

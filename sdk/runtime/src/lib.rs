@@ -18,6 +18,7 @@
 #![warn(missing_docs)]
 
 pub mod abstraction;
+pub mod admission;
 pub mod access;
 #[cfg(feature = "remote-modules")]
 pub mod approval;

@@ -1,0 +1,177 @@
+//! The validating admission webhook on the real control plane, where the API server calls it:
+//! `kubectl apply` of a WebService the platform refuses fails with the field, the rule and the
+//! message (also with `--dry-run=server`); a valid one is admitted; with the operator stopped,
+//! the `Ignore` failure policy admits the refused one, and the status reports the violation once
+//! the operator is back.
+#![allow(clippy::unwrap_used)]
+
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use cuebe::admission::{AdmissionWebhook, FailurePolicy};
+use cuebe::controller::Operator;
+use cuebe_testkit::cluster::TestCluster;
+use kube::api::Api;
+use webservice_operator::WebService;
+
+fn kubectl(cluster: &TestCluster, args: &[&str], manifest: &str) -> Output {
+    use std::io::Write;
+    let mut child = std::process::Command::new(cluster.kubectl())
+        .arg("--kubeconfig")
+        .arg(cluster.kubeconfig())
+        .args(args)
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(manifest.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn manifest(ns: &str, name: &str, image: &str) -> String {
+    format!(
+        "apiVersion: platform.example.com/v1alpha1\nkind: WebService\nmetadata: {{name: {name}, namespace: {ns}}}\n\
+         spec:\n  image: {image}\n  resources: {{cpu: 250m, memory: 256Mi}}\n"
+    )
+}
+
+async fn webhook_operator(
+    cluster: &TestCluster,
+    ns: &str,
+    config: &str,
+) -> tokio::task::JoinHandle<()> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    tokio::spawn(
+        Operator::<WebService>::new(cluster.client())
+            .namespace(ns)
+            .admission_webhook(
+                AdmissionWebhook::self_signed(listener, vec!["127.0.0.1".into()]).register(
+                    config,
+                    &url,
+                    FailurePolicy::Ignore,
+                ),
+            )
+            .run(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kubectl_apply_prints_the_violations_and_an_outage_admits_with_the_status_reporting_them_later()
+ {
+    let cluster = TestCluster::shared().await.unwrap();
+    let ns = cluster.namespace("admission").await.unwrap();
+    cluster
+        .apply_crds(
+            &[cuebe::abstraction::crd::<WebService>()],
+            Instant::now() + Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    let config = format!("admission-e2e-{ns}");
+    let operator = webhook_operator(cluster, &ns, &config).await;
+
+    // The webhook is registered and answering once a valid object goes through it; until its
+    // configuration exists, an apply is not checked at all.
+    let refused = manifest(&ns, "refused", "docker.io/library/nginx:1.27");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let denied = loop {
+        let out = kubectl(cluster, &["apply", "--dry-run=server"], &refused);
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        if !out.status.success() {
+            break stderr;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the webhook never refused: {stderr}\n{}",
+            cluster.log_tails(20)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(
+        denied.contains("denied the request")
+            && denied.contains("spec.image [allowed-registries]")
+            && denied.contains("is not from an allowed registry"),
+        "{denied}"
+    );
+
+    // A real apply of the same: refused, nothing stored.
+    let out = kubectl(cluster, &["apply"], &refused);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "admitted: {stderr}");
+    assert!(
+        stderr.contains("spec.image [allowed-registries]"),
+        "{stderr}"
+    );
+    let services: Api<WebService> = Api::namespaced(cluster.client(), &ns);
+    assert!(services.get_opt("refused").await.unwrap().is_none());
+
+    // A spec the module's schema refuses names the field.
+    let bad_port = manifest(&ns, "bad-port", "registry.example.com/web:1.0.0")
+        .replace("resources:", "port: 70000\n  resources:");
+    let out = kubectl(cluster, &["apply"], &bad_port);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("spec.port"),
+        "{stderr}"
+    );
+
+    // A valid one is admitted and becomes Ready.
+    let valid = manifest(&ns, "valid", "registry.example.com/web:1.0.0");
+    let out = kubectl(cluster, &["apply"], &valid);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The operator stops: Ignore admits the refused spec (developers are never blocked).
+    operator.abort();
+    let _ = operator.await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = kubectl(cluster, &["apply"], &refused);
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not admitted while the operator is down: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // Back again: the status reports the violation.
+    let _operator = webhook_operator(cluster, &ns, &config).await;
+    cuebe_testkit::eventually::eventually(
+        "the admitted instance's status names the violation",
+        Duration::from_secs(60),
+        || {
+            let services = services.clone();
+            async move {
+                services
+                    .get("refused")
+                    .await
+                    .ok()
+                    .and_then(|s| s.status)
+                    .is_some_and(|s| {
+                        s.conditions.iter().any(|c| {
+                            c.type_ == "PolicyPassed"
+                                && c.status == "False"
+                                && c.message.contains("allowed-registries")
+                        })
+                    })
+            }
+        },
+        || async { cluster.log_tails(10) },
+    )
+    .await;
+}
