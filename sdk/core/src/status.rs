@@ -402,6 +402,17 @@ impl AbstractionStatus {
         generation: Option<i64>,
         now: &str,
     ) {
+        // Nothing is applied this pass: an error a node met in an earlier pass is no longer a
+        // fact about it (it would read as the cause in `explain`). Nodes that failed are held;
+        // nodes applied or Ready earlier still describe their live objects.
+        for node in self.nodes.values_mut() {
+            if matches!(node.phase, NodePhase::Error | NodePhase::Blocked) {
+                *node = NodeStatus::pending(
+                    Vec::new(),
+                    format!("held: {reason} (nothing is applied until it is fixed)"),
+                );
+            }
+        }
         self.set_condition(failed, false, reason, message, generation, now);
         self.set_condition(
             ConditionType::Ready,
@@ -430,17 +441,6 @@ impl AbstractionStatus {
     }
 }
 
-        // Nothing is applied this pass: an error a node met in an earlier pass is no longer a
-        // fact about it (it would read as the cause in `explain`). Nodes that failed are held;
-        // nodes applied or Ready earlier still describe their live objects.
-        for node in self.nodes.values_mut() {
-            if matches!(node.phase, NodePhase::Error | NodePhase::Blocked) {
-                *node = NodeStatus::pending(
-                    Vec::new(),
-                    format!("held: {reason} (nothing is applied until it is fixed)"),
-                );
-            }
-        }
 /// The condition matrix: sets `Ready`, `Progressing` and `Stalled` (and `readyNodes`) from the
 /// node states of a pass (`status.nodes`, already the pass's) and what it found terminal.
 ///
@@ -765,6 +765,40 @@ mod tests {
     }
 
     #[test]
+    fn a_render_blocked_by_policy_drops_the_node_errors_of_an_earlier_pass() {
+        // An apply error in one pass, then a spec the policy refuses: the error is not what
+        // holds the instance now, so `explain` must not show it.
+        let mut status = nodes(&[
+            ("deployment", NodePhase::Error),
+            ("service", NodePhase::Ready),
+            ("hpa", NodePhase::Blocked),
+            ("pdb", NodePhase::Applied),
+        ]);
+        status.stop_before_apply(
+            ConditionType::PolicyPassed,
+            "PolicyViolation",
+            "spec.replicas: must be at most 10",
+            "nothing is applied while policy fails",
+            Some(2),
+            NOW,
+        );
+        let phase = |id: &str| status.nodes[id].phase;
+        assert_eq!(phase("deployment"), NodePhase::Pending);
+        assert_eq!(phase("hpa"), NodePhase::Pending);
+        assert_eq!(phase("service"), NodePhase::Ready);
+        assert_eq!(phase("pdb"), NodePhase::Applied);
+        assert!(status.nodes.values().all(|n| n.last_error.is_none()));
+        assert_eq!(
+            status.nodes["deployment"].ready_details.as_deref(),
+            Some("held: PolicyViolation (nothing is applied until it is fixed)")
+        );
+        assert_eq!(
+            condition(&status, ConditionType::Ready),
+            Some(("False".into(), "PolicyViolation".into()))
+        );
+    }
+
+    #[test]
     fn a_guarded_prune_stalls_and_a_paused_prune_stays_ready_and_progressing() {
         use ConditionType::{Progressing, Ready, Stalled};
         let t = |s: &str, r: &str| Some((s.to_string(), r.to_string()));
@@ -805,40 +839,6 @@ mod tests {
             events
                 .iter()
                 .any(|e| e.reason == "PrunePaused" && e.warning),
-    #[test]
-    fn a_render_blocked_by_policy_drops_the_node_errors_of_an_earlier_pass() {
-        // An apply error in one pass, then a spec the policy refuses: the error is not what
-        // holds the instance now, so `explain` must not show it.
-        let mut status = nodes(&[
-            ("deployment", NodePhase::Error),
-            ("service", NodePhase::Ready),
-            ("hpa", NodePhase::Blocked),
-            ("pdb", NodePhase::Applied),
-        ]);
-        status.stop_before_apply(
-            ConditionType::PolicyPassed,
-            "PolicyViolation",
-            "spec.replicas: must be at most 10",
-            "nothing is applied while policy fails",
-            Some(2),
-            NOW,
-        );
-        let phase = |id: &str| status.nodes[id].phase;
-        assert_eq!(phase("deployment"), NodePhase::Pending);
-        assert_eq!(phase("hpa"), NodePhase::Pending);
-        assert_eq!(phase("service"), NodePhase::Ready);
-        assert_eq!(phase("pdb"), NodePhase::Applied);
-        assert!(status.nodes.values().all(|n| n.last_error.is_none()));
-        assert_eq!(
-            status.nodes["deployment"].ready_details.as_deref(),
-            Some("held: PolicyViolation (nothing is applied until it is fixed)")
-        );
-        assert_eq!(
-            condition(&status, ConditionType::Ready),
-            Some(("False".into(), "PolicyViolation".into()))
-        );
-    }
-
             "{events:?}"
         );
         // Once per change: the next paused pass publishes no second event.
