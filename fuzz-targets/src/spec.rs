@@ -134,7 +134,7 @@ pub fn spec(u: &mut Unstructured<'_>) -> Value {
     if chance(u, 25) {
         s.insert(
             "autoscaling".into(),
-            json!({"minReplicas": small_int(u), "maxReplicas": small_int(u), "targetCpuUtilization": small_int(u)}),
+            json!({"minReplicas": small_int(u), "maxReplicas": small_int(u), "targetCPUUtilization": small_int(u)}),
         );
     }
     if chance(u, 20) {

@@ -264,6 +264,12 @@ fn package_clause(text: &str) -> Option<String> {
 ///
 /// The `#[kube(...)]` attribute must name the `kind`, be `namespaced` and use `status =
 /// "cuebe::status::AbstractionStatus"`; anything else is a compile error saying what to write.
+///
+/// Two unit tests come with it, so `cargo test` of the crate fails early: every embedded
+/// module loads, and every field name of the spec follows the Kubernetes API conventions
+/// (lowerCamelCase, acronyms in one case: `targetCPUUtilization`, not `targetCpuUtilization`;
+/// see `cuebe::abstraction::conventions`). `cuebe::abstraction::crd` gives the kind the
+/// `platform` category and the printer columns of every abstraction.
 #[proc_macro_derive(Abstraction, attributes(abstraction))]
 pub fn derive_abstraction(input: TokenStream) -> TokenStream {
     let input = syn::parse_macro_input!(input as syn::DeriveInput);

@@ -43,11 +43,7 @@ pub fn platform_modules() -> ModuleSet {
     kind = "WebService",
     namespaced,
     shortname = "ws",
-    status = "cuebe::status::AbstractionStatus",
-    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
-    printcolumn = r#"{"name":"Nodes","type":"string","jsonPath":".status.readyNodes"}"#,
-    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    status = "cuebe::status::AbstractionStatus"
 )]
 #[abstraction(
     module = "../cue/platform",
@@ -185,7 +181,11 @@ pub struct Autoscaling {
     /// Upper bound.
     pub max_replicas: i32,
     /// Target average CPU utilisation in percent (default 80).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "targetCPUUtilization",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub target_cpu_utilization: Option<i32>,
 }
 

@@ -23,9 +23,8 @@ pub const SAMPLE: &str = include_str!("../samples/worker.yaml");
     version = "v1alpha1",
     kind = "Worker",
     namespaced,
-    status = "cuebe::status::AbstractionStatus",
-    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
-    printcolumn = r#"{"name":"Nodes","type":"string","jsonPath":".status.readyNodes"}"#
+    shortname = "wk",
+    status = "cuebe::status::AbstractionStatus"
 )]
 #[abstraction(
     module = "cue",
@@ -105,7 +104,11 @@ pub struct Autoscaling {
     /// Upper bound.
     pub max_replicas: i32,
     /// Target average CPU utilisation in percent (default 70).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "targetCPUUtilization",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub target_cpu_utilization: Option<i32>,
 }
 

@@ -370,13 +370,24 @@ impl<A: Abstraction> App<A> {
         self.run_args(std::env::args_os())
     }
 
-    /// Runs the subcommand in `args` (the first is the program name). Logging is the caller's.
+    /// Runs the subcommand in `args` (the first is the program name: when it is
+    /// `kubectl-<kind>`, the binary is a kubectl plugin, see [`crate::kubectl_plugin`]). Logging
+    /// is the caller's.
     pub fn run_args<I, T>(self, args: I) -> ExitCode
     where
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        let matches = match self.command().try_get_matches_from(args) {
+        let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+        let mut command = self.command();
+        let kind = A::kind(&());
+        if let Some(typed) = args
+            .first()
+            .and_then(|program| crate::kubectl_plugin::invoked_as(&kind, program))
+        {
+            command = crate::kubectl_plugin::as_plugin(command, &typed, &kind);
+        }
+        let matches = match command.try_get_matches_from(args) {
             Ok(m) => m,
             Err(e) => {
                 let _ = e.print();

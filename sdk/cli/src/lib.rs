@@ -21,6 +21,7 @@ pub mod dev;
 pub mod diff;
 pub mod exit;
 pub mod explain;
+pub mod kubectl_plugin;
 pub mod published;
 pub mod rbac;
 pub mod render;

@@ -175,7 +175,7 @@ pub struct PlatformRef {
     #[schemars(length(max = 1024))]
     pub git: Option<String>,
     /// The name of a `PlatformChannel` (cluster-scoped, group `cuebe.dev`): the instance renders
-    /// with the module the channel's rollout gives it (see [`crate::rollout`]). An instance that
+    /// with the module the channel's rollout gives it (previewed, then moved in steps). An instance that
     /// pins `embedded`, `oci` or `git` is never moved by a rollout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]

@@ -247,7 +247,7 @@ pub struct AbstractionStatus {
     /// The `PlatformChannel` the instance follows, if any.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub channel: String,
-    /// The last few renders the instance applied, newest first (at most [`REVISIONS`]): going
+    /// The last few renders the instance applied, newest first (at most 5): going
     /// back to one re-renders it from its module and the spec, and an equal `renderHash` shows
     /// it is the same Graph.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -262,9 +262,9 @@ pub const REVISIONS: usize = 5;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Revision {
-    /// The module it rendered with ([`AbstractionStatus::module_ref`]).
+    /// The module it rendered with (as `moduleRef`).
     pub module_ref: String,
-    /// The resolved module ([`AbstractionStatus::platform_ref_resolved`]).
+    /// The resolved module (as `platformRefResolved`).
     pub resolved: String,
     /// The Graph's `renderHash`.
     pub render_hash: String,

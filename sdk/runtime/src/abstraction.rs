@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
-    CustomResourceDefinition, ValidationRule,
+    CustomResourceColumnDefinition, CustomResourceDefinition, ValidationRule,
 };
 use kube::core::NamespaceResourceScope;
 use kube::{CustomResourceExt, Resource};
@@ -147,11 +147,23 @@ pub fn crds<A: Abstraction>() -> Vec<CustomResourceDefinition> {
     crds
 }
 
+pub mod conventions;
+
+/// The CRD category every abstraction joins: `kubectl get platform` lists the instances of all
+/// of them.
+pub const CATEGORY: &str = "platform";
+
 /// The CustomResourceDefinition to install for `A`: kube's [`CustomResourceExt::crd`] with the
 /// instance name rule ([`crate::instance::NAME_RULE_CEL`]) at the root of every version's
 /// schema, so that the API server refuses — at `kubectl apply`, naming the field — a name the
 /// platform module cannot render (64 characters, a dot), instead of the operator half-applying
 /// it. The `crd` command, `dev` and the testkit install this one.
+///
+/// It also makes the kind behave as `kubectl` users expect of a platform API: it joins the
+/// [`CATEGORY`] `platform` (`kubectl get platform`), its table answers "is it ready, and if not
+/// why" ([`printer_columns`]: Ready, Reason, Nodes, Module, Age, and the Ready message with
+/// `-o wide`; columns the kind declares with `printcolumn` are kept, before Age), and `kubectl
+/// explain KIND` shows the spec struct's doc comment instead of kube's placeholder.
 ///
 /// ```
 /// # use kube::CustomResource;
@@ -166,9 +178,39 @@ pub fn crds<A: Abstraction>() -> Vec<CustomResourceDefinition> {
 /// let schema = crd.spec.versions[0].schema.as_ref().unwrap().open_api_v3_schema.as_ref().unwrap();
 /// let rules = schema.x_kubernetes_validations.as_ref().unwrap();
 /// assert!(rules[0].rule.contains(cuebe::instance::NAME_RULE_CEL));
+/// assert_eq!(crd.spec.names.categories, Some(vec!["platform".to_string()]));
+/// let columns = crd.spec.versions[0].additional_printer_columns.as_ref().unwrap();
+/// let names: Vec<_> = columns.iter().map(|c| c.name.as_str()).collect();
+/// assert_eq!(names, ["Ready", "Reason", "Nodes", "Module", "Age", "Message"]);
 /// ```
 pub fn crd<A: Abstraction>() -> CustomResourceDefinition {
     let mut crd = A::crd();
+    let categories = crd.spec.names.categories.get_or_insert_with(Vec::new);
+    if !categories.iter().any(|c| c == CATEGORY) {
+        categories.push(CATEGORY.to_string());
+    }
+    for version in &mut crd.spec.versions {
+        let declared = version.additional_printer_columns.take().unwrap_or_default();
+        version.additional_printer_columns = Some(printer_columns(declared));
+        let spec_description = version
+            .schema
+            .as_ref()
+            .and_then(|s| s.open_api_v3_schema.as_ref())
+            .and_then(|s| s.properties.as_ref()?.get("spec")?.description.clone());
+        if let Some(root) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+            && root
+                .description
+                .as_deref()
+                .is_none_or(|d| d.starts_with("Auto-generated derived type"))
+        {
+            // kube describes the root as "Auto-generated derived type for …Spec via
+            // `CustomResource`"; `kubectl explain KIND` should say what the kind is.
+            root.description = spec_description;
+        }
+    }
     for version in &mut crd.spec.versions {
         let Some(schema) = version
             .schema
@@ -192,6 +234,89 @@ pub fn crd<A: Abstraction>() -> CustomResourceDefinition {
         }
     }
     crd
+}
+
+/// The table `kubectl get` prints for an abstraction: Ready (the `Ready` condition's status),
+/// Reason (its reason: why not), Nodes (`ready/total`), Module (the module the last graph was
+/// rendered with), the columns the kind declares (`printcolumn`), Age, and with `-o wide` the
+/// Ready condition's message. A declared column with a standard column's name replaces it.
+///
+/// ```
+/// let names: Vec<_> = cuebe::abstraction::printer_columns(vec![])
+///     .into_iter()
+///     .map(|c| (c.name, c.priority.unwrap_or(0)))
+///     .collect();
+/// assert_eq!(names[0], ("Ready".to_string(), 0));
+/// assert_eq!(names[5], ("Message".to_string(), 1));
+/// ```
+pub fn printer_columns(
+    declared: Vec<CustomResourceColumnDefinition>,
+) -> Vec<CustomResourceColumnDefinition> {
+    let column = |name: &str, path: &str, type_: &str, description: &str, priority| {
+        CustomResourceColumnDefinition {
+            name: name.to_string(),
+            json_path: path.to_string(),
+            type_: type_.to_string(),
+            description: Some(description.to_string()),
+            priority,
+            format: None,
+        }
+    };
+    let ready = r#".status.conditions[?(@.type=="Ready")]"#;
+    let leading = [
+        column(
+            "Ready",
+            &format!("{ready}.status"),
+            "string",
+            "Whether every node of the graph is ready (True, False or Unknown).",
+            None,
+        ),
+        column(
+            "Reason",
+            &format!("{ready}.reason"),
+            "string",
+            "Why it is or is not ready, in one word (PolicyViolation, Progressing, Stalled, ...).",
+            None,
+        ),
+        column(
+            "Nodes",
+            ".status.readyNodes",
+            "string",
+            "Ready nodes of the graph, out of all.",
+            None,
+        ),
+        column(
+            "Module",
+            ".status.moduleRef",
+            "string",
+            "The platform module the last graph was rendered with.",
+            None,
+        ),
+    ];
+    let age = column(
+        "Age",
+        ".metadata.creationTimestamp",
+        "date",
+        "Time since the instance was created.",
+        None,
+    );
+    let message = column(
+        "Message",
+        &format!("{ready}.message"),
+        "string",
+        "What the Ready condition says (shown with -o wide).",
+        Some(1),
+    );
+    let is_declared = |name: &str| declared.iter().any(|c| c.name == name);
+    let mut columns: Vec<_> = leading.into_iter().filter(|c| !is_declared(&c.name)).collect();
+    let (declared_age, declared): (Vec<_>, Vec<_>) =
+        declared.into_iter().partition(|c| c.name == "Age");
+    columns.extend(declared);
+    columns.extend(declared_age.into_iter().next().or(Some(age)));
+    if !columns.iter().any(|c| c.name == message.name) {
+        columns.push(message);
+    }
+    columns
 }
 
 /// The live objects of `inventory`, by node id: what `input.exports` is read from when an
@@ -331,6 +456,23 @@ pub mod __fields {
     pub fn assert_embedded_modules_load<A: crate::Abstraction>() {
         if let Err(e) = crate::abstraction::check_embedded_modules::<A>() {
             panic!("{e}");
+        }
+    }
+
+    /// The body of the other unit test the derive generates: every field name of the spec
+    /// follows the Kubernetes API conventions. The status is cuebe's, checked by its own tests.
+    pub fn assert_field_names_follow_conventions<A: crate::Abstraction>() {
+        let problems: Vec<_> =
+            crate::abstraction::conventions::field_name_problems(&crate::abstraction::crd::<A>())
+                .into_iter()
+                .filter(|p| p.path.starts_with("spec."))
+                .collect();
+        if !problems.is_empty() {
+            let list: Vec<String> = problems.iter().map(|p| format!("  {p}")).collect();
+            panic!(
+                "field names break the Kubernetes API conventions (lowerCamelCase, acronyms in one case; rename with #[serde(rename = \"...\")]):\n{}",
+                list.join("\n")
+            );
         }
     }
 
