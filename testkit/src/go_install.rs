@@ -35,3 +35,54 @@ pub(crate) fn go_install(
     }
     Ok(bin)
 }
+
+/// Builds `package@version` (a Go command's package path) as `binary` under `<cache>/<dir>/`,
+/// unless it is there already, from a scratch module that requires it and repeats its module's
+/// `replaces` (`old=new@version`): for a module whose go.mod has replace directives, which
+/// `go install pkg@version` refuses. The error is what `go` printed.
+pub(crate) fn go_build_in_module(
+    package: &str,
+    version: &str,
+    replaces: &[&str],
+    dir: &str,
+    binary: &str,
+) -> Result<PathBuf, String> {
+    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = BUILD
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let bin = crate::cue_cli::cache_dir().join(dir).join(binary);
+    if bin.is_file() {
+        return Ok(bin);
+    }
+    let scratch = tempfile::tempdir().map_err(|e| format!("a scratch module: {e}"))?;
+    let go = std::env::var("GO").unwrap_or_else(|_| "go".into());
+    let run = |args: &[&str]| -> Result<(), String> {
+        let out = Command::new(&go)
+            .args(args)
+            .current_dir(scratch.path())
+            .env("CGO_ENABLED", "0")
+            .output()
+            .map_err(|e| format!("cannot run go: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "`go {}` failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    };
+    run(&["mod", "init", "cuebe.invalid/build"])?;
+    for replace in replaces {
+        run(&["mod", "edit", &format!("-replace={replace}")])?;
+    }
+    run(&["get", &format!("{package}@{version}")])?;
+    let out = bin.display().to_string();
+    run(&["build", "-o", &out, package])?;
+    if !bin.is_file() {
+        return Err(format!("`go build {package}` wrote no {out}"));
+    }
+    Ok(bin)
+}

@@ -21,6 +21,8 @@
 //! - [`cue_cli`]: the official `cue` CLI at the bridge's pinned version, built once and cached.
 //! - [`helm`]: the real `helm` at a pinned version, built from its Go module once and cached.
 //! - [`crane`]: go-containerregistry's `crane`, to push, pull and unpack images.
+//! - [`jaeger`]: a real OTLP receiver (Jaeger v2 at a pinned version, built from its Go module
+//!   once and cached) and the traces it stored, as span trees.
 pub mod chaos;
 pub mod cluster;
 pub mod cosign;
@@ -33,4 +35,5 @@ pub mod git_server;
 mod go_install;
 pub mod golden;
 pub mod helm;
+pub mod jaeger;
 pub mod oci_registry;

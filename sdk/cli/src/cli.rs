@@ -63,6 +63,10 @@ enum Command {
         /// as `run --module-ca-file` does.
         #[arg(long, value_name = "FILE")]
         module_ca_file: Option<PathBuf>,
+        /// Export the reconciles' traces over OTLP/gRPC to this endpoint, as `run
+        /// --otlp-endpoint` does.
+        #[arg(long, value_name = "URL")]
+        otlp_endpoint: Option<String>,
     },
     /// Run the operator against the current kubeconfig (KUBECONFIG or ~/.kube/config, or the
     /// in-cluster service account) until SIGINT or SIGTERM.
@@ -101,12 +105,19 @@ enum Command {
         /// one that does not parse, stops the operator at start (exit 2).
         #[arg(long, value_name = "FILE")]
         module_ca_file: Option<PathBuf>,
+        /// Export the reconciles' traces over OTLP/gRPC to this endpoint, e.g.
+        /// http://otel-collector:4317 (default: $OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else
+        /// $OTEL_EXPORTER_OTLP_ENDPOINT; without any, no traces). The other standard OTEL_*
+        /// variables apply (OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER, …). An endpoint that is not a
+        /// URL, or an OTLP protocol other than grpc, stops the operator at start (exit 2).
+        #[arg(long, value_name = "URL")]
+        otlp_endpoint: Option<String>,
+        #[command(flatten)]
+        webhook: crate::webhook::WebhookArgs,
     },
     /// Explain a live instance: its graph, each node's phase and what it is blocked on, the top
     /// violations and the resolved module (uses the current kubeconfig).
     Explain {
-        #[command(flatten)]
-        webhook: crate::webhook::WebhookArgs,
         /// The instance's name.
         name: String,
         /// Its namespace (default: the kubeconfig's).
@@ -356,18 +367,72 @@ impl<A: Abstraction> App<A> {
         command
     }
 
-    /// Parses the process arguments, sets up logging to stderr (`RUST_LOG`) and runs the
-    /// subcommand.
+    /// Parses the process arguments, sets up logging to stderr (`RUST_LOG`) and, for `run` and
+    /// `dev` with an OTLP endpoint, trace export (see [`crate::telemetry`]), runs the subcommand
+    /// and flushes the traces.
     pub fn main(self) -> ExitCode {
-        tracing_subscriber::fmt()
-            .with_env_filter(
-                // kube's client logs every refused connection while a local API server starts.
-                tracing_subscriber::EnvFilter::try_from_default_env()
-                    .unwrap_or_else(|_| "warn,kube_client::client::builder=off".into()),
+        use tracing_subscriber::layer::SubscriberExt as _;
+        use tracing_subscriber::util::SubscriberInitExt as _;
+        use tracing_subscriber::{Layer as _, filter::FilterExt as _};
+        let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+        let telemetry = match self.telemetry(&args) {
+            Ok(telemetry) => telemetry,
+            Err(message) => {
+                eprintln!("error: {message}");
+                return Exit::BadInput.into();
+            }
+        };
+        // kube's client logs every refused connection while a local API server starts.
+        let log_filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| "warn,kube_client::client::builder=off".into());
+        // The reconcile's spans are for trace backends: log lines stay as they were.
+        let no_trace_spans = tracing_subscriber::filter::filter_fn(|metadata| {
+            !(metadata.is_span() && metadata.target() == cuebe::spans::TARGET)
+        });
+        tracing_subscriber::registry()
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_filter(log_filter.and(no_trace_spans)),
             )
-            .with_writer(std::io::stderr)
+            .with(telemetry.as_ref().map(|t| t.layer()))
             .init();
-        self.run_args(std::env::args_os())
+        let code = self.run_args(args);
+        drop(telemetry);
+        code
+    }
+
+    /// The trace exporter `run` or `dev` asks for with `--otlp-endpoint` or the OTEL_*
+    /// variables; `None` for other commands, without an endpoint, or when the arguments do not
+    /// parse (`run_args` says why).
+    fn telemetry(
+        &self,
+        args: &[std::ffi::OsString],
+    ) -> Result<Option<crate::telemetry::Telemetry>, String> {
+        let Ok(cli) = self
+            .command()
+            .try_get_matches_from(args)
+            .and_then(|matches| Cli::from_arg_matches(&matches))
+        else {
+            return Ok(None);
+        };
+        let flag = match &cli.command {
+            Command::Run { otlp_endpoint, .. } | Command::Dev { otlp_endpoint, .. } => {
+                otlp_endpoint.as_deref()
+            }
+            _ => return Ok(None),
+        };
+        let source = if flag.is_some() {
+            "--otlp-endpoint"
+        } else {
+            "OTEL_EXPORTER_OTLP_ENDPOINT"
+        };
+        match crate::telemetry::otlp_endpoint(flag, |name| std::env::var(name).ok())? {
+            Some(endpoint) => crate::telemetry::Telemetry::start(&endpoint, &self.name)
+                .map(Some)
+                .map_err(|e| format!("{source}: {e}")),
+            None => Ok(None),
+        }
     }
 
     /// Runs the subcommand in `args` (the first is the program name: when it is
@@ -450,6 +515,8 @@ impl<A: Abstraction> App<A> {
                 module_policy,
                 vendored_modules,
                 module_ca_file,
+                otlp_endpoint: _,
+                webhook,
             } => match module_policy
                 .as_deref()
                 .map(read_module_policy)
@@ -465,6 +532,7 @@ impl<A: Abstraction> App<A> {
                     leader_elect.then_some(lease_namespace),
                     policy,
                     vendored,
+                    &webhook,
                 ),
                 Err(message) => {
                     tracing::error!("{message}");
@@ -482,6 +550,7 @@ impl<A: Abstraction> App<A> {
                 metrics_bind,
                 vendored_modules,
                 module_ca_file,
+                otlp_endpoint: _,
             } => match open_fetcher(vendored_modules.as_deref(), module_ca_file.as_deref()) {
                 Ok(vendored) => self.run_dev(with, sample, no_sample, metrics_bind, vendored),
                 Err(message) => {
@@ -526,7 +595,6 @@ impl<A: Abstraction> App<A> {
         let role = crate::rbac::least_cluster_role::<A>(&self.name, &kinds);
         let mut value = serde_json::to_value(&role).unwrap_or_default();
         if let Some(object) = value.as_object_mut() {
-                webhook,
             object.insert("apiVersion".into(), "rbac.authorization.k8s.io/v1".into());
             object.insert("kind".into(), "ClusterRole".into());
         }
@@ -543,7 +611,6 @@ impl<A: Abstraction> App<A> {
     }
 
     /// `leader_elect` is `Some(lease namespace)` with `--leader-elect`.
-                    &webhook,
     fn run_operator(
         &self,
         namespace: Option<String>,
@@ -551,6 +618,7 @@ impl<A: Abstraction> App<A> {
         leader_elect: Option<Option<String>>,
         module_policy: Option<cuebe::trust::ModulePolicy>,
         vendored: Option<Vendored>,
+        webhook: &crate::webhook::WebhookArgs,
     ) -> ExitCode {
         if let Err(e) = cuebe::abstraction::check_embedded_modules::<A>() {
             eprintln!("error: {e}");
@@ -584,6 +652,14 @@ impl<A: Abstraction> App<A> {
                     return Exit::Failed.into();
                 };
                 operator = operator.serve_metrics(listener);
+            }
+            match webhook.webhook().await {
+                Ok(Some(webhook)) => operator = operator.admission_webhook(webhook),
+                Ok(None) => {}
+                Err(message) => {
+                    eprintln!("error: {message}");
+                    return Exit::BadInput.into();
+                }
             }
             if let Some(lease_namespace) = leader_elect {
                 let lease_namespace = lease_namespace
@@ -629,7 +705,6 @@ impl<A: Abstraction> App<A> {
             return Exit::Failed.into();
         };
         let known: Vec<&str> = cluster.extras().iter().map(|(n, _)| *n).collect();
-        webhook: &crate::webhook::WebhookArgs,
         if let Some(bad) = with.iter().find(|w| !known.contains(&w.as_str())) {
             eprintln!(
                 "error: --with: unknown extra {bad:?} (known: {})",
@@ -664,14 +739,6 @@ impl<A: Abstraction> App<A> {
         // `--vendored-modules` first: what `configure` sets wins, as for `run`.
         let configure = self.configure.clone();
         let options = DevOptions {
-            match webhook.webhook().await {
-                Ok(Some(webhook)) => operator = operator.admission_webhook(webhook),
-                Ok(None) => {}
-                Err(message) => {
-                    eprintln!("error: {message}");
-                    return Exit::BadInput.into();
-                }
-            }
             extras: with,
             sample,
             configure: Arc::new(move |operator| {

@@ -27,6 +27,7 @@ pub mod rbac;
 pub mod render;
 pub mod rollout;
 mod rollout_command;
+pub mod telemetry;
 
 pub mod webhook;
 pub use cli::App;

@@ -1016,7 +1016,27 @@ fn known_status<A: Abstraction>(ctx: &Context<A>, object: &A) -> AbstractionStat
     }
 }
 
+/// Writes the status (when it changed) under a `status write` span.
 async fn write_status<A: Abstraction>(
+    ctx: &Context<A>,
+    api: &Api<A>,
+    object: &A,
+    status: &AbstractionStatus,
+) -> Result<(), ReconcileError> {
+    let span = crate::spans::status_write();
+    let written = tracing::Instrument::instrument(
+        patch_changed_status(ctx, api, object, status),
+        span.clone(),
+    )
+    .await;
+    if let Err(error) = &written {
+        span.record("otel.status_code", "ERROR");
+        span.record("otel.status_description", error.to_string());
+    }
+    written
+}
+
+async fn patch_changed_status<A: Abstraction>(
     ctx: &Context<A>,
     api: &Api<A>,
     object: &A,
@@ -1040,6 +1060,7 @@ async fn write_status<A: Abstraction>(
     )
     .await
     .map_err(ReconcileError::Status)?;
+    tracing::Span::current().record("cuebe.status.written", true);
     // A step of a rollout ends when its instances are Ready on the new module: tell the
     // channel's driver now rather than at its next look.
     let moved = |s: &AbstractionStatus| {
@@ -1839,7 +1860,13 @@ async fn apply<A: Abstraction>(
         channel_driver::show_module_ref(&mut input, rendered_ref.as_ref(), object.as_ref());
         input.module = published.clone();
         let started = std::time::Instant::now();
-        let rendered = ctx.renderer.render(&input).await;
+        let render_span = crate::spans::render();
+        let rendered =
+            tracing::Instrument::instrument(ctx.renderer.render(&input), render_span.clone()).await;
+        crate::spans::record_render(
+            render_span,
+            rendered.as_deref().map_err(|e| (e.reason(), e)),
+        );
         ctx.metrics.rendered(started.elapsed());
         let plan = match rendered {
             Ok(p) => p,
@@ -2121,18 +2148,37 @@ async fn reconcile<A: Abstraction>(
     let ns = object.namespace().unwrap_or_else(|| "default".into());
     let key = format!("{ns}/{}", object.name_any());
     let api: Api<A> = Api::namespaced(ctx.client.clone(), &ns);
-    let result = finalizer(&api, A::FINALIZER, object, |event| async {
-        match event {
-            Event::Apply(object) => apply(object, ctx.clone()).await,
-            Event::Cleanup(object) => cleanup(object, ctx.clone()).await,
-        }
-    })
+    let span = crate::spans::reconcile(
+        &A::kind(&()),
+        &ns,
+        &object.name_any(),
+        object.meta().generation,
+    );
+    let reconciled = object.clone();
+    let result = tracing::Instrument::instrument(
+        finalizer(&api, A::FINALIZER, object, |event| async {
+            match event {
+                Event::Apply(object) => apply(object, ctx.clone()).await,
+                Event::Cleanup(object) => cleanup(object, ctx.clone()).await,
+            }
+        }),
+        span.clone(),
+    )
     .await
     .map_err(|e| match e {
         kube::runtime::finalizer::Error::ApplyFailed(e)
         | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
         other => ReconcileError::Finalizer(Box::new(other)),
     });
+    if !span.is_disabled() {
+        // What this pass left: the status it wrote (a deletion has none worth naming).
+        let status = reconciled
+            .meta()
+            .deletion_timestamp
+            .is_none()
+            .then(|| known_status(&ctx, reconciled.as_ref()));
+        crate::spans::record_reconcile(&span, status.as_ref(), result.as_ref().map(|_| ()));
+    }
     ctx.metrics.reconciled(result.is_ok(), started.elapsed());
     if result.is_ok() {
         ctx.failures

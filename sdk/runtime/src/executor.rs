@@ -455,20 +455,32 @@ impl SsaExecutor {
             pass.refuse(refused);
             return pass.finish();
         }
+        // The reconcile's span: each node's apply and readiness spans are its children.
+        let reconcile_span = tracing::Span::current();
         loop {
             let frontier = pass.frontier();
             if frontier.is_empty() {
                 break;
             }
             let results = futures::future::join_all(frontier.iter().map(|node| {
-                self.apply_node(
-                    instance,
-                    plan,
-                    node,
-                    previous,
-                    pass.entry(&node.id).cloned(),
-                    now,
-                )
+                let span = crate::spans::apply(node);
+                let applied = tracing::Instrument::instrument(
+                    self.apply_node(
+                        instance,
+                        plan,
+                        node,
+                        previous,
+                        pass.entry(&node.id).cloned(),
+                        now,
+                        &reconcile_span,
+                    ),
+                    span.clone(),
+                );
+                async move {
+                    let result = applied.await;
+                    crate::spans::record_apply(&span, node, &result);
+                    result
+                }
             }))
             .await;
             for (node, result) in frontier.iter().zip(results) {
@@ -543,6 +555,8 @@ impl SsaExecutor {
         pass.into_outcome()
     }
 
+    // The reconcile span parents the readiness span (a sibling of this node's apply span).
+    #[allow(clippy::too_many_arguments)]
     async fn apply_node(
         &self,
         instance: &Instance,
@@ -551,6 +565,7 @@ impl SsaExecutor {
         previous: &AbstractionStatus,
         entry: Option<InventoryEntry>,
         now: Timestamp,
+        reconcile_span: &tracing::Span,
     ) -> NodeResult {
         let error =
             |message: String| NodeResult::unwritten(NodeStatus::error(message), entry.clone());
@@ -559,7 +574,7 @@ impl SsaExecutor {
         };
         if node.is_reference() {
             return self
-                .read_reference(instance, plan, node, &object, previous, now)
+                .read_reference(instance, plan, node, &object, previous, now, reconcile_span)
                 .await;
         }
         let (api_version, kind, name) = identity_of(&object);
@@ -698,9 +713,12 @@ impl SsaExecutor {
         }
         .entry();
         let predicates = plan.predicates(&node.id);
+        let readiness_span = crate::spans::readiness(reconcile_span, node);
+        let _judging = readiness_span.enter();
         let verdict = match self.readiness.evaluate(&predicates, &live) {
             Ok(v) => v,
             Err(e) => {
+                crate::spans::record_readiness(&readiness_span, &NodeStatus::error(e.to_string()));
                 // A predicate that cannot be evaluated is a module bug: retrying will not help.
                 return NodeResult {
                     status: NodeStatus::error(e.to_string()),
@@ -714,6 +732,7 @@ impl SsaExecutor {
         let timeout = predicates.iter().filter_map(|p| p.timeout).min();
         let previous_node = previous.nodes.get(&node.id);
         let (status, terminal) = cuebe_core::plan::judge(&verdict, previous_node, timeout, now);
+        crate::spans::record_readiness(&readiness_span, &status);
         let was_ready = previous_node.is_some_and(|s| s.phase == crate::status::NodePhase::Ready);
         if status.phase == crate::status::NodePhase::Ready && !was_ready {
             new_entry.last_ready_transition = Some(now.to_string());
@@ -731,6 +750,8 @@ impl SsaExecutor {
     /// check (referencing another instance's object is what a shared ConfigMap is for), no
     /// inventory entry. Missing: Pending, naming it. Present: judged by its `readyWhen`, and its
     /// live object feeds the exports.
+    // The reconcile span parents the readiness span (a sibling of this node's apply span).
+    #[allow(clippy::too_many_arguments)]
     async fn read_reference(
         &self,
         instance: &Instance,
@@ -739,6 +760,7 @@ impl SsaExecutor {
         object: &Value,
         previous: &AbstractionStatus,
         now: Timestamp,
+        reconcile_span: &tracing::Span,
     ) -> NodeResult {
         let (api_version, kind, name) = identity_of(object);
         let failed = |message: String, terminal: bool| NodeResult {
@@ -767,13 +789,19 @@ impl SsaExecutor {
             }
         };
         let predicates = plan.predicates(&node.id);
+        let readiness_span = crate::spans::readiness(reconcile_span, node);
+        let _judging = readiness_span.enter();
         let verdict = match self.readiness.evaluate(&predicates, &live) {
             Ok(v) => v,
-            Err(e) => return failed(e.to_string(), true),
+            Err(e) => {
+                crate::spans::record_readiness(&readiness_span, &NodeStatus::error(e.to_string()));
+                return failed(e.to_string(), true);
+            }
         };
         let timeout = predicates.iter().filter_map(|p| p.timeout).min();
         let (status, terminal) =
             cuebe_core::plan::judge(&verdict, previous.nodes.get(&node.id), timeout, now);
+        crate::spans::record_readiness(&readiness_span, &status);
         NodeResult {
             terminal,
             status,

@@ -32,6 +32,7 @@ pub mod ops;
 pub mod remote;
 pub mod renderer;
 pub mod rollout;
+pub mod spans;
 
 pub use cuebe_core::{clock, cue, graph, instance, module, plan, readiness, status, trust};
 

@@ -38,12 +38,16 @@ pub trait Renderer: Send + Sync {
 impl Renderer for CueRenderer {
     async fn render(&self, input: &RenderInput) -> Result<Arc<Plan>, RenderError> {
         // A cache hit never leaves this thread; CUE runs on a blocking thread.
+        let span = tracing::Span::current();
         if let Some(hit) = self.cached(input)? {
+            span.record("cuebe.render.cached", true);
             return Ok(hit);
         }
+        span.record("cuebe.render.cached", false);
         let renderer = self.clone();
         let input = input.clone();
-        tokio::task::spawn_blocking(move || renderer.render_blocking(&input))
+        // The evaluation's own logs belong to the render span of the pass that asked for it.
+        tokio::task::spawn_blocking(move || span.in_scope(|| renderer.render_blocking(&input)))
             .await
             .map_err(|e| RenderError::Task(Arc::new(e)))?
     }
