@@ -577,18 +577,6 @@ impl<A: Abstraction> Operator<A> {
             if let Some(approvals) = &ctx.approvals {
                 controller = controller.reconcile_on(approvals.triggers());
             }
-            metrics.set_watching(true);
-            for (_, resource) in &apis.watched {
-                let child_api: Api<DynamicObject> = match &self.namespace {
-                    Some(ns) => Api::namespaced_with(client.clone(), ns, resource),
-                    None => Api::all_with(client.clone(), resource),
-                };
-                let kind = kind.clone();
-                controller = controller.watches_with(
-                    child_api,
-                    resource.clone(),
-                    children.clone(),
-                    move |obj| owner_of::<A>(&obj, &kind),
             // Kinds the module renders beyond `WATCHES` are watched from their first render.
             let (rendered_tx, rendered_rx) = futures::channel::mpsc::unbounded();
             *ctx.rendered_watches
@@ -605,6 +593,18 @@ impl<A: Abstraction> Operator<A> {
                     rendered_tx,
                 )));
             controller = controller.reconcile_on(rendered_rx);
+            metrics.set_watching(true);
+            for (_, resource) in &apis.watched {
+                let child_api: Api<DynamicObject> = match &self.namespace {
+                    Some(ns) => Api::namespaced_with(client.clone(), ns, resource),
+                    None => Api::all_with(client.clone(), resource),
+                };
+                let kind = kind.clone();
+                controller = controller.watches_with(
+                    child_api,
+                    resource.clone(),
+                    children.clone(),
+                    move |obj| owner_of::<A>(&obj, &kind),
                 );
             }
             let instance_controller = controller
@@ -626,6 +626,11 @@ impl<A: Abstraction> Operator<A> {
                 () = driver => {}
             }
             metrics.set_watching(false);
+            // Stops the watches of rendered kinds; the next run starts them again as it renders.
+            ctx.rendered_watches
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
             rediscovery.0.abort();
             // The poller ends only once it has seen a change; anything else stopped the
             // controller for good.
@@ -638,11 +643,6 @@ impl<A: Abstraction> Operator<A> {
         }
     }
 }
-            // Stops the watches of rendered kinds; the next run starts them again as it renders.
-            ctx.rendered_watches
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .take();
 
 /// A shutdown trigger several controllers (one after another) can wait on.
 type Trigger = futures::future::Shared<futures::future::BoxFuture<'static, ()>>;
@@ -817,6 +817,9 @@ struct Context<A: Abstraction> {
     /// Child kinds the controller watches (`apiVersion`, `kind`), as last discovered: where a
     /// sweep for unrecorded objects looks.
     watched: std::sync::RwLock<Vec<(String, String)>>,
+    /// Watches of rendered kinds `WATCHES` does not list, started at their first render (set
+    /// while the controller runs).
+    rendered_watches: std::sync::Mutex<Option<Arc<rendered_watches::RenderedKindWatches<A>>>>,
     /// Instances (by UID) whose inventory this process knows to list everything they wrote:
     /// swept since it started, or new to it with nothing written before.
     swept: std::sync::Mutex<std::collections::HashSet<String>>,
@@ -832,9 +835,6 @@ impl<A: Abstraction> Context<A> {
     async fn capabilities(&self) -> Capabilities {
         self.capabilities.read().await.clone()
     }
-    /// Watches of rendered kinds `WATCHES` does not list, started at their first render (set
-    /// while the controller runs).
-    rendered_watches: std::sync::Mutex<Option<Arc<rendered_watches::RenderedKindWatches<A>>>>,
 }
 
 /// Runs the admission webhook for `A`: renders each instance the API server sends, with the
@@ -970,6 +970,12 @@ impl NoteRecorders {
     }
 }
 
+/// Publishes one event on the instance.
+async fn publish<A: Abstraction>(ctx: &Context<A>, object: &A, note: EventNote) {
+    let recorder = ctx
+        .recorders
+        .for_note(note.note.as_deref().unwrap_or_default());
+    let event = KubeEvent {
         type_: if note.warning {
             EventType::Warning
         } else {
@@ -1125,6 +1131,8 @@ enum Published {
 mod channel_driver;
 #[path = "reference_watches.rs"]
 mod reference_watches;
+#[path = "rendered_watches.rs"]
+mod rendered_watches;
 
 /// The module a reference names, for a render outside an instance's pass (a rollout's
 /// preview): `None` for an embedded version (the renderer resolves it), the fetched and
@@ -1140,8 +1148,6 @@ async fn module_of_ref<A: Abstraction>(
             .map(|_| None)
             .map_err(|e| e.to_string());
     }
-#[path = "rendered_watches.rs"]
-mod rendered_watches;
     let remote = match (reference.oci_reference(), reference.git_reference()) {
         (Some(r), _) => r.map(RemoteRef::Oci).map_err(|e| e.to_string())?,
         (_, Some(r)) => r.map(RemoteRef::Git).map_err(|e| e.to_string())?,
@@ -1637,23 +1643,6 @@ fn audit_module_refused<A: Abstraction>(
     tracing::warn!(%instance, source, %reference, %error, reason = error.reason(), "platform module not usable");
 }
 
-/// The kinds a sweep looks at: every watched kind, every kind of the inventory and of `plan`.
-fn sweep_kinds<A: Abstraction>(
-    ctx: &Context<A>,
-    inventory: &[crate::inventory::InventoryEntry],
-    plan: Option<&crate::plan::Plan>,
-) -> Vec<(String, String)> {
-    let mut kinds: Vec<(String, String)> = ctx
-        .watched
-        .read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone();
-    let rendered = plan
-        .into_iter()
-        .flat_map(|p| p.graph().nodes.iter())
-        .filter_map(|n| {
-            let o = n.object.as_ref()?;
-            Some((
 /// Starts a watch of every kind `graph` renders that is not watched yet (see
 /// [`rendered_watches`]); a kind the cluster does not serve is left to the apply to report.
 async fn watch_rendered_kinds<A: Abstraction>(ctx: &Context<A>, graph: &cuebe_core::graph::Graph) {
@@ -1697,6 +1686,23 @@ async fn watch_rendered_kinds<A: Abstraction>(ctx: &Context<A>, graph: &cuebe_co
     }
 }
 
+/// The kinds a sweep looks at: every watched kind, every kind of the inventory and of `plan`.
+fn sweep_kinds<A: Abstraction>(
+    ctx: &Context<A>,
+    inventory: &[crate::inventory::InventoryEntry],
+    plan: Option<&crate::plan::Plan>,
+) -> Vec<(String, String)> {
+    let mut kinds: Vec<(String, String)> = ctx
+        .watched
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let rendered = plan
+        .into_iter()
+        .flat_map(|p| p.graph().nodes.iter())
+        .filter_map(|n| {
+            let o = n.object.as_ref()?;
+            Some((
                 o.get("apiVersion")?.as_str()?.to_string(),
                 o.get("kind")?.as_str()?.to_string(),
             ))
@@ -1896,6 +1902,7 @@ async fn apply<A: Abstraction>(
             }
         };
         let graph = plan.graph();
+        watch_rendered_kinds(&ctx, graph).await;
         // A published module is named by its canonical reference; an embedded one by digest.
         status.platform_ref_resolved = published_ref
             .clone()
@@ -1913,7 +1920,6 @@ async fn apply<A: Abstraction>(
         if graph.has_blocking_violations() {
             let message = graph
                 .violations
-        watch_rendered_kinds(&ctx, graph).await;
                 .iter()
                 .map(|v| v.to_string())
                 .collect::<Vec<_>>()
