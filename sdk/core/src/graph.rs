@@ -723,7 +723,8 @@ fn kind_of(n: &Node) -> String {
 
 fn gate_label(n: &Node) -> String {
     if n.ready_when.is_empty() {
-        "Exists".to_string()
+        // Judged by its kind (`readiness::kind_default`), not only by existing.
+        "by kind".to_string()
     } else {
         n.ready_when
             .iter()
@@ -1036,5 +1037,16 @@ pub(crate) mod tests {
             g.waves(),
             vec![vec!["role", "svc"], vec!["sa"], vec!["deploy"]]
         );
+    }
+
+    #[test]
+    fn a_node_without_ready_when_is_drawn_as_judged_by_its_kind() {
+        let mut exists = node("b", &["a"]);
+        exists.ready_when = vec![ReadinessPredicate::Exists { timeout: None }];
+        let g = graph(vec![node("a", &[]), exists]);
+        for drawing in [g.to_dot(), g.to_mermaid()] {
+            assert!(drawing.contains("ready: by kind"), "{drawing}");
+            assert!(drawing.contains("ready: Exists"), "{drawing}");
+        }
     }
 }
