@@ -28,6 +28,6 @@ pub mod render;
 pub mod rollout;
 mod rollout_command;
 pub mod telemetry;
-
 pub mod webhook;
+
 pub use cli::App;

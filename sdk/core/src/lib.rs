@@ -25,9 +25,9 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admission;
 pub mod clock;
 pub mod graph;
-pub mod admission;
 pub mod instance;
 pub mod inventory;
 pub mod module;
