@@ -7,6 +7,7 @@
 //! | what | verbs | why |
 //! |---|---|---|
 //! | a rendered kind | get, create, patch, list, delete | read live, Server-Side Apply (creating needs `create` too), find by label, prune |
+//! | a kind only `Reference` nodes read | get, list, watch | read the object, and the watch that wakes its readers when it changes; never written |
 //! | a watched kind | list, watch | drift detection |
 //! | the custom resource | get, list, watch, patch | reconcile it, its finalizer (a JSON patch) |
 //! | its `/status` | patch | the status write |
@@ -57,38 +58,96 @@ fn group_of(api_version: &str) -> &str {
     api_version.rsplit_once('/').map_or("", |(g, _)| g)
 }
 
+/// The kinds (group, kind) a module's graphs hold: those it writes, and those only its
+/// `Reference` nodes read (a kind both written and referenced counts as written).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RenderedKinds {
+    /// Kinds of nodes the executor writes.
+    pub written: BTreeSet<(String, String)>,
+    /// Kinds only `Reference` nodes read: the operator needs get, list and watch on them.
+    pub referenced: BTreeSet<(String, String)>,
+}
+
 /// Every kind (group, kind) the manifests render, under no optional API and under all of them.
 ///
 /// ```no_run
 /// # fn f<A: cuebe::Abstraction>() -> Result<(), cuebe_cli::render::RenderFailure> {
 /// let text = std::fs::read_to_string("web.yaml").unwrap_or_default();
 /// let kinds = cuebe_cli::rbac::rendered_kinds::<A>(&[("web.yaml".into(), text)])?;
-/// for (group, kind) in kinds { println!("{group} {kind}"); }
+/// for (group, kind) in &kinds.written { println!("writes {group} {kind}"); }
+/// for (group, kind) in &kinds.referenced { println!("reads {group} {kind}"); }
 /// # Ok(()) }
 /// ```
 pub fn rendered_kinds<A: Abstraction>(
     manifests: &[(String, String)],
-) -> Result<BTreeSet<(String, String)>, RenderFailure> {
+) -> Result<RenderedKinds, RenderFailure> {
     let renderer = CueRenderer::new(A::modules());
     let every = Capabilities::from_names(A::capability_probes().iter().map(|p| p.name));
-    let mut kinds = BTreeSet::new();
+    let mut kinds = RenderedKinds::default();
     for (file, text) in manifests {
         for capabilities in [Capabilities::default(), every.clone()] {
-            let plan = render::<A>(&renderer, file, text, capabilities, BTreeMap::new())?;
-            for object in plan.graph().nodes.iter().filter_map(|n| n.object.as_ref()) {
+            let plan = render::<A>(&renderer, file, text, capabilities.clone(), BTreeMap::new())?;
+            let mut plans = vec![plan];
+            // A node pending on an export (the Deployment waiting for a referenced Secret's
+            // version) renders no object, so no kind: render once more with a stand-in for
+            // every missing export. A module that refuses the stand-in keeps the first render.
+            let observed = stand_in_exports(plans[0].graph());
+            if !observed.is_empty()
+                && let Ok(with_exports) = render::<A>(&renderer, file, text, capabilities, observed)
+            {
+                plans.push(with_exports);
+            }
+            for node in plans.iter().flat_map(|p| &p.graph().nodes) {
+                let Some(object) = node.object.as_ref() else {
+                    continue;
+                };
                 let field = |k: &str| object.get(k).and_then(|v| v.as_str()).unwrap_or_default();
-                kinds.insert((
+                let kind = (
                     group_of(field("apiVersion")).to_string(),
                     field("kind").to_string(),
-                ));
+                );
+                if node.is_reference() {
+                    kinds.referenced.insert(kind);
+                } else {
+                    kinds.written.insert(kind);
+                }
             }
         }
     }
+    let written = kinds.written.clone();
+    kinds.referenced.retain(|k| !written.contains(k));
     Ok(kinds)
 }
 
-/// The least ClusterRole named `name` for `A`: the custom resource, the `rendered` kinds, the
-/// kinds `A` watches ([`Abstraction::WATCHES`]) and events. Rules are grouped by API group and
+/// Observed objects holding a stand-in string at the path of every export the graph has not
+/// observed, by node id (empty when nothing is pending).
+fn stand_in_exports(graph: &cuebe::graph::Graph) -> BTreeMap<String, serde_json::Value> {
+    let mut observed: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    if !graph.nodes.iter().any(|n| n.is_pending()) {
+        return observed;
+    }
+    for export in graph.exports.iter().filter(|e| e.value.is_none()) {
+        let mut at = observed
+            .entry(export.node.clone())
+            .or_insert_with(|| serde_json::json!({}));
+        let keys: Vec<&str> = export.path.split('.').filter(|k| !k.is_empty()).collect();
+        for (i, key) in keys.iter().enumerate() {
+            let Some(object) = at.as_object_mut() else {
+                break;
+            };
+            let next = if i + 1 == keys.len() {
+                serde_json::Value::String("rbac-stand-in".into())
+            } else {
+                serde_json::json!({})
+            };
+            at = object.entry(key.to_string()).or_insert(next);
+        }
+    }
+    observed
+}
+
+/// The least ClusterRole named `name` for `A`: the custom resource, the `rendered` kinds (read
+/// only for those only `Reference` nodes read), the kinds `A` watches ([`Abstraction::WATCHES`]) and events. Rules are grouped by API group and
 /// verbs, sorted, so the output is stable and diffable against a shipped file.
 ///
 /// ```no_run
@@ -97,10 +156,7 @@ pub fn rendered_kinds<A: Abstraction>(
 /// println!("{}", serde_norway::to_string(&role).unwrap_or_default());
 /// # }
 /// ```
-pub fn least_cluster_role<A: Abstraction>(
-    name: &str,
-    rendered: &BTreeSet<(String, String)>,
-) -> ClusterRole {
+pub fn least_cluster_role<A: Abstraction>(name: &str, rendered: &RenderedKinds) -> ClusterRole {
     // (group, resource) → verbs.
     let mut needs: BTreeMap<(String, String), BTreeSet<&'static str>> = BTreeMap::new();
     let mut grant = |group: &str, resource: String, verbs: &[&'static str]| {
@@ -113,7 +169,10 @@ pub fn least_cluster_role<A: Abstraction>(
     let own = A::plural(&()).into_owned();
     grant(&own_group, own.clone(), &["get", "list", "watch", "patch"]);
     grant(&own_group, format!("{own}/status"), &["patch"]);
-    for (group, kind) in rendered {
+    for (group, kind) in &rendered.referenced {
+        grant(group, plural(kind), &cuebe::access::REFERENCE_VERBS);
+    }
+    for (group, kind) in &rendered.written {
         grant(group, plural(kind), &RENDERED_VERBS);
         // Every rendered kind is watched (those `WATCHES` does not list from their first
         // render), for drift correction and readiness.
