@@ -931,6 +931,16 @@ fn a_cronjob_run_that_fails_is_reported_once_and_never_flips_ready() {
             };
             summarize(&mut status, &outcome, Some(1), "2026-12-02T10:11:00Z");
             assert!(status.is_ready(), "{what}");
+            // The Ready condition says so while it lasts, without turning False.
+            let message = status
+                .condition(crate::status::ConditionType::Ready)
+                .map(|c| c.message.clone())
+                .unwrap_or_default();
+            assert_eq!(
+                message.contains("1/1 nodes ready; unhealthy: report: the last run"),
+                *health == Health::Unhealthy,
+                "{what}: {message}"
+            );
             events.extend(
                 transitions(&before, &status)
                     .into_iter()

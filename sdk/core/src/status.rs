@@ -487,6 +487,19 @@ pub fn summarize(
     };
     let blocked = failing(NodePhase::Blocked);
     let retrying = failing(NodePhase::Error);
+    // Health never gates Ready, but a Ready instance with an unhealthy node says so where
+    // people look first (the Ready condition: `kubectl get -o wide`, `kubectl describe`).
+    let unhealthy: Vec<String> = status
+        .nodes
+        .iter()
+        .filter(|(_, n)| n.health == Some(Health::Unhealthy))
+        .map(|(id, n)| format!("{id}: {}", n.health_details.clone().unwrap_or_default()))
+        .collect();
+    let all_ready = if unhealthy.is_empty() {
+        format!("{ready}/{total} nodes ready")
+    } else {
+        format!("{ready}/{total} nodes ready; unhealthy: {}", unhealthy.join("; "))
+    };
     if let Some(stalled) = &outcome.stalled {
         for type_ in [Ready, Progressing] {
             status.set_condition(type_, false, "NodeFailed", stalled.clone(), generation, now);
@@ -513,7 +526,7 @@ pub fn summarize(
             Ready,
             true,
             "AllNodesReady",
-            format!("{ready}/{total} nodes ready"),
+            all_ready,
             generation,
             now,
         );
@@ -533,7 +546,7 @@ pub fn summarize(
             Ready,
             true,
             "AllNodesReady",
-            format!("{ready}/{total} nodes ready"),
+            all_ready,
             generation,
             now,
         );

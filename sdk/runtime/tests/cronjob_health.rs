@@ -4,7 +4,7 @@
 //! them alone and kwok's always-succeeding pods play no part) and decides how each run ends.
 //!
 //! A run that fails turns the node Unhealthy with one Warning event and `healthDetails` naming
-//! the run, while the instance stays Ready; the next run keeps it Unhealthy while it runs and,
+//! the run, while the instance stays Ready (its Ready message says which node is unhealthy); the next run keeps it Unhealthy while it runs and,
 //! when it succeeds, makes it Healthy with one Normal event. Ready never flips. About two
 //! minutes: a CronJob schedules at most once a minute.
 #![allow(clippy::unwrap_used)]
@@ -148,6 +148,15 @@ async fn events_of(events: &Api<Event>) -> Vec<(String, String, String)> {
     seen
 }
 
+fn ready_message(status: &AbstractionStatus) -> String {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| c.message.clone())
+        .unwrap_or_default()
+}
+
 fn ready_since(status: &AbstractionStatus) -> Option<String> {
     status
         .conditions
@@ -223,6 +232,11 @@ async fn a_failed_cronjob_run_is_reported_once_and_the_instance_stays_ready() {
         "{details}"
     );
     assert_eq!(ready_since(&unhealthy), ready_at, "Ready must not flip");
+    assert!(
+        ready_message(&unhealthy).starts_with("1/1 nodes ready; unhealthy: cronJob: the last run"),
+        "{}",
+        ready_message(&unhealthy)
+    );
 
     // The next run: while it runs, the failure stays reported.
     let run2 = next_run(&cluster, &jobs, std::slice::from_ref(&run1)).await;
@@ -272,6 +286,7 @@ async fn a_failed_cronjob_run_is_reported_once_and_the_instance_stays_ready() {
         .unwrap_or_default();
     assert!(details.ends_with(") succeeded"), "{details}");
     assert_eq!(ready_since(&healthy), ready_at, "Ready must not flip");
+    assert_eq!(ready_message(&healthy), "1/1 nodes ready");
 
     // One event per change, none per pass.
     let seen = std::sync::Mutex::new(Vec::new());
