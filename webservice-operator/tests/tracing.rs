@@ -182,10 +182,13 @@ async fn a_reconcile_is_a_trace_of_render_apply_readiness_and_status_write() {
     );
 }
 
+/// Arguments after `run`, environment, what stderr must say.
+type BadSetting<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+
 #[test]
 fn a_bad_otlp_setting_stops_the_operator_at_start_naming_it() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: [(&[&str], &[(&str, &str)], &str); 3] = [
+    let cases: [BadSetting; 3] = [
         (
             &["--otlp-endpoint", "not a url"],
             &[],

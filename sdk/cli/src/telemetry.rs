@@ -86,8 +86,8 @@ pub fn otlp_endpoint(
 pub struct Telemetry {
     provider: SdkTracerProvider,
     // The gRPC client's connection tasks run here, apart from the operator's runtime, so the
-    // last spans can still be sent after that runtime has stopped.
-    _runtime: tokio::runtime::Runtime,
+    // last spans can still be sent after that runtime has stopped. `None` once dropped.
+    runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -137,7 +137,7 @@ impl Telemetry {
             .build();
         Ok(Self {
             provider,
-            _runtime: runtime,
+            runtime: Some(runtime),
         })
     }
 
@@ -167,6 +167,10 @@ impl Drop for Telemetry {
     fn drop(&mut self) {
         if let Err(error) = self.provider.shutdown_with_timeout(FLUSH_TIMEOUT) {
             tracing::warn!(%error, "OTLP exporter: the last spans may not have been sent");
+        }
+        // Dropping a runtime inside another one's async context panics; this does not.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
         }
     }
 }
