@@ -134,7 +134,10 @@ fn every_field_name_of_the_shipped_crds_follows_the_api_conventions() {
     // Each kept name is still there and still breaks the rule (else it leaves the list).
     let webservice = field_name_problems(&cuebe::abstraction::crd::<WebService>());
     for (path, _) in KEPT {
-        assert!(webservice.iter().any(|p| p.path == *path), "{path} is fixed: drop it from KEPT");
+        assert!(
+            webservice.iter().any(|p| p.path == *path),
+            "{path} is fixed: drop it from KEPT"
+        );
     }
     // The name the WebService API was specified with, as the module reads it.
     let crd = serde_json::to_string(&cuebe::abstraction::crd::<WebService>()).unwrap();
@@ -186,22 +189,26 @@ async fn kubectl_get_platform_lists_every_abstraction_and_says_why_one_is_not_re
     assert!(applied.status.success(), "{}", show(&applied));
 
     let mut table = String::new();
-    eventually("kubectl get platform to show both verdicts", Duration::from_secs(60), || {
-        let out = kubectl(cluster, None, &["get", "platform", "-n", &ns]);
-        table = text(&out.stdout);
-        let row = |name: &str| {
-            table
-                .lines()
-                .find(|l| l.starts_with(&format!("webservice.platform.example.com/{name} ")))
-                .map(|l| l.split_whitespace().collect::<Vec<_>>())
-                .unwrap_or_default()
-        };
-        let unpinned = row("unpinned");
-        let hello = row("hello");
-        let done = unpinned.get(1..3) == Some(&["False", "PolicyViolation"][..])
-            && hello.get(1) == Some(&"True");
-        (!done).then(|| show(&out))
-    })
+    eventually(
+        "kubectl get platform to show both verdicts",
+        Duration::from_secs(60),
+        || {
+            let out = kubectl(cluster, None, &["get", "platform", "-n", &ns]);
+            table = text(&out.stdout);
+            let row = |name: &str| {
+                table
+                    .lines()
+                    .find(|l| l.starts_with(&format!("webservice.platform.example.com/{name} ")))
+                    .map(|l| l.split_whitespace().collect::<Vec<_>>())
+                    .unwrap_or_default()
+            };
+            let unpinned = row("unpinned");
+            let hello = row("hello");
+            let done = unpinned.get(1..3) == Some(&["False", "PolicyViolation"][..])
+                && hello.get(1) == Some(&"True");
+            (!done).then(|| show(&out))
+        },
+    )
     .await;
     let header: Vec<_> = table
         .lines()
@@ -209,12 +216,19 @@ async fn kubectl_get_platform_lists_every_abstraction_and_says_why_one_is_not_re
         .unwrap()
         .split_whitespace()
         .collect();
-    assert_eq!(header, ["NAME", "READY", "REASON", "NODES", "MODULE", "AGE"], "{table}");
+    assert_eq!(
+        header,
+        ["NAME", "READY", "REASON", "NODES", "MODULE", "AGE"],
+        "{table}"
+    );
     let hello = table
         .lines()
         .find(|l| l.starts_with("webservice.platform.example.com/hello "))
         .unwrap();
-    assert!(hello.contains("Ready") && hello.contains("embedded:1.0.0"), "{table}");
+    assert!(
+        hello.contains("Ready") && hello.contains("embedded:1.0.0"),
+        "{table}"
+    );
     let nodes = hello.split_whitespace().nth(3).unwrap();
     let (ready, total) = nodes.split_once('/').unwrap();
     assert_eq!(ready, total, "{table}");
@@ -224,6 +238,7 @@ async fn kubectl_get_platform_lists_every_abstraction_and_says_why_one_is_not_re
     // -o wide adds the Ready condition's message: the why in words.
     let wide = kubectl(cluster, None, &["get", "platform", "-n", &ns, "-o", "wide"]);
     let wide = text(&wide.stdout);
+    eprintln!("kubectl get platform:\n{table}\nkubectl get platform -o wide:\n{wide}");
     assert!(wide.contains("MESSAGE"), "{wide}");
     let unpinned = wide
         .lines()
@@ -248,22 +263,35 @@ async fn kubectl_explain_shows_the_doc_comments() {
     let explain = |path: &str| kubectl(cluster, None, &["explain", path]);
     // The API server publishes a new CRD's schema a moment after it is established.
     let mut spec = String::new();
-    eventually("kubectl explain webservice.spec", Duration::from_secs(30), || {
-        let out = explain("webservice.spec");
-        spec = text(&out.stdout);
-        (!spec.contains("Horizontal autoscaling on CPU.")).then(|| show(&out))
-    })
+    eventually(
+        "kubectl explain webservice.spec",
+        Duration::from_secs(30),
+        || {
+            let out = explain("webservice.spec");
+            spec = text(&out.stdout);
+            (!spec.contains("Horizontal autoscaling on CPU.")).then(|| show(&out))
+        },
+    )
     .await;
-    assert!(spec.contains("A web service: one container image served over HTTP."), "{spec}");
+    assert!(
+        spec.contains("A web service: one container image served over HTTP."),
+        "{spec}"
+    );
     assert!(
         spec.contains("Container image, from an allowed registry, pinned to a tag or digest."),
         "{spec}"
     );
     let root = text(&explain("webservice").stdout);
-    assert!(root.contains("A web service: one container image served over HTTP."), "{root}");
+    assert!(
+        root.contains("A web service: one container image served over HTTP."),
+        "{root}"
+    );
     assert!(!root.contains("Auto-generated"), "{root}");
     let field = text(&explain("webservice.spec.autoscaling.targetCPUUtilization").stdout);
-    assert!(field.contains("Target average CPU utilisation in percent (default 80)."), "{field}");
+    assert!(
+        field.contains("Target average CPU utilisation in percent (default 80)."),
+        "{field}"
+    );
     let status = text(&explain("webservice.status").stdout);
     assert!(status.contains("readyNodes"), "{status}");
     for page in [&root, &spec, &field, &status] {
@@ -323,11 +351,9 @@ async fn installed_as_kubectl_webservice_the_binary_is_a_kubectl_plugin() {
         bin.join("kubectl-webservice"),
     )
     .unwrap();
-    let path = std::env::join_paths(
-        std::iter::once(bin.clone()).chain(std::env::split_paths(
-            &std::env::var_os("PATH").unwrap_or_default(),
-        )),
-    )
+    let path = std::env::join_paths(std::iter::once(bin.clone()).chain(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    )))
     .unwrap();
     // A kubeconfig of its own whose current context's namespace is the test's: the plugin
     // defaults to it, as kubectl does.
@@ -359,21 +385,38 @@ async fn installed_as_kubectl_webservice_the_binary_is_a_kubectl_plugin() {
     let diff = plugin(&["webservice", "diff", "-f", file.to_str().unwrap()]);
     assert_eq!(diff.status.code(), Some(1), "{}", show(&diff));
     let report = text(&diff.stdout);
-    assert!(report.contains(&format!("WebService {ns}/hello")), "{report}");
-    assert!(report.contains("Deployment hello") && report.contains("create"), "{report}");
+    assert!(
+        report.contains(&format!("WebService {ns}/hello")),
+        "{report}"
+    );
+    assert!(
+        report.contains("Deployment hello") && report.contains("create"),
+        "{report}"
+    );
     let get = plugin(&["get", "ws", "hello"]);
-    assert!(!get.status.success(), "diff created the instance: {}", show(&get));
+    assert!(
+        !get.status.success(),
+        "diff created the instance: {}",
+        show(&get)
+    );
 
     // Applied and reconciled, it diffs clean and explains itself.
     let applied = plugin(&["apply", "-f", file.to_str().unwrap()]);
     assert!(applied.status.success(), "{}", show(&applied));
     let mut explained = String::new();
-    eventually("kubectl webservice explain hello: Ready", Duration::from_secs(60), || {
-        let out = plugin(&["webservice", "explain", "hello"]);
-        explained = text(&out.stdout);
-        (!explained.contains(&format!("WebService {ns}/hello: Ready=True"))).then(|| show(&out))
-    })
+    eventually(
+        "kubectl webservice explain hello: Ready",
+        Duration::from_secs(60),
+        || {
+            let out = plugin(&["webservice", "explain", "hello"]);
+            explained = text(&out.stdout);
+            (!explained.contains(&format!("WebService {ns}/hello: Ready=True"))).then(|| show(&out))
+        },
+    )
     .await;
+    eprintln!(
+        "kubectl webservice explain hello:\n{explained}\nkubectl webservice --help:\n{help}\nkubectl webservice diff -f hello.yaml:\n{report}"
+    );
     assert!(explained.contains("deployment"), "{explained}");
     let with_flag = plugin(&["webservice", "explain", "hello", "-n", &ns]);
     assert!(with_flag.status.success(), "{}", show(&with_flag));
@@ -383,7 +426,11 @@ async fn installed_as_kubectl_webservice_the_binary_is_a_kubectl_plugin() {
     // An instance that does not exist: the plugin's error, through kubectl, with its exit code.
     let missing = plugin(&["webservice", "explain", "nothing-here"]);
     assert_eq!(missing.status.code(), Some(4), "{}", show(&missing));
-    assert!(text(&missing.stderr).contains("nothing-here"), "{}", show(&missing));
+    assert!(
+        text(&missing.stderr).contains("nothing-here"),
+        "{}",
+        show(&missing)
+    );
     operator.abort();
     cluster.delete_namespace(&ns).await.unwrap();
 }

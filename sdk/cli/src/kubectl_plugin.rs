@@ -69,10 +69,26 @@ mod tests {
     #[test]
     fn the_plugin_is_recognised_by_its_file_name_only() {
         let cases = [
-            ("WebService", "/usr/local/bin/kubectl-webservice", Some("kubectl webservice")),
-            ("WebService", "kubectl-webservice", Some("kubectl webservice")),
-            ("WebService", "C:/bin/kubectl-webservice.exe", Some("kubectl webservice")),
-            ("WebService", "/home/me/.krew/bin/kubectl-WebService", Some("kubectl webservice")),
+            (
+                "WebService",
+                "/usr/local/bin/kubectl-webservice",
+                Some("kubectl webservice"),
+            ),
+            (
+                "WebService",
+                "kubectl-webservice",
+                Some("kubectl webservice"),
+            ),
+            (
+                "WebService",
+                "C:/bin/kubectl-webservice.exe",
+                Some("kubectl webservice"),
+            ),
+            (
+                "WebService",
+                "/home/me/.krew/bin/kubectl-WebService",
+                Some("kubectl webservice"),
+            ),
             ("Worker", "/tmp/x/kubectl-worker", Some("kubectl worker")),
             ("WebService", "/usr/local/bin/webservice-operator", None),
             ("WebService", "/usr/local/bin/kubectl-worker", None),
@@ -99,8 +115,15 @@ mod tests {
         let help = plugin.render_help().to_string();
         assert!(help.contains("Usage: kubectl webservice"), "{help}");
         let listed = |name: &str| help.lines().any(|l| l.trim_start().starts_with(name));
-        assert!(listed("explain") && !listed("run") && !listed("dev"), "{help}");
+        assert!(
+            listed("explain") && !listed("run") && !listed("dev"),
+            "{help}"
+        );
         // Hidden, not removed.
-        assert!(plugin.try_get_matches_from(["kubectl-webservice", "run"]).is_ok());
+        assert!(
+            plugin
+                .try_get_matches_from(["kubectl-webservice", "run"])
+                .is_ok()
+        );
     }
 }

@@ -190,7 +190,10 @@ pub fn crd<A: Abstraction>() -> CustomResourceDefinition {
         categories.push(CATEGORY.to_string());
     }
     for version in &mut crd.spec.versions {
-        let declared = version.additional_printer_columns.take().unwrap_or_default();
+        let declared = version
+            .additional_printer_columns
+            .take()
+            .unwrap_or_default();
         version.additional_printer_columns = Some(printer_columns(declared));
         let spec_description = version
             .schema
@@ -308,7 +311,10 @@ pub fn printer_columns(
         Some(1),
     );
     let is_declared = |name: &str| declared.iter().any(|c| c.name == name);
-    let mut columns: Vec<_> = leading.into_iter().filter(|c| !is_declared(&c.name)).collect();
+    let mut columns: Vec<_> = leading
+        .into_iter()
+        .filter(|c| !is_declared(&c.name))
+        .collect();
     let (declared_age, declared): (Vec<_>, Vec<_>) =
         declared.into_iter().partition(|c| c.name == "Age");
     columns.extend(declared);

@@ -150,11 +150,7 @@ impl std::fmt::Display for SchemaProblem {
         } else {
             &self.path
         };
-        write!(
-            f,
-            "{} {} {path}: {}",
-            self.crd, self.version, self.problem
-        )
+        write!(f, "{} {} {path}: {}", self.crd, self.version, self.problem)
     }
 }
 
@@ -238,7 +234,8 @@ fn description_problem(schema: &Value) -> Option<String> {
     if description.is_empty() {
         return Some("no description (write a doc comment on the field)".to_string());
     }
-    rust_ism(description).map(|found| format!("the description reads as Rust ({found}): {description:?}"))
+    rust_ism(description)
+        .map(|found| format!("the description reads as Rust ({found}): {description:?}"))
 }
 
 /// The first piece of Rust syntax in a description meant for `kubectl explain`, if any.
@@ -246,7 +243,15 @@ fn rust_ism(description: &str) -> Option<String> {
     if description.starts_with("Auto-generated derived type") {
         return Some("kube's placeholder".to_string());
     }
-    for generic in ["Option<", "Vec<", "BTreeMap<", "HashMap<", "Box<", "Arc<", "String>"] {
+    for generic in [
+        "Option<",
+        "Vec<",
+        "BTreeMap<",
+        "HashMap<",
+        "Box<",
+        "Arc<",
+        "String>",
+    ] {
         if description.contains(generic) {
             return Some(format!("the type {generic}…>"));
         }
@@ -281,11 +286,11 @@ fn versions(crd: &CustomResourceDefinition) -> Vec<(String, Value)> {
         .collect()
 }
 
+/// A check of one field: given its path, name and schema, the path and problem it finds.
+type FieldCheck<'a> = dyn FnMut(&str, &str, &Value) -> Option<(String, String)> + 'a;
+
 /// Calls `check(path, name, schema)` for every named field of every version of `crd`.
-fn walk_crd(
-    crd: &CustomResourceDefinition,
-    check: &mut dyn FnMut(&str, &str, &Value) -> Option<(String, String)>,
-) -> Vec<SchemaProblem> {
+fn walk_crd(crd: &CustomResourceDefinition, check: &mut FieldCheck<'_>) -> Vec<SchemaProblem> {
     let name = crd.metadata.name.clone().unwrap_or_default();
     let mut problems = Vec::new();
     for (version, schema) in versions(crd) {
@@ -330,7 +335,12 @@ fn walk(schema: &Value, path: &str, visit: &mut dyn FnMut(&str, &str, &Value)) {
         walk(values, &format!("{path}{{}}"), visit);
     }
     for key in ["allOf", "anyOf", "oneOf"] {
-        for branch in schema.get(key).and_then(Value::as_array).into_iter().flatten() {
+        for branch in schema
+            .get(key)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             walk(branch, path, visit);
         }
     }
@@ -353,7 +363,7 @@ mod tests {
             ("caBundle", None),
             ("httpGet", None),
             ("readyNodes", None),
-            ("identity", None),   // starts like "id", is a word
+            ("identity", None),            // starts like "id", is a word
             ("ackResourceMetadata", None), // Ack is not in the list: a word too
             ("oidcIssuerURL", None),
             ("replicas3", None),
@@ -381,11 +391,15 @@ mod tests {
             ),
             (
                 "min_replicas",
-                Some("not lowerCamelCase: only letters and digits, words joined by capitals: minReplicas"),
+                Some(
+                    "not lowerCamelCase: only letters and digits, words joined by capitals: minReplicas",
+                ),
             ),
             (
                 "max-surge",
-                Some("not lowerCamelCase: only letters and digits, words joined by capitals: maxSurge"),
+                Some(
+                    "not lowerCamelCase: only letters and digits, words joined by capitals: maxSurge",
+                ),
             ),
             (
                 "MaxReplicas",
@@ -407,21 +421,34 @@ mod tests {
         let cases: &[(&str, Option<&str>)] = &[
             ("Replicas when autoscaling is off (default 2).", None),
             ("e.g. `250m`.", None),
-            ("See [the guide](https://example.com/x) and [`kubectl`](https://k8s.io).", None),
-            ("An `Option<String>` with the name.", Some("the type Option<…>")),
+            (
+                "See [the guide](https://example.com/x) and [`kubectl`](https://k8s.io).",
+                None,
+            ),
+            (
+                "An `Option<String>` with the name.",
+                Some("the type Option<…>"),
+            ),
             ("Items of Vec<Condition>.", Some("the type Vec<…>")),
             (
                 "The module ([`AbstractionStatus::module_ref`]).",
                 Some("the Rust path AbstractionStatus::module_ref"),
             ),
-            ("At most [`REVISIONS`] entries.", Some("an intra-doc link: [`REVISIONS`]")),
+            (
+                "At most [`REVISIONS`] entries.",
+                Some("an intra-doc link: [`REVISIONS`]"),
+            ),
             (
                 "Auto-generated derived type for WebServiceSpec via `CustomResource`",
                 Some("kube's placeholder"),
             ),
         ];
         for (description, expected) in cases {
-            assert_eq!(rust_ism(description).as_deref(), *expected, "{description:?}");
+            assert_eq!(
+                rust_ism(description).as_deref(),
+                *expected,
+                "{description:?}"
+            );
         }
     }
 
@@ -445,7 +472,11 @@ mod tests {
         bad.sort();
         assert_eq!(
             bad,
-            ["spec.a.b.c_d", "spec.env[].valueUrl", "spec.labels{}.ownerId"]
+            [
+                "spec.a.b.c_d",
+                "spec.env[].valueUrl",
+                "spec.labels{}.ownerId"
+            ]
         );
     }
 
