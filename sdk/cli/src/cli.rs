@@ -371,9 +371,9 @@ impl<A: Abstraction> App<A> {
     /// `dev` with an OTLP endpoint, trace export (see [`crate::telemetry`]), runs the subcommand
     /// and flushes the traces.
     pub fn main(self) -> ExitCode {
+        use tracing_subscriber::Layer as _;
         use tracing_subscriber::layer::SubscriberExt as _;
         use tracing_subscriber::util::SubscriberInitExt as _;
-        use tracing_subscriber::{Layer as _, filter::FilterExt as _};
         let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
         let telemetry = match self.telemetry(&args) {
             Ok(telemetry) => telemetry,
@@ -382,18 +382,12 @@ impl<A: Abstraction> App<A> {
                 return Exit::BadInput.into();
             }
         };
-        // kube's client logs every refused connection while a local API server starts.
-        let log_filter = tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| "warn,kube_client::client::builder=off".into());
-        // The reconcile's spans are for trace backends: log lines stay as they were.
-        let no_trace_spans = tracing_subscriber::filter::filter_fn(|metadata| {
-            !(metadata.is_span() && metadata.target() == cuebe::spans::TARGET)
-        });
+        let rust_log = std::env::var("RUST_LOG").ok();
         tracing_subscriber::registry()
             .with(
                 tracing_subscriber::fmt::layer()
                     .with_writer(std::io::stderr)
-                    .with_filter(log_filter.and(no_trace_spans)),
+                    .with_filter(crate::telemetry::log_filter(rust_log.as_deref())),
             )
             .with(telemetry.as_ref().map(|t| t.layer()))
             .init();

@@ -27,6 +27,25 @@ use tracing_subscriber::registry::LookupSpan;
 /// How long the exit waits for the last spans to reach the endpoint.
 const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// The filter of the stderr log: `rust_log` (`RUST_LOG`'s syntax; default: warnings, without
+/// kube's connection retries), and never the reconcile's spans ([`cuebe::spans::TARGET`]): they
+/// are for trace backends, and log lines look the same whether tracing is on or not. Without an
+/// exporter, nothing enables those spans, and each costs one disabled-callsite check.
+pub fn log_filter<S>(rust_log: Option<&str>) -> impl tracing_subscriber::layer::Filter<S> + use<S>
+where
+    S: tracing::Subscriber + for<'span> LookupSpan<'span>,
+{
+    use tracing_subscriber::filter::FilterExt as _;
+    // kube's client logs every refused connection while a local API server starts.
+    let rust_log = rust_log
+        .and_then(|directives| tracing_subscriber::EnvFilter::try_new(directives).ok())
+        .unwrap_or_else(|| "warn,kube_client::client::builder=off".into());
+    let no_trace_spans = tracing_subscriber::filter::filter_fn(|metadata| {
+        !(metadata.is_span() && metadata.target() == cuebe::spans::TARGET)
+    });
+    rust_log.and(no_trace_spans)
+}
+
 /// The OTLP endpoint traces go to, or `None` when tracing is off: the flag, else
 /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, else `OTEL_EXPORTER_OTLP_ENDPOINT` (read through `env`).
 /// An error names the variable and what it accepts: a protocol other than `grpc`, or an
@@ -177,7 +196,28 @@ impl Drop for Telemetry {
 
 #[cfg(test)]
 mod tests {
-    use super::otlp_endpoint;
+    use super::{log_filter, otlp_endpoint};
+
+    #[test]
+    fn the_log_never_enables_the_reconcile_spans() {
+        use tracing_subscriber::prelude::*;
+        for rust_log in [None, Some("debug"), Some("trace"), Some("cuebe=trace")] {
+            let log = tracing_subscriber::fmt::layer()
+                .with_writer(std::io::sink)
+                .with_filter(log_filter(rust_log));
+            tracing::subscriber::with_default(tracing_subscriber::registry().with(log), || {
+                let reconcile = tracing::info_span!(target: "cuebe::spans", "reconcile");
+                assert!(reconcile.is_disabled(), "RUST_LOG={rust_log:?}");
+                // Other spans follow RUST_LOG (default: warnings only).
+                let other = tracing::info_span!(target: "cuebe::controller", "other");
+                assert_eq!(
+                    other.is_disabled(),
+                    rust_log.is_none(),
+                    "RUST_LOG={rust_log:?}"
+                );
+            });
+        }
+    }
 
     fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
         move |name| {
