@@ -200,7 +200,7 @@ async fn a_failed_cronjob_run_is_reported_once_and_the_instance_stays_ready() {
 
     // Ready once the CronJob is accepted, without waiting for a run; healthy, nothing ran.
     let first = until(
-        &cluster,
+        cluster,
         &api,
         "the instance Ready",
         Duration::from_secs(60),
@@ -214,10 +214,10 @@ async fn a_failed_cronjob_run_is_reported_once_and_the_instance_stays_ready() {
     let ready_at = ready_since(&first);
 
     // The first run fails.
-    let run1 = next_run(&cluster, &jobs, &[]).await;
+    let run1 = next_run(cluster, &jobs, &[]).await;
     end_run(&jobs, &run1, false).await;
     let unhealthy = until(
-        &cluster,
+        cluster,
         &api,
         "the node Unhealthy",
         Duration::from_secs(30),
@@ -239,7 +239,7 @@ async fn a_failed_cronjob_run_is_reported_once_and_the_instance_stays_ready() {
     );
 
     // The next run: while it runs, the failure stays reported.
-    let run2 = next_run(&cluster, &jobs, std::slice::from_ref(&run1)).await;
+    let run2 = next_run(cluster, &jobs, std::slice::from_ref(&run1)).await;
     let crons: Api<CronJob> = Api::namespaced(client.clone(), &ns);
     cuebe_testkit::eventually::eventually(
         "the CronJob to show its run active",
@@ -273,7 +273,7 @@ async fn a_failed_cronjob_run_is_reported_once_and_the_instance_stays_ready() {
     // It succeeds: healthy again.
     end_run(&jobs, &run2, true).await;
     let healthy = until(
-        &cluster,
+        cluster,
         &api,
         "the node Healthy again",
         Duration::from_secs(30),
