@@ -701,14 +701,16 @@ pub(crate) async fn serve(
                 Dir(DirectoryKeeper),
             }
             let mut keeper = match certificates {
-                Certificates::SelfSigned { hosts, secret } => Keeper::Own(Box::new(CertificateKeeper {
-                    client: client.clone(),
-                    hosts,
-                    secret,
-                    serving,
-                    authority: None,
-                    issued: None,
-                })),
+                Certificates::SelfSigned { hosts, secret } => {
+                    Keeper::Own(Box::new(CertificateKeeper {
+                        client: client.clone(),
+                        hosts,
+                        secret,
+                        serving,
+                        authority: None,
+                        issued: None,
+                    }))
+                }
                 Certificates::Directory(dir) => Keeper::Dir(DirectoryKeeper {
                     dir,
                     serving,
@@ -901,5 +903,91 @@ async fn review(
     match verdict.message {
         Some(message) if !verdict.allowed => response.deny(message),
         _ => response,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn day(n: i64) -> time::OffsetDateTime {
+        time::OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000 + n)
+    }
+
+    #[test]
+    fn the_ca_is_replaced_before_expiry_and_the_bundle_trusts_the_previous_one_until_it_expires() {
+        let first = Authority::generate(day(0), None).unwrap();
+        assert_eq!(first.not_after, day(0) + CA_LIFETIME);
+        assert_eq!(first.bundle(day(1)), first.cert_pem);
+        // Stored and read back exactly (another replica signs with what it reads).
+        let secret = Secret {
+            data: Some(first.to_secret_data()),
+            ..Default::default()
+        };
+        let read = Authority::from_secret(&secret).unwrap();
+        assert_eq!(
+            (&read.cert_pem, &read.key_pem, read.not_after),
+            (&first.cert_pem, &first.key_pem, first.not_after)
+        );
+        // Fresh while more than 90 days are left; the keeper replaces it after that.
+        let fresh = |a: &Authority, now: time::OffsetDateTime| a.not_after - now > CA_RENEW_BEFORE;
+        assert!(fresh(&first, day(274)));
+        assert!(!fresh(&first, day(276)));
+        let second = Authority::generate(day(276), Some(&first)).unwrap();
+        assert_ne!(second.cert_pem, first.cert_pem);
+        let bundle = second.bundle(day(300));
+        assert!(bundle.starts_with(&second.cert_pem) && bundle.ends_with(&first.cert_pem));
+        // The previous CA leaves the bundle when it expires, and is not carried further.
+        assert_eq!(second.bundle(day(366)), second.cert_pem);
+        let third = Authority::generate(day(366 + 276), Some(&second)).unwrap();
+        assert!(!third.bundle(day(366 + 277)).contains(&first.cert_pem));
+        let stored = Secret {
+            data: Some(second.to_secret_data()),
+            ..Default::default()
+        };
+        let read = Authority::from_secret(&stored).unwrap();
+        assert_eq!(read.previous_pem, second.previous_pem);
+    }
+
+    #[test]
+    fn a_serving_certificate_is_signed_by_the_ca_for_the_hosts_and_never_outlives_it() {
+        let ca = Authority::generate(day(0), None).unwrap();
+        let hosts = vec!["web-webhook.ops.svc".to_string(), "127.0.0.1".to_string()];
+        let (key, not_after) = ca.issue(&hosts, day(1)).unwrap();
+        assert_eq!(not_after, day(1) + SERVING_LIFETIME);
+        assert_eq!(key.cert.len(), 1);
+        // Verified the way a client does: a root store holding only the bundle.
+        use rustls::client::danger::ServerCertVerifier;
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca.bundle(day(1)).as_bytes())
+        {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .build()
+        .unwrap();
+        let at = rustls::pki_types::UnixTime::since_unix_epoch(Duration::from_secs(
+            day(2).unix_timestamp().unsigned_abs(),
+        ));
+        for host in ["web-webhook.ops.svc", "127.0.0.1"] {
+            let name = rustls::pki_types::ServerName::try_from(host.to_string()).unwrap();
+            verifier
+                .verify_server_cert(&key.cert[0], &[], &name, &[], at)
+                .unwrap_or_else(|e| panic!("{host}: {e}"));
+        }
+        let other = rustls::pki_types::ServerName::try_from("other.ops.svc".to_string()).unwrap();
+        assert!(
+            verifier
+                .verify_server_cert(&key.cert[0], &[], &other, &[], at)
+                .is_err()
+        );
+        // Near the CA's end, a serving certificate ends with it.
+        let (_, late) = ca.issue(&hosts, day(360)).unwrap();
+        assert_eq!(late, ca.not_after);
     }
 }
