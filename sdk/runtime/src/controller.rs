@@ -1655,7 +1655,10 @@ async fn watch_rendered_kinds<A: Abstraction>(ctx: &Context<A>, graph: &cuebe_co
         return;
     };
     let mut seen = std::collections::BTreeSet::new();
-    for object in graph.nodes.iter().filter_map(|n| n.object.as_ref()) {
+    // A referenced object carries none of our labels, so a label-filtered watch of its kind
+    // would see nothing of it: `reference_watches` wakes its readers.
+    let written = graph.nodes.iter().filter(|n| !n.is_reference());
+    for object in written.filter_map(|n| n.object.as_ref()) {
         let (Some(api_version), Some(kind)) = (
             object.get("apiVersion").and_then(|v| v.as_str()),
             object.get("kind").and_then(|v| v.as_str()),
