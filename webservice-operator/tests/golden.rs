@@ -1,19 +1,16 @@
-//! Golden tests of the embedded platform module: every file in `tests/golden/cases` is rendered
-//! and its Graph, violations or error compared with `tests/golden/snapshots`.
+//! Golden tests of the embedded platform module: every file in `tests/golden/cases` is read as a
+//! `WebService`, rendered, and its Graph, violations, error or rejection compared with
+//! `tests/golden/snapshots`.
 #![allow(clippy::unwrap_used)]
 
 use cuebe_testkit::golden::GoldenSuite;
+use webservice_operator::WebService;
 
 #[test]
 fn platform_module_golden_cases() {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden");
-    let count = GoldenSuite::new(
-        webservice_operator::platform_module(),
-        format!("{dir}/cases"),
-    )
-    .snapshots(format!("{dir}/snapshots"))
-    .run()
-    .expect("golden cases run");
+    let count = GoldenSuite::for_abstraction::<WebService>()
+        .run()
+        .expect("golden cases run");
     assert!(
         count >= 17,
         "expected every golden case to run, ran {count}"
