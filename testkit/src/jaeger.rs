@@ -61,6 +61,7 @@ pub struct Jaeger {
     child: Child,
     otlp_port: u16,
     query_port: u16,
+    tls: bool,
     dir: tempfile::TempDir,
 }
 
@@ -122,10 +123,29 @@ impl Jaeger {
     /// Builds Jaeger if needed and starts it: OTLP/gRPC and the query API on free loopback
     /// ports, traces in memory, nothing else (no UI assets, no self-telemetry).
     pub fn start() -> Result<Self, JaegerError> {
+        Self::start_with(None)
+    }
+
+    /// As [`Jaeger::start`], with OTLP/gRPC over TLS: `cert` (PEM, for `localhost`) and its `key`;
+    /// [`Jaeger::otlp_endpoint`] is then `https://localhost:PORT`.
+    pub fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> Result<Self, JaegerError> {
+        Self::start_with(Some((cert, key)))
+    }
+
+    fn start_with(tls: Option<(&std::path::Path, &std::path::Path)>) -> Result<Self, JaegerError> {
         let binary = jaeger_binary()?;
         let dir = tempfile::tempdir().map_err(|e| JaegerError::Start(e.to_string()))?;
         let (otlp_port, query_port, query_grpc_port) =
             (loopback_port()?, loopback_port()?, loopback_port()?);
+        let tls_config = tls
+            .map(|(cert, key)| {
+                format!(
+                    "\n        tls:\n          cert_file: {}\n          key_file: {}",
+                    cert.display(),
+                    key.display()
+                )
+            })
+            .unwrap_or_default();
         let config = format!(
             "service:
   extensions: [jaeger_storage, jaeger_query]
@@ -155,7 +175,7 @@ receivers:
   otlp:
     protocols:
       grpc:
-        endpoint: 127.0.0.1:{otlp_port}
+        endpoint: 127.0.0.1:{otlp_port}{tls_config}
 exporters:
   jaeger_storage_exporter:
     trace_storage: memory
@@ -183,6 +203,7 @@ exporters:
             child,
             otlp_port,
             query_port,
+            tls: tls.is_some(),
             dir,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -211,7 +232,11 @@ exporters:
 
     /// Where an OTLP/gRPC exporter sends to, e.g. `http://127.0.0.1:41234`.
     pub fn otlp_endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.otlp_port)
+        if self.tls {
+            format!("https://localhost:{}", self.otlp_port)
+        } else {
+            format!("http://127.0.0.1:{}", self.otlp_port)
+        }
     }
 
     /// Jaeger's log so far.

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cuebe::status::{AbstractionStatus, ConditionType};
-use cuebe_testkit::cluster::TestCluster;
+use cuebe_testkit::cluster::{Pki, TestCluster};
 use cuebe_testkit::jaeger::{Jaeger, Span, Trace};
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
@@ -42,9 +42,10 @@ fn ready_reconcile<'a>(traces: &'a [Trace], ns: &str) -> Option<(&'a Trace, &'a 
         .min_by_key(|(_, root)| root.start_micros)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_reconcile_is_a_trace_of_render_apply_readiness_and_status_write() {
-    let jaeger = Jaeger::start().unwrap();
+/// Runs the `run` binary on a fresh namespace with `env`, applies a WebService, waits until it is
+/// Ready and stops the operator with SIGTERM. Returns the namespace, the instance's status and
+/// how long the operator took to exit.
+async fn reconcile_to_ready(env: &[(&str, &str)]) -> (String, AbstractionStatus, Duration) {
     let cluster = TestCluster::shared().await.unwrap();
     cluster
         .apply_crds(
@@ -54,15 +55,12 @@ async fn a_reconcile_is_a_trace_of_render_apply_readiness_and_status_write() {
         .await
         .unwrap();
     let ns = cluster.namespace("tracing").await.unwrap();
-    let service = format!("webservice-operator-{ns}");
     let mut operator = Command::new(env!("CARGO_BIN_EXE_webservice-operator"))
         .args(["run", "--namespace", &ns])
         .env("KUBECONFIG", cluster.kubeconfig())
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", jaeger.otlp_endpoint())
-        .env("OTEL_SERVICE_NAME", &service)
-        // Nothing leaves before the exit: the spans Jaeger has were flushed at shutdown.
-        .env("OTEL_BSP_SCHEDULE_DELAY", "600000")
+        .env("OTEL_SERVICE_NAME", format!("webservice-operator-{ns}"))
         .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
@@ -102,8 +100,19 @@ async fn a_reconcile_is_a_trace_of_render_apply_readiness_and_status_write() {
     unsafe { libc::kill(operator.id() as i32, libc::SIGTERM) };
     let exit = operator.wait().unwrap();
     assert!(exit.success(), "the operator exited with {exit}");
-    let shutdown = stopped_at.elapsed();
+    (ns, status, stopped_at.elapsed())
+}
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reconcile_is_a_trace_of_render_apply_readiness_and_status_write() {
+    let jaeger = Jaeger::start().unwrap();
+    let (ns, status, shutdown) = reconcile_to_ready(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &jaeger.otlp_endpoint()),
+        // Nothing leaves before the exit: the spans Jaeger has were flushed at shutdown.
+        ("OTEL_BSP_SCHEDULE_DELAY", "600000"),
+    ])
+    .await;
+    let service = format!("webservice-operator-{ns}");
     let traces = jaeger.traces(&service).await.unwrap();
     let Some((trace, root)) = ready_reconcile(&traces, &ns) else {
         panic!(
@@ -184,6 +193,31 @@ async fn a_reconcile_is_a_trace_of_render_apply_readiness_and_status_write() {
 
 /// Arguments after `run`, environment, what stderr must say.
 type BadSetting<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn traces_reach_an_https_endpoint_the_system_roots_trust() {
+    let pki_dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(pki_dir.path()).unwrap();
+    let jaeger = Jaeger::start_tls(&pki.serving_cert, &pki.serving_key).unwrap();
+    assert!(jaeger.otlp_endpoint().starts_with("https://"));
+    let ca = pki.ca_cert.display().to_string();
+    let (ns, _, _) = reconcile_to_ready(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &jaeger.otlp_endpoint()),
+        // The system roots, as the operator reads them, are this CA alone.
+        ("SSL_CERT_FILE", &ca),
+    ])
+    .await;
+    let traces = jaeger
+        .traces(&format!("webservice-operator-{ns}"))
+        .await
+        .unwrap();
+    assert!(
+        ready_reconcile(&traces, &ns).is_some(),
+        "no reconcile trace with outcome AllNodesReady over TLS among {} traces\n{}",
+        traces.len(),
+        jaeger.log()
+    );
+}
 
 #[test]
 fn a_bad_otlp_setting_stops_the_operator_at_start_naming_it() {
