@@ -38,7 +38,6 @@ use std::sync::Arc;
 use cuebe::Abstraction;
 use cuebe::module::{ModuleSet, ModuleSource, PlatformRef};
 use cuebe::renderer::{Capabilities, CueRenderer, RenderInput};
-use kube::Resource;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 

@@ -37,3 +37,4 @@ pub mod golden;
 pub mod helm;
 pub mod jaeger;
 pub mod oci_registry;
+pub mod spec;
