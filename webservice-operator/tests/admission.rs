@@ -175,3 +175,109 @@ async fn kubectl_apply_prints_the_violations_and_an_outage_admits_with_the_statu
     )
     .await;
 }
+
+/// Two replicas as the Helm chart runs them: the configuration made by someone else (the chart),
+/// the CA shared in a Secret, each replica with its own serving certificate. The first replica
+/// creates the Secret and writes the caBundle; the API server then trusts either replica.
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_share_the_ca_in_a_secret_and_keep_the_chart_configuration_ca_bundle_current() {
+    use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::api::{Patch, PatchParams, PostParams};
+    let cluster = TestCluster::shared().await.unwrap();
+    let ns = cluster.namespace("admission-ha").await.unwrap();
+    cluster
+        .apply_crds(
+            &[cuebe::abstraction::crd::<WebService>()],
+            Instant::now() + Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    let replica = |listener: tokio::net::TcpListener, config: String, ns: String| {
+        Operator::<WebService>::new(cluster.client())
+            .namespace(ns.clone())
+            .admission_webhook(
+                AdmissionWebhook::self_signed(listener, vec!["127.0.0.1".into()])
+                    .share_certificates_in(&ns, "webhook-tls")
+                    .keep_ca_bundle_of(&config),
+            )
+            .run()
+    };
+    let a = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let b = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (url_a, url_b) = (
+        format!("https://{}", a.local_addr().unwrap()),
+        format!("https://{}", b.local_addr().unwrap()),
+    );
+    // The chart's configuration, without a caBundle (only this namespace's objects).
+    let config = format!("admission-ha-{ns}");
+    let mut made = cuebe::admission::webhook_configuration(
+        &config,
+        "webservices",
+        "platform.example.com",
+        &["v1alpha1".into()],
+        Some(&url_a),
+        None,
+        FailurePolicy::Fail,
+        "",
+    );
+    for hook in made.webhooks.iter_mut().flatten() {
+        hook.namespace_selector = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
+                match_labels: Some(
+                    [("kubernetes.io/metadata.name".to_string(), ns.clone())].into(),
+                ),
+                ..Default::default()
+            },
+        );
+    }
+    let configs: Api<ValidatingWebhookConfiguration> = Api::all(cluster.client());
+    configs.create(&PostParams::default(), &made).await.unwrap();
+
+    let _a = tokio::spawn(replica(a, config.clone(), ns.clone()));
+    let _b = tokio::spawn(replica(b, config.clone(), ns.clone()));
+    let secrets: Api<Secret> = Api::namespaced(cluster.client(), &ns);
+    let refused = manifest(&ns, "refused", "docker.io/library/nginx:1.27");
+    let refused_by = |what: &'static str| {
+        let refused = refused.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let out = kubectl(cluster, &["apply", "--dry-run=server"], &refused);
+                let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+                if stderr.contains("spec.image [allowed-registries]") {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "{what}: {stderr}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
+    refused_by("replica a never answered").await;
+    // One CA for both, in the Secret, and the bundle the configuration holds is that CA.
+    let secret = secrets.get("webhook-tls").await.unwrap();
+    let ca = secret.data.as_ref().unwrap()["ca.crt"].0.clone();
+    let held = configs.get(&config).await.unwrap();
+    let bundle = held.webhooks.as_ref().unwrap()[0]
+        .client_config
+        .ca_bundle
+        .as_ref()
+        .unwrap()
+        .0
+        .clone();
+    assert_eq!(bundle, ca);
+    // The API server now calls replica b: its own certificate chains to the same CA.
+    let mut moved = held.clone();
+    for hook in moved.webhooks.iter_mut().flatten() {
+        hook.client_config.url = Some(format!(
+            "{url_b}{}",
+            cuebe::admission::validate_path("webservices", "platform.example.com")
+        ));
+    }
+    configs
+        .patch(&config, &PatchParams::default(), &Patch::Merge(&moved))
+        .await
+        .unwrap();
+    refused_by("replica b never answered with a certificate the bundle trusts").await;
+    configs.delete(&config, &Default::default()).await.unwrap();
+}

@@ -34,7 +34,7 @@ pub struct WebhookArgs {
     /// they change, instead of the operator's own CA.
     #[arg(long, value_name = "DIR", requires = "webhook_bind")]
     pub webhook_cert_dir: Option<PathBuf>,
-    /// Write the whole --webhook-config, the API server calling URL/validate/<plural>.<group>:
+    /// Write the whole --webhook-config, the API server calling `URL/validate/<plural>.<group>`:
     /// for an operator running outside the cluster.
     #[arg(long, value_name = "URL", requires = "webhook_config")]
     pub webhook_url: Option<String>,

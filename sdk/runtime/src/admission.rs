@@ -771,7 +771,12 @@ pub(crate) async fn serve(
     };
     let _maintenance = AbortOnDrop(tokio::spawn(maintenance));
     let time_limit = webhook.time_limit;
+    // Connections live in this set: when the server stops (the operator stops), its open
+    // keep-alive connections stop answering too, instead of outliving it.
+    let mut connections = tokio::task::JoinSet::new();
     loop {
+        // Reap finished connections so the set does not grow.
+        while connections.try_join_next().is_some() {}
         let (stream, _) = match webhook.listener.accept().await {
             Ok(accepted) => accepted,
             Err(error) => {
@@ -783,7 +788,7 @@ pub(crate) async fn serve(
         let acceptor = acceptor.clone();
         let validate = validate.clone();
         let path = path.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let stream = match tokio::time::timeout(
                 Duration::from_secs(10),
                 acceptor.accept(stream),
