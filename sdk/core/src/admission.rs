@@ -193,7 +193,12 @@ mod tests {
             ("spec.env", "few-env", Warning),
         ]);
         // (render, allowed, message contains, warnings contain)
-        type Case<'a> = (Result<&'a Graph, &'a RenderError>, bool, &'a [&'a str], &'a [&'a str]);
+        type Case<'a> = (
+            Result<&'a Graph, &'a RenderError>,
+            bool,
+            &'a [&'a str],
+            &'a [&'a str],
+        );
         let cases: [Case<'_>; 7] = [
             (Ok(&clean), true, &[], &[]),
             (

@@ -498,7 +498,10 @@ pub fn summarize(
     let all_ready = if unhealthy.is_empty() {
         format!("{ready}/{total} nodes ready")
     } else {
-        format!("{ready}/{total} nodes ready; unhealthy: {}", unhealthy.join("; "))
+        format!(
+            "{ready}/{total} nodes ready; unhealthy: {}",
+            unhealthy.join("; ")
+        )
     };
     if let Some(stalled) = &outcome.stalled {
         for type_ in [Ready, Progressing] {
@@ -522,14 +525,7 @@ pub fn summarize(
         return PassVerdict::Stalled;
     }
     if let Some(paused) = outcome.prune_paused.as_ref().filter(|_| outcome.ready) {
-        status.set_condition(
-            Ready,
-            true,
-            "AllNodesReady",
-            all_ready,
-            generation,
-            now,
-        );
+        status.set_condition(Ready, true, "AllNodesReady", all_ready, generation, now);
         status.set_condition(
             Progressing,
             true,
@@ -542,14 +538,7 @@ pub fn summarize(
         return PassVerdict::PrunePaused;
     }
     let verdict = if outcome.ready {
-        status.set_condition(
-            Ready,
-            true,
-            "AllNodesReady",
-            all_ready,
-            generation,
-            now,
-        );
+        status.set_condition(Ready, true, "AllNodesReady", all_ready, generation, now);
         status.set_condition(Progressing, false, "AllNodesReady", "", generation, now);
         PassVerdict::Ready
     } else if !retrying.is_empty() {

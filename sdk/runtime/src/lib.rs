@@ -18,8 +18,8 @@
 #![warn(missing_docs)]
 
 pub mod abstraction;
-pub mod admission;
 pub mod access;
+pub mod admission;
 #[cfg(feature = "remote-modules")]
 pub mod approval;
 pub mod controller;
