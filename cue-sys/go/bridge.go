@@ -138,6 +138,18 @@ type Error struct {
 type loadRequest struct {
 	Files   map[string]string `json:"files"`
 	Package string            `json:"package"`
+	// Deps are the CUE modules the load may resolve dependencies from (cuebe's standard
+	// library): nothing else is fetched.
+	Deps []shippedDep `json:"deps"`
+}
+
+// shippedDep is one version of a dependency module, held in memory.
+type shippedDep struct {
+	// Module is the module path with its major version, e.g. "cuebe.dev/lib@v0".
+	Module string `json:"module"`
+	// Version is the full version, e.g. "v0.1.0".
+	Version string            `json:"version"`
+	Files   map[string]string `json:"files"`
 }
 
 type loadResponse struct {
@@ -239,14 +251,18 @@ func loadModule(req loadRequest) (cue.Value, *cue.Context, []Error) {
 	if _, err := fs.Stat(mapfs, "cue.mod/module.cue"); err != nil {
 		return cue.Value{}, nil, []Error{{Message: "module has no cue.mod/module.cue", Kind: "load"}}
 	}
+	// The registry serves only the shipped modules, from memory. Left nil, CUE would build one
+	// from the operator's environment (CUE_REGISTRY, default registry.cue.works) and a module
+	// with deps would make network calls from inside cgo.
+	registry, err := newShippedRegistry(mapfs, req.Deps)
+	if err != nil {
+		return cue.Value{}, nil, []Error{{Message: err.Error(), Kind: "load"}}
+	}
 	pkg := req.Package
 	if pkg == "" {
 		pkg = "."
 	}
-	// A registry that always refuses: left nil, CUE would build one from the operator's
-	// environment (CUE_REGISTRY, default registry.cue.works) and a module with deps would make
-	// network calls from inside cgo. Dependencies are resolved (or refused) on the Rust side.
-	cfg := &load.Config{FS: mapfs, Dir: "/", ModuleRoot: "/", Registry: refusingRegistry{}}
+	cfg := &load.Config{FS: mapfs, Dir: "/", ModuleRoot: "/", Registry: registry}
 	insts := load.Instances([]string{pkg}, cfg)
 	if len(insts) != 1 {
 		return cue.Value{}, nil, []Error{{Message: fmt.Sprintf("expected one instance for %q, got %d", pkg, len(insts)), Kind: "load"}}
@@ -262,22 +278,96 @@ func loadModule(req loadRequest) (cue.Value, *cue.Context, []Error) {
 	return v, ctx, nil
 }
 
-var errNoRemoteDeps = errors.New("platform modules are loaded offline: dependencies on other CUE modules (deps in cue.mod/module.cue) are not fetched; vendor them into the module")
+// depsDir is where shipped dependency modules are placed inside the load's file system: with
+// Config.FS set, CUE reads a dependency's files from that same file system, at the directory
+// its SourceLoc names. A platform module's own files never live under cue.mod/ (bar
+// module.cue), so nothing of the module is shadowed.
+const depsDir = "cue.mod/cuebe-deps"
 
-// refusingRegistry is the registry every load uses: it never opens a socket.
-type refusingRegistry struct{}
-
-func (refusingRegistry) ModFile(context.Context, cuemodule.Version) (*modfile.File, error) {
-	return nil, errNoRemoteDeps
+// shippedRegistry is the registry every load uses: it serves the shipped modules (cuebe's
+// standard library, at the versions this build of cuebe carries) from memory and refuses
+// everything else. It never opens a socket.
+type shippedRegistry struct {
+	// byVersion is keyed by "path@vX.Y.Z".
+	byVersion map[string]shippedModule
+	// versions lists the shipped versions of each "path@vN".
+	versions map[string][]string
 }
 
-func (refusingRegistry) Fetch(context.Context, cuemodule.Version) (cuemodule.SourceLoc, error) {
-	return cuemodule.SourceLoc{}, errNoRemoteDeps
+type shippedModule struct {
+	modFile *modfile.File
+	loc     cuemodule.SourceLoc
 }
 
-func (refusingRegistry) ModuleVersions(context.Context, string) ([]string, error) {
-	return nil, errNoRemoteDeps
+// rootedFS is a dependency's files; OSRoot tells cue/load where they are in Config.FS.
+type rootedFS struct {
+	fs.FS
+	root string
 }
+
+func (r rootedFS) OSRoot() string { return r.root }
+
+func newShippedRegistry(mapfs fstest.MapFS, deps []shippedDep) (*shippedRegistry, error) {
+	r := &shippedRegistry{byVersion: map[string]shippedModule{}, versions: map[string][]string{}}
+	for _, d := range deps {
+		mv, err := cuemodule.NewVersion(d.Module, d.Version)
+		if err != nil {
+			return nil, fmt.Errorf("shipped module %s %s: %v", d.Module, d.Version, err)
+		}
+		dir := path.Join(depsDir, mv.String())
+		for name, content := range d.Files {
+			clean := path.Clean(strings.TrimPrefix(name, "/"))
+			mapfs[path.Join(dir, clean)] = &fstest.MapFile{Data: []byte(content), Mode: 0o444}
+		}
+		data, ok := d.Files["cue.mod/module.cue"]
+		if !ok {
+			return nil, fmt.Errorf("shipped module %s has no cue.mod/module.cue", mv)
+		}
+		mf, err := modfile.Parse([]byte(data), mv.String()+"/cue.mod/module.cue")
+		if err != nil {
+			return nil, fmt.Errorf("shipped module %s: %v", mv, err)
+		}
+		sub, err := fs.Sub(mapfs, dir)
+		if err != nil {
+			return nil, err
+		}
+		r.byVersion[mv.String()] = shippedModule{
+			modFile: mf,
+			loc:     cuemodule.SourceLoc{FS: rootedFS{FS: sub, root: "/" + dir}, Dir: "."},
+		}
+		r.versions[mv.Path()] = append(r.versions[mv.Path()], mv.Version())
+	}
+	return r, nil
+}
+
+func (r *shippedRegistry) lookup(mv cuemodule.Version) (shippedModule, error) {
+	if m, ok := r.byVersion[mv.String()]; ok {
+		return m, nil
+	}
+	if shipped := r.versions[mv.Path()]; len(shipped) > 0 {
+		return shippedModule{}, fmt.Errorf("%s is not shipped with this build of cuebe, which carries %s at %s: require one of those versions in cue.mod/module.cue (deps), or update cuebe", mv, mv.Path(), strings.Join(shipped, ", "))
+	}
+	return shippedModule{}, fmt.Errorf("%s: %w", mv, errNoRemoteDeps)
+}
+
+func (r *shippedRegistry) ModFile(_ context.Context, mv cuemodule.Version) (*modfile.File, error) {
+	m, err := r.lookup(mv)
+	return m.modFile, err
+}
+
+func (r *shippedRegistry) Fetch(_ context.Context, mv cuemodule.Version) (cuemodule.SourceLoc, error) {
+	m, err := r.lookup(mv)
+	return m.loc, err
+}
+
+func (r *shippedRegistry) ModuleVersions(_ context.Context, mpath string) ([]string, error) {
+	if shipped, ok := r.versions[mpath]; ok {
+		return shipped, nil
+	}
+	return nil, fmt.Errorf("%s: %w", mpath, errNoRemoteDeps)
+}
+
+var errNoRemoteDeps = errors.New("platform modules are loaded offline: the only dependencies they may have are the modules shipped with cuebe (its standard library, cuebe.dev/lib); other modules are not fetched: vendor them into the module")
 
 //export cuebe_module_load
 func cuebe_module_load(reqJSON *C.char) (out *C.char) {

@@ -15,6 +15,21 @@ func loadPlatform(b *testing.B) *module {
 	if r := os.Getenv("CUEBE_BENCH_MODULE"); r != "" {
 		root = r
 	}
+	// The platform module depends on cuebe's standard library, shipped from sdk/core/cue/lib.
+	libRoot := "../../sdk/core/cue/lib"
+	if r := os.Getenv("CUEBE_BENCH_LIB"); r != "" {
+		libRoot = r
+	}
+	lib := shippedDep{Module: "cuebe.dev/lib@v0", Version: "v0.1.0", Files: readCUEFiles(libRoot)}
+	v, ctx, errs := loadModule(loadRequest{Files: readCUEFiles(root), Package: "./webservice", Deps: []shippedDep{lib}})
+	if errs != nil {
+		b.Fatal(errs)
+	}
+	return &module{ctx: ctx, value: v}
+}
+
+// readCUEFiles reads every .cue file under root, by path relative to it.
+func readCUEFiles(root string) map[string]string {
 	files := map[string]string{}
 	filepath.Walk(root, func(p string, info os.FileInfo, err error) error {
 		if err == nil && strings.HasSuffix(p, ".cue") {
@@ -24,11 +39,7 @@ func loadPlatform(b *testing.B) *module {
 		}
 		return nil
 	})
-	v, ctx, errs := loadModule(loadRequest{Files: files, Package: "./webservice"})
-	if errs != nil {
-		b.Fatal(errs)
-	}
-	return &module{ctx: ctx, value: v}
+	return files
 }
 
 const benchInput = `{"metadata":{"name":"web","namespace":"apps","labels":{}},"spec":{"image":"registry.example.com/web:1.4.2","resources":{"cpu":"250m","memory":"256Mi"}},"capabilities":{},"exports":{}}`

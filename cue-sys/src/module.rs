@@ -252,6 +252,7 @@ impl From<RawExported> for Exported {
 struct LoadRequest<'a> {
     files: &'a std::collections::BTreeMap<String, String>,
     package: &'a str,
+    deps: &'a [DependencyModule],
 }
 
 #[derive(Deserialize)]
@@ -319,6 +320,7 @@ fn build_handle(source: &ModuleFiles) -> Result<Handle, CueErrors> {
     let request = LoadRequest {
         files: &source.files,
         package: &source.package,
+        deps: &source.dependencies,
     };
     // SAFETY: the pointer is a valid NUL-terminated string for the duration of the call.
     let resp: LoadResponse =
@@ -353,14 +355,29 @@ fn still_running(handle: u64) -> bool {
     unsafe { crate::ffi::cuebe_module_abandoned(handle) != 0 }
 }
 
-/// A module's files, held in memory (path relative to the module root → content), and the
-/// package to evaluate (e.g. `./webservice`).
+/// A module's files, held in memory (path relative to the module root → content), the package
+/// to evaluate (e.g. `./webservice`) and the modules its `deps` may be resolved from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModuleFiles {
     /// The files.
     pub files: std::collections::BTreeMap<String, String>,
     /// The entry package.
     pub package: String,
+    /// The only modules a dependency (`deps` in `cue.mod/module.cue`) is resolved from: the
+    /// bridge serves these from memory and refuses any other, so a load never touches the
+    /// network.
+    pub dependencies: Vec<DependencyModule>,
+}
+
+/// One version of a CUE module a loaded module may depend on, held in memory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DependencyModule {
+    /// The module path with its major version, as `deps` names it: `cuebe.dev/lib@v0`.
+    pub module: String,
+    /// The full version `deps` asks for: `v0.1.0`.
+    pub version: String,
+    /// Its files (path relative to its root → content), `cue.mod/module.cue` included.
+    pub files: std::collections::BTreeMap<String, String>,
 }
 
 /// A CUE module built in-process and ready to evaluate.
@@ -377,6 +394,7 @@ pub struct ModuleFiles {
 ///     .map(|(p, c)| (p.to_string(), c.to_string()))
 ///     .collect(),
 ///     package: ".".into(),
+///     dependencies: Vec::new(),
 /// };
 /// let module = LoadedModule::load(source, 2)?;
 /// let input = serde_json::json!({"n": 21});

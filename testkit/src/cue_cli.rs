@@ -105,16 +105,58 @@ pub fn export(
     input: &Path,
     expr: &str,
 ) -> Result<Vec<u8>, CueCliError> {
-    let out = Command::new(cue)
-        .current_dir(dir)
-        .args(["export", package])
-        .arg(input)
-        .args(["-e", expr, "--out", "json"])
-        .output()
-        .map_err(|source| CueCliError::Run {
-            cue: cue.display().to_string(),
-            source,
-        })?;
+    run_export(
+        Command::new(cue)
+            .current_dir(dir)
+            .args(["export", package])
+            .arg(input)
+            .args(["-e", expr, "--out", "json"]),
+        cue,
+    )
+}
+
+/// [`export`] of a module with dependencies: `cue` resolves them from the OCI registry at
+/// `registry` (`host:port`, as `CUE_REGISTRY`), with a module cache of its own for this call (a
+/// shared cache would keep a module version fetched from another registry).
+///
+/// ```no_run
+/// # fn f(module_root: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+/// let registry = cuebe_testkit::oci_registry::LocalRegistry::start()?;
+/// cuebe_testkit::oci_registry::publish_standard_library(&registry)?;
+/// let cue = cuebe_testkit::cue_cli::cue_binary()?;
+/// let json = cuebe_testkit::cue_cli::export_with_registry(
+///     &cue, module_root, "./webservice", "input.json".as_ref(), "nodes", &registry.host())?;
+/// # Ok(()) }
+/// ```
+pub fn export_with_registry(
+    cue: &Path,
+    dir: &Path,
+    package: &str,
+    input: &Path,
+    expr: &str,
+    registry: &str,
+) -> Result<Vec<u8>, CueCliError> {
+    let cache = tempfile::tempdir().map_err(|source| CueCliError::Run {
+        cue: cue.display().to_string(),
+        source,
+    })?;
+    run_export(
+        Command::new(cue)
+            .current_dir(dir)
+            .args(["export", package])
+            .arg(input)
+            .args(["-e", expr, "--out", "json"])
+            .env("CUE_REGISTRY", registry)
+            .env("CUE_CACHE_DIR", cache.path()),
+        cue,
+    )
+}
+
+fn run_export(command: &mut Command, cue: &Path) -> Result<Vec<u8>, CueCliError> {
+    let out = command.output().map_err(|source| CueCliError::Run {
+        cue: cue.display().to_string(),
+        source,
+    })?;
     if !out.status.success() {
         return Err(CueCliError::Export {
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),

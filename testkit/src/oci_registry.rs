@@ -66,6 +66,8 @@ pub fn registry_binary() -> Result<PathBuf, RegistryError> {
 pub struct LocalRegistry {
     child: Option<Child>,
     port: u16,
+    /// Whether the standard library is published here already.
+    standard_library: std::sync::Mutex<bool>,
 }
 
 impl LocalRegistry {
@@ -102,6 +104,7 @@ impl LocalRegistry {
             Ok(port) => Ok(Self {
                 child: Some(child),
                 port,
+                standard_library: std::sync::Mutex::new(false),
             }),
             Err(_) => {
                 let _ = child.kill();
@@ -151,18 +154,77 @@ fn publishable_copy(module_dir: &Path) -> Result<(tempfile::TempDir, PathBuf), R
     Ok((work, copy))
 }
 
+/// Publishes every version of cuebe's standard library the SDK ships ([`cuebe::stdlib`]) to
+/// `registry` with the real `cue mod publish` (once per registry): what lets the `cue` CLI
+/// resolve a platform module's `deps: "cuebe.dev/lib@v0"` from it, and publish such a module.
+/// [`publish_module`] and [`write_module_layout`] call it for a module that depends on it.
+///
+/// ```no_run
+/// # fn f() -> Result<(), cuebe_testkit::oci_registry::RegistryError> {
+/// let registry = cuebe_testkit::oci_registry::LocalRegistry::start()?;
+/// cuebe_testkit::oci_registry::publish_standard_library(&registry)?;
+/// // CUE_REGISTRY=<registry.host()> cue export ./webservice … now resolves cuebe.dev/lib.
+/// # Ok(()) }
+/// ```
+pub fn publish_standard_library(registry: &LocalRegistry) -> Result<(), RegistryError> {
+    let fail = |m: String| RegistryError::Publish(m);
+    let mut published = registry
+        .standard_library
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if *published {
+        return Ok(());
+    }
+    let cue = crate::cue_cli::cue_binary().map_err(|e| fail(e.to_string()))?;
+    for lib in cuebe::stdlib::versions() {
+        let work = tempfile::tempdir().map_err(|e| fail(e.to_string()))?;
+        let root = work.path().join("lib");
+        lib.write_to(&root)
+            .map_err(|e| fail(format!("writing the standard library: {e}")))?;
+        let out = Command::new(&cue)
+            .current_dir(&root)
+            .args(["mod", "publish", lib.version])
+            .env("CUE_REGISTRY", registry.host())
+            .env("CUE_CACHE_DIR", work.path().join("cue-cache"))
+            .output()
+            .map_err(|e| fail(e.to_string()))?;
+        if !out.status.success() {
+            return Err(fail(format!(
+                "publishing {}@{}: {}",
+                lib.module,
+                lib.version,
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+    }
+    *published = true;
+    Ok(())
+}
+
+/// Whether the module at `module_dir` depends on cuebe's standard library (its
+/// `cue.mod/module.cue` names it in `deps`).
+fn needs_standard_library(module_dir: &Path) -> bool {
+    std::fs::read_to_string(module_dir.join("cue.mod/module.cue"))
+        .is_ok_and(|text| text.contains(cuebe::stdlib::MODULE))
+}
+
 /// Publishes the CUE module at `module_dir` as `version` (e.g. `v1.0.0`) to `registry` with the
 /// real `cue mod publish`, and returns the reference that pins it:
 /// `oci://127.0.0.1:PORT/<module path without major version>@sha256:<manifest digest>`.
 ///
 /// The module is copied first and, when its `cue.mod/module.cue` has no `source` field, given
-/// `source: kind: "self"` (publishing needs one; `self` needs no VCS).
+/// `source: kind: "self"` (publishing needs one; `self` needs no VCS). A module that depends on
+/// cuebe's standard library gets it published to the same registry first
+/// ([`publish_standard_library`]): `cue mod publish` resolves every dependency.
 pub fn publish_module(
     registry: &LocalRegistry,
     module_dir: &Path,
     version: &str,
 ) -> Result<String, RegistryError> {
     let fail = |m: String| RegistryError::Publish(m);
+    if needs_standard_library(module_dir) {
+        publish_standard_library(registry)?;
+    }
     let cue = crate::cue_cli::cue_binary().map_err(|e| fail(e.to_string()))?;
     let (work, copy) = publishable_copy(module_dir)?;
     let run = |extra: &[&str]| {
@@ -225,12 +287,24 @@ pub fn write_module_layout(
     let fail = |m: String| RegistryError::Publish(m);
     let cue = crate::cue_cli::cue_binary().map_err(|e| fail(e.to_string()))?;
     let (work, copy) = publishable_copy(module_dir)?;
+    // --out writes nothing to a registry, but CUE still resolves the module's dependencies from
+    // one: a registry holding the standard library when the module needs it, else one named
+    // where nothing listens.
+    let deps_registry = if needs_standard_library(module_dir) {
+        let registry = LocalRegistry::start()?;
+        publish_standard_library(&registry)?;
+        Some(registry)
+    } else {
+        None
+    };
+    let registry_host = deps_registry
+        .as_ref()
+        .map_or_else(|| "127.0.0.1:1".to_string(), LocalRegistry::host);
     let written = Command::new(&cue)
         .current_dir(&copy)
         .args(["mod", "publish", version, "--out"])
         .arg(out)
-        // --out writes nothing to a registry; CUE still wants one named. Nothing listens here.
-        .env("CUE_REGISTRY", "127.0.0.1:1")
+        .env("CUE_REGISTRY", registry_host)
         .env("CUE_CACHE_DIR", work.path().join("cue-cache"))
         .output()
         .map_err(|e| fail(e.to_string()))?;

@@ -1,5 +1,7 @@
 //! The in-process render agrees with the official `cue` CLI (same pinned version) exporting the
-//! same module and input.
+//! same module and input. The module depends on cuebe's standard library: in-process it comes
+//! from the copy the SDK ships; the CLI fetches it from a real OCI registry it was published to
+//! with `cue mod publish`, as a platform team's CI would.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
@@ -23,28 +25,43 @@ fn example(name: &str) -> String {
     .expect("example exists")
 }
 
-fn cue_export(dir: &std::path::Path, input: &serde_json::Value, expr: &str) -> serde_json::Value {
+fn cue_export(module: &ModuleOnDisk, input: &serde_json::Value, expr: &str) -> serde_json::Value {
     let cue = cuebe_testkit::cue_cli::cue_binary().expect("cue CLI available");
+    let dir = module.dir.path();
     std::fs::write(
         dir.join("input.json"),
         serde_json::to_vec(&serde_json::json!({"input": input})).unwrap(),
     )
     .unwrap();
-    let out =
-        cuebe_testkit::cue_cli::export(&cue, dir, "./webservice", "input.json".as_ref(), expr)
-            .unwrap_or_else(|e| panic!("{e}"));
+    let out = cuebe_testkit::cue_cli::export_with_registry(
+        &cue,
+        dir,
+        "./webservice",
+        "input.json".as_ref(),
+        expr,
+        &module.registry.host(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     serde_json::from_slice(&out).expect("cue prints JSON")
 }
 
-/// The embedded module written out, for the CLI to read.
-fn module_on_disk() -> tempfile::TempDir {
+/// The embedded module written out, for the CLI to read, and a registry holding the standard
+/// library it depends on.
+struct ModuleOnDisk {
+    dir: tempfile::TempDir,
+    registry: cuebe_testkit::oci_registry::LocalRegistry,
+}
+
+fn module_on_disk() -> ModuleOnDisk {
     let dir = tempfile::tempdir().unwrap();
     for (path, content) in webservice_operator::platform_module().files() {
         let p = dir.path().join(path);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, content).unwrap();
     }
-    dir
+    let registry = cuebe_testkit::oci_registry::LocalRegistry::start().unwrap();
+    cuebe_testkit::oci_registry::publish_standard_library(&registry).unwrap();
+    ModuleOnDisk { dir, registry }
 }
 
 #[test]
@@ -63,12 +80,9 @@ fn in_process_render_matches_the_cue_cli() {
         let ws = parse_webservice(file, &example(file)).unwrap();
         let input = render_input(&ws, Capabilities::from_names(caps), observed);
         let graph = renderer.render_blocking(&input).unwrap();
-        let cli_nodes = cue_export(dir.path(), &renderer.module_input(&input).unwrap(), "nodes");
-        let cli_violations = cue_export(
-            dir.path(),
-            &renderer.module_input(&input).unwrap(),
-            "violations",
-        );
+        let cli_nodes = cue_export(&dir, &renderer.module_input(&input).unwrap(), "nodes");
+        let cli_violations =
+            cue_export(&dir, &renderer.module_input(&input).unwrap(), "violations");
         assert_eq!(cli_violations, serde_json::json!([]), "{file}");
         let cli_ids: Vec<&String> = cli_nodes.as_object().unwrap().keys().collect();
         let ids: Vec<&String> = graph.nodes.iter().map(|n| &n.id).collect();
@@ -91,10 +105,6 @@ fn violations_match_the_cue_cli() {
     let ws = parse_webservice("irsa.yaml", &example("irsa.yaml")).unwrap();
     let input = render_input(&ws, Capabilities::default(), BTreeMap::new());
     let graph = renderer.render_blocking(&input).unwrap();
-    let cli = cue_export(
-        dir.path(),
-        &renderer.module_input(&input).unwrap(),
-        "violations",
-    );
+    let cli = cue_export(&dir, &renderer.module_input(&input).unwrap(), "violations");
     assert_eq!(cli, serde_json::to_value(&graph.violations).unwrap());
 }

@@ -296,3 +296,74 @@ fn approve_prints_the_approval_of_a_digest_and_refuses_a_tag() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("give a pinned reference"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_published_module_that_depends_on_the_standard_library_renders_from_its_digest_offline() {
+    // `cue mod publish` needs the module's dependencies resolvable: the testkit publishes the
+    // standard library to the same registry first. The operator fetches only the platform
+    // module by digest; its `deps: "cuebe.dev/lib@v0"` is served by the copy the SDK ships.
+    let mut registry = LocalRegistry::start().unwrap();
+    let published = publish_module(&registry, &platform(), "v1.0.0").unwrap();
+    let module = ModuleFetcher::new(None)
+        .fetch(&OciReference::parse(&published).unwrap(), "./webservice")
+        .await
+        .unwrap();
+    assert!(
+        module.files()["cue.mod/module.cue"].contains("\"cuebe.dev/lib@v0\""),
+        "the published module names the library as a dependency"
+    );
+    // Nothing is fetched while rendering: the registry is gone.
+    registry.stop();
+    let published_source = module.as_ref().clone();
+    let renderer =
+        cuebe::CueRenderer::new(cuebe::ModuleSet::single("1.0.0", published_source.clone()));
+    let spec = serde_json::json!({"image": "registry.example.com/web:1.4.2",
+        "resources": {"cpu": "250m", "memory": "256Mi"}});
+    let plan = renderer
+        .render_blocking(&cuebe::renderer::RenderInput {
+            instance: cuebe::instance::Instance {
+                name: "web".into(),
+                namespace: "apps".into(),
+                ..Default::default()
+            },
+            spec: spec.clone(),
+            ..Default::default()
+        })
+        .unwrap();
+    let graph = plan.graph();
+    assert!(graph.violations.is_empty(), "{:?}", graph.violations);
+    assert!(graph.nodes.iter().any(|n| n.id == "deployment"));
+    // The library's packs run in the published module: an unhardened container added by a
+    // module change is caught (a policy the platform gets from the library).
+    let insecure = published_source.with_files([(
+        "webservice/zz_sidecar.cue",
+        "package webservice\nnodes: deployment: object: spec: template: spec: initContainers: \
+         [{name: \"sidecar\", image: \"registry.example.com/s:1\"}]\n",
+    )]);
+    let plan = cuebe::CueRenderer::new(cuebe::ModuleSet::single("1.0.0", insecure))
+        .render_blocking(&cuebe::renderer::RenderInput {
+            instance: cuebe::instance::Instance {
+                name: "web".into(),
+                namespace: "apps".into(),
+                ..Default::default()
+            },
+            spec,
+            ..Default::default()
+        })
+        .unwrap();
+    let rules: Vec<&str> = plan
+        .graph()
+        .violations
+        .iter()
+        .map(|v| v.rule.as_str())
+        .collect();
+    assert_eq!(
+        rules,
+        [
+            "read-only-root-filesystem",
+            "drop-all-capabilities",
+            "limits-required"
+        ],
+        "the pod's securityContext covers runAsNonRoot and seccomp"
+    );
+}

@@ -18,6 +18,8 @@
 //! - [`inventory`]: the entries recording what an instance manages.
 //! - [`status`]: the standard status and [`status::summarize`], which turns a pass into
 //!   conditions and events.
+//! - [`stdlib`]: cuebe's standard CUE library (`cuebe.dev/lib`), the only dependency a
+//!   platform module may have, shipped with the SDK and resolved offline.
 //! - [`trust`]: which published modules are trusted (source policy, cosign signatures).
 //! - [`clock`]: the time a pass judges timeouts against (a fixed one in tests).
 //!
@@ -36,6 +38,7 @@ pub mod readiness;
 pub mod render;
 pub mod rollout;
 pub mod status;
+pub mod stdlib;
 pub mod trust;
 
 /// Safe access to CUE through the in-process bridge (re-exported from `cuebe-cue-sys`).

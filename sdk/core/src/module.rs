@@ -44,11 +44,13 @@ impl fmt::Debug for ModuleSource {
 }
 
 impl ModuleSource {
-    /// The files and package as the CUE bridge loads them.
+    /// The files and package as the CUE bridge loads them, with the standard library
+    /// ([`crate::stdlib`]) as the only modules its `deps` may name.
     pub fn module_files(&self) -> cuebe_cue_sys::module::ModuleFiles {
         cuebe_cue_sys::module::ModuleFiles {
             files: self.files.clone(),
             package: self.package.clone(),
+            dependencies: crate::stdlib::dependencies(),
         }
     }
 

@@ -34,7 +34,7 @@ pub mod renderer;
 pub mod rollout;
 pub mod spans;
 
-pub use cuebe_core::{clock, cue, graph, instance, module, plan, readiness, status, trust};
+pub use cuebe_core::{clock, cue, graph, instance, module, plan, readiness, status, stdlib, trust};
 
 pub use abstraction::Abstraction;
 /// `#[derive(Abstraction)]`: see [`cuebe_macros::Abstraction`].
