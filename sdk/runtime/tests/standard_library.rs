@@ -29,10 +29,11 @@ import "cuebe.dev/lib/policy"
 
 module: {name: "packs", version: "0.0.1"}
 input: _
-policy.Restricted
-policy.Limits
-policy.AllowedRegistries
+// In another order than the library lists the rules in: the violations come in its order.
 policy.PinnedImages
+policy.AllowedRegistries
+policy.Limits
+policy.Restricted
 policyOptions: allowedRegistries: ["registry.example.com/"]
 nodes: {for id, o in input.spec.objects {(id): {object: o, readyWhen: [{type: "Exists"}]}}}
 policyViolations: _
@@ -248,6 +249,54 @@ fn a_compliant_pod_of_every_workload_kind_passes_every_pack() {
         let g = render(json!({ "w": object }));
         assert!(g.violations.is_empty(), "{kind}: {:?}", g.violations);
     }
+    // ... and is caught when it is wrong there.
+    let mut quiet = compliant("app");
+    let sc = quiet["securityContext"].as_object_mut().unwrap();
+    sc.remove("runAsNonRoot");
+    sc.remove("seccompProfile");
+    let pod = json!({"securityContext": {"runAsNonRoot": false, "seccompProfile": {"type": "Unconfined"}},
+        "containers": [quiet]});
+    for (kind, object, at) in workloads(&pod) {
+        let g = render(json!({ "w": object }));
+        let expected: BTreeSet<(String, String)> = [
+            ("run-as-non-root", "securityContext.runAsNonRoot"),
+            (
+                "seccomp-runtime-default",
+                "securityContext.seccompProfile.type",
+            ),
+        ]
+        .iter()
+        .map(|(rule, field)| {
+            (
+                rule.to_string(),
+                format!("nodes.w.object.{at}.containers[0].{field}"),
+            )
+        })
+        .collect();
+        assert_eq!(violations(&g), expected, "{kind}");
+    }
+}
+
+#[test]
+fn violations_come_in_the_library_rule_order_whatever_order_the_packs_are_embedded_in() {
+    let g = render(json!({"w": workloads(&json!({"hostNetwork": true,
+        "initContainers": [offending("bad")], "containers": [compliant("ok")]}))[0].1}));
+    let rules: Vec<&str> = g.violations.iter().map(|v| v.rule.as_str()).collect();
+    // The test module embeds PinnedImages, AllowedRegistries, Limits, Restricted.
+    assert_eq!(
+        rules,
+        [
+            "no-host-network",
+            "not-privileged",
+            "run-as-non-root",
+            "read-only-root-filesystem",
+            "drop-all-capabilities",
+            "seccomp-runtime-default",
+            "limits-required",
+            "allowed-registries",
+            "image-pinned",
+        ]
+    );
 }
 
 #[test]
