@@ -20,7 +20,7 @@
 //! shipped versions to the CUE bridge, which serves them as the only registry a load has: a
 //! module is loaded offline whether it is embedded, fetched by digest or read from git. The
 //! `cue` CLI resolves the same dependency from a registry the library was published to
-//! ([`write_to`] writes it out for `cue mod publish`).
+//! ([`LibraryVersion::write_to`] writes it out for `cue mod publish`).
 //!
 //! Invariant: a released version's files never change (a test pins each version's digest); a
 //! change to the library is a new version, and the old version's files stay shipped so that
