@@ -1625,15 +1625,15 @@ async fn render_and_diff_preview_a_published_module_before_anyone_pins_it() {
     use cuebe_testkit::oci_registry::{LocalRegistry, publish_module};
     let e = env("preview").await;
     let registry = LocalRegistry::start().unwrap();
-    // A candidate release that labels every object differently: visible in the render.
+    // A candidate release that names the Service's port differently: visible in the render.
     let candidate = module_variant("1.1.0-rc.1");
     let render_cue = candidate.path().join("webservice/render.cue");
     let text = std::fs::read_to_string(&render_cue).unwrap();
     std::fs::write(
         &render_cue,
         text.replace(
-            r#""app.kubernetes.io/managed-by": "cuebe""#,
-            r#""app.kubernetes.io/managed-by": "cuebe-rc""#,
+            r#"ports: [{name: "http", port: 80, targetPort: "http", protocol: "TCP"}]"#,
+            r#"ports: [{name: "http-rc", port: 80, targetPort: "http", protocol: "TCP"}]"#,
         ),
     )
     .unwrap();
@@ -1662,7 +1662,7 @@ async fn render_and_diff_preview_a_published_module_before_anyone_pins_it() {
     let previewed = render(&["--module", &reference]);
     let stderr = String::from_utf8_lossy(&previewed.stderr).into_owned();
     assert!(previewed.status.success(), "{stderr}");
-    assert!(String::from_utf8_lossy(&previewed.stdout).contains("managed-by: cuebe-rc"));
+    assert!(String::from_utf8_lossy(&previewed.stdout).contains("name: http-rc"));
     assert!(
         stderr.contains(&format!("module: {reference} (Unverified")),
         "{stderr}"
@@ -1712,15 +1712,15 @@ async fn render_and_diff_preview_a_published_module_before_anyone_pins_it() {
 async fn render_and_diff_preview_a_module_from_git_by_flag_or_by_the_manifest() {
     use cuebe_testkit::git_server::{GitDaemon, GitRepo};
     let e = env("gitpreview").await;
-    // A candidate on a branch that labels every object differently: visible in the render.
+    // A candidate on a branch that names the Service's port differently: visible in the render.
     let candidate = module_variant("git candidate");
     let render_cue = candidate.path().join("webservice/render.cue");
     let text = std::fs::read_to_string(&render_cue).unwrap();
     std::fs::write(
         &render_cue,
         text.replace(
-            r#""app.kubernetes.io/managed-by": "cuebe""#,
-            r#""app.kubernetes.io/managed-by": "cuebe-git""#,
+            r#"ports: [{name: "http", port: 80, targetPort: "http", protocol: "TCP"}]"#,
+            r#"ports: [{name: "http-git", port: 80, targetPort: "http", protocol: "TCP"}]"#,
         ),
     )
     .unwrap();
@@ -1757,7 +1757,7 @@ async fn render_and_diff_preview_a_module_from_git_by_flag_or_by_the_manifest() 
     // By the flag: the branch resolved to its commit, the tree read, rendered with.
     let (code, stdout, stderr) = render(&["--module", &reference]);
     assert_eq!(code, Some(0), "{stderr}");
-    assert!(stdout.contains("managed-by: cuebe-git"), "{stdout}");
+    assert!(stdout.contains("name: http-git"), "{stdout}");
     assert!(
         stderr.contains(&format!(
             "module: {resolved} (Unverified: no policy rule asks for a signature, from next)"
@@ -1767,7 +1767,7 @@ async fn render_and_diff_preview_a_module_from_git_by_flag_or_by_the_manifest() 
     // The resolved form, as `status.platformRefResolved` shows it, is the same module.
     let (code, stdout, stderr) = render(&["--module", &resolved]);
     assert_eq!(code, Some(0), "{stderr}");
-    assert!(stdout.contains("managed-by: cuebe-git"), "{stdout}");
+    assert!(stdout.contains("name: http-git"), "{stdout}");
 
     // By the manifest's own platformRef.git, without the flag.
     let mut spec = simple();
@@ -1784,7 +1784,7 @@ async fn render_and_diff_preview_a_module_from_git_by_flag_or_by_the_manifest() 
     .unwrap();
     let (code, stdout, stderr) = render_file(manifest.path(), &[]);
     assert_eq!(code, Some(0), "{stderr}");
-    assert!(stdout.contains("managed-by: cuebe-git"), "{stdout}");
+    assert!(stdout.contains("name: http-git"), "{stdout}");
     assert!(stderr.contains(&format!("module: {resolved}")), "{stderr}");
 
     // A policy that denies the repository: exit 3, the reason, nothing fetched.
