@@ -1916,7 +1916,7 @@ async fn a_service_tracking_a_git_branch_follows_it_and_outlives_its_server() {
     let text = std::fs::read_to_string(&render_cue).unwrap();
     std::fs::write(
         &render_cue,
-        format!("{text}\n_labels: \"platform.example.com/track\": \"main\"\n"),
+        format!("{text}\n_meta: server: labels: \"platform.example.com/track\": \"main\"\n"),
     )
     .unwrap();
     let second = repo
@@ -2336,7 +2336,7 @@ async fn a_service_on_signed_git_commits_refuses_an_unsigned_one_and_keeps_the_l
         let text = std::fs::read_to_string(&render_cue).unwrap();
         std::fs::write(
             &render_cue,
-            format!("{text}\n_labels: \"platform.example.com/commit\": \"{comment}\"\n"),
+            format!("{text}\n_meta: server: labels: \"platform.example.com/commit\": \"{comment}\"\n"),
         )
         .unwrap();
         dir
