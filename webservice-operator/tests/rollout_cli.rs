@@ -7,7 +7,7 @@
 
 #[path = "support/module_variant.rs"]
 mod module_variant;
-use module_variant::{module_variant, module_variant_with, stricter_policy};
+use module_variant::{module_variant, stricter_policy};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -94,14 +94,17 @@ fn plan(channel: &Path, module: &str, extra: &[String], cache: &Path) -> Run {
     operator(&args, cache, None)
 }
 
-/// A release that labels every object differently.
+/// A release that labels every object differently (one more label on every component).
 fn relabelled() -> tempfile::TempDir {
-    module_variant_with(
-        "relabelled 1.1.0",
-        "webservice/render.cue",
-        r#""app.kubernetes.io/managed-by": "cuebe""#,
-        r#""app.kubernetes.io/managed-by": "cuebe-next""#,
+    let dir = module_variant("relabelled 1.1.0");
+    let render = dir.path().join("webservice/render.cue");
+    let text = std::fs::read_to_string(&render).unwrap();
+    std::fs::write(
+        &render,
+        format!("{text}\n_meta: [_]: labels: \"platform.example.com/release\": \"next\"\n"),
     )
+    .unwrap();
+    dir
 }
 
 /// A release with a bug that only Public services hit: their NetworkPolicy conflicts.
@@ -182,7 +185,7 @@ fn a_candidate_that_relabels_everything_changes_every_object_of_every_instance()
                     .as_array()
                     .unwrap()
                     .iter()
-                    .any(|f| f == r#"metadata.labels["app.kubernetes.io/managed-by"]"#),
+                    .any(|f| f == r#"metadata.labels["platform.example.com/release"]"#),
                 "{o}"
             );
         }
@@ -207,7 +210,7 @@ fn a_candidate_that_relabels_everything_changes_every_object_of_every_instance()
     );
     assert!(
         run.stdout.contains(
-            r#"update Deployment apps/hello: metadata.labels["app.kubernetes.io/managed-by"]"#
+            r#"update Deployment apps/hello: metadata.labels["platform.example.com/release"]"#
         ),
         "{}",
         run.stdout
