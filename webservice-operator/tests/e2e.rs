@@ -2336,7 +2336,9 @@ async fn a_service_on_signed_git_commits_refuses_an_unsigned_one_and_keeps_the_l
         let text = std::fs::read_to_string(&render_cue).unwrap();
         std::fs::write(
             &render_cue,
-            format!("{text}\n_meta: server: labels: \"platform.example.com/commit\": \"{comment}\"\n"),
+            format!(
+                "{text}\n_meta: server: labels: \"platform.example.com/commit\": \"{comment}\"\n"
+            ),
         )
         .unwrap();
         dir
