@@ -81,6 +81,14 @@ pub fn check_schema_agrees<A: Abstraction>() -> Result<(), SchemaCheckError> {
         .transpose()
         .map_err(|_| SchemaCheckError::NoSpecSchema)?
         .ok_or(SchemaCheckError::NoSpecSchema)?;
+    // `platformRef.channel` is the operator's: it replaces a channel reference with the
+    // channel's module reference before rendering, so a module never sees one.
+    let mut schema = schema;
+    if let Some(platform_ref) = schema.pointer_mut("/properties/platformRef/properties")
+        && let Some(props) = platform_ref.as_object_mut()
+    {
+        props.remove("channel");
+    }
     let modules = A::modules();
     let module = modules
         .resolve(None)
@@ -221,26 +229,64 @@ fn sample(schema: &Value) -> Value {
         return sample(&merged(schema, first));
     }
     match types(schema) {
+        // An object that must have some property (`platformRef`: exactly one of its fields)
+        // gets its first one.
+        "object" if schema.get("minProperties").and_then(Value::as_u64) > Some(0) => {
+            let mut out = minimal(schema);
+            if let (Value::Object(out), Some(props)) = (&mut out, properties(schema))
+                && out.is_empty()
+                && let Some((name, prop)) = props.iter().next()
+            {
+                out.insert(name.clone(), sample(prop));
+            }
+            out
+        }
         "object" => minimal(schema),
         "array" => json!([]),
         "integer" | "number" => {
-            let min = schema.get("minimum").and_then(Value::as_i64).unwrap_or(1);
-            json!(
-                min.max(1).min(
-                    schema
-                        .get("maximum")
-                        .and_then(Value::as_i64)
-                        .unwrap_or(i64::MAX)
-                )
-            )
+            let bound = |name: &str| schema.get(name).and_then(Value::as_f64).map(|b| b as i64);
+            let min = bound("minimum").unwrap_or(1);
+            json!(min.max(1).min(bound("maximum").unwrap_or(i64::MAX)))
         }
         "boolean" => json!(true),
         "string" => {
+            if let Some(matching) = schema
+                .get("pattern")
+                .and_then(Value::as_str)
+                .and_then(string_matching)
+            {
+                return json!(matching);
+            }
             let len = schema.get("minLength").and_then(Value::as_u64).unwrap_or(1);
             json!("x".repeat(usize::try_from(len.max(1)).unwrap_or(1)))
         }
         _ => json!({}),
     }
+}
+
+/// A string the regular expression `pattern` (as the API server reads it: anywhere in the
+/// string unless anchored) matches, generated from the pattern; `None` when it cannot be
+/// generated (look-arounds, back references).
+fn string_matching(pattern: &str) -> Option<String> {
+    use proptest::strategy::{Strategy, ValueTree};
+    // proptest generates whole strings and has no anchors: a whole string that matches the
+    // pattern without its `^`/`$` matches it with them too.
+    let unanchored = pattern.strip_prefix('^').unwrap_or(pattern);
+    let unanchored = unanchored.strip_suffix('$').unwrap_or(unanchored);
+    let strategy = proptest::string::string_regex(unanchored).ok()?;
+    let checker = regex::Regex::new(pattern).ok()?;
+    // Deterministic: the same sample on every run, so a drift report does not flicker.
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let mut tree = strategy.new_tree(&mut runner).ok()?;
+    // Every value of the strategy matches, so shrinking all the way gives the smallest sample
+    // (and readable reports): bounded, as the shrinking of repetitions can take many steps.
+    for _ in 0..10_000 {
+        if !tree.simplify() {
+            break;
+        }
+    }
+    let candidate = tree.current();
+    checker.is_match(&candidate).then_some(candidate)
 }
 
 /// `schema` with one of its `oneOf` alternatives folded in.
@@ -393,8 +439,9 @@ fn check_bounds(
     }
     match types(prop) {
         "integer" => {
-            let min = prop.get("minimum").and_then(Value::as_i64);
-            let max = prop.get("maximum").and_then(Value::as_i64);
+            // schemars writes integer bounds as numbers (`minimum: 1.0`).
+            let bound = |name: &str| prop.get(name).and_then(Value::as_f64).map(|b| b as i64);
+            let (min, max) = (bound("minimum"), bound("maximum"));
             match min {
                 Some(min) => {
                     expect(json!(min), true, "the minimum")?;
@@ -499,5 +546,41 @@ fn check_default(prop: &Value, value: &Value, field: &str, drift: &mut Vec<Drift
                 "CUE defaults it to {value}; its CRD description (kubectl explain) must say \"(default {shown})\""
             ),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_match_the_patterns_the_crds_use() {
+        for pattern in [
+            "^/",
+            "^arn:aws[a-z-]*:iam::",
+            "^[A-Za-z_][A-Za-z0-9_]*$",
+            r"^oci://[^@\s]+@sha256:[0-9a-f]{64}$",
+            r"^(git\+https|git\+file|git)://[^?#@\s]+\?([^&#\s]+&)*ref=[^&#\s]+(&[^&#\s]+)*$",
+        ] {
+            let sample = string_matching(pattern)
+                .unwrap_or_else(|| panic!("no sample for {pattern}"));
+            assert!(
+                regex::Regex::new(pattern).is_ok_and(|r| r.is_match(&sample)),
+                "{sample:?} does not match {pattern}"
+            );
+        }
+        assert_eq!(string_matching("^/").as_deref(), Some("/"));
+    }
+
+    #[test]
+    fn an_object_that_needs_a_property_gets_its_first() {
+        let schema = json!({
+            "type": "object",
+            "minProperties": 1,
+            "properties": {"embedded": {"type": "string"}, "oci": {"type": "string"}}
+        });
+        assert_eq!(sample(&schema), json!({"embedded": "x"}));
+        let plain = json!({"type": "object", "properties": {"a": {"type": "string"}}});
+        assert_eq!(sample(&plain), json!({}));
     }
 }

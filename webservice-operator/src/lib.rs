@@ -66,12 +66,14 @@ pub fn platform_modules() -> ModuleSet {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WebServiceSpec {
     /// Container image, from an allowed registry, pinned to a tag or digest.
+    #[schemars(length(min = 1))]
     pub image: String,
     /// Replicas when autoscaling is off (default 2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<i32>,
     /// Port the container listens on (default 8080).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
     pub port: Option<i32>,
     /// CPU and memory requests (required by policy); limits are set equal.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -129,7 +131,8 @@ pub struct Resources {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EnvVar {
-    /// Variable name.
+    /// Variable name: letters, digits and `_`, not starting with a digit.
+    #[schemars(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*$"))]
     pub name: String,
     /// Its value.
     pub value: String,
@@ -141,9 +144,11 @@ pub struct EnvVar {
 pub struct Probes {
     /// Readiness probe path, e.g. `/healthz`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = "^/"))]
     pub readiness_path: Option<String>,
-    /// Liveness probe path.
+    /// Liveness probe path, e.g. `/livez`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = "^/"))]
     pub liveness_path: Option<String>,
 }
 
@@ -151,14 +156,15 @@ pub struct Probes {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Exposure {
-    /// `Internal` (default) or `Public`.
+    /// `Internal` or `Public` (default Internal).
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
     pub type_: Option<ExposureType>,
     /// DNS name of a Public service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
-    /// Path prefix (default `/`).
+    /// Path prefix (default /).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = "^/"))]
     pub path: Option<String>,
 }
 
@@ -177,8 +183,10 @@ pub enum ExposureType {
 pub struct Autoscaling {
     /// Lower bound (default 2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub min_replicas: Option<i32>,
     /// Upper bound.
+    #[schemars(range(min = 1))]
     pub max_replicas: i32,
     /// Target average CPU utilisation in percent (default 80).
     #[serde(
@@ -186,6 +194,7 @@ pub struct Autoscaling {
         rename = "targetCPUUtilization",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(range(min = 1, max = 100))]
     pub target_cpu_utilization: Option<i32>,
 }
 
@@ -199,6 +208,7 @@ pub struct Iam {
         rename = "policyARNs",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(inner(regex(pattern = "^arn:aws[a-z-]*:iam::")))]
     pub policy_arns: Option<Vec<String>>,
     /// An IAM policy document (JSON), created as its own ACK Policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -57,7 +57,6 @@ fn render_hashes_are_stable() {
 /// The `WebService` Rust type (its CRD) and the module's CUE `#WebServiceSpec` describe the same
 /// spec: fields, types, required-ness, bounds, enums, and CUE's defaults shown in the CRD.
 #[test]
-#[ignore = "the check finds real drift not fixed yet (bounds only in CUE, deletionPolicy's default not in its description, platformRef {}): issue 16; run with --ignored"]
 fn crd_and_cue_schema_agree() {
     if let Err(e) = cuebe_testkit::spec::check_schema_agrees::<WebService>() {
         panic!("{e}");

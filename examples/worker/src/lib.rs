@@ -100,8 +100,10 @@ pub struct Resources {
 pub struct Autoscaling {
     /// Lower bound (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub min_replicas: Option<i32>,
     /// Upper bound.
+    #[schemars(range(min = 1))]
     pub max_replicas: i32,
     /// Target average CPU utilisation in percent (default 70).
     #[serde(
@@ -109,6 +111,7 @@ pub struct Autoscaling {
         rename = "targetCPUUtilization",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(range(min = 1, max = 100))]
     pub target_cpu_utilization: Option<i32>,
 }
 
@@ -118,5 +121,6 @@ pub struct Autoscaling {
 pub struct Iam {
     /// Managed policy ARNs to attach.
     #[serde(default, rename = "policyARNs")]
+    #[schemars(inner(regex(pattern = "^arn:aws[a-z-]*:iam::")))]
     pub policy_arns: Vec<String>,
 }

@@ -14,7 +14,6 @@ fn worker_module_golden_cases() {
 
 /// The `Worker` Rust type (its CRD) and the module's CUE `#WorkerSpec` describe the same spec.
 #[test]
-#[ignore = "the check finds real drift not fixed yet (bounds only in CUE, deletionPolicy's default not in its description, platformRef {}): issue 16; run with --ignored"]
 fn crd_and_cue_schema_agree() {
     if let Err(e) = cuebe_testkit::spec::check_schema_agrees::<Worker>() {
         panic!("{e}");

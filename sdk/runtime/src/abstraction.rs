@@ -6,7 +6,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
-    CustomResourceColumnDefinition, CustomResourceDefinition, ValidationRule,
+    CustomResourceColumnDefinition, CustomResourceDefinition, JSONSchemaProps,
+    JSONSchemaPropsOrArray, ValidationRule,
 };
 use kube::core::NamespaceResourceScope;
 use kube::{CustomResourceExt, Resource};
@@ -46,6 +47,7 @@ pub const DEFAULT_FINALIZER: &str = "cuebe.dev/cleanup";
 pub trait Abstraction:
     Resource<DynamicType = (), Scope = NamespaceResourceScope>
     + CustomResourceExt
+    + schemars::JsonSchema
     + Clone
     + std::fmt::Debug
     + Serialize
@@ -185,6 +187,26 @@ pub const CATEGORY: &str = "platform";
 /// ```
 pub fn crd<A: Abstraction>() -> CustomResourceDefinition {
     let mut crd = A::crd();
+    // kube's schema for an optional field of an enum type keeps the enum's doc comment, not the
+    // field's (`exposure.type` read "Exposure type."): `kubectl explain` must show what the field
+    // means and its default, so every field gets its own doc comment back.
+    let raw = schemars::generate::SchemaSettings::openapi3()
+        .with(|s| {
+            s.inline_subschemas = true;
+            s.meta_schema = None;
+        })
+        .into_generator()
+        .into_root_schema_for::<A>();
+    let raw = serde_json::to_value(raw).unwrap_or_default();
+    for version in &mut crd.spec.versions {
+        if let Some(root) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        {
+            restore_field_descriptions(root, &raw);
+        }
+    }
     let categories = crd.spec.names.categories.get_or_insert_with(Vec::new);
     if !categories.iter().any(|c| c == CATEGORY) {
         categories.push(CATEGORY.to_string());
@@ -237,6 +259,48 @@ pub fn crd<A: Abstraction>() -> CustomResourceDefinition {
         }
     }
     crd
+}
+
+/// Gives every property of `schema` the description of its field in `raw` (the schemars schema
+/// of the same type before kube's structural rewrites).
+fn restore_field_descriptions(schema: &mut JSONSchemaProps, raw: &serde_json::Value) {
+    let raw = with_properties(raw);
+    if let (Some(properties), Some(raw_properties)) = (
+        schema.properties.as_mut(),
+        raw.get("properties").and_then(serde_json::Value::as_object),
+    ) {
+        for (name, property) in properties.iter_mut() {
+            let Some(raw_property) = raw_properties.get(name) else {
+                continue;
+            };
+            if let Some(description) = raw_property
+                .get("description")
+                .and_then(serde_json::Value::as_str)
+            {
+                property.description = Some(description.to_string());
+            }
+            restore_field_descriptions(property, raw_property);
+        }
+    }
+    if let (Some(JSONSchemaPropsOrArray::Schema(items)), Some(raw_items)) =
+        (schema.items.as_mut(), with_properties(raw).get("items"))
+    {
+        restore_field_descriptions(items, raw_items);
+    }
+}
+
+/// `raw`, or the alternative of its `anyOf`/`oneOf` (an `Option<T>`: `T` or null) that has the
+/// properties or items.
+fn with_properties(raw: &serde_json::Value) -> &serde_json::Value {
+    if raw.get("properties").is_some() || raw.get("items").is_some() {
+        return raw;
+    }
+    ["anyOf", "oneOf", "allOf"]
+        .iter()
+        .filter_map(|k| raw.get(k)?.as_array())
+        .flatten()
+        .find(|alt| alt.get("properties").is_some() || alt.get("items").is_some())
+        .unwrap_or(raw)
 }
 
 /// The table `kubectl get` prints for an abstraction: Ready (the `Ready` condition's status),
