@@ -203,6 +203,8 @@ pub struct RenderCacheStats {
     pub misses: u64,
     /// Renders held now.
     pub entries: usize,
+    /// Their estimated heap bytes (bounded by [`CueRendererOptions::render_cache_bytes`]).
+    pub bytes: usize,
     /// Evaluations that exceeded the time limit and still run in the bridge (CUE cannot stop
     /// them). Bounded per module by `cuebe_cue_sys::module::MAX_ABANDONED_EVALUATIONS`.
     pub abandoned_evaluations: usize,
@@ -233,31 +235,90 @@ struct BuiltModule {
     exports: BTreeMap<String, ExportDecl>,
 }
 
-/// A bounded map with first-in-first-out eviction.
+/// A map bounded in entries and in (estimated) bytes, with first-in-first-out eviction.
 #[derive(Debug)]
 struct RenderCache {
-    map: HashMap<(String, [u8; 32]), Arc<Plan>>,
+    map: HashMap<(String, [u8; 32]), (Arc<Plan>, usize)>,
     order: VecDeque<(String, [u8; 32])>,
     capacity: usize,
+    max_bytes: usize,
+    bytes: usize,
 }
 
 impl RenderCache {
-    fn get(&self, key: &(String, [u8; 32])) -> Option<Arc<Plan>> {
-        self.map.get(key).cloned()
+    fn new(capacity: usize, max_bytes: usize) -> Self {
+        Self {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            capacity,
+            max_bytes,
+            bytes: 0,
+        }
     }
 
-    fn insert(&mut self, key: (String, [u8; 32]), graph: Arc<Plan>) {
-        if self.capacity == 0 {
+    fn get(&self, key: &(String, [u8; 32])) -> Option<Arc<Plan>> {
+        self.map.get(key).map(|(plan, _)| plan.clone())
+    }
+
+    fn insert(&mut self, key: (String, [u8; 32]), plan: Arc<Plan>) {
+        let weight = plan_heap_bytes(&plan);
+        // A render larger than the whole budget would evict everything and stay alone.
+        if self.capacity == 0 || weight > self.max_bytes {
             return;
         }
-        if self.map.insert(key.clone(), graph).is_none() {
-            self.order.push_back(key);
+        match self.map.insert(key.clone(), (plan, weight)) {
+            Some((_, old)) => self.bytes -= old,
+            None => self.order.push_back(key),
         }
-        while self.order.len() > self.capacity {
-            if let Some(old) = self.order.pop_front() {
-                self.map.remove(&old);
+        self.bytes += weight;
+        while self.order.len() > self.capacity || self.bytes > self.max_bytes {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            if let Some((_, w)) = self.map.remove(&old) {
+                self.bytes -= w;
             }
         }
+    }
+
+    fn clear(&mut self) {
+        self.map.clear();
+        self.order.clear();
+        self.bytes = 0;
+    }
+}
+
+/// Estimated heap bytes of a cached render: its objects' JSON values (each value, string and map
+/// entry with its allocation), the node ids and edges, and a fixed share for the compiled
+/// predicates. An estimate, not an allocator count: it keeps the cache's memory proportional to
+/// what it holds, so the byte bound means what it says within a small factor.
+fn plan_heap_bytes(plan: &Plan) -> usize {
+    const PER_NODE: usize = 512;
+    plan.graph()
+        .nodes
+        .iter()
+        .map(|node| {
+            PER_NODE
+                + node.id.len()
+                + node.depends_on.iter().map(String::len).sum::<usize>()
+                + node.object.as_ref().map_or(0, value_heap_bytes)
+        })
+        .sum::<usize>()
+        + std::mem::size_of::<Plan>()
+}
+
+/// Heap bytes of a JSON value: the value itself, string bytes, and per map entry the key and a
+/// B-tree slot.
+fn value_heap_bytes(value: &Value) -> usize {
+    let own = std::mem::size_of::<Value>();
+    own + match value {
+        Value::String(s) => s.len(),
+        Value::Array(items) => items.iter().map(value_heap_bytes).sum(),
+        Value::Object(map) => map
+            .iter()
+            .map(|(k, v)| k.len() + std::mem::size_of::<String>() + 16 + value_heap_bytes(v))
+            .sum(),
+        _ => 0,
     }
 }
 
@@ -268,7 +329,12 @@ pub struct CueRendererOptions {
     pub eval_timeout: Duration,
     /// Rendered graphs kept in memory.
     pub render_cache_capacity: usize,
-    /// Built copies of a module that may evaluate at once.
+    /// Estimated bytes the kept renders may take (the oldest are dropped first). With 10,000
+    /// instances the entry bound alone would let the cache grow with the fleet; a render that
+    /// is not cached costs one CUE evaluation (a few ms), not correctness.
+    pub render_cache_bytes: usize,
+    /// Built copies of a module that may evaluate at once (default: one per core, so renders
+    /// of many instances use every core).
     pub evaluators_per_module: usize,
     /// Largest `spec` (as canonical JSON) a render accepts. CUE's evaluation time and memory
     /// grow faster than the input (30,000 env entries took a render past 10 s and the operator
@@ -276,6 +342,9 @@ pub struct CueRendererOptions {
     /// all the others: it is refused, naming `spec` and the limit.
     pub max_spec_bytes: usize,
 }
+
+/// Default [`CueRendererOptions::render_cache_bytes`]: 64 MiB.
+pub const DEFAULT_RENDER_CACHE_BYTES: usize = 64 * 1024 * 1024;
 
 /// Default [`CueRendererOptions::max_spec_bytes`]: 256 KiB, far above any hand-written spec
 /// (a WebService with 3,000 env entries is about 120 KiB).
@@ -286,8 +355,9 @@ impl Default for CueRendererOptions {
         Self {
             eval_timeout: Duration::from_secs(10),
             render_cache_capacity: 4096,
+            render_cache_bytes: DEFAULT_RENDER_CACHE_BYTES,
             evaluators_per_module: std::thread::available_parallelism()
-                .map(|n| n.get().min(4))
+                .map(std::num::NonZero::get)
                 .unwrap_or(2),
             max_spec_bytes: DEFAULT_MAX_SPEC_BYTES,
         }
@@ -338,7 +408,7 @@ impl CueRenderer {
 
     /// A renderer with explicit options.
     pub fn with_options(modules: ModuleSet, options: CueRendererOptions) -> Self {
-        let capacity = options.render_cache_capacity;
+        let (capacity, max_bytes) = (options.render_cache_capacity, options.render_cache_bytes);
         Self {
             inner: Arc::new(Inner {
                 modules,
@@ -346,11 +416,7 @@ impl CueRenderer {
                 built: Mutex::new(HashMap::new()),
                 building: Mutex::new(HashMap::new()),
                 modules_built: AtomicU64::new(0),
-                cache: Mutex::new(RenderCache {
-                    map: HashMap::new(),
-                    order: VecDeque::new(),
-                    capacity,
-                }),
+                cache: Mutex::new(RenderCache::new(capacity, max_bytes)),
                 hits: AtomicU64::new(0),
                 misses: AtomicU64::new(0),
             }),
@@ -393,8 +459,7 @@ impl CueRenderer {
             .cache
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        cache.map.clear();
-        cache.order.clear();
+        cache.clear();
     }
 }
 
@@ -427,13 +492,14 @@ impl CueRenderer {
 
     /// How the render cache has done since the renderer was created.
     pub fn cache_stats(&self) -> RenderCacheStats {
-        let entries = self
-            .inner
-            .cache
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .map
-            .len();
+        let (entries, bytes) = {
+            let cache = self
+                .inner
+                .cache
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            (cache.map.len(), cache.bytes)
+        };
         let abandoned_evaluations = self
             .inner
             .built
@@ -446,6 +512,7 @@ impl CueRenderer {
             hits: self.inner.hits.load(Ordering::Relaxed),
             misses: self.inner.misses.load(Ordering::Relaxed),
             entries,
+            bytes,
             abandoned_evaluations,
             modules_built: self.inner.modules_built.load(Ordering::Relaxed),
         }
@@ -945,4 +1012,60 @@ pub fn canonical_json(v: &Value) -> Vec<u8> {
     let mut out = Vec::new();
     write(v, &mut out);
     out
+}
+
+#[cfg(test)]
+mod cache_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::graph::tests::{graph, node};
+
+    /// A render of `n` ConfigMaps, each with `payload` bytes of data.
+    fn plan(n: usize, payload: usize) -> Arc<Plan> {
+        let nodes = (0..n)
+            .map(|i| {
+                let mut node = node(&format!("config{i}"), &[]);
+                if let Some(object) = node.object.as_mut() {
+                    object["data"] = serde_json::json!({"value": "x".repeat(payload)});
+                }
+                node
+            })
+            .collect();
+        Arc::new(Plan::new(graph(nodes), "apps").unwrap())
+    }
+
+    fn key(i: u8) -> (String, [u8; 32]) {
+        ("sha256:m".into(), [i; 32])
+    }
+
+    #[test]
+    fn the_cache_keeps_to_its_byte_budget_dropping_the_oldest_first() {
+        let one = plan_heap_bytes(&plan(3, 10_000));
+        assert!(one > 30_000, "the estimate counts the objects' bytes: {one}");
+        // Room for two such renders, not three.
+        let mut cache = RenderCache::new(100, one * 2 + one / 2);
+        for i in 0..3 {
+            cache.insert(key(i), plan(3, 10_000));
+        }
+        assert!(cache.get(&key(0)).is_none(), "the oldest was dropped");
+        assert!(cache.get(&key(1)).is_some() && cache.get(&key(2)).is_some());
+        assert_eq!(cache.bytes, one * 2);
+        // Replacing an entry does not count it twice.
+        cache.insert(key(2), plan(3, 10_000));
+        assert_eq!((cache.map.len(), cache.bytes), (2, one * 2));
+        cache.clear();
+        assert_eq!((cache.map.len(), cache.bytes), (0, 0));
+    }
+
+    #[test]
+    fn the_entry_bound_still_holds_and_an_oversized_render_is_not_kept() {
+        let mut cache = RenderCache::new(2, usize::MAX);
+        for i in 0..5 {
+            cache.insert(key(i), plan(1, 10));
+        }
+        assert_eq!(cache.map.len(), 2);
+        let mut small = RenderCache::new(100, 1_000);
+        small.insert(key(0), plan(3, 10_000));
+        assert_eq!((small.map.len(), small.bytes), (0, 0));
+    }
 }

@@ -46,6 +46,13 @@ impl Renderer for CueRenderer {
         span.record("cuebe.render.cached", false);
         let renderer = self.clone();
         let input = input.clone();
+        // Waiting for a free evaluator happens here, as a task, rather than on a blocking
+        // thread parked in the module's pool: an operator starting over 10,000 instances would
+        // otherwise hold hundreds of threads that only wait.
+        let _permit = render_permits()
+            .acquire()
+            .await
+            .map_err(|e| RenderError::Task(Arc::new(e)))?;
         // The evaluation's own logs belong to the render span of the pass that asked for it.
         tokio::task::spawn_blocking(move || span.in_scope(|| renderer.render_blocking(&input)))
             .await
@@ -55,4 +62,15 @@ impl Renderer for CueRenderer {
     fn cache_stats(&self) -> Option<RenderCacheStats> {
         Some(CueRenderer::cache_stats(self))
     }
+}
+
+/// CUE evaluations that may run at once in this process: one per core (CPU-bound work gains
+/// nothing from more), whatever the number of modules and their evaluator pools.
+fn render_permits() -> &'static tokio::sync::Semaphore {
+    static PERMITS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    PERMITS.get_or_init(|| {
+        tokio::sync::Semaphore::new(
+            std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
+        )
+    })
 }

@@ -190,6 +190,7 @@ struct ModuleInUseLabels {
 /// | `cuebe_render_duration_seconds` | histogram | one render (a cache hit included) |
 /// | `cuebe_render_cache_hits_total`, `cuebe_render_cache_misses_total` | counter | the renderer's render cache |
 /// | `cuebe_render_cache_entries` | gauge | renders the cache holds |
+/// | `cuebe_render_cache_bytes` | gauge | their estimated heap bytes (bounded, 64 MiB by default) |
 /// | `cuebe_render_abandoned_evaluations` | gauge | timed-out CUE evaluations still running (bounded per module) |
 /// | `cuebe_instances{state}` | gauge | instances by [`InstanceState`] |
 /// | `cuebe_controller_restarts_total` | counter | restarts because the cluster's APIs changed |
@@ -526,6 +527,14 @@ impl Collector for RenderCacheCollector {
             entries.metric_type(),
         )?;
         entries.encode(metric)?;
+        let bytes = ConstGauge::new(i64::try_from(stats.bytes).unwrap_or(i64::MAX));
+        let metric = encoder.encode_descriptor(
+            "render_cache_bytes",
+            "Estimated heap bytes of the renders the render cache holds (bounded by the renderer's option)",
+            None,
+            bytes.metric_type(),
+        )?;
+        bytes.encode(metric)?;
         let abandoned =
             ConstGauge::new(i64::try_from(stats.abandoned_evaluations).unwrap_or(i64::MAX));
         let metric = encoder.encode_descriptor(
