@@ -86,3 +86,35 @@ pub(crate) fn go_build_in_module(
     }
     Ok(bin)
 }
+
+/// The directory of `module@version` in the Go module cache (`go mod download -json`, run
+/// outside any module so only that module is fetched), to read files it ships that are not Go
+/// code (CRDs, say). The error is what `go` printed.
+pub(crate) fn go_module_dir(module: &str, version: &str) -> Result<PathBuf, String> {
+    let scratch = tempfile::tempdir().map_err(|e| format!("a scratch directory: {e}"))?;
+    let out = Command::new(std::env::var("GO").unwrap_or_else(|_| "go".into()))
+        .args(["mod", "download", "-json", &format!("{module}@{version}")])
+        .current_dir(scratch.path())
+        // Outside a module whatever GOFLAGS or a go.work up the tree say.
+        .env("GO111MODULE", "on")
+        .env("GOWORK", "off")
+        .output()
+        .map_err(|e| format!("cannot run go: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "`go mod download -json {module}@{version}` failed: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        ));
+    }
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("`go mod download -json {module}@{version}` printed no JSON: {e}"))?;
+    answer
+        .get("Dir")
+        .and_then(serde_json::Value::as_str)
+        .map(PathBuf::from)
+        .filter(|dir| dir.is_dir())
+        .ok_or_else(|| {
+            format!("`go mod download -json {module}@{version}` named no directory: {answer}")
+        })
+}

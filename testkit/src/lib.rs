@@ -23,6 +23,9 @@
 //! - [`crane`]: go-containerregistry's `crane`, to push, pull and unpack images.
 //! - [`jaeger`]: a real OTLP receiver (Jaeger v2 at a pinned version, built from its Go module
 //!   once and cached) and the traces it stored, as span trees.
+//! - [`kro`]: kro's controller (at a pinned version, built from its Go module once and cached)
+//!   run against a [`cluster::TestCluster`], with its request counts and memory, to measure cuebe
+//!   side by side with a peer.
 pub mod chaos;
 pub mod cluster;
 pub mod cosign;
@@ -36,5 +39,6 @@ mod go_install;
 pub mod golden;
 pub mod helm;
 pub mod jaeger;
+pub mod kro;
 pub mod oci_registry;
 pub mod spec;
