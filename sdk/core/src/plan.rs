@@ -3,8 +3,9 @@
 //! Owns: [`Plan`] (immutable, built once per render and cached with it: an id index, the apply
 //! order, the teardown order and each node's readiness predicates compiled once), [`Pass`] (the
 //! fresh state of one reconcile pass over a plan), the per-node decisions ([`needs_read`],
-//! [`write_decision`], [`judge`]) and the prune plan ([`prune_plan`]). Everything here is a
-//! function over data: the runtime's executor does the API calls and asks.
+//! [`read_source`]: the watch cache, our own write's answer or a GET, [`write_decision`],
+//! [`judge`]) and the prune plan ([`prune_plan`]). Everything here is a function over data: the
+//! runtime's executor does the API calls and asks.
 //!
 //! Workflow of a pass (the executor's loop):
 //! 1. [`Pass::start`]: nodes pending on an export are `Pending` and never applied;
@@ -850,6 +851,123 @@ pub fn write_decision(mode: ApplyMode, exists: bool, unchanged: bool) -> WriteDe
         (ApplyMode::AdoptOnly, false) => WriteDecision::NothingToAdopt,
         _ => WriteDecision::Apply,
     }
+}
+
+/// Where the executor reads a child object from ([`read_source`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadSource {
+    /// The answer of our own last write of it, which the watch has not delivered yet.
+    OwnWrite,
+    /// The operator's watch cache of the kind (no request).
+    Cache,
+    /// One GET from the API server.
+    Api,
+}
+
+/// What the operator's watch cache can say about one child object, for [`read_source`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CacheView {
+    /// The kind's store has listed once and its watch runs (false for a kind not watched, or
+    /// one the operator may not list and watch).
+    pub synced: bool,
+    /// The store keeps every field the renders read of this kind (objects are trimmed: a CEL
+    /// predicate needs whole objects, an export its path).
+    pub keeps_needed_fields: bool,
+    /// Our own write's answer is remembered and the watch has not delivered it yet.
+    pub own_write_pending: bool,
+    /// The object is in the store.
+    pub in_store: bool,
+}
+
+/// Where to read a child object from.
+///
+/// | synced | keeps fields | own write pending | in store | read from |
+/// |--------|--------------|-------------------|----------|-----------|
+/// | no     | —            | —                 | —        | Api       |
+/// | yes    | no           | —                 | —        | Api       |
+/// | yes    | yes          | yes               | —        | OwnWrite  |
+/// | yes    | yes          | no                | yes      | Cache     |
+/// | yes    | yes          | no                | no       | Api       |
+///
+/// Absent from the store is asked of the API server: the store only holds objects labelled
+/// with the instance kind, so it cannot tell a deleted object from one that exists without our
+/// labels (which adoption and the UID checks must see).
+///
+/// ```
+/// use cuebe_core::plan::{CacheView, ReadSource, read_source};
+/// let steady = CacheView { synced: true, keeps_needed_fields: true, own_write_pending: false, in_store: true };
+/// assert_eq!(read_source(steady), ReadSource::Cache);
+/// assert_eq!(read_source(CacheView { in_store: false, ..steady }), ReadSource::Api);
+/// ```
+pub fn read_source(view: CacheView) -> ReadSource {
+    match view {
+        CacheView { synced: false, .. }
+        | CacheView {
+            keeps_needed_fields: false,
+            ..
+        } => ReadSource::Api,
+        CacheView {
+            own_write_pending: true,
+            ..
+        } => ReadSource::OwnWrite,
+        CacheView { in_store: true, .. } => ReadSource::Cache,
+        CacheView { .. } => ReadSource::Api,
+    }
+}
+
+/// How long our own write's answer stands in for the watch at most (a watch that stalls
+/// silently must not hide the object's later changes for ever).
+pub const OWN_WRITE_TTL: Duration = Duration::from_secs(180);
+
+/// Whether to remember the answer of our write (resourceVersion `written`) until the watch
+/// delivers it: only when the store for that object still shows what it showed just before the
+/// write (`before`, `now`: its resourceVersion, `None` when absent) — nothing was delivered
+/// since, so the watch has not passed our write — and it does not show `written` already.
+/// resourceVersions are compared for equality only, never ordered.
+///
+/// ```
+/// use cuebe_core::plan::remember_own_write;
+/// assert!(remember_own_write(Some("10"), Some("10"), "12"));
+/// // The watch delivered something meanwhile (ours, or a later change): trust the store.
+/// assert!(!remember_own_write(Some("10"), Some("13"), "12"));
+/// ```
+pub fn remember_own_write(before: Option<&str>, now: Option<&str>, written: &str) -> bool {
+    before == now && now != Some(written)
+}
+
+/// What a kind's watch delivered, for [`settles_own_write`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchDelivery<'a> {
+    /// The object at this resourceVersion (added or modified).
+    Applied(&'a str),
+    /// The object was deleted.
+    Deleted,
+    /// The watch listed the kind again: the store is what the server has now.
+    Relisted,
+}
+
+/// Whether a remembered write (its resourceVersion `remembered`) is settled by what the watch
+/// delivered: its very version, a deletion, a relist. A version other than ours (a change
+/// made before our write, delivered late) leaves it standing.
+///
+/// ```
+/// use cuebe_core::plan::{WatchDelivery, settles_own_write};
+/// assert!(settles_own_write("12", WatchDelivery::Applied("12")));
+/// assert!(!settles_own_write("12", WatchDelivery::Applied("11")));
+/// ```
+pub fn settles_own_write(remembered: &str, delivered: WatchDelivery<'_>) -> bool {
+    match delivered {
+        WatchDelivery::Applied(version) => version == remembered,
+        WatchDelivery::Deleted | WatchDelivery::Relisted => true,
+    }
+}
+
+/// Whether an object read from the cache (or our own write's answer) must be read again from
+/// the API server before deciding: when it is not the object the inventory recorded, the
+/// adoption policy decides about it, and it sees the whole object as the server has it (the
+/// cached copy is trimmed).
+pub fn confirm_before_adopting(source: ReadSource, recorded: bool) -> bool {
+    source != ReadSource::Api && !recorded
 }
 
 /// Where a `Reference` node's object is read from, in the shape the runtime's

@@ -1042,3 +1042,93 @@ fn health_the_object_cannot_tell_keeps_the_last_judgement() {
         }
     }
 }
+
+#[test]
+fn the_read_source_table() {
+    use ReadSource::{Api, Cache, OwnWrite};
+    // (synced, keeps needed fields, own write pending, in store) → source
+    let cases = [
+        // Not listed yet, or not watchable (no list/watch permission): as before the cache.
+        ((false, true, false, true), Api),
+        ((false, true, true, true), Api),
+        ((false, false, false, false), Api),
+        // Trimmed of a field a render reads (a CEL predicate, an export path).
+        ((true, false, false, true), Api),
+        ((true, false, true, true), Api),
+        // Our write's answer until the watch delivers it, present in the store or not.
+        ((true, true, true, true), OwnWrite),
+        ((true, true, true, false), OwnWrite),
+        // The steady state: no request.
+        ((true, true, false, true), Cache),
+        // Absent: deleted, or unlabelled (adoption needs to see it): one GET.
+        ((true, true, false, false), Api),
+    ];
+    for ((synced, keeps_needed_fields, own_write_pending, in_store), want) in cases {
+        let view = CacheView {
+            synced,
+            keeps_needed_fields,
+            own_write_pending,
+            in_store,
+        };
+        assert_eq!(read_source(view), want, "{view:?}");
+    }
+}
+
+#[test]
+fn an_own_write_is_remembered_only_while_the_watch_has_not_passed_it() {
+    // (store before the write, store after it, version written) → remember
+    let cases = [
+        // Nothing delivered since: the watch is behind our write.
+        ((Some("10"), Some("10"), "12"), true),
+        ((None, None, "12"), true),
+        // The watch already delivered our write.
+        ((Some("10"), Some("12"), "12"), false),
+        ((None, Some("12"), "12"), false),
+        // Something was delivered (ours and a later change, or an earlier one): the store is
+        // trusted, never a version ordering.
+        ((Some("10"), Some("13"), "12"), false),
+        ((None, Some("9"), "12"), false),
+        // Deleted meanwhile.
+        ((Some("10"), None, "12"), false),
+        // A write that changed nothing leaves the version the store shows.
+        ((Some("10"), Some("10"), "10"), false),
+    ];
+    for ((before, now, written), want) in cases {
+        assert_eq!(
+            remember_own_write(before, now, written),
+            want,
+            "{before:?} → {now:?}, wrote {written}"
+        );
+    }
+    use WatchDelivery::{Applied, Deleted, Relisted};
+    // (remembered version, delivered) → settled
+    let deliveries = [
+        (("12", Applied("12")), true),
+        // A change made before ours, delivered late: ours still stands.
+        (("12", Applied("11")), false),
+        (("12", Deleted), true),
+        (("12", Relisted), true),
+    ];
+    for ((remembered, delivered), want) in deliveries {
+        assert_eq!(
+            settles_own_write(remembered, delivered),
+            want,
+            "{remembered} after {delivered:?}"
+        );
+    }
+    // Adoption reads the object from the server, whatever answered first.
+    use ReadSource::{Api, Cache, OwnWrite};
+    for (source, recorded, want) in [
+        (Cache, false, true),
+        (OwnWrite, false, true),
+        (Api, false, false),
+        (Cache, true, false),
+        (OwnWrite, true, false),
+    ] {
+        assert_eq!(
+            confirm_before_adopting(source, recorded),
+            want,
+            "{source:?}, recorded {recorded}"
+        );
+    }
+}
