@@ -3,28 +3,42 @@
 //! dependency order.
 //!
 //! ```sh
-//! cargo bench -p webservice-operator --bench converge            # N = 100 and 500
-//! cargo bench -p webservice-operator --bench converge -- 50      # other sizes
+//! cargo bench -p webservice-operator --bench converge                  # N = 100 and 500
+//! cargo bench -p webservice-operator --bench converge -- 1000          # other sizes
+//! cargo bench -p webservice-operator --bench converge -- 10000 --no-baseline --steady-secs=120
 //! ```
 //!
-//! Printed per N: time to all Ready, API requests by verb made by the operator, operator peak
-//! RSS (the bench process, which runs the operator in-process), writes during a steady-state
-//! resync (a restarted operator reconciling everything that is already converged; target 0), and
-//! the baseline's time, with the ratio.
+//! Printed per N:
+//! - time to all Ready, and the baseline's time with the ratio (unless `--no-baseline`);
+//! - API requests by verb made by the operator while converging (a counting layer on its client);
+//! - the operator's memory: the bench process's RSS (the operator runs in-process) before it
+//!   started and once all are Ready, with the render cache's entries and estimated bytes;
+//! - restart: a new operator over the converged instances: the time until each has been
+//!   reconciled once (re-verified), and its requests (target: 0 writes, 0 GETs of children);
+//! - steady state: requests per minute over `--steady-secs` (default 60) with nothing changing
+//!   (a Ready instance is resynced every 5 minutes);
+//! - watch-driven gating: for 30 extra WebServices with 2 replicas (a PodDisruptionBudget gated
+//!   on the Deployment), the time from the bench seeing a Deployment become Available to it
+//!   seeing the PDB created, both through watches (p50 / p95 / max).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cuebe::renderer::Capabilities;
 use cuebe_testkit::cluster::{ClusterOptions, TestCluster};
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::Client;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::client::ClientBuilder;
+use kube::runtime::{WatchStreamExt, watcher};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use webservice_operator::WebService;
 
 type Counts = Arc<Mutex<BTreeMap<String, u64>>>;
@@ -39,7 +53,10 @@ fn counting_client(cluster: &TestCluster, counts: Counts) -> Client {
     let layer = tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
         let watch = req.uri().query().is_some_and(|q| q.contains("watch=true"));
         let path = req.uri().path();
-        let what = if path.ends_with("/status") {
+        let what = if path.contains("selfsubjectaccessreviews") {
+            // The operator asks whether it may write a kind (cached); not a write of an object.
+            "access reviews"
+        } else if path.ends_with("/status") {
             "status"
         } else if path.contains("/events") {
             "events"
@@ -62,11 +79,12 @@ fn counting_client(cluster: &TestCluster, counts: Counts) -> Client {
         .build()
 }
 
-fn peak_rss_mib() -> u64 {
+/// Resident memory of this process now (`VmRSS`), in MiB.
+fn rss_mib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .unwrap_or(0)
         / 1024
@@ -76,77 +94,249 @@ fn spec() -> serde_json::Value {
     serde_json::json!({"image": "registry.example.com/web:1.4.2", "replicas": 1, "resources": {"cpu": "50m", "memory": "64Mi"}})
 }
 
-async fn wait_all_ready(api: &Api<WebService>, n: usize) -> Duration {
+/// The operator's own metrics, read the way Prometheus would.
+async fn scrape(addr: SocketAddr) -> String {
+    let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+        return String::new();
+    };
+    let _ = stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await;
+    let mut text = String::new();
+    let _ = stream.read_to_string(&mut text).await;
+    text
+}
+
+/// The value of the first sample of `name` whose labels contain every one of `labels`.
+fn sample(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .next()
+        .unwrap_or(0.0)
+}
+
+struct Running {
+    task: tokio::task::JoinHandle<()>,
+    metrics: SocketAddr,
+}
+
+async fn start_operator(cluster: &TestCluster, ns: &str, counts: Counts) -> Running {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics = listener.local_addr().unwrap();
+    let client = counting_client(cluster, counts);
+    let operator = cuebe::controller::Operator::<WebService>::new(client)
+        .namespace(ns.to_string())
+        .serve_metrics(listener);
+    let task = tokio::spawn(async move {
+        let _ = operator.run().await;
+    });
+    Running { task, metrics }
+}
+
+/// Waits until the operator reports `n` instances Ready (its `cuebe_instances` gauge: no list
+/// of 10,000 objects every poll).
+async fn wait_all_ready(op: &Running, n: usize) {
     let started = Instant::now();
     loop {
-        let list = api.list(&ListParams::default()).await.unwrap();
-        let ready = list
-            .items
-            .iter()
-            .filter(|w| w.status.as_ref().is_some_and(|s| s.is_ready()))
-            .count();
-        if ready == n {
-            return started.elapsed();
+        let text = scrape(op.metrics).await;
+        let ready = sample(&text, "cuebe_instances{", &["state=\"Ready\""]) as usize;
+        if ready >= n {
+            return;
         }
         assert!(
-            started.elapsed() < Duration::from_secs(900),
-            "only {ready}/{n} Ready after 15 minutes"
+            started.elapsed() < Duration::from_secs(3600),
+            "only {ready}/{n} Ready after an hour"
         );
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+async fn create_instances(cluster: &TestCluster, ns: &str, n: usize, spec: serde_json::Value) {
+    let api: Api<WebService> = Api::namespaced(cluster.client(), ns);
+    futures::stream::iter(0..n)
+        .for_each_concurrent(16, |i| {
+            let (api, spec) = (api.clone(), spec.clone());
+            async move {
+                let name = format!("svc-{i}");
+                let body = serde_json::json!({"apiVersion": "platform.example.com/v1alpha1", "kind": "WebService", "metadata": {"name": name}, "spec": spec});
+                api.patch(&name, &PatchParams::apply("bench"), &Patch::Apply(&body))
+                    .await
+                    .unwrap();
+            }
+        })
+        .await;
+}
+
+struct OperatorFigures {
+    converge: Duration,
+    converge_counts: BTreeMap<String, u64>,
+    rss_before: u64,
+    rss_ready: u64,
+    cache: String,
+    restart: Duration,
+    restart_counts: BTreeMap<String, u64>,
+    steady: Duration,
+    steady_counts: BTreeMap<String, u64>,
+}
+
+async fn operator_run(cluster: &TestCluster, n: usize, steady: Duration) -> OperatorFigures {
+    let ns = cluster.namespace(&format!("op{n}")).await.unwrap();
+    let counts: Counts = Arc::default();
+    let rss_before = rss_mib();
+    let op = start_operator(cluster, &ns, counts.clone()).await;
+    let started = Instant::now();
+    create_instances(cluster, &ns, n, spec()).await;
+    wait_all_ready(&op, n).await;
+    let converge = started.elapsed();
+    let converge_counts = std::mem::take(&mut *counts.lock().unwrap());
+    let rss_ready = rss_mib();
+    let text = scrape(op.metrics).await;
+    let cache = format!(
+        "{} renders, {:.1} MiB estimated",
+        sample(&text, "cuebe_render_cache_entries", &[]),
+        sample(&text, "cuebe_render_cache_bytes", &[]) / 1048576.0
+    );
+
+    // Restart: a new operator re-verifies every converged instance.
+    op.task.abort();
+    let _ = op.task.await;
+    counts.lock().unwrap().clear();
+    let started = Instant::now();
+    let op = start_operator(cluster, &ns, counts.clone()).await;
+    loop {
+        let text = scrape(op.metrics).await;
+        let done = sample(&text, "cuebe_reconciles_total{", &["result=\"success\""]) as usize;
+        if done >= n {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3600),
+            "restart: {done}/{n} after an hour"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let restart = started.elapsed();
+    // Late requests of the restart's passes count towards it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let restart_counts = std::mem::take(&mut *counts.lock().unwrap());
+
+    tokio::time::sleep(steady).await;
+    let steady_counts = std::mem::take(&mut *counts.lock().unwrap());
+    op.task.abort();
+    let _ = op.task.await;
+    OperatorFigures {
+        converge,
+        converge_counts,
+        rss_before,
+        rss_ready,
+        cache,
+        restart,
+        restart_counts,
+        steady,
+        steady_counts,
+    }
+}
+
+/// Time from a Deployment seen Available to its PodDisruptionBudget seen created (both through
+/// watches of the bench), for `n` WebServices with 2 replicas: p50, p95, max in ms.
+async fn gating_latency(cluster: &TestCluster, n: usize) -> (u128, u128, u128) {
+    let ns = cluster.namespace("gating").await.unwrap();
+    let available: Arc<Mutex<BTreeMap<String, Instant>>> = Arc::default();
+    let created: Arc<Mutex<BTreeMap<String, Instant>>> = Arc::default();
+    let deployments: Api<Deployment> = Api::namespaced(cluster.client(), &ns);
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(cluster.client(), &ns);
+    let seen = available.clone();
+    let watch_deployments = tokio::spawn(async move {
+        let mut events = watcher(deployments, watcher::Config::default())
+            .applied_objects()
+            .boxed();
+        while let Ok(Some(d)) = events.try_next().await {
+            let is_available = d
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| {
+                    cs.iter().any(|c| {
+                        c.type_.as_deref() == Some("Available")
+                            && c.status.as_deref() == Some("True")
+                    })
+                });
+            if is_available {
+                let name = d.metadata.name.clone().unwrap_or_default();
+                seen.lock()
+                    .unwrap()
+                    .entry(name)
+                    .or_insert_with(Instant::now);
+            }
+        }
+    });
+    let seen = created.clone();
+    let watch_pdbs = tokio::spawn(async move {
+        let mut events = watcher(pdbs, watcher::Config::default())
+            .applied_objects()
+            .boxed();
+        while let Ok(Some(p)) = events.try_next().await {
+            let name = p.metadata.name.clone().unwrap_or_default();
+            seen.lock()
+                .unwrap()
+                .entry(name)
+                .or_insert_with(Instant::now);
+        }
+    });
+    let counts: Counts = Arc::default();
+    let op = start_operator(cluster, &ns, counts).await;
+    let mut two = spec();
+    two["replicas"] = serde_json::json!(2);
+    create_instances(cluster, &ns, n, two).await;
+    wait_all_ready(&op, n).await;
+    op.task.abort();
+    watch_deployments.abort();
+    watch_pdbs.abort();
+    let available = available.lock().unwrap().clone();
+    let created = created.lock().unwrap().clone();
+    // The Deployment and its PDB share the instance's name.
+    let mut delays: Vec<u128> = created
+        .iter()
+        .filter_map(|(name, at)| {
+            Some(
+                at.saturating_duration_since(*available.get(name)?)
+                    .as_millis(),
+            )
+        })
+        .collect();
+    delays.sort_unstable();
+    let pick = |q: f64| {
+        delays
+            .get(((delays.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+            .unwrap_or(0)
+    };
+    (pick(0.5), pick(0.95), pick(1.0))
 }
 
 fn writes(counts: &BTreeMap<String, u64>) -> u64 {
     counts
         .iter()
         .filter(|(k, _)| {
-            ["POST", "PUT", "PATCH", "DELETE"]
-                .iter()
-                .any(|v| k.starts_with(v))
+            !k.ends_with("access reviews")
+                && ["POST", "PUT", "PATCH", "DELETE"]
+                    .iter()
+                    .any(|v| k.starts_with(v))
         })
         .map(|(_, n)| n)
         .sum()
 }
 
-async fn operator_run(cluster: &TestCluster, n: usize) -> (Duration, BTreeMap<String, u64>, u64) {
-    let ns = cluster.namespace(&format!("op{n}")).await.unwrap();
-    let counts: Counts = Arc::default();
-    let client = counting_client(cluster, counts.clone());
-    let controller = tokio::spawn(
-        cuebe::controller::Operator::<WebService>::new(client.clone())
-            .namespace(ns.clone())
-            .run(),
-    );
-    let admin = cluster.client();
-    let api: Api<WebService> = Api::namespaced(admin.clone(), &ns);
-    let started = Instant::now();
-    for i in 0..n {
-        let body = serde_json::json!({"apiVersion": "platform.example.com/v1alpha1", "kind": "WebService", "metadata": {"name": format!("svc-{i}")}, "spec": spec()});
-        api.patch(
-            &format!("svc-{i}"),
-            &PatchParams::apply("bench"),
-            &Patch::Apply(&body),
-        )
-        .await
-        .unwrap();
-    }
-    wait_all_ready(&api, n).await;
-    let converge = started.elapsed();
-    let converge_counts = counts.lock().unwrap().clone();
+fn per_minute(counts: &BTreeMap<String, u64>, over: Duration) -> BTreeMap<String, f64> {
+    counts
+        .iter()
+        .map(|(k, v)| (k.clone(), *v as f64 * 60.0 / over.as_secs_f64()))
+        .collect()
+}
 
-    // Steady-state resync: a restarted operator reconciles every converged instance.
-    controller.abort();
-    counts.lock().unwrap().clear();
-    let client = counting_client(cluster, counts.clone());
-    let restarted = tokio::spawn(
-        cuebe::controller::Operator::<WebService>::new(client)
-            .namespace(ns.clone())
-            .run(),
-    );
-    tokio::time::sleep(Duration::from_secs(20)).await;
-    let resync_writes = writes(&counts.lock().unwrap());
-    restarted.abort();
-    (converge, converge_counts, resync_writes)
+fn gets_of_children(counts: &BTreeMap<String, u64>) -> u64 {
+    counts.get("GET children").copied().unwrap_or(0)
 }
 
 fn kubectl_apply(cluster: &TestCluster, docs: &[serde_json::Value]) {
@@ -227,15 +417,17 @@ async fn baseline_run(cluster: &TestCluster, n: usize) -> Duration {
 }
 
 fn main() {
-    let sizes: Vec<usize> = std::env::args()
-        .skip(1)
-        .filter_map(|a| a.parse().ok())
-        .collect();
-    let sizes = if sizes.is_empty() {
-        vec![100, 500]
-    } else {
-        sizes
-    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut sizes: Vec<usize> = args.iter().filter_map(|a| a.parse().ok()).collect();
+    if sizes.is_empty() {
+        sizes = vec![100, 500];
+    }
+    let baseline = !args.iter().any(|a| a == "--no-baseline");
+    let steady = Duration::from_secs(
+        args.iter()
+            .find_map(|a| a.strip_prefix("--steady-secs=")?.parse().ok())
+            .unwrap_or(60),
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -246,18 +438,44 @@ fn main() {
             .apply_crds(&[cuebe::abstraction::crd::<WebService>()], Instant::now() + Duration::from_secs(30))
             .await
             .unwrap();
-        let rss_before = peak_rss_mib();
         println!("converge bench: {} (start-up {:.1}s)", cluster.server(), cluster.startup_time().as_secs_f64());
         for n in sizes {
-            let (op, counts, resync) = operator_run(&cluster, n).await;
-            let base = baseline_run(&cluster, n).await;
+            let f = operator_run(&cluster, n, steady).await;
             println!("N = {n}");
-            println!("  operator: all Ready in {:.1}s", op.as_secs_f64());
-            println!("  operator API requests by verb: {counts:?} (writes: {})", writes(&counts));
-            println!("  operator peak RSS (bench process, operator in-process): {} MiB (before: {rss_before} MiB)", peak_rss_mib());
-            println!("  steady-state resync writes: {resync}");
-            println!("  baseline (kubectl apply --server-side, waves gated on Available): {:.1}s", base.as_secs_f64());
-            println!("  ratio operator/baseline: {:.2}", op.as_secs_f64() / base.as_secs_f64());
+            println!("  operator: all Ready in {:.1}s", f.converge.as_secs_f64());
+            println!(
+                "  operator API requests while converging: {:?} (writes {}, GETs of children {} = {:.2} per instance)",
+                f.converge_counts,
+                writes(&f.converge_counts),
+                gets_of_children(&f.converge_counts),
+                gets_of_children(&f.converge_counts) as f64 / n as f64
+            );
+            println!(
+                "  bench process RSS (operator in-process): {} MiB before the operator, {} MiB with all Ready (+{} MiB); render cache {}",
+                f.rss_before,
+                f.rss_ready,
+                f.rss_ready.saturating_sub(f.rss_before),
+                f.cache
+            );
+            println!(
+                "  restart: every instance re-verified in {:.1}s; requests {:?} (writes {}, GETs of children {})",
+                f.restart.as_secs_f64(),
+                f.restart_counts,
+                writes(&f.restart_counts),
+                gets_of_children(&f.restart_counts)
+            );
+            println!(
+                "  steady state over {}s, requests per minute: {:?}",
+                f.steady.as_secs(),
+                per_minute(&f.steady_counts, f.steady)
+            );
+            if baseline {
+                let base = baseline_run(&cluster, n).await;
+                println!("  baseline (kubectl apply --server-side, waves gated on Available): {:.1}s", base.as_secs_f64());
+                println!("  ratio operator/baseline: {:.2}", f.converge.as_secs_f64() / base.as_secs_f64());
+            }
         }
+        let (p50, p95, max) = gating_latency(&cluster, 30).await;
+        println!("watch-driven gating (Deployment Available -> PDB created, 30 instances): p50 {p50} ms, p95 {p95} ms, max {max} ms");
     });
 }
