@@ -11,7 +11,9 @@
 //!    transition.
 //!
 //! Children are watched by the `cuebe.dev/kind=<Kind>` label, so a Ready transition or a hand
-//! deletion reaches the instance at once rather than at the next requeue.
+//! deletion reaches the instance at once rather than at the next requeue; what those watches
+//! deliver is kept, trimmed, in the [`crate::child_cache`] the executor reads instead of a GET
+//! per object per pass.
 //!
 //! The cluster's capabilities and served child kinds are asked again periodically; a change
 //! restarts the controller (watches included), which reconciles every instance with the new set.
@@ -33,6 +35,7 @@ use cuebe_core::clock::{Clock, SystemClock};
 use cuebe_core::status::{ConditionType, EventNote, PassVerdict, summarize, transitions};
 
 use crate::abstraction::{Abstraction, instance_of, render_input};
+use crate::child_cache::ChildCache;
 use crate::discovery::{Discovery, parse_watch};
 use crate::executor::{Change, Executor, INSTANCE_LABEL, KIND_LABEL, Outcome, SsaExecutor};
 use crate::inventory::{Inventory, StatusInventory};
@@ -87,6 +90,9 @@ pub struct Operator<A: Abstraction> {
     module_policy: Arc<crate::trust::ModulePolicy>,
     executor: Option<Arc<dyn Executor>>,
     readiness: Arc<dyn Readiness>,
+    /// Readiness semantics of the caller's own: they may read any field, so the child cache
+    /// keeps whole objects.
+    custom_readiness: bool,
     adopter: Arc<dyn Adopter>,
     inventory: Arc<dyn Inventory>,
     namespace: Option<String>,
@@ -128,6 +134,7 @@ impl<A: Abstraction> Operator<A> {
             module_policy: Arc::new(crate::trust::ModulePolicy::default()),
             executor: None,
             readiness: Arc::new(DefaultReadiness),
+            custom_readiness: false,
             adopter: Arc::new(ExplicitAdopter),
             inventory: Arc::new(StatusInventory),
             namespace: None,
@@ -225,9 +232,12 @@ impl<A: Abstraction> Operator<A> {
         self
     }
 
-    /// Replaces the readiness semantics of the default executor.
+    /// Replaces the readiness semantics of the default executor. They may read any field of a
+    /// child, so its watch cache then keeps whole objects (more memory; see
+    /// [`crate::child_cache`]).
     pub fn with_readiness(mut self, readiness: Arc<dyn Readiness>) -> Self {
         self.readiness = readiness;
+        self.custom_readiness = true;
         self
     }
 
@@ -334,6 +344,8 @@ impl<A: Abstraction> Operator<A> {
             controller: A::FIELD_MANAGER.into(),
             instance: std::env::var("POD_NAME").ok(),
         };
+        let children = ChildCache::new(client.clone(), self.namespace.clone(), &kind)
+            .keep_whole_objects(self.custom_readiness);
         let ctx = Arc::new(Context::<A> {
             recorders: NoteRecorders::new(client.clone(), reporter.clone()),
             reporter,
@@ -344,9 +356,11 @@ impl<A: Abstraction> Operator<A> {
                         .with_adopter(self.adopter.clone())
                         .with_discovery(discovery.clone())
                         .with_fleet_prune_guard(self.fleet_prune_guard.clone())
-                        .allow_cluster_scoped(self.cluster_scoped_allowed.clone()),
+                        .allow_cluster_scoped(self.cluster_scoped_allowed.clone())
+                        .with_child_cache(children.clone()),
                 )
             }),
+            children,
             renderer,
             #[cfg(feature = "remote-modules")]
             module_fetcher: self.module_fetcher.clone(),
@@ -366,7 +380,6 @@ impl<A: Abstraction> Operator<A> {
             written: std::sync::Mutex::new(std::collections::HashMap::new()),
             failures: std::sync::Mutex::new(RetryBook::default()),
             watched: std::sync::RwLock::new(Vec::new()),
-            rendered_watches: std::sync::Mutex::new(None),
             swept: std::sync::Mutex::new(std::collections::HashSet::new()),
             seen: std::sync::Mutex::new(std::collections::HashSet::new()),
             reference_watches: std::sync::Mutex::new(None),
@@ -462,7 +475,8 @@ impl<A: Abstraction> Operator<A> {
             Some(ns) => Api::namespaced(client.clone(), ns),
             None => Api::all(client.clone()),
         };
-        let children = watcher::Config::default().labels(&format!("{KIND_LABEL}={kind}"));
+        // Dropping this future (a lost lease) stops the child watches too.
+        let _stop_children = StopChildren(ctx.children.clone());
         loop {
             let apis = tokio::select! {
                 apis = ServedApis::discover_until_ok::<A>(client) => apis,
@@ -577,36 +591,37 @@ impl<A: Abstraction> Operator<A> {
             if let Some(approvals) = &ctx.approvals {
                 controller = controller.reconcile_on(approvals.triggers());
             }
-            // Kinds the module renders beyond `WATCHES` are watched from their first render.
-            let (rendered_tx, rendered_rx) = futures::channel::mpsc::unbounded();
-            *ctx.rendered_watches
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) =
-                Some(Arc::new(rendered_watches::RenderedKindWatches::new(
-                    client.clone(),
-                    self.namespace.clone(),
-                    kind.clone(),
-                    apis.watched
-                        .iter()
-                        .map(|(_, r)| (r.api_version.clone(), r.kind.clone()))
-                        .collect(),
-                    rendered_tx,
-                )));
-            controller = controller.reconcile_on(rendered_rx);
-            metrics.set_watching(true);
-            for (_, resource) in &apis.watched {
-                let child_api: Api<DynamicObject> = match &self.namespace {
-                    Some(ns) => Api::namespaced_with(client.clone(), ns, resource),
-                    None => Api::all_with(client.clone(), resource),
-                };
+            // Child kinds: the kinds of `WATCHES` from now on, the others the module renders from
+            // their first render (`watch_rendered_kinds`). Each watch fills the kind's store the
+            // executor reads, then wakes the instance the changed object belongs to.
+            let (children_tx, children_rx) = futures::channel::mpsc::unbounded();
+            ctx.children.stop();
+            ctx.children.set_trigger(Some({
                 let kind = kind.clone();
-                controller = controller.watches_with(
-                    child_api,
-                    resource.clone(),
-                    children.clone(),
-                    move |obj| owner_of::<A>(&obj, &kind),
-                );
+                Arc::new(move |object: &DynamicObject| {
+                    if let Some(owner) = owner_of::<A>(object, &kind) {
+                        // Closed: the controller is gone, and `stop` ends this watch.
+                        let _ = children_tx.unbounded_send(owner);
+                    }
+                })
+            }));
+            for (_, resource) in &apis.watched {
+                match ctx
+                    .discovery
+                    .resource(client, &resource.api_version, &resource.kind)
+                    .await
+                {
+                    Ok(Some((resource, namespaced))) => {
+                        ctx.children.watch(&resource, namespaced, true);
+                    }
+                    Ok(None) => {}
+                    Err(error) => {
+                        tracing::debug!(kind = %resource.kind, %error, "discovery failed; the kind is watched after a later render");
+                    }
+                }
             }
+            controller = controller.reconcile_on(children_rx);
+            metrics.set_watching(true);
             let instance_controller = controller
                 .run(reconcile::<A>, error_policy::<A>, ctx.clone())
                 .for_each(|result| async move {
@@ -626,11 +641,9 @@ impl<A: Abstraction> Operator<A> {
                 () = driver => {}
             }
             metrics.set_watching(false);
-            // Stops the watches of rendered kinds; the next run starts them again as it renders.
-            ctx.rendered_watches
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .take();
+            // Stops the child watches; the next run starts them again (rendered kinds as it
+            // renders).
+            ctx.children.stop();
             rediscovery.0.abort();
             // The poller ends only once it has seen a change; anything else stopped the
             // controller for good.
@@ -649,6 +662,15 @@ type Trigger = futures::future::Shared<futures::future::BoxFuture<'static, ()>>;
 
 /// Aborts a spawned task when dropped (so dropping `run`'s future stops everything it started).
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+/// Stops the child watches when dropped.
+struct StopChildren(ChildCache);
+
+impl Drop for StopChildren {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
+}
 
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
@@ -817,9 +839,8 @@ struct Context<A: Abstraction> {
     /// Child kinds the controller watches (`apiVersion`, `kind`), as last discovered: where a
     /// sweep for unrecorded objects looks.
     watched: std::sync::RwLock<Vec<(String, String)>>,
-    /// Watches of rendered kinds `WATCHES` does not list, started at their first render (set
-    /// while the controller runs).
-    rendered_watches: std::sync::Mutex<Option<Arc<rendered_watches::RenderedKindWatches<A>>>>,
+    /// The watches of child kinds and their stores (what the default executor reads).
+    children: ChildCache,
     /// Instances (by UID) whose inventory this process knows to list everything they wrote:
     /// swept since it started, or new to it with nothing written before.
     swept: std::sync::Mutex<std::collections::HashSet<String>>,
@@ -1131,8 +1152,6 @@ enum Published {
 mod channel_driver;
 #[path = "reference_watches.rs"]
 mod reference_watches;
-#[path = "rendered_watches.rs"]
-mod rendered_watches;
 
 /// The module a reference names, for a render outside an instance's pass (a rollout's
 /// preview): `None` for an embedded version (the renderer resolves it), the fetched and
@@ -1643,34 +1662,35 @@ fn audit_module_refused<A: Abstraction>(
     tracing::warn!(%instance, source, %reference, %error, reason = error.reason(), "platform module not usable");
 }
 
-/// Starts a watch of every kind `graph` renders that is not watched yet (see
-/// [`rendered_watches`]); a kind the cluster does not serve is left to the apply to report.
+/// Starts a watch of every kind `graph` renders that is not watched yet, and tells the child
+/// cache what the graph reads of each kind (see [`crate::child_cache::needs_of`]); a kind the
+/// cluster does not serve is left to the apply to report.
+///
+/// Why every rendered kind: drift correction and readiness are driven by the child watches. A
+/// kind missing from `WATCHES` (forgotten, or a new kind a module version starts rendering)
+/// would otherwise be unwatched: a hand-deleted object not recreated, readiness changes unseen
+/// until the next resync, and every read of it a GET.
 async fn watch_rendered_kinds<A: Abstraction>(ctx: &Context<A>, graph: &cuebe_core::graph::Graph) {
-    let Some(watches) = ctx
-        .rendered_watches
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone()
-    else {
-        return;
-    };
-    let mut seen = std::collections::BTreeSet::new();
+    let needs = crate::child_cache::needs_of(graph);
     // A referenced object carries none of our labels, so a label-filtered watch of its kind
     // would see nothing of it: `reference_watches` wakes its readers.
-    let written = graph.nodes.iter().filter(|n| !n.is_reference());
-    for object in written.filter_map(|n| n.object.as_ref()) {
-        let (Some(api_version), Some(kind)) = (
-            object.get("apiVersion").and_then(|v| v.as_str()),
-            object.get("kind").and_then(|v| v.as_str()),
-        ) else {
-            continue;
-        };
-        if !seen.insert((api_version, kind)) || watches.is_watched(api_version, kind) {
+    let written: std::collections::BTreeSet<(&str, &str)> = graph
+        .nodes
+        .iter()
+        .filter(|n| !n.is_reference())
+        .filter_map(|n| n.object.as_ref())
+        .filter_map(|o| Some((o.get("apiVersion")?.as_str()?, o.get("kind")?.as_str()?)))
+        .collect();
+    for ((api_version, kind), need) in &needs {
+        ctx.children.require(api_version, kind, need);
+    }
+    for (api_version, kind) in written {
+        if ctx.children.is_watched(api_version, kind) {
             continue;
         }
         match ctx.discovery.resource(&ctx.client, api_version, kind).await {
-            Ok(Some((resource, _))) => {
-                if watches.ensure(&resource) {
+            Ok(Some((resource, namespaced))) => {
+                if ctx.children.watch(&resource, namespaced, false) {
                     let mut watched = ctx
                         .watched
                         .write()

@@ -15,9 +15,10 @@ use std::sync::Arc;
 
 pub use cuebe_core::plan::{Change, ChangeAction, FleetPruneGuard, Outcome};
 use cuebe_core::plan::{
-    EntryUpdate, LiveMeta, NodeResult, Pass, Plan, WriteDecision, cluster_scope_refusal,
-    entry_policy, is_recorded_object, is_unchanged, missing_reference, needs_read, prune_plan,
-    reference_scope_refusal, starting_inventory, write_decision,
+    EntryUpdate, LiveMeta, NodeResult, Pass, Plan, ReadSource, WriteDecision,
+    cluster_scope_refusal, confirm_before_adopting, entry_policy, is_recorded_object, is_unchanged,
+    missing_reference, needs_read, prune_plan, reference_scope_refusal, starting_inventory,
+    write_decision,
 };
 pub use cuebe_core::{INSTANCE_LABEL, KIND_LABEL, NAMESPACE_LABEL};
 use kube::Client;
@@ -26,6 +27,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::access::AccessReviews;
+use crate::child_cache::{ChildCache, ChildRef, Need};
 use crate::discovery::Discovery;
 use crate::graph::{ConflictPolicy, DeletionPolicy, Node};
 use crate::instance::{Instance, PruneThreshold};
@@ -163,6 +165,9 @@ pub struct SsaExecutor {
     fleet_prune_guard: Arc<std::sync::Mutex<FleetPruneGuard>>,
     access: AccessReviews,
     cluster_scoped_allowed: Arc<[String]>,
+    /// The controller's watch caches of child kinds, read instead of a GET where they can
+    /// answer (see [`crate::child_cache`]).
+    children: Option<ChildCache>,
 }
 
 impl std::fmt::Debug for SsaExecutor {
@@ -228,7 +233,24 @@ impl SsaExecutor {
             fleet_prune_guard: Arc::default(),
             access: AccessReviews::new(client),
             cluster_scoped_allowed: Arc::from([]),
+            children: None,
         }
+    }
+
+    /// Reads child objects from `cache` where it can answer (steady state: no request at all)
+    /// instead of a GET per object per pass; the [`crate::controller::Operator`] sets the one
+    /// its watches fill. Without it every read is a GET.
+    ///
+    /// ```no_run
+    /// # fn f(client: kube::Client) {
+    /// let cache = cuebe::child_cache::ChildCache::new(client.clone(), None, "WebService");
+    /// let executor = cuebe::executor::SsaExecutor::new(client, "cuebe-webservice")
+    ///     .with_child_cache(cache);
+    /// # }
+    /// ```
+    pub fn with_child_cache(mut self, cache: ChildCache) -> Self {
+        self.children = Some(cache);
+        self
     }
 
     /// Cluster-scoped kinds its instances may write, as `Kind.group` (`Kind` for the core
@@ -425,18 +447,50 @@ impl SsaExecutor {
         ))
     }
 
-    async fn read_live(&self, entry: &InventoryEntry) -> Result<Option<Value>, ExecuteError> {
+    async fn read_live(
+        &self,
+        entry: &InventoryEntry,
+        need: Need,
+    ) -> Result<Option<Value>, ExecuteError> {
         let api = self
             .api_for(&entry.api_version, &entry.kind, &entry.namespace)
             .await?;
-        let obj = api
-            .get_opt(&entry.name)
-            .await
-            .map_err(|source| ExecuteError::Api {
-                what: format!("reading {} {}", entry.kind, entry.name),
-                source,
-            })?;
-        Ok(obj.and_then(|o| serde_json::to_value(o).ok()))
+        let child = ChildRef {
+            api_version: &entry.api_version,
+            kind: &entry.kind,
+            namespace: &entry.namespace,
+            name: &entry.name,
+        };
+        let (live, _) =
+            self.read_child(&api, child, need)
+                .await
+                .map_err(|source| ExecuteError::Api {
+                    what: format!("reading {} {}", entry.kind, entry.name),
+                    source,
+                })?;
+        Ok(live)
+    }
+
+    /// Reads one child object: from the watch cache or our own write's answer where they can
+    /// answer ([`cuebe_core::plan::read_source`]), else with a GET.
+    async fn read_child(
+        &self,
+        api: &Api<DynamicObject>,
+        child: ChildRef<'_>,
+        need: Need,
+    ) -> Result<(Option<Value>, ReadSource), kube::Error> {
+        if let Some(cache) = &self.children {
+            let (source, cached) = cache.lookup(child, need);
+            if source != ReadSource::Api {
+                let live = cached.and_then(|o| serde_json::to_value(&*o).ok());
+                return Ok((live, source));
+            }
+        }
+        let live = api.get_opt(child.name).await?;
+        Ok((
+            live.and_then(|o| serde_json::to_value(o).ok()),
+            ReadSource::Api,
+        ))
     }
 
     async fn pass(
@@ -449,6 +503,13 @@ impl SsaExecutor {
         // A node that renders another object than the one recorded (a rename) gets the new
         // one; the old one is pruned with the entries that left the graph.
         let inventory = starting_inventory(plan, &previous.inventory);
+        if let Some(cache) = &self.children {
+            // What this plan reads of each kind (CEL predicates, export paths) must be in the
+            // cached objects before the cache answers for the kind.
+            for ((api_version, kind), need) in crate::child_cache::needs_of(plan.graph()) {
+                cache.require(&api_version, &kind, &need);
+            }
+        }
         let mut pass = Pass::start(plan, &inventory);
         let refused = self.preflight(instance, plan).await;
         if !refused.is_empty() {
@@ -521,7 +582,7 @@ impl SsaExecutor {
             }
         }
         for (entry, policy) in prune.entries {
-            match self.read_live(&entry).await {
+            match self.read_live(&entry, Need::Metadata).await {
                 Ok(Some(live)) => {
                     if let Some(owner) = foreign_owner(&live, instance) {
                         tracing::warn!(kind = %entry.kind, name = %entry.name, %owner,
@@ -585,20 +646,39 @@ impl SsaExecutor {
             }
             Err(e) => return error(e.to_string()),
         };
-        let hash = object_hash(&object);
-        let existing = if needs_read(node.apply_policy.mode, entry.as_ref(), &hash) {
-            match api.get_opt(&name).await {
-                Ok(o) => o.map(|o| serde_json::to_value(o).unwrap_or(Value::Null)),
-                Err(e) => {
-                    return NodeResult {
-                        terminal: is_permanent(&e),
-                        ..error(format!("reading {kind} {name}: {}", api_message(&e)))
-                    };
-                }
-            }
-        } else {
-            None
+        let child = ChildRef {
+            api_version: &api_version,
+            kind: &kind,
+            namespace: &instance.namespace,
+            name: &name,
         };
+        let hash = object_hash(&object);
+        let read_failed = |e: kube::Error| NodeResult {
+            terminal: is_permanent(&e),
+            ..error(format!("reading {kind} {name}: {}", api_message(&e)))
+        };
+        let mut existing = None;
+        if needs_read(node.apply_policy.mode, entry.as_ref(), &hash) {
+            let (mut live, source) = match self.read_child(&api, child, Need::Fields).await {
+                Ok(read) => read,
+                Err(e) => return read_failed(e),
+            };
+            let meta = live.as_ref().map(LiveMeta::of);
+            if live.is_some()
+                && confirm_before_adopting(
+                    source,
+                    is_recorded_object(entry.as_ref(), meta.as_ref()),
+                )
+            {
+                // Not the object the inventory recorded: the adoption policy decides on the
+                // whole object as the server has it, not on a trimmed copy.
+                live = match api.get_opt(&name).await {
+                    Ok(o) => o.and_then(|o| serde_json::to_value(o).ok()),
+                    Err(e) => return read_failed(e),
+                };
+            }
+            existing = live;
+        }
         if let Some(owner) = existing
             .as_ref()
             .and_then(|live| foreign_owner(live, instance))
@@ -671,8 +751,16 @@ impl SsaExecutor {
                     params = params.force();
                 }
                 writes += 1;
+                // What the cache shows just before the write, to tell afterwards whether its
+                // watch has delivered anything since.
+                let before = self.children.as_ref().and_then(|c| c.version_of(child));
                 match api.patch(&name, &params, &Patch::Apply(&object)).await {
-                    Ok(applied) => serde_json::to_value(applied).unwrap_or(Value::Null),
+                    Ok(applied) => {
+                        if let Some(cache) = &self.children {
+                            cache.wrote(child, before, &applied);
+                        }
+                        serde_json::to_value(applied).unwrap_or(Value::Null)
+                    }
                     Err(kube::Error::Api(status)) if status.code == 409 => {
                         return NodeResult {
                             writes,
@@ -915,7 +1003,7 @@ impl SsaExecutor {
             }
             match entry_policy(entry, policy) {
                 DeletionPolicy::Delete => {
-                    if let Some(live) = self.read_live(entry).await? {
+                    if let Some(live) = self.read_live(entry, Need::Metadata).await? {
                         let uid = live.pointer("/metadata/uid").and_then(Value::as_str);
                         if !entry.uid.is_empty() && uid != Some(entry.uid.as_str()) {
                             // Someone replaced our object with one of the same name: it is not
@@ -939,7 +1027,7 @@ impl SsaExecutor {
                 }
                 DeletionPolicy::Orphan => {
                     // Unlabel only our own object: a same-name replacement is not ours to touch.
-                    let live = self.read_live(entry).await?;
+                    let live = self.read_live(entry, Need::Metadata).await?;
                     let uid = live
                         .as_ref()
                         .and_then(|l| l.pointer("/metadata/uid"))
@@ -971,7 +1059,7 @@ impl Executor for SsaExecutor {
     }
 
     async fn live(&self, entry: &InventoryEntry) -> Result<Option<Value>, ExecuteError> {
-        self.read_live(entry).await
+        self.read_live(entry, Need::Fields).await
     }
 
     async fn teardown(
@@ -998,6 +1086,19 @@ impl Executor for SsaExecutor {
             .match_any();
         let mut found = Vec::new();
         for (api_version, kind) in kinds {
+            // A listed store knows every labelled object of the kind: no request.
+            if let Some(cached) = self.children.as_ref().and_then(|c| {
+                c.labelled(
+                    api_version,
+                    kind,
+                    &instance.name,
+                    &instance.namespace,
+                    &self.field_manager,
+                )
+            }) {
+                found.extend(cached);
+                continue;
+            }
             let api = match self.api_for(api_version, kind, &instance.namespace).await {
                 Ok(api) => api,
                 // A kind the cluster no longer serves has no objects to find.

@@ -9,7 +9,8 @@
 //!   [`status`], [`clock`]): everything that needs no cluster — platform modules, the renderer,
 //!   the Graph and its plan, readiness predicates, the decisions of a pass, the condition matrix.
 //! - this crate: what talks to the API server — [`discovery`], the async [`renderer`], the
-//!   [`executor`] (Server-Side Apply, prune, teardown), [`lifecycle`] (inventory storage,
+//!   [`executor`] (Server-Side Apply, prune, teardown) and the watch caches it reads children
+//!   from ([`child_cache`]), [`lifecycle`] (inventory storage,
 //!   explicit adoption), the generic [`controller`] and [`ops`] (leader election, metrics).
 //! - `cuebe-cli`: the operator's command line (`run`, `dev`, `crd`, `render`, `diff`, `explain`).
 //!
@@ -22,6 +23,7 @@ pub mod access;
 pub mod admission;
 #[cfg(feature = "remote-modules")]
 pub mod approval;
+pub mod child_cache;
 pub mod controller;
 pub mod discovery;
 pub mod executor;

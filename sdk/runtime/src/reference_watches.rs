@@ -16,7 +16,6 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, PoisonError};
 
-use futures::StreamExt;
 use futures::channel::mpsc::UnboundedSender;
 use kube::api::{Api, ApiResource, DynamicObject, PartialObjectMeta};
 use kube::runtime::reflector::ObjectRef;
@@ -24,6 +23,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 
 use super::AbortOnDrop;
 use crate::abstraction::Abstraction;
+use crate::child_cache::Flow;
 
 /// A referenced object: API group, kind, namespace ("" when cluster-scoped), name.
 type ObjectKey = (String, String, String, String);
@@ -138,50 +138,42 @@ impl<A: Abstraction> ReferenceWatches<A> {
         let triggers = self.triggers.clone();
         let what = format!("{}/{}", resource.api_version, resource.kind);
         tracing::debug!(kind = %what, "watching referenced objects of a kind");
-        let task = tokio::spawn(async move {
-            let mut warned = false;
-            let mut events = watcher(api, watcher::Config::default())
-                .default_backoff()
-                .touched_objects()
-                .boxed();
-            while let Some(event) = events.next().await {
-                match event {
-                    Ok(object) => {
-                        warned = false;
-                        let key = (
-                            group.clone(),
-                            kind.clone(),
-                            if namespaced {
-                                object.metadata.namespace.clone().unwrap_or_default()
-                            } else {
-                                String::new()
-                            },
-                            object.metadata.name.clone().unwrap_or_default(),
-                        );
-                        let woken: Vec<ObjectRef<A>> = readers
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .by_object
-                            .get(&key)
-                            .map(|set| set.iter().cloned().collect())
-                            .unwrap_or_default();
-                        for instance in woken {
-                            if triggers.unbounded_send(instance).is_err() {
-                                // The controller is gone.
-                                return;
-                            }
-                        }
-                    }
-                    Err(error) if !warned => {
-                        warned = true;
-                        tracing::warn!(kind = %what, %error, "cannot watch referenced objects: a change to one is seen only at the instance's next pass (grant list and watch on the kind)");
-                    }
-                    Err(error) => {
-                        tracing::debug!(kind = %what, %error, "watch of referenced objects failed again")
+        let events = watcher(api, watcher::Config::default())
+            .default_backoff()
+            .touched_objects();
+        let task = tokio::spawn(crate::child_cache::follow(
+            events,
+            what,
+            "cannot watch referenced objects: a change to one is seen only at the instance's next \
+             pass (grant list and watch on the kind)",
+            move |object: PartialObjectMeta<DynamicObject>| {
+                let key = (
+                    group.clone(),
+                    kind.clone(),
+                    if namespaced {
+                        object.metadata.namespace.clone().unwrap_or_default()
+                    } else {
+                        String::new()
+                    },
+                    object.metadata.name.clone().unwrap_or_default(),
+                );
+                let woken: Vec<ObjectRef<A>> = readers
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .by_object
+                    .get(&key)
+                    .map(|set| set.iter().cloned().collect())
+                    .unwrap_or_default();
+                for instance in woken {
+                    if triggers.unbounded_send(instance).is_err() {
+                        // The controller is gone.
+                        return Flow::Stop;
                     }
                 }
-            }
-        });
+                Flow::Continue
+            },
+            || {},
+        ));
         started.insert(key, AbortOnDrop(task));
     }
 }

@@ -1,0 +1,287 @@
+//! Children are read from the operator's watch caches, counted the way a cluster admin sees it:
+//! the kube-apiserver's own `apiserver_request_total`. Ten instances of the WebService module
+//! converge with about one GET per child object (the read that finds it absent before creating
+//! it), a resync of all of them (an annotation on each: same render) costs no GET of a child
+//! kind at all, and a hand-deleted child is still recreated at once.
+//!
+//! One test per process: the cluster's request counters are shared by everything in it.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use cuebe::Abstraction;
+use cuebe::status::AbstractionStatus;
+use cuebe_testkit::cluster::TestCluster;
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::{Client, CustomResource};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The WebService platform module behind a kind of this test's own.
+#[derive(CustomResource, Abstraction, Serialize, Deserialize, Clone, Debug, JsonSchema)]
+#[kube(
+    group = "cached.example.com",
+    version = "v1",
+    kind = "CachedService",
+    namespaced,
+    status = "cuebe::status::AbstractionStatus"
+)]
+#[abstraction(
+    module = "../../cue/platform",
+    package = "./webservice",
+    field_manager = "cuebe-cached",
+    watches = ["apps/v1/Deployment", "v1/ServiceAccount", "v1/Service"]
+)]
+pub struct CachedServiceSpec {
+    pub image: String,
+    pub resources: Resources,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, JsonSchema)]
+pub struct Resources {
+    pub cpu: String,
+    pub memory: String,
+}
+
+const INSTANCES: usize = 10;
+
+fn ready(status: Option<&AbstractionStatus>) -> bool {
+    status.is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+    })
+}
+
+/// GETs by resource (`deployments`, …) from the API server's `apiserver_request_total`.
+async fn gets_by_resource(client: &Client) -> BTreeMap<String, u64> {
+    let request = http::Request::get("/metrics").body(Vec::new()).unwrap();
+    let text = client.request_text(request).await.unwrap();
+    let mut gets = BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        if !labels.contains("verb=\"GET\"") {
+            continue;
+        }
+        let resource = labels
+            .split(',')
+            .find_map(|l| l.strip_prefix("resource=\""))
+            .map(|r| r.trim_end_matches('"').to_string())
+            .unwrap_or_default();
+        let value: f64 = value.trim().parse().unwrap_or(0.0);
+        *gets.entry(resource).or_default() += value as u64;
+    }
+    gets
+}
+
+fn delta(after: &BTreeMap<String, u64>, before: &BTreeMap<String, u64>, resource: &str) -> u64 {
+    after.get(resource).copied().unwrap_or(0) - before.get(resource).copied().unwrap_or(0)
+}
+
+/// The operator's `cuebe_reconciles_total` (every result), from its metrics endpoint.
+async fn reconciles(metrics: std::net::SocketAddr) -> u64 {
+    let mut stream = tokio::net::TcpStream::connect(metrics).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("cuebe_reconciles_total{"))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// The child resources the instances own (`resource` plural → `apiVersion`, `kind`), and how
+/// many objects of each.
+async fn children(client: &Client, ns: &str) -> BTreeMap<&'static str, usize> {
+    let selector = ListParams::default().labels("cuebe.dev/kind=CachedService");
+    let mut counts = BTreeMap::new();
+    for (plural, api_version, kind) in [
+        ("deployments", "apps/v1", "Deployment"),
+        ("services", "v1", "Service"),
+        ("serviceaccounts", "v1", "ServiceAccount"),
+        (
+            "horizontalpodautoscalers",
+            "autoscaling/v2",
+            "HorizontalPodAutoscaler",
+        ),
+        ("poddisruptionbudgets", "policy/v1", "PodDisruptionBudget"),
+        ("networkpolicies", "networking.k8s.io/v1", "NetworkPolicy"),
+        ("configmaps", "v1", "ConfigMap"),
+    ] {
+        let gvk = kube::api::GroupVersionKind::gvk(
+            api_version.rsplit_once('/').map_or("", |(g, _)| g),
+            api_version.rsplit('/').next().unwrap(),
+            kind,
+        );
+        let resource = kube::api::ApiResource::from_gvk(&gvk);
+        let api: Api<kube::api::DynamicObject> =
+            Api::namespaced_with(client.clone(), ns, &resource);
+        let n = api.list_metadata(&selector).await.unwrap().items.len();
+        if n > 0 {
+            counts.insert(plural, n);
+        }
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn children_are_read_from_the_watch_caches_not_with_a_get_per_pass() {
+    let cluster = TestCluster::shared().await.unwrap();
+    let client: Client = cluster.client();
+    let ns = cluster.namespace("cached").await.unwrap();
+    cluster
+        .apply_crds(
+            &[cuebe::abstraction::crd::<CachedService>()],
+            Instant::now() + Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics = listener.local_addr().unwrap();
+    let _operator = tokio::spawn(
+        cuebe::controller::Operator::<CachedService>::new(client.clone())
+            .namespace(ns.clone())
+            .serve_metrics(listener)
+            .run(),
+    );
+    let api: Api<CachedService> = Api::namespaced(client.clone(), &ns);
+    let before_converge = gets_by_resource(&client).await;
+    for i in 0..INSTANCES {
+        let name = format!("web-{i}");
+        let body = json!({
+            "apiVersion": "cached.example.com/v1", "kind": "CachedService",
+            "metadata": {"name": name},
+            "spec": {"image": "registry.example.com/hello:1.4.2",
+                     "resources": {"cpu": "50m", "memory": "64Mi"}},
+        });
+        api.patch(
+            &name,
+            &PatchParams::apply("e2e").force(),
+            &Patch::Apply(&body),
+        )
+        .await
+        .unwrap();
+    }
+    let all_ready = || {
+        let api = api.clone();
+        async move {
+            api.list(&ListParams::default())
+                .await
+                .map(|l| {
+                    l.items.len() == INSTANCES && l.items.iter().all(|o| ready(o.status.as_ref()))
+                })
+                .unwrap_or(false)
+        }
+    };
+    let started = Instant::now();
+    cuebe_testkit::eventually::eventually(
+        "every instance Ready",
+        Duration::from_secs(120),
+        all_ready,
+        || async { cluster.log_tails(10) },
+    )
+    .await;
+    let converged_in = started.elapsed();
+    let after_converge = gets_by_resource(&client).await;
+    let objects = children(&client, &ns).await;
+    assert!(
+        objects.contains_key("deployments") && objects.contains_key("services"),
+        "{objects:?}"
+    );
+    let mut converge_gets = BTreeMap::new();
+    for (resource, count) in &objects {
+        let gets = delta(&after_converge, &before_converge, resource);
+        converge_gets.insert(*resource, gets);
+        // The read that finds it absent before creating it; a few more where the API server's
+        // own controllers (the garbage collector checking owners) ask too.
+        assert!(
+            gets <= (*count as u64) * 3 / 2,
+            "{gets} GETs of {resource} while converging {count} of them (all: {converge_gets:?})"
+        );
+    }
+    eprintln!(
+        "converged {INSTANCES} instances in {converged_in:?}: children {objects:?}, GETs of them {converge_gets:?}"
+    );
+
+    // A resync of every instance with the same render: the children are read from the caches.
+    // Let the passes that Ready transitions triggered finish first.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before_resync = gets_by_resource(&client).await;
+    let reconciled_before = reconciles(metrics).await;
+    for i in 0..INSTANCES {
+        let touch = json!({"metadata": {"annotations": {"e2e.cuebe.dev/touched": "1"}}});
+        api.patch(
+            &format!("web-{i}"),
+            &PatchParams::default(),
+            &Patch::Merge(&touch),
+        )
+        .await
+        .unwrap();
+    }
+    cuebe_testkit::eventually::eventually(
+        "every instance reconciled again",
+        Duration::from_secs(60),
+        || async { reconciles(metrics).await >= reconciled_before + INSTANCES as u64 },
+        || async { cluster.log_tails(10) },
+    )
+    .await;
+    assert!(all_ready().await, "an instance left Ready in the resync");
+    let after_resync = gets_by_resource(&client).await;
+    let resync_gets: BTreeMap<&str, u64> = objects
+        .keys()
+        .map(|r| (*r, delta(&after_resync, &before_resync, r)))
+        .collect();
+    eprintln!(
+        "resync of {INSTANCES} instances ({} passes): GETs of children {resync_gets:?}",
+        reconciles(metrics).await - reconciled_before
+    );
+    assert!(
+        resync_gets.values().all(|g| *g == 0),
+        "a resync read children with GETs: {resync_gets:?}"
+    );
+
+    // Drift correction still works: a hand-deleted Deployment comes back (the watch removes it
+    // from the store, so the pass asks the API server and recreates it).
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let uid = deployments.get("web-3").await.unwrap().metadata.uid;
+    deployments
+        .delete("web-3", &DeleteParams::default())
+        .await
+        .unwrap();
+    cuebe_testkit::eventually::eventually(
+        "the Deployment recreated",
+        Duration::from_secs(20),
+        || {
+            let (deployments, uid) = (deployments.clone(), uid.clone());
+            async move {
+                deployments
+                    .get_opt("web-3")
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some_and(|d| d.metadata.uid != uid)
+            }
+        },
+        || async { cluster.log_tails(10) },
+    )
+    .await;
+    cuebe_testkit::eventually::eventually(
+        "every instance Ready again",
+        Duration::from_secs(60),
+        all_ready,
+        || async { cluster.log_tails(10) },
+    )
+    .await;
+}
