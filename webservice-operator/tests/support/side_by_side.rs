@@ -76,12 +76,13 @@ pub struct Figures {
     pub requests: BTreeMap<String, u64>,
     /// A finer breakdown where the contender has one (cuebe: by verb and what was asked).
     pub detail: BTreeMap<String, u64>,
-    /// Writes (POST, PUT, PATCH, DELETE) during the steady-state window.
-    pub steady_writes: u64,
-    /// All requests during the steady-state window.
-    pub steady_requests: u64,
-    /// How long the steady-state window was.
-    pub steady_window: Duration,
+    /// The steady-state window after all Ready, sampled every 5 s: (since all Ready, the
+    /// controller's writes (POST, PUT, PATCH, DELETE) since then, all its requests since then).
+    pub steady: Vec<(Duration, u64, u64)>,
+    /// Writes the API server served during the steady-state window, from every client (the
+    /// control plane's own, a kwok node's heartbeats, say, included), by verb and resource: where
+    /// the controller's steady-state writes go.
+    pub steady_apiserver_writes: BTreeMap<String, u64>,
     /// The controller's resident memory at the end (VmRSS), KiB.
     pub rss_kib: u64,
     /// Its peak resident memory (VmHWM), KiB.
@@ -102,10 +103,73 @@ impl Figures {
         self.requests.values().sum()
     }
 
-    /// Steady-state writes per minute.
-    pub fn steady_writes_per_minute(&self) -> f64 {
-        self.steady_writes as f64 * 60.0 / self.steady_window.as_secs_f64().max(1e-3)
+    /// How long the steady-state window was.
+    pub fn steady_window(&self) -> Duration {
+        self.steady.last().map_or(Duration::ZERO, |s| s.0)
     }
+
+    /// Writes in the whole steady-state window.
+    pub fn steady_writes(&self) -> u64 {
+        self.steady.last().map_or(0, |s| s.1)
+    }
+
+    /// Requests in the whole steady-state window.
+    pub fn steady_requests(&self) -> u64 {
+        self.steady.last().map_or(0, |s| s.2)
+    }
+
+    /// Writes per minute over the whole steady-state window (from all Ready on).
+    pub fn steady_writes_per_minute(&self) -> f64 {
+        per_minute(self.steady_writes(), self.steady_window())
+    }
+
+    /// Writes per minute over the window's second half: what is left once what was still
+    /// queued when the last instance turned Ready has run.
+    pub fn settled_writes_per_minute(&self) -> f64 {
+        let half = self.steady_window() / 2;
+        let Some(mid) = self.steady.iter().find(|s| s.0 >= half) else {
+            return 0.0;
+        };
+        per_minute(
+            self.steady_writes() - mid.1,
+            self.steady_window().saturating_sub(mid.0),
+        )
+    }
+
+    /// Writes per 5 s sample of the window.
+    pub fn steady_writes_per_sample(&self) -> Vec<u64> {
+        self.steady.windows(2).map(|w| w[1].1 - w[0].1).collect()
+    }
+}
+
+fn per_minute(count: u64, over: Duration) -> f64 {
+    if over.is_zero() {
+        0.0
+    } else {
+        count as f64 * 60.0 / over.as_secs_f64()
+    }
+}
+
+/// Samples a controller's cumulative requests by method every 5 s for `window`, from `start`
+/// (its counts when the last instance turned Ready): (since then, writes since then, requests
+/// since then), the first at zero.
+pub async fn observe_steady<F, Fut>(
+    window: Duration,
+    start: &BTreeMap<String, u64>,
+    mut counts: F,
+) -> Vec<(Duration, u64, u64)>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = BTreeMap<String, u64>>,
+{
+    let began = Instant::now();
+    let mut samples = vec![(Duration::ZERO, 0, 0)];
+    while began.elapsed() < window {
+        tokio::time::sleep((window - began.elapsed()).min(Duration::from_secs(5))).await;
+        let since = delta(&counts().await, start);
+        samples.push((began.elapsed(), writes(&since), since.values().sum()));
+    }
+    samples
 }
 
 /// POST, PUT, PATCH and DELETE.
@@ -131,6 +195,60 @@ pub fn delta(
             )
         })
         .filter(|(_, v)| *v > 0)
+        .collect()
+}
+
+/// The requests the API server has served since it started, by verb and resource
+/// (`apiserver_request_total`, summed over codes, groups and versions), e.g. `APPLY deployments`,
+/// `PUT krowebservices/status`.
+pub async fn apiserver_requests(client: &Client) -> BTreeMap<String, u64> {
+    let request = http::Request::get("/metrics")
+        .body(Vec::new())
+        .expect("a GET of a fixed path");
+    let text = client
+        .request_text(request)
+        .await
+        .unwrap_or_else(|e| panic!("the API server's /metrics: {e}"));
+    let mut counts = BTreeMap::new();
+    for line in text.lines() {
+        let Some((labels, value)) = line
+            .strip_prefix("apiserver_request_total{")
+            .and_then(|rest| rest.rsplit_once('}'))
+        else {
+            continue;
+        };
+        let label = |name: &str| {
+            labels.split(',').find_map(|l| {
+                l.strip_prefix(name)
+                    .and_then(|v| v.strip_prefix("=\""))
+                    .and_then(|v| v.strip_suffix('"'))
+            })
+        };
+        let (Some(verb), Some(resource), Ok(value)) = (
+            label("verb"),
+            label("resource"),
+            value.trim().parse::<f64>(),
+        ) else {
+            continue;
+        };
+        let key = match label("subresource").filter(|s| !s.is_empty()) {
+            Some(sub) => format!("{verb} {resource}/{sub}"),
+            None => format!("{verb} {resource}"),
+        };
+        *counts.entry(key).or_insert(0) += value as u64;
+    }
+    counts
+}
+
+/// The writes among [`apiserver_requests`] keys (every verb but GET, LIST, WATCH).
+pub fn apiserver_writes(counts: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+    counts
+        .iter()
+        .filter(|(k, _)| {
+            let verb = k.split(' ').next().unwrap_or_default();
+            !["GET", "LIST", "WATCH", "CONNECT"].contains(&verb)
+        })
+        .map(|(k, v)| (k.clone(), *v))
         .collect()
 }
 
@@ -268,8 +386,13 @@ pub async fn kro_run(
     create_instances(&admin, &resource, &namespace, n).await;
     let (ready, waited) = wait_all_ready(&admin, &resource, &namespace, n, started, timeout).await;
     let converged = kro.requests_by_method().await.unwrap();
-    tokio::time::sleep(steady_window).await;
-    let steady = delta(&kro.requests_by_method().await.unwrap(), &converged);
+    let served = apiserver_requests(&admin).await;
+    let steady = observe_steady(steady_window, &converged, || async {
+        kro.requests_by_method().await.unwrap()
+    })
+    .await;
+    let steady_apiserver_writes =
+        apiserver_writes(&delta(&apiserver_requests(&admin).await, &served));
     let figures = Figures {
         contender: format!("kro (concurrency {concurrency})"),
         n,
@@ -279,9 +402,8 @@ pub async fn kro_run(
         waited,
         requests: delta(&converged, &before),
         detail: BTreeMap::new(),
-        steady_writes: writes(&steady),
-        steady_requests: steady.values().sum(),
-        steady_window,
+        steady,
+        steady_apiserver_writes,
         rss_kib: kro.rss_kib().unwrap_or(0),
         peak_rss_kib: kro.peak_rss_kib().unwrap_or(0),
         objects: count_objects(&admin, &namespace).await,
