@@ -215,6 +215,22 @@ async fn children_are_read_from_the_watch_caches_not_with_a_get_per_pass() {
         "converged {INSTANCES} instances in {converged_in:?}: children {objects:?}, GETs of them {converge_gets:?}"
     );
 
+    // What the store keeps of a real Deployment (pod template, managed fields) and what it drops.
+    let resource = kube::api::ApiResource::erase::<Deployment>(&());
+    let whole: kube::api::DynamicObject = Api::namespaced_with(client.clone(), &ns, &resource)
+        .get("web-0")
+        .await
+        .unwrap();
+    let mut trimmed = whole.clone();
+    cuebe::child_cache::Retained::default().trim(&mut trimmed);
+    let bytes = |o: &kube::api::DynamicObject| serde_json::to_vec(o).unwrap().len();
+    eprintln!(
+        "a Deployment: {} bytes whole, {} kept in the cache",
+        bytes(&whole),
+        bytes(&trimmed)
+    );
+    assert!(bytes(&trimmed) * 3 < bytes(&whole));
+
     // A resync of every instance with the same render: the children are read from the caches.
     // Let the passes that Ready transitions triggered finish first.
     tokio::time::sleep(Duration::from_secs(2)).await;
