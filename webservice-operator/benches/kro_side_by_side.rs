@@ -151,7 +151,10 @@ fn counting_client(kubeconfig: &Path, counts: Counts) -> Client {
     let layer = tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
         let watch = req.uri().query().is_some_and(|q| q.contains("watch=true"));
         let path = req.uri().path();
-        let what = if path.ends_with("/status") {
+        let what = if path.ends_with("/selfsubjectaccessreviews") {
+            // The permission preflight's questions: POSTs the API server stores nowhere.
+            "accessreviews"
+        } else if path.ends_with("/status") {
             "status"
         } else if path.contains("/events") {
             "events"
