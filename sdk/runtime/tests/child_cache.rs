@@ -57,8 +57,10 @@ fn ready(status: Option<&AbstractionStatus>) -> bool {
     })
 }
 
-/// GETs by resource (`deployments`, …) from the API server's `apiserver_request_total`.
-async fn gets_by_resource(client: &Client) -> BTreeMap<String, u64> {
+/// Requests by verb and resource (`GET`, `deployments`), from the API server's
+/// `apiserver_request_total`. Only the operator applies children (`APPLY`: Server-Side Apply);
+/// the cluster's own controllers update them.
+async fn requests(client: &Client) -> BTreeMap<(String, String), u64> {
     let request = http::Request::get("/metrics").body(Vec::new()).unwrap();
     let text = client.request_text(request).await.unwrap();
     let mut gets = BTreeMap::new();
@@ -69,22 +71,28 @@ async fn gets_by_resource(client: &Client) -> BTreeMap<String, u64> {
         let Some((labels, value)) = rest.rsplit_once("} ") else {
             continue;
         };
-        if !labels.contains("verb=\"GET\"") {
-            continue;
-        }
-        let resource = labels
-            .split(',')
-            .find_map(|l| l.strip_prefix("resource=\""))
-            .map(|r| r.trim_end_matches('"').to_string())
-            .unwrap_or_default();
+        let label = |name: &str| {
+            labels
+                .split(',')
+                .find_map(|l| l.strip_prefix(&format!("{name}=\"")))
+                .map(|r| r.trim_end_matches('"').to_string())
+                .unwrap_or_default()
+        };
         let value: f64 = value.trim().parse().unwrap_or(0.0);
-        *gets.entry(resource).or_default() += value as u64;
+        *gets.entry((label("verb"), label("resource"))).or_default() += value as u64;
     }
     gets
 }
 
-fn delta(after: &BTreeMap<String, u64>, before: &BTreeMap<String, u64>, resource: &str) -> u64 {
-    after.get(resource).copied().unwrap_or(0) - before.get(resource).copied().unwrap_or(0)
+/// How many `verb` requests on `resource` were made between two [`requests`].
+fn delta(
+    after: &BTreeMap<(String, String), u64>,
+    before: &BTreeMap<(String, String), u64>,
+    verb: &str,
+    resource: &str,
+) -> u64 {
+    let key = (verb.to_string(), resource.to_string());
+    after.get(&key).copied().unwrap_or(0) - before.get(&key).copied().unwrap_or(0)
 }
 
 /// The operator's `cuebe_reconciles_total` (every result), from its metrics endpoint.
@@ -157,7 +165,7 @@ async fn children_are_read_from_the_watch_caches_not_with_a_get_per_pass() {
             .run(),
     );
     let api: Api<CachedService> = Api::namespaced(client.clone(), &ns);
-    let before_converge = gets_by_resource(&client).await;
+    let before_converge = requests(&client).await;
     for i in 0..INSTANCES {
         let name = format!("web-{i}");
         let body = json!({
@@ -194,16 +202,25 @@ async fn children_are_read_from_the_watch_caches_not_with_a_get_per_pass() {
     )
     .await;
     let converged_in = started.elapsed();
-    let after_converge = gets_by_resource(&client).await;
+    let after_converge = requests(&client).await;
     let objects = children(&client, &ns).await;
     assert!(
         objects.contains_key("deployments") && objects.contains_key("services"),
         "{objects:?}"
     );
     let mut converge_gets = BTreeMap::new();
+    let mut converge_applies = BTreeMap::new();
     for (resource, count) in &objects {
-        let gets = delta(&after_converge, &before_converge, resource);
+        let gets = delta(&after_converge, &before_converge, "GET", resource);
         converge_gets.insert(*resource, gets);
+        // Each object written once: the pass after a write reads our write's answer, not the
+        // older object the store may still hold.
+        let applies = delta(&after_converge, &before_converge, "APPLY", resource);
+        converge_applies.insert(*resource, applies);
+        assert!(
+            applies <= *count as u64,
+            "{applies} applies of {resource} while converging {count} of them"
+        );
         // The read that finds it absent before creating it; a few more where the API server's
         // own controllers (the garbage collector checking owners) ask too.
         assert!(
@@ -212,7 +229,8 @@ async fn children_are_read_from_the_watch_caches_not_with_a_get_per_pass() {
         );
     }
     eprintln!(
-        "converged {INSTANCES} instances in {converged_in:?}: children {objects:?}, GETs of them {converge_gets:?}"
+        "converged {INSTANCES} instances in {converged_in:?}: children {objects:?}, GETs of them \
+         {converge_gets:?}, applies {converge_applies:?}"
     );
 
     // What the store keeps of a real Deployment (pod template, managed fields) and what it drops.
@@ -234,7 +252,7 @@ async fn children_are_read_from_the_watch_caches_not_with_a_get_per_pass() {
     // A resync of every instance with the same render: the children are read from the caches.
     // Let the passes that Ready transitions triggered finish first.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let before_resync = gets_by_resource(&client).await;
+    let before_resync = requests(&client).await;
     let reconciled_before = reconciles(metrics).await;
     for i in 0..INSTANCES {
         let touch = json!({"metadata": {"annotations": {"e2e.cuebe.dev/touched": "1"}}});
@@ -254,11 +272,15 @@ async fn children_are_read_from_the_watch_caches_not_with_a_get_per_pass() {
     )
     .await;
     assert!(all_ready().await, "an instance left Ready in the resync");
-    let after_resync = gets_by_resource(&client).await;
+    let after_resync = requests(&client).await;
     let resync_gets: BTreeMap<&str, u64> = objects
         .keys()
-        .map(|r| (*r, delta(&after_resync, &before_resync, r)))
+        .map(|r| (*r, delta(&after_resync, &before_resync, "GET", r)))
         .collect();
+    let resync_applies: u64 = objects
+        .keys()
+        .map(|r| delta(&after_resync, &before_resync, "APPLY", r))
+        .sum();
     eprintln!(
         "resync of {INSTANCES} instances ({} passes): GETs of children {resync_gets:?}",
         reconciles(metrics).await - reconciled_before
@@ -267,10 +289,63 @@ async fn children_are_read_from_the_watch_caches_not_with_a_get_per_pass() {
         resync_gets.values().all(|g| *g == 0),
         "a resync read children with GETs: {resync_gets:?}"
     );
+    assert_eq!(resync_applies, 0, "a resync with the same render wrote");
+
+    // A change of every instance's render (a new image): each Deployment is applied once. The
+    // passes its rollout triggers read our write's answer or the store, never an older
+    // generation that would be written again.
+    let before_change = requests(&client).await;
+    for i in 0..INSTANCES {
+        let image = json!({"spec": {"image": "registry.example.com/hello:1.5.0"}});
+        api.patch(
+            &format!("web-{i}"),
+            &PatchParams::default(),
+            &Patch::Merge(&image),
+        )
+        .await
+        .unwrap();
+    }
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    cuebe_testkit::eventually::eventually(
+        "every instance Ready on the new image",
+        Duration::from_secs(120),
+        || {
+            let deployments = deployments.clone();
+            async move {
+                let updated = deployments
+                    .list(&ListParams::default())
+                    .await
+                    .map(|l| {
+                        l.items
+                            .iter()
+                            .filter(|d| {
+                                serde_json::to_string(&d.spec).is_ok_and(|s| s.contains("1.5.0"))
+                            })
+                            .count()
+                    })
+                    .unwrap_or(0);
+                updated == INSTANCES && all_ready().await
+            }
+        },
+        || async { cluster.log_tails(10) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after_change = requests(&client).await;
+    let change_applies = delta(&after_change, &before_change, "APPLY", "deployments");
+    let change_gets: u64 = objects
+        .keys()
+        .map(|r| delta(&after_change, &before_change, "GET", r))
+        .sum();
+    eprintln!(
+        "a new image on {INSTANCES} instances: {change_applies} applies of Deployments, \
+         {change_gets} GETs of children"
+    );
+    assert_eq!(change_applies, INSTANCES as u64);
+    assert_eq!(change_gets, 0);
 
     // Drift correction still works: a hand-deleted Deployment comes back (the watch removes it
     // from the store, so the pass asks the API server and recreates it).
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
     let uid = deployments.get("web-3").await.unwrap().metadata.uid;
     deployments
         .delete("web-3", &DeleteParams::default())
