@@ -562,8 +562,8 @@ mod tests {
             r"^oci://[^@\s]+@sha256:[0-9a-f]{64}$",
             r"^(git\+https|git\+file|git)://[^?#@\s]+\?([^&#\s]+&)*ref=[^&#\s]+(&[^&#\s]+)*$",
         ] {
-            let sample = string_matching(pattern)
-                .unwrap_or_else(|| panic!("no sample for {pattern}"));
+            let sample =
+                string_matching(pattern).unwrap_or_else(|| panic!("no sample for {pattern}"));
             assert!(
                 regex::Regex::new(pattern).is_ok_and(|r| r.is_match(&sample)),
                 "{sample:?} does not match {pattern}"

@@ -1041,7 +1041,10 @@ mod cache_tests {
     #[test]
     fn the_cache_keeps_to_its_byte_budget_dropping_the_oldest_first() {
         let one = plan_heap_bytes(&plan(3, 10_000));
-        assert!(one > 30_000, "the estimate counts the objects' bytes: {one}");
+        assert!(
+            one > 30_000,
+            "the estimate counts the objects' bytes: {one}"
+        );
         // Room for two such renders, not three.
         let mut cache = RenderCache::new(100, one * 2 + one / 2);
         for i in 0..3 {
