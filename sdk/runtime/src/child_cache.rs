@@ -550,6 +550,7 @@ impl ChildCache {
             // A wider list of a kind already watched: its objects did not change, only what
             // the store keeps of them; the running watch reports changes meanwhile.
             quiet_listing: widening,
+            listed_once: false,
         };
         let what = format!("{}/{}", resource.api_version, resource.kind);
         let lost = synced.clone();
@@ -560,7 +561,8 @@ impl ChildCache {
             "cannot watch a child kind: its objects are read with a GET each and changes to them \
              are seen only at the next pass (grant list and watch on it)",
             move |event| handler.handle(event),
-            // Stale until listed again: read from the API server meanwhile.
+            // Maybe stale: read from the API server until the watch delivers again (it resumes
+            // from where it was, or lists again).
             move || lost.store(false, Ordering::Relaxed),
         ));
         Reflector {
@@ -744,6 +746,8 @@ struct EventHandler {
     id: u64,
     synced: Arc<AtomicBool>,
     quiet_listing: bool,
+    /// The first list is in (before it, the store is empty, not current).
+    listed_once: bool,
 }
 
 impl EventHandler {
@@ -751,6 +755,10 @@ impl EventHandler {
         let Some(shared) = self.shared.upgrade() else {
             return Flow::Stop;
         };
+        if self.listed_once {
+            // Delivering again after a failure: the watch resumed where it was.
+            self.synced.store(true, Ordering::Relaxed);
+        }
         let touched = match &event {
             watcher::Event::Apply(object) => {
                 self.delivered(&shared, object, false);
@@ -806,6 +814,7 @@ impl EventHandler {
     /// A list is in: the store is what the server has; a wider store replaces the one it widens.
     fn listed(&mut self, shared: &Shared) {
         self.synced.store(true, Ordering::Relaxed);
+        self.listed_once = true;
         self.quiet_listing = false;
         let mut state = lock(&shared.state);
         let (api_version, kind) = &self.key;

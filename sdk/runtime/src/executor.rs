@@ -1,9 +1,11 @@
 //! The executor: applies a [`Plan`] to the cluster in dependency order and reports node state.
 //!
 //! Owns: the I/O of a pass — Server-Side Apply under the operator's field manager, reading live
-//! objects, deleting and releasing — and nothing else: every decision (the frontier, whether to
-//! read, whether to write, adoption, readiness against the clock, what may be pruned) is a pure
-//! function of [`cuebe_core::plan`], table-tested there. It never evaluates CUE.
+//! objects (from the controller's watch caches where they can answer, see
+//! [`crate::child_cache`]; else one GET), deleting and releasing — and nothing else: every
+//! decision (the frontier, where to read from, whether to write, adoption, readiness against the
+//! clock, what may be pruned) is a pure function of [`cuebe_core::plan`], table-tested there. It
+//! never evaluates CUE.
 //!
 //! Workflow of [`Executor::execute`] (one reconcile pass): [`Pass::start`], then while
 //! [`Pass::frontier`] is not empty apply it concurrently and [`Pass::record`] each result; then
