@@ -291,9 +291,10 @@ async fn children_are_read_from_the_watch_caches_not_with_a_get_per_pass() {
     );
     assert_eq!(resync_applies, 0, "a resync with the same render wrote");
 
-    // A change of every instance's render (a new image): each Deployment is applied once. The
-    // passes its rollout triggers read our write's answer or the store, never an older
-    // generation that would be written again.
+    // A change of every instance's render (a new image): each Deployment is applied once, and
+    // the passes its rollout triggers read it from the caches. (Our write's answer stands in
+    // for a watch that lags behind the next pass; on this idle cluster the watch is usually
+    // first, so that rule is held by its table test in cuebe-core, not here.)
     let before_change = requests(&client).await;
     for i in 0..INSTANCES {
         let image = json!({"spec": {"image": "registry.example.com/hello:1.5.0"}});
