@@ -229,9 +229,12 @@ fn sample(schema: &Value) -> Value {
         return sample(&merged(schema, first));
     }
     match types(schema) {
-        // An object that must have some property (`platformRef`: exactly one of its fields)
-        // gets its first one.
-        "object" if schema.get("minProperties").and_then(Value::as_u64) > Some(0) => {
+        // An object that must have some property gets its first one: `minProperties`, or CEL
+        // rules, which this check cannot evaluate (`platformRef`: exactly one of its fields).
+        "object"
+            if schema.get("minProperties").and_then(Value::as_u64) > Some(0)
+                || schema.get("x-kubernetes-validations").is_some() =>
+        {
             let mut out = minimal(schema);
             if let (Value::Object(out), Some(props)) = (&mut out, properties(schema))
                 && out.is_empty()
@@ -580,6 +583,12 @@ mod tests {
             "properties": {"embedded": {"type": "string"}, "oci": {"type": "string"}}
         });
         assert_eq!(sample(&schema), json!({"embedded": "x"}));
+        let ruled = json!({
+            "type": "object",
+            "x-kubernetes-validations": [{"rule": "size(self) == 1"}],
+            "properties": {"embedded": {"type": "string"}}
+        });
+        assert_eq!(sample(&ruled), json!({"embedded": "x"}));
         let plain = json!({"type": "object", "properties": {"a": {"type": "string"}}});
         assert_eq!(sample(&plain), json!({}));
     }

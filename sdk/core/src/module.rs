@@ -152,9 +152,6 @@ impl ModuleSource {
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-// Exactly one field: the API server refuses `platformRef: {}` (and two references) on its own,
-// before the CEL rule's message; CUE modules accept only one-field references too.
-#[schemars(extend("minProperties" = 1, "maxProperties" = 1))]
 #[schemars(extend("x-kubernetes-validations" = [{
     "rule": "[has(self.embedded), has(self.oci), has(self.git), has(self.channel)].filter(x, x).size() == 1",
     "message": "spec.platformRef: set exactly one of embedded (a version built into the operator), oci (oci://REGISTRY/REPOSITORY@sha256:DIGEST), git (git+https://HOST/REPO?ref=REF&dir=PATH) or channel (the name of a PlatformChannel)"
