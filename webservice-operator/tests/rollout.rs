@@ -49,7 +49,8 @@ fn never_ready() -> tempfile::TempDir {
     module_variant_with(
         "never ready",
         "webservice/render.cue",
-        r#"readyWhen: [{type: "DeploymentAvailable", timeout: "10m"}]"#,
+        // The Deployment's readiness comes from the standard library's defaults per kind.
+        "readyWhen: readiness.byKind.Deployment",
         r#"readyWhen: [{type: "ConditionMatch", conditionType: "example.com/NeverSet", status: "True", timeout: "10m"}]"#,
     )
 }
