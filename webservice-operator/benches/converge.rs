@@ -22,6 +22,10 @@
 //!   seeing the PDB created, both through watches (p50 / p95 / max).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
+#[path = "support/counting_client.rs"]
+mod counting;
+use counting::Counts;
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -36,47 +40,12 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::Client;
 use kube::api::{Api, ListParams, Patch, PatchParams};
-use kube::client::ClientBuilder;
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use webservice_operator::WebService;
 
-type Counts = Arc<Mutex<BTreeMap<String, u64>>>;
-
 fn counting_client(cluster: &TestCluster, counts: Counts) -> Client {
-    let kubeconfig = kube::config::Kubeconfig::read_from(cluster.kubeconfig()).unwrap();
-    let config = futures::executor::block_on(kube::Config::from_custom_kubeconfig(
-        kubeconfig,
-        &kube::config::KubeConfigOptions::default(),
-    ))
-    .unwrap();
-    let layer = tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
-        let watch = req.uri().query().is_some_and(|q| q.contains("watch=true"));
-        let path = req.uri().path();
-        let what = if path.contains("selfsubjectaccessreviews") {
-            // The operator asks whether it may write a kind (cached); not a write of an object.
-            "access reviews"
-        } else if path.ends_with("/status") {
-            "status"
-        } else if path.contains("/events") {
-            "events"
-        } else if path.contains("/webservices") {
-            "webservices"
-        } else {
-            "children"
-        };
-        let verb = if watch {
-            format!("WATCH {what}")
-        } else {
-            format!("{} {what}", req.method())
-        };
-        *counts.lock().unwrap().entry(verb).or_default() += 1;
-        req
-    });
-    ClientBuilder::try_from(config)
-        .unwrap()
-        .with_layer(&layer)
-        .build()
+    counting::counting_client(cluster.kubeconfig(), counts)
 }
 
 /// Resident memory of this process now (`VmRSS`), in MiB.
@@ -319,7 +288,7 @@ fn writes(counts: &BTreeMap<String, u64>) -> u64 {
     counts
         .iter()
         .filter(|(k, _)| {
-            !k.ends_with("access reviews")
+            !k.ends_with("accessreviews")
                 && ["POST", "PUT", "PATCH", "DELETE"]
                     .iter()
                     .any(|v| k.starts_with(v))

@@ -25,20 +25,21 @@
 //! kro runs with its Helm chart's settings (log level info) otherwise.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
+#[path = "support/counting_client.rs"]
+mod counting_client;
 #[path = "../tests/support/side_by_side.rs"]
 mod side_by_side;
+use counting_client::{Counts, counting_client};
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cuebe_testkit::cluster::{ClusterOptions, TestCluster};
 use cuebe_testkit::kro::{KRO_VERSION, proc_status_kib};
-use kube::Client;
-use kube::client::ClientBuilder;
 use side_by_side::{Figures, count_objects, create_instances, delta, wait_all_ready};
 use webservice_operator::WebService;
 
@@ -137,45 +138,6 @@ fn parse_args() -> Args {
 }
 
 // ---- the cuebe operator as a child process -------------------------------------------------
-
-type Counts = Arc<Mutex<BTreeMap<String, u64>>>;
-
-/// A client that counts every request by verb (`WATCH` apart from `GET`) and what it was for.
-fn counting_client(kubeconfig: &Path, counts: Counts) -> Client {
-    let kubeconfig = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
-    let config = futures::executor::block_on(kube::Config::from_custom_kubeconfig(
-        kubeconfig,
-        &kube::config::KubeConfigOptions::default(),
-    ))
-    .unwrap();
-    let layer = tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
-        let watch = req.uri().query().is_some_and(|q| q.contains("watch=true"));
-        let path = req.uri().path();
-        let what = if path.ends_with("/selfsubjectaccessreviews") {
-            // The permission preflight's questions: POSTs the API server stores nowhere.
-            "accessreviews"
-        } else if path.ends_with("/status") {
-            "status"
-        } else if path.contains("/events") {
-            "events"
-        } else if path.contains("/webservices") {
-            "webservices"
-        } else {
-            "children"
-        };
-        let verb = if watch {
-            format!("WATCH {what}")
-        } else {
-            format!("{} {what}", req.method())
-        };
-        *counts.lock().unwrap().entry(verb).or_default() += 1;
-        req
-    });
-    ClientBuilder::try_from(config)
-        .unwrap()
-        .with_layer(&layer)
-        .build()
-}
 
 /// The child: runs the operator on every namespace, says `ready` once it watches WebServices,
 /// then answers each line on stdin with its counts as one JSON line; exits when stdin closes
