@@ -82,7 +82,26 @@ async fn kube_apiserver_and_etcd_restart_with_their_data_ports_and_clients() {
     cluster.start_component(Component::ApiServer).await.unwrap();
     assert!(cms.get("after-etcd").await.is_ok());
 
-    // The controllers outlived both restarts: a Deployment made now becomes Available.
+    // kwok v0.8.0 can abort on a data race in its CEL type registry ("concurrent map writes");
+    // the cluster starts it again rather than failing the test that happened to be running.
+    let kwok_log = cluster.workdir().join("kwok.log");
+    let crashed = cluster.pid(Component::Kwok).unwrap();
+    append(&kwok_log, "fatal error: concurrent map writes\n");
+    kill_9(crashed);
+    // Polled the way a test's waits poll it: the exit shows once every thread of kwok is gone.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while cluster.pid(Component::Kwok) == Some(crashed) {
+        cluster.check_alive().unwrap();
+        assert!(Instant::now() < deadline, "kwok was not started again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        cluster.pid(Component::Kwok).is_some(),
+        "kwok runs as a new process"
+    );
+
+    // The controllers outlived both restarts, and kwok its crash: a Deployment made now becomes
+    // Available.
     cluster.check_alive().unwrap();
     let deployments: Api<Deployment> = Api::namespaced(client, &ns);
     let deployment: Deployment = serde_json::from_value(json!({
@@ -117,6 +136,32 @@ async fn kube_apiserver_and_etcd_restart_with_their_data_ports_and_clients() {
     )
     .await;
     cluster.check_alive().unwrap();
+
+    // Any other exit of kwok is a failure the test sees, with kwok named.
+    kill_9(cluster.pid(Component::Kwok).unwrap());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let died = loop {
+        if let Err(died) = cluster.check_alive() {
+            break died.to_string();
+        }
+        assert!(Instant::now() < deadline, "kwok's exit was never reported");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(died.contains("kwok"), "{died}");
+}
+
+fn append(path: &std::path::Path, text: &str) {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+    file.write_all(text.as_bytes()).unwrap();
+}
+
+fn kill_9(pid: u32) {
+    let status = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
 }
 
 #[tokio::test(flavor = "multi_thread")]
