@@ -37,13 +37,28 @@ pub fn parse_yaml<T: DeserializeOwned>(file: &str, text: &str) -> Result<T, Rend
         let message = if path.is_empty() || path == "." {
             inner
         } else {
-            format!("{path}: {inner}")
+            format!("{path}: {}", without_enclosing_path(&inner, &path))
         };
         RenderFailure::Input {
             file: file.to_string(),
             message,
         }
     })
+}
+
+/// The YAML parser starts its message with the path of the mapping it was in (`spec: unknown
+/// field …`); the message already starts with the full path (`spec.mesage`), so that part goes.
+fn without_enclosing_path<'a>(message: &'a str, path: &str) -> &'a str {
+    match message.split_once(": ") {
+        Some((head, rest))
+            if path
+                .strip_prefix(head)
+                .is_some_and(|tail| tail.is_empty() || tail.starts_with(['.', '['])) =>
+        {
+            rest
+        }
+        _ => message,
+    }
 }
 
 /// Reads a manifest of `A`, checking its apiVersion and kind and naming the field and line of
@@ -140,5 +155,56 @@ pub fn format_graph(graph: &Graph, format: Format) -> String {
         Format::Json => serde_json::to_string_pretty(graph).unwrap_or_default() + "\n",
         Format::Dot => graph.to_dot(),
         Format::Mermaid => graph.to_mermaid(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_names_its_field_once() {
+        let text = "spec:\n  message: hi\n  mesage: hello\n";
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Spec {
+            message: String,
+        }
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Doc {
+            spec: Spec,
+        }
+        let Err(RenderFailure::Input { message, .. }) = parse_yaml::<Doc>("f.yaml", text) else {
+            panic!("an unknown field parsed");
+        };
+        assert_eq!(
+            message,
+            "spec.mesage: unknown field `mesage`, expected `message` at line 3 column 3"
+        );
+    }
+
+    #[test]
+    fn only_an_enclosing_path_is_dropped_from_a_message() {
+        let cases = [
+            ("spec: unknown field `x`", "spec.x", "unknown field `x`"),
+            ("spec.a: bad", "spec.a.b", "bad"),
+            ("spec.a: bad", "spec.a", "bad"),
+            ("spec.ab: bad", "spec.a", "spec.ab: bad"),
+            (
+                "invalid type: string, expected i32",
+                "spec.n",
+                "invalid type: string, expected i32",
+            ),
+            ("items: bad", "items[0]", "bad"),
+        ];
+        for (message, path, expected) in cases {
+            assert_eq!(
+                without_enclosing_path(message, path),
+                expected,
+                "{message} at {path}"
+            );
+        }
     }
 }
