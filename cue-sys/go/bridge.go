@@ -35,6 +35,7 @@ import (
 	"path"
 	"runtime"
 	"runtime/debug"
+	"runtime/metrics"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -538,6 +539,34 @@ func cuebe_module_abandoned(handle C.ulonglong) C.int {
 //export cuebe_goroutines
 func cuebe_goroutines() C.longlong {
 	return C.longlong(runtime.NumGoroutine())
+}
+
+// goMemorySamples are what cuebe_go_memory reports, in its out array's order.
+var goMemorySamples = []string{
+	"/gc/heap/live:bytes",                 // heap objects the last collection found reachable
+	"/gc/heap/goal:bytes",                 // heap size at which the next collection starts
+	"/memory/classes/total:bytes",         // everything the Go runtime mapped
+	"/memory/classes/heap/released:bytes", // of that, returned to the OS
+}
+
+// cuebe_go_memory writes the Go runtime's memory figures (see goMemorySamples) into out, which
+// has room for 4 values. runtime/metrics reads them without stopping the world.
+//
+//export cuebe_go_memory
+func cuebe_go_memory(out *C.ulonglong) {
+	samples := make([]metrics.Sample, len(goMemorySamples))
+	for i, name := range goMemorySamples {
+		samples[i].Name = name
+	}
+	metrics.Read(samples)
+	values := unsafe.Slice(out, len(samples))
+	for i, s := range samples {
+		if s.Value.Kind() == metrics.KindUint64 {
+			values[i] = C.ulonglong(s.Value.Uint64())
+		} else {
+			values[i] = 0
+		}
+	}
 }
 
 func timeoutResponse(ms int64) evalResponse {

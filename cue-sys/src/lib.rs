@@ -30,6 +30,9 @@ pub mod ffi {
         /// How many goroutines the bridge's Go runtime has (a diagnostic: abandoned evaluations
         /// each keep one).
         pub fn cuebe_goroutines() -> c_longlong;
+        /// Writes the Go runtime's memory figures into `out` (room for 4 values): live heap,
+        /// heap goal, everything mapped, and of that what was returned to the OS, in bytes.
+        pub fn cuebe_go_memory(out: *mut c_ulonglong);
         /// Releases a string returned by the bridge.
         pub fn cuebe_string_free(s: *mut c_char);
     }

@@ -350,6 +350,46 @@ pub fn bridge_goroutines() -> i64 {
     unsafe { crate::ffi::cuebe_goroutines() }
 }
 
+/// The memory of the bridge's Go runtime (the CUE evaluators), in bytes. The Go heap is outside
+/// Rust's allocator: without these figures a process's RSS cannot be told apart.
+///
+/// ```
+/// let memory = cuebe_cue_sys::module::bridge_memory();
+/// assert!(memory.mapped >= memory.released);
+/// assert!(memory.heap_goal >= memory.heap_live);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct GoMemory {
+    /// Heap objects the last collection found reachable.
+    pub heap_live: u64,
+    /// The heap size at which the next collection starts (`GOGC`, bounded by the memory limit).
+    pub heap_goal: u64,
+    /// Everything the Go runtime mapped (heap, stacks, its own structures).
+    pub mapped: u64,
+    /// Of `mapped`, what was returned to the operating system (not resident).
+    pub released: u64,
+}
+
+impl GoMemory {
+    /// What the Go runtime holds resident at most: mapped minus released.
+    pub fn resident(&self) -> u64 {
+        self.mapped.saturating_sub(self.released)
+    }
+}
+
+/// Reads [`GoMemory`] from the bridge's Go runtime, without stopping it.
+pub fn bridge_memory() -> GoMemory {
+    let mut out = [0u64; 4];
+    // SAFETY: the bridge writes exactly 4 values into the array it is given.
+    unsafe { crate::ffi::cuebe_go_memory(out.as_mut_ptr()) };
+    GoMemory {
+        heap_live: out[0],
+        heap_goal: out[1],
+        mapped: out[2],
+        released: out[3],
+    }
+}
+
 fn still_running(handle: u64) -> bool {
     // SAFETY: takes a plain integer; unknown handles answer 0.
     unsafe { crate::ffi::cuebe_module_abandoned(handle) != 0 }

@@ -767,6 +767,53 @@ mod tests {
     }
 
     #[test]
+    fn a_status_read_back_from_the_api_equals_the_one_written() {
+        // The controller drops its copy of a written status once the watch delivers an equal
+        // one: a field that did not survive the JSON round trip would keep every copy.
+        let mut status = nodes(&[
+            ("deployment", NodePhase::Ready),
+            ("hpa", NodePhase::Blocked),
+            ("pdb", NodePhase::Pending),
+        ]);
+        status.observed_generation = Some(3);
+        status.set_condition(
+            ConditionType::Rendered,
+            true,
+            "Rendered",
+            "3 nodes",
+            Some(3),
+            NOW,
+        );
+        status.set_condition(
+            ConditionType::Ready,
+            false,
+            "Waiting",
+            "pdb waits",
+            Some(3),
+            NOW,
+        );
+        status.record_revision("embedded:v1", "sha256:abc", "h1", "Ready", NOW);
+        status.render_hash = "h1".into();
+        status.inventory.push(InventoryEntry {
+            node_id: "deployment".into(),
+            api_version: "apps/v1".into(),
+            kind: "Deployment".into(),
+            namespace: "team".into(),
+            name: "web".into(),
+            uid: "u-1".into(),
+            mode: crate::inventory::InventoryMode::Managed,
+            last_applied_hash: "x".into(),
+            last_applied_resource_version: "12".into(),
+            last_applied_generation: Some(1),
+            last_ready_transition: Some(NOW.into()),
+            deletion_policy: None,
+        });
+        let json = serde_json::to_value(&status).unwrap();
+        let back: AbstractionStatus = serde_json::from_value(json).unwrap();
+        assert_eq!(back, status);
+    }
+
+    #[test]
     fn a_render_blocked_by_policy_drops_the_node_errors_of_an_earlier_pass() {
         // An apply error in one pass, then a spec the policy refuses: the error is not what
         // holds the instance now, so `explain` must not show it.

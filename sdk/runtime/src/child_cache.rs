@@ -32,7 +32,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Display;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use cuebe_core::graph::{Graph, ReadinessPredicate};
 use cuebe_core::inventory::LabelledObject;
@@ -350,8 +350,16 @@ struct Reflector {
     store: Store<DynamicObject>,
     kept: Retained,
     synced: Arc<AtomicBool>,
+    /// When its watch started: a pass waits for its first list only so long after that.
+    started: Instant,
     _task: WatchTask,
 }
+
+/// How long after a kind's watch starts a pass waits for the watch's first list rather than
+/// reading that kind with GETs ([`ChildCache::wait_first_lists`]). A list of thousands of
+/// objects takes a second or two; a kind that can never be listed (no permission) costs this
+/// once, after a start.
+pub const FIRST_LIST_WAIT: Duration = Duration::from_secs(10);
 
 /// Our write's answer, standing in for the object until the watch delivers it.
 struct OwnWrite {
@@ -570,7 +578,30 @@ impl ChildCache {
             store,
             kept,
             synced,
+            started: Instant::now(),
             _task: WatchTask(task),
+        }
+    }
+
+    /// Waits until the stores of the kinds watched now have their first list, each for at most
+    /// what is left of [`FIRST_LIST_WAIT`] since its watch started. Right after a start every
+    /// store is still listing: a pass that read meanwhile would GET each child the list brings a
+    /// moment later (an operator restart over thousands of instances, all at once). Returns at
+    /// once when everything is listed, or once the wait is over.
+    pub async fn wait_first_lists(&self) {
+        let listing: Vec<(Store<DynamicObject>, Instant)> = {
+            let state = lock(&self.shared.state);
+            state
+                .kinds
+                .values()
+                .filter_map(|k| k.watch.as_ref())
+                .filter(|w| !w.active.synced.load(Ordering::Relaxed))
+                .map(|w| (w.active.store.clone(), w.active.started + FIRST_LIST_WAIT))
+                .collect()
+        };
+        for (store, until) in listing {
+            // A store that lists again after a failure was ready before: this returns at once.
+            let _ = tokio::time::timeout_at(until.into(), store.wait_until_ready()).await;
         }
     }
 

@@ -1030,16 +1030,23 @@ async fn publish_changes<A: Abstraction>(ctx: &Context<A>, object: &A, changes: 
 /// The latest known status of an instance: what we last wrote, unless the cache is newer.
 fn known_status<A: Abstraction>(ctx: &Context<A>, object: &A) -> AbstractionStatus {
     let uid = object.meta().uid.clone().unwrap_or_default();
-    let written = ctx
+    let mut written = ctx
         .written
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    match (written.get(&uid), object.abstraction_status()) {
-        (Some(ours), Some(cached)) if cached.observed_generation > ours.observed_generation => {
-            cached.clone()
+    let cached = object.abstraction_status();
+    match written.get(&uid) {
+        Some(ours) if cached.is_some_and(|c| c.observed_generation > ours.observed_generation) => {
+            cached.cloned().unwrap_or_default()
         }
-        (Some(ours), _) => ours.clone(),
-        (None, cached) => cached.cloned().unwrap_or_default(),
+        // The watch delivered our write: the cache answers from now on, and the copy goes (a
+        // copy of every instance's status would double the memory the instance store holds).
+        Some(ours) if cached == Some(ours) => {
+            written.remove(&uid);
+            cached.cloned().unwrap_or_default()
+        }
+        Some(ours) => ours.clone(),
+        None => cached.cloned().unwrap_or_default(),
     }
 }
 
@@ -1926,6 +1933,9 @@ async fn apply<A: Abstraction>(
         };
         let graph = plan.graph();
         watch_rendered_kinds(&ctx, graph).await;
+        // Just after a start (or a new kind's first render) the stores are listing: read from
+        // them once listed rather than GET what the list brings a moment later.
+        ctx.children.wait_first_lists().await;
         // A published module is named by its canonical reference; an embedded one by digest.
         status.platform_ref_resolved = published_ref
             .clone()
@@ -2160,6 +2170,10 @@ async fn cleanup<A: Abstraction>(
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .remove(&uid);
         }
+        ctx.written
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&uid);
         ctx.metrics
             .instance_gone(object.meta().uid.as_deref().unwrap_or_default());
         Ok(Action::await_change())

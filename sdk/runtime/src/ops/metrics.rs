@@ -191,6 +191,7 @@ struct ModuleInUseLabels {
 /// | `cuebe_render_cache_hits_total`, `cuebe_render_cache_misses_total` | counter | the renderer's render cache |
 /// | `cuebe_render_cache_entries` | gauge | renders the cache holds |
 /// | `cuebe_render_cache_bytes` | gauge | their estimated heap bytes (bounded, 64 MiB by default) |
+/// | `cuebe_cue_go_memory_bytes{class}` | gauge | the CUE evaluators' Go runtime: `heap_live`, `heap_goal`, `resident` |
 /// | `cuebe_render_abandoned_evaluations` | gauge | timed-out CUE evaluations still running (bounded per module) |
 /// | `cuebe_instances{state}` | gauge | instances by [`InstanceState`] |
 /// | `cuebe_controller_restarts_total` | counter | restarts because the cluster's APIs changed |
@@ -296,6 +297,7 @@ impl OperatorMetrics {
         if let Some(renderer) = renderer {
             registry.register_collector(Box::new(RenderCacheCollector(renderer)));
         }
+        registry.register_collector(Box::new(GoMemoryCollector));
         Self {
             registry,
             reconciles,
@@ -544,6 +546,34 @@ impl Collector for RenderCacheCollector {
             abandoned.metric_type(),
         )?;
         abandoned.encode(metric)
+    }
+}
+
+/// Reads the memory of the CUE evaluators' Go runtime at each scrape: it is outside Rust's
+/// allocator, and without it an operator's RSS cannot be told apart.
+#[derive(Debug)]
+struct GoMemoryCollector;
+
+impl Collector for GoMemoryCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let memory = cuebe_core::cue::bridge_memory();
+        let mut family = encoder.encode_descriptor(
+            "cue_go_memory_bytes",
+            "Memory of the CUE evaluators' Go runtime: heap_live (reachable at the last collection), heap_goal (next collection), resident (mapped and not returned to the OS)",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (class, value) in [
+            ("heap_live", memory.heap_live),
+            ("heap_goal", memory.heap_goal),
+            ("resident", memory.resident()),
+        ] {
+            let gauge = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+            let labels = [("class", class)];
+            let labelled = family.encode_family(&labels)?;
+            gauge.encode(labelled)?;
+        }
+        Ok(())
     }
 }
 
