@@ -199,6 +199,7 @@ async fn operator_run(cluster: &TestCluster, n: usize, steady: Duration) -> Oper
         sample(&text, "cuebe_render_cache_bytes", &[]) / 1048576.0
     );
     let memory = memory_breakdown(&text);
+    heap_profile_now();
 
     // Restart: a new operator re-verifies every converged instance.
     op.task.abort();
@@ -417,7 +418,29 @@ async fn baseline_run(cluster: &TestCluster, n: usize) -> Duration {
     started.elapsed()
 }
 
+/// With `--features dhat-heap`, every allocation is recorded; the profile is written when the
+/// first operator has every instance Ready (what it holds then is what memory per instance is).
+#[cfg(feature = "dhat-heap")]
+#[global_allocator]
+static ALLOC: dhat::Alloc = dhat::Alloc;
+
+#[cfg(feature = "dhat-heap")]
+static PROFILER: Mutex<Option<dhat::Profiler>> = Mutex::new(None);
+
+/// Writes the heap profile (once), with every instance of the first size Ready.
+fn heap_profile_now() {
+    #[cfg(feature = "dhat-heap")]
+    if let Some(profiler) = PROFILER.lock().unwrap().take() {
+        drop(profiler);
+        println!("  heap profile written to dhat-heap.json (what is live now: the `eb` figures)");
+    }
+}
+
 fn main() {
+    #[cfg(feature = "dhat-heap")]
+    {
+        *PROFILER.lock().unwrap() = Some(dhat::Profiler::new_heap());
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut sizes: Vec<usize> = args.iter().filter_map(|a| a.parse().ok()).collect();
     if sizes.is_empty() {
