@@ -104,8 +104,16 @@ pub struct Operator<A: Abstraction> {
     fleet_prune_guard: Arc<std::sync::Mutex<crate::executor::FleetPruneGuard>>,
     cluster_scoped_allowed: Vec<String>,
     admission: Option<crate::admission::AdmissionWebhook>,
+    concurrent_reconciles: u16,
     _kind: std::marker::PhantomData<fn() -> A>,
 }
+
+/// How many instances are reconciled at once unless [`Operator::concurrent_reconciles`] says
+/// otherwise. Unbounded, every instance of a fleet starts its pass at once after a start or a
+/// module change: with thousands of them the API server queues (or times out) thousands of
+/// requests, and the retries of those timeouts keep it there. 64 passes in flight keep a
+/// two-core control plane busy already.
+pub const DEFAULT_CONCURRENT_RECONCILES: u16 = 64;
 
 /// How often the operator asks the API server which optional APIs and watched kinds it serves,
 /// unless [`Operator::rediscover_every`] says otherwise.
@@ -146,8 +154,23 @@ impl<A: Abstraction> Operator<A> {
             clock: Arc::new(SystemClock),
             fleet_prune_guard: Arc::default(),
             cluster_scoped_allowed: Vec::new(),
+            concurrent_reconciles: DEFAULT_CONCURRENT_RECONCILES,
             _kind: std::marker::PhantomData,
         }
+    }
+
+    /// At most `n` instances are reconciled at once (default
+    /// [`DEFAULT_CONCURRENT_RECONCILES`]); the others wait in the queue, each instance still
+    /// reconciled by one pass at a time. `0` means no limit.
+    ///
+    /// ```no_run
+    /// # fn f<A: cuebe::Abstraction>(client: kube::Client) {
+    /// let operator = cuebe::controller::Operator::<A>::new(client).concurrent_reconciles(16);
+    /// # }
+    /// ```
+    pub fn concurrent_reconciles(mut self, n: u16) -> Self {
+        self.concurrent_reconciles = n;
+        self
     }
 
     /// Cluster-scoped kinds the module may render (`Kind.group`, `Kind` for the core group);
@@ -520,6 +543,10 @@ impl<A: Abstraction> Operator<A> {
                 .reflect(instances_writer)
                 .applied_objects();
             let mut controller = Controller::for_stream(instance_events, instances_reader)
+                .with_config(
+                    kube::runtime::controller::Config::default()
+                        .concurrency(self.concurrent_reconciles),
+                )
                 // A lost lease is not waited for here: `run` drops this future at once.
                 .graceful_shutdown_on(stop.clone())
                 .graceful_shutdown_on(changed_rx.map(|_| ()));
@@ -2097,6 +2124,9 @@ async fn apply<A: Abstraction>(
     if verdict != PassVerdict::Stalled {
         book.not_stalled(&key);
     }
+    if verdict != PassVerdict::Retrying {
+        book.not_retrying(&key);
+    }
     Ok(match verdict {
         // A git branch or tag may move: look again when it is due to be resolved again.
         PassVerdict::Ready => Action::requeue(recheck.map_or(Duration::from_secs(300), |d| {
@@ -2105,6 +2135,7 @@ async fn apply<A: Abstraction>(
         PassVerdict::Stalled => Action::requeue(book.stalled(&key)),
         // The fleet guard's window is minutes long: asking every few seconds would only cost.
         PassVerdict::PrunePaused => Action::requeue(Duration::from_secs(60)),
+        PassVerdict::Retrying => Action::requeue(book.retrying(&key)),
         _ => Action::requeue(Duration::from_secs(5)),
     })
 }
@@ -2297,6 +2328,8 @@ struct RetryBook {
     failures: std::collections::HashMap<String, (u32, String)>,
     /// Consecutive Stalled passes per instance.
     stalls: std::collections::HashMap<String, u32>,
+    /// Consecutive passes per instance that ended with an API call to retry.
+    retries: std::collections::HashMap<String, u32>,
 }
 
 impl RetryBook {
@@ -2349,11 +2382,41 @@ impl RetryBook {
         self.stalls.remove(key);
     }
 
+    /// When to look again at an instance whose pass ended with a failed API call (a timeout,
+    /// a 5xx, a 429): 5 s doubling up to 5 min, spread ±25 % by instance. At a fixed 5 s, an
+    /// overloaded API server that times out the writes of 10,000 instances got all of them
+    /// again every 5 s, all at once, and never recovered (measured: 93,000 timed-out applies
+    /// of Services in 10 minutes).
+    fn retrying(&mut self, key: &str) -> Duration {
+        let n = self.retries.entry(key.to_string()).or_insert(0);
+        *n = n.saturating_add(1);
+        spread(
+            retry_delay(*n, Duration::from_secs(5), Duration::from_secs(300)),
+            key,
+        )
+    }
+
+    /// The instance's pass needed no retry: the next one starts from 5 s again.
+    fn not_retrying(&mut self, key: &str) {
+        self.retries.remove(key);
+    }
+
     /// The instance is gone: a new one of the same name starts with a clean record.
     fn forget(&mut self, key: &str) {
         self.failures.remove(key);
         self.stalls.remove(key);
+        self.retries.remove(key);
     }
+}
+
+/// `delay` scaled into 75–125 % by a hash of `key`: instances that failed together (one API
+/// server outage) come back spread out, each at its own steady offset.
+fn spread(delay: Duration, key: &str) -> Duration {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut hasher);
+    let permille = 750 + (hasher.finish() % 501) as u32;
+    delay * permille / 1000
 }
 
 /// `base · 2^(failures-1)`, at most `cap`.
@@ -2467,6 +2530,40 @@ mod tests {
             last = book.failed("d/stuck", "Forbidden", false).delay;
         }
         assert_eq!(last, secs(300));
+    }
+
+    #[test]
+    fn passes_that_must_retry_an_api_call_back_off_spread_by_instance() {
+        let mut book = RetryBook::default();
+        let secs = |d: Duration| d.as_secs_f64();
+        // Each instance doubles from 5 s to at most 5 min, within ±25 % of the nominal delay.
+        for key in ["team/web-0", "team/web-1", "other/api"] {
+            for (n, nominal) in [5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 300.0, 300.0]
+                .into_iter()
+                .enumerate()
+            {
+                let delay = secs(book.retrying(key));
+                assert!(
+                    (nominal * 0.75..=nominal * 1.25).contains(&delay),
+                    "{key}, retry {}: {delay} s for a nominal {nominal} s",
+                    n + 1
+                );
+            }
+        }
+        // A pass that needed no retry starts the next retry from 5 s again.
+        book.not_retrying("team/web-0");
+        assert!(secs(book.retrying("team/web-0")) <= 6.25);
+        assert!(secs(book.retrying("team/web-1")) > 200.0);
+        // A fleet failing at once comes back spread out, not in one burst.
+        let firsts: std::collections::BTreeSet<u128> = (0..100)
+            .map(|i| book.retrying(&format!("fleet/svc-{i}")).as_millis())
+            .collect();
+        assert!(firsts.len() > 90, "{} distinct delays of 100", firsts.len());
+        assert!(
+            firsts.first().copied().unwrap_or(0) >= 3_750
+                && firsts.last().copied().unwrap_or(0) <= 6_250,
+            "{firsts:?}"
+        );
     }
 
     #[test]

@@ -32,11 +32,15 @@ pub fn counting_client(kubeconfig: &Path, counts: Counts) -> Client {
             "events"
         } else if path.contains("/webservices") {
             "webservices"
+        } else if is_discovery(path) {
+            "discovery"
         } else {
             "children"
         };
         let verb = if watch {
             format!("WATCH {what}")
+        } else if req.method() == http::Method::GET && what == "children" && is_collection(path) {
+            "LIST children".to_string()
         } else {
             format!("{} {what}", req.method())
         };
@@ -47,4 +51,33 @@ pub fn counting_client(kubeconfig: &Path, counts: Counts) -> Client {
         .unwrap()
         .with_layer(&layer)
         .build()
+}
+
+/// `/api`, `/api/v1`, `/apis`, `/apis/apps`, `/apis/apps/v1`, `/version`, `/openapi/…`: what
+/// the API server serves, not an object.
+fn is_discovery(path: &str) -> bool {
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    match segments.first() {
+        Some(&"api") => segments.len() <= 2,
+        Some(&"apis") => segments.len() <= 3,
+        Some(&"version") | Some(&"openapi") => true,
+        _ => false,
+    }
+}
+
+/// A request for a collection (a list) rather than one named object: the path ends at the
+/// resource (`…/namespaces/ns/services`, `…/apps/v1/deployments`).
+fn is_collection(path: &str) -> bool {
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    // After the group and version: [namespaces, ns,] resource [, name [, subresource]].
+    let rest = match segments.first() {
+        Some(&"api") => &segments[segments.len().min(2)..],
+        Some(&"apis") => &segments[segments.len().min(3)..],
+        _ => return false,
+    };
+    let rest = match rest {
+        ["namespaces", _, tail @ ..] if !tail.is_empty() => tail,
+        other => other,
+    };
+    rest.len() == 1
 }
