@@ -97,6 +97,21 @@ fn delta(
     after.get(&key).copied().unwrap_or(0) - before.get(&key).copied().unwrap_or(0)
 }
 
+/// GETs per child resource, and applies of all of them, between two readings of the counters.
+fn gets_and_applies<'a>(
+    resources: impl Iterator<Item = &'a &'static str>,
+    after: &BTreeMap<(String, String), u64>,
+    before: &BTreeMap<(String, String), u64>,
+) -> (BTreeMap<&'static str, u64>, u64) {
+    let mut gets = BTreeMap::new();
+    let mut applies = 0;
+    for resource in resources {
+        gets.insert(*resource, delta(after, before, "GET", resource));
+        applies += delta(after, before, "APPLY", resource);
+    }
+    (gets, applies)
+}
+
 /// The operator's `cuebe_reconciles_total` (every result), from its metrics endpoint.
 async fn reconciles(metrics: std::net::SocketAddr) -> u64 {
     let mut stream = tokio::net::TcpStream::connect(metrics).await.unwrap();
@@ -275,14 +290,8 @@ async fn children_are_read_from_the_watch_caches_not_with_a_get_per_pass() {
     .await;
     assert!(all_ready().await, "an instance left Ready in the resync");
     let after_resync = requests(&client).await;
-    let resync_gets: BTreeMap<&str, u64> = objects
-        .keys()
-        .map(|r| (*r, delta(&after_resync, &before_resync, "GET", r)))
-        .collect();
-    let resync_applies: u64 = objects
-        .keys()
-        .map(|r| delta(&after_resync, &before_resync, "APPLY", r))
-        .sum();
+    let (resync_gets, resync_applies) =
+        gets_and_applies(objects.keys(), &after_resync, &before_resync);
     eprintln!(
         "resync of {INSTANCES} instances ({} passes): GETs of children {resync_gets:?}",
         reconciles(metrics).await - reconciled_before
@@ -376,14 +385,8 @@ async fn children_are_read_from_the_watch_caches_not_with_a_get_per_pass() {
     )
     .await;
     let after_restart = requests(&client).await;
-    let restart_gets: BTreeMap<&str, u64> = objects
-        .keys()
-        .map(|r| (*r, delta(&after_restart, &before_restart, "GET", r)))
-        .collect();
-    let restart_applies: u64 = objects
-        .keys()
-        .map(|r| delta(&after_restart, &before_restart, "APPLY", r))
-        .sum();
+    let (restart_gets, restart_applies) =
+        gets_and_applies(objects.keys(), &after_restart, &before_restart);
     eprintln!("restart over {INSTANCES} instances: GETs of children {restart_gets:?}");
     assert!(
         restart_gets.values().all(|g| *g == 0),
