@@ -33,6 +33,9 @@ pub mod ffi {
         /// Writes the Go runtime's memory figures into `out` (room for 4 values): live heap,
         /// heap goal, everything mapped, and of that what was returned to the OS, in bytes.
         pub fn cuebe_go_memory(out: *mut c_ulonglong);
+        /// Collects garbage, then writes a pprof heap profile of the Go runtime to the file at
+        /// `path`. Returns NULL, or the error as a string to release with `cuebe_string_free`.
+        pub fn cuebe_go_heap_profile(path: *const c_char) -> *mut c_char;
         /// Releases a string returned by the bridge.
         pub fn cuebe_string_free(s: *mut c_char);
     }

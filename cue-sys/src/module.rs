@@ -390,6 +390,36 @@ pub fn bridge_memory() -> GoMemory {
     }
 }
 
+/// Collects the bridge's Go garbage, then writes a pprof heap profile of what stays (the CUE
+/// evaluators' memory by allocation site) to `path`; read it with `go tool pprof -top PATH`.
+/// A diagnostic for memory investigations: it stops the Go world for one collection.
+///
+/// ```no_run
+/// let path = std::env::temp_dir().join("cue-heap.pprof");
+/// cuebe_cue_sys::module::write_go_heap_profile(&path)?;
+/// // Afterwards the live heap figure is exact, not the last collection's.
+/// let live = cuebe_cue_sys::module::bridge_memory().heap_live;
+/// # let _ = live;
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub fn write_go_heap_profile(path: &std::path::Path) -> std::io::Result<()> {
+    let c_path = CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: the pointer is a valid NUL-terminated string for the duration of the call; a
+    // returned string is owned by C's allocator and released here, once.
+    let error = unsafe { crate::ffi::cuebe_go_heap_profile(c_path.as_ptr()) };
+    if error.is_null() {
+        return Ok(());
+    }
+    // SAFETY: non-null returns are NUL-terminated strings from C.CString.
+    let message = unsafe { CStr::from_ptr(error) }
+        .to_string_lossy()
+        .into_owned();
+    // SAFETY: released once, with the bridge's own free.
+    unsafe { crate::ffi::cuebe_string_free(error) };
+    Err(std::io::Error::other(message))
+}
+
 fn still_running(handle: u64) -> bool {
     // SAFETY: takes a plain integer; unknown handles answer 0.
     unsafe { crate::ffi::cuebe_module_abandoned(handle) != 0 }

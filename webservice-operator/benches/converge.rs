@@ -198,8 +198,19 @@ async fn operator_run(cluster: &TestCluster, n: usize, steady: Duration) -> Oper
         sample(&text, "cuebe_render_cache_entries", &[]),
         sample(&text, "cuebe_render_cache_bytes", &[]) / 1048576.0
     );
-    let memory = memory_breakdown(&text);
+    let mut memory = memory_breakdown(&text);
     heap_profile_now();
+    if let Some(dir) = go_heap_profile_dir() {
+        // The metric's live heap is the last collection's; the profile collects first, so the
+        // figure read after it is what the evaluators really keep.
+        let path = dir.join(format!("go-heap-{n}.pprof"));
+        cuebe::cue::write_go_heap_profile(&path).expect("Go heap profile written");
+        let live = cuebe::cue::bridge_memory().heap_live as f64 / 1048576.0;
+        memory.push_str(&format!(
+            "; Go live heap after a forced collection {live:.1} MiB (profile {})",
+            path.display()
+        ));
+    }
 
     // Restart: a new operator re-verifies every converged instance.
     op.task.abort();
@@ -434,6 +445,12 @@ fn heap_profile_now() {
         drop(profiler);
         println!("  heap profile written to dhat-heap.json (what is live now: the `eb` figures)");
     }
+}
+
+/// `--go-heap-profile=DIR`: where to write a pprof heap profile of the CUE evaluators' Go
+/// runtime at each size, once every instance is Ready.
+fn go_heap_profile_dir() -> Option<std::path::PathBuf> {
+    std::env::args().find_map(|a| Some(a.strip_prefix("--go-heap-profile=")?.into()))
 }
 
 fn main() {
