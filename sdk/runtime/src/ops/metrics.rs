@@ -190,7 +190,7 @@ struct ModuleInUseLabels {
 /// | `cuebe_render_duration_seconds` | histogram | one render (a cache hit included) |
 /// | `cuebe_render_cache_hits_total`, `cuebe_render_cache_misses_total` | counter | the renderer's render cache |
 /// | `cuebe_render_cache_entries` | gauge | renders the cache holds |
-/// | `cuebe_render_cache_bytes` | gauge | their estimated heap bytes (bounded, 64 MiB by default) |
+/// | `cuebe_render_cache_bytes` | gauge | their estimated heap bytes (bounded, 16 MiB by default) |
 /// | `cuebe_cue_go_memory_bytes{class}` | gauge | the CUE evaluators' Go runtime: `heap_live`, `heap_goal`, `resident` |
 /// | `cuebe_render_abandoned_evaluations` | gauge | timed-out CUE evaluations still running (bounded per module) |
 /// | `cuebe_instances{state}` | gauge | instances by [`InstanceState`] |
