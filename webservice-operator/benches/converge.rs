@@ -177,6 +177,7 @@ struct OperatorFigures {
     memory: String,
     restart: Duration,
     restart_counts: BTreeMap<String, u64>,
+    memory_after_restart: String,
     steady: Duration,
     steady_counts: BTreeMap<String, u64>,
 }
@@ -232,6 +233,9 @@ async fn operator_run(cluster: &TestCluster, n: usize, steady: Duration) -> Oper
     // Late requests of the restart's passes count towards it.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let restart_counts = std::mem::take(&mut *counts.lock().unwrap());
+    // The first operator is gone and the second holds the same instances: about the same
+    // memory as before shows the dropped one freed its stores and evaluators.
+    let memory_after_restart = memory_breakdown(&scrape(op.metrics).await);
 
     tokio::time::sleep(steady).await;
     let steady_counts = std::mem::take(&mut *counts.lock().unwrap());
@@ -246,6 +250,7 @@ async fn operator_run(cluster: &TestCluster, n: usize, steady: Duration) -> Oper
         cache,
         restart,
         restart_counts,
+        memory_after_restart,
         steady,
         steady_counts,
     }
@@ -506,6 +511,7 @@ fn main() {
                 writes(&f.restart_counts),
                 gets_of_children(&f.restart_counts)
             );
+            println!("  after the restart (the first operator dropped): {}", f.memory_after_restart);
             println!(
                 "  steady state over {}s, requests per minute: {:?}",
                 f.steady.as_secs(),

@@ -149,6 +149,12 @@ impl Plan {
             .unwrap_or_else(|| Arc::from(Vec::new()))
     }
 
+    /// The smallest readiness timeout of node `id`'s predicates, if any has one: how long the
+    /// node may stay Applied before it is reported failed.
+    pub fn readiness_timeout(&self, id: &str) -> Option<Duration> {
+        self.predicates(id).iter().filter_map(|p| p.timeout).min()
+    }
+
     /// Nodes in apply order: every node after all of its dependencies.
     pub fn apply_order(&self) -> impl DoubleEndedIterator<Item = &Node> {
         self.apply_order.iter().map(|&i| &self.graph.nodes[i])
@@ -1036,6 +1042,53 @@ pub fn missing_reference(kind: &str, namespace: &str, name: &str) -> NodeStatus 
         ),
     )
 }
+
+/// How long an instance whose nodes are on their way to Ready waits for its next pass when
+/// nothing else wakes it: [`PROGRESSING_RECHECK`], or less when a waiting node's readiness
+/// timeout expires sooner (just after it, so that pass reports the node failed).
+///
+/// Why not a few seconds: every change of a child object reaches the instance through the
+/// watches at once (a Deployment becoming Available wakes its WebService), so this pass is for
+/// what no watch reports — a timeout expiring — and a safety net. At 10,000 instances a fixed
+/// 5 s look again filled the work queue with instances still waiting (about 34 passes per
+/// instance, 540 wanted per second against ~94 served) and starved the ones not yet seen.
+/// `timeout` gives a node's readiness timeout ([`Plan::readiness_timeout`]).
+///
+/// ```
+/// use std::collections::BTreeMap;
+/// use std::time::Duration;
+/// use cuebe_core::plan::{progressing_recheck, PROGRESSING_RECHECK};
+/// use cuebe_core::status::NodeStatus;
+/// let now = "2026-01-01T00:10:00Z".parse().unwrap();
+/// let nodes = BTreeMap::from([("deployment".to_string(), NodeStatus::applied("0/1 available", "2026-01-01T00:09:50Z"))]);
+/// // No timeout: the safety net.
+/// assert_eq!(progressing_recheck(&nodes, |_| None, now), PROGRESSING_RECHECK);
+/// // A 20 s timeout of which 10 s are gone: just after the other 10.
+/// assert_eq!(progressing_recheck(&nodes, |_| Some(Duration::from_secs(20)), now), Duration::from_secs(11));
+/// ```
+pub fn progressing_recheck(
+    nodes: &BTreeMap<String, NodeStatus>,
+    timeout: impl Fn(&str) -> Option<Duration>,
+    now: Timestamp,
+) -> Duration {
+    nodes
+        .iter()
+        .filter(|(_, status)| status.phase == NodePhase::Applied)
+        .filter_map(|(id, status)| {
+            let limit = timeout(id)?;
+            let waited = elapsed_since(status.waiting_since.as_deref()?, now)?;
+            Some(limit.saturating_sub(waited) + TIMEOUT_GRACE)
+        })
+        .fold(PROGRESSING_RECHECK, Duration::min)
+}
+
+/// The longest an instance on its way to Ready waits for a pass when no watch event and no
+/// readiness timeout comes first (see [`progressing_recheck`]).
+pub const PROGRESSING_RECHECK: Duration = Duration::from_secs(30);
+
+/// How long after a readiness timeout the pass that reports it runs (the timeout is judged
+/// with `>`: a pass exactly at it would still see the node waiting).
+const TIMEOUT_GRACE: Duration = Duration::from_secs(1);
 
 /// Judges an applied node against its readiness verdict and the clock: Ready, still Applied
 /// (waiting since the first time it was seen waiting), or Error when the controller reports a

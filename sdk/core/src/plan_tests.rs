@@ -1132,3 +1132,81 @@ fn an_own_write_is_remembered_only_while_the_watch_has_not_passed_it() {
         );
     }
 }
+
+#[test]
+fn an_instance_on_its_way_to_ready_is_looked_at_again_when_a_timeout_expires_or_after_the_safety_net()
+ {
+    let now: Timestamp = "2026-12-02T10:10:00Z".parse().unwrap();
+    let secs = Duration::from_secs;
+    let applied = |since: &str| NodeStatus::applied("0/1 available", since);
+    let nodes = |list: Vec<(&str, NodeStatus)>| -> BTreeMap<String, NodeStatus> {
+        list.into_iter()
+            .map(|(id, s)| (id.to_string(), s))
+            .collect()
+    };
+    // (case, nodes, timeout of each node, expected)
+    type Timeouts = fn(&str) -> Option<Duration>;
+    let cases: Vec<(&str, BTreeMap<String, NodeStatus>, Timeouts, Duration)> = vec![
+        (
+            "no timeout anywhere: the watches wake it, the safety net is 30 s",
+            nodes(vec![("deployment", applied("2026-12-02T10:09:00Z"))]),
+            |_| None,
+            PROGRESSING_RECHECK,
+        ),
+        (
+            "a timeout far away: the safety net first",
+            nodes(vec![("deployment", applied("2026-12-02T10:09:00Z"))]),
+            |_| Some(Duration::from_secs(600)),
+            PROGRESSING_RECHECK,
+        ),
+        (
+            "a timeout 10 s away: one second after it",
+            nodes(vec![("deployment", applied("2026-12-02T10:09:10Z"))]),
+            |_| Some(Duration::from_secs(60)),
+            secs(11),
+        ),
+        (
+            "a timeout already past (the pass that reports it is due): one second",
+            nodes(vec![("deployment", applied("2026-12-02T10:00:00Z"))]),
+            |_| Some(Duration::from_secs(60)),
+            secs(1),
+        ),
+        (
+            "the soonest of several waiting nodes",
+            nodes(vec![
+                ("deployment", applied("2026-12-02T10:09:55Z")),
+                ("role", applied("2026-12-02T10:09:00Z")),
+            ]),
+            |id| match id {
+                "deployment" => Some(Duration::from_secs(20)),
+                _ => Some(Duration::from_secs(80)),
+            },
+            secs(16),
+        ),
+        (
+            "only Applied nodes wait: a Ready or pending node's timeout does not count",
+            nodes(vec![
+                ("deployment", NodeStatus::ready("1/1 available")),
+                (
+                    "pdb",
+                    NodeStatus::pending(vec!["deployment".into()], "waits"),
+                ),
+            ]),
+            |_| Some(Duration::from_secs(5)),
+            PROGRESSING_RECHECK,
+        ),
+        (
+            "an unreadable waiting-since is not a deadline",
+            nodes(vec![("deployment", applied("yesterday"))]),
+            |_| Some(Duration::from_secs(5)),
+            PROGRESSING_RECHECK,
+        ),
+    ];
+    for (case, nodes, timeouts, expected) in cases {
+        assert_eq!(
+            progressing_recheck(&nodes, timeouts, now),
+            expected,
+            "{case}"
+        );
+    }
+}

@@ -1936,6 +1936,8 @@ async fn apply<A: Abstraction>(
     // Observed exports come from the live objects of the inventory.
     let mut observed: BTreeMap<String, serde_json::Value> = BTreeMap::new();
     let mut last_exec: Option<Outcome> = None;
+    // The plan the last execution ran (its readiness timeouts set the next look).
+    let mut last_plan = None;
     for _round in 0..3 {
         let mut input = render_input(object.as_ref(), capabilities.clone(), observed.clone());
         input.platform_ref = platform_ref.clone();
@@ -2080,6 +2082,7 @@ async fn apply<A: Abstraction>(
                 .is_some_and(|v| !v.is_null())
         });
         last_exec = Some(outcome);
+        last_plan = Some(plan.clone());
         if pending_export && export_now_visible {
             if let Some(o) = &last_exec {
                 for e in &graph.exports {
@@ -2136,7 +2139,18 @@ async fn apply<A: Abstraction>(
         // The fleet guard's window is minutes long: asking every few seconds would only cost.
         PassVerdict::PrunePaused => Action::requeue(Duration::from_secs(60)),
         PassVerdict::Retrying => Action::requeue(book.retrying(&key)),
-        _ => Action::requeue(Duration::from_secs(5)),
+        // Child changes wake it through the watches; this is for a readiness timeout expiring.
+        PassVerdict::Progressing => {
+            let timeouts = |id: &str| last_plan.as_ref()?.readiness_timeout(id);
+            let recheck = cuebe_core::plan::progressing_recheck(&status.nodes, timeouts, pass_time);
+            // The safety net, spread so that a fleet started together is not looked at together.
+            Action::requeue(if recheck == cuebe_core::plan::PROGRESSING_RECHECK {
+                spread(recheck, &key)
+            } else {
+                recheck
+            })
+        }
+        PassVerdict::Blocked => Action::requeue(Duration::from_secs(5)),
     })
 }
 

@@ -1269,6 +1269,9 @@ impl TestCluster {
         }
     }
 
+    /// One simulated node with room for 20,000 pods: the converge bench runs 10,000
+    /// WebServices of one replica each (at 5,000 the pods beyond it stayed Pending and their
+    /// Deployments never became Available).
     async fn create_node(&self) -> Result<(), ClusterError> {
         let node: Node = serde_json::from_value(serde_json::json!({
             "apiVersion": "v1",
@@ -1285,8 +1288,8 @@ impl TestCluster {
             },
             "spec": {},
             "status": {
-                "allocatable": {"cpu": "256", "memory": "1Ti", "pods": "5000"},
-                "capacity": {"cpu": "256", "memory": "1Ti", "pods": "5000"}
+                "allocatable": {"cpu": "256", "memory": "1Ti", "pods": "20000"},
+                "capacity": {"cpu": "256", "memory": "1Ti", "pods": "20000"}
             }
         }))
         .map_err(|e| ClusterError::Pki(e.to_string()))?;
