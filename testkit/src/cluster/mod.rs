@@ -1269,9 +1269,9 @@ impl TestCluster {
         }
     }
 
-    /// One simulated node with room for 20,000 pods: the converge bench runs 10,000
-    /// WebServices of one replica each (at 5,000 the pods beyond it stayed Pending and their
-    /// Deployments never became Available).
+    /// One simulated node with room for 20,000 pods of 50m CPU and 64Mi each: the converge
+    /// bench runs 10,000 WebServices of one replica (a node of 5,000 pods, or of 256 CPUs,
+    /// left the pods beyond it Pending and their Deployments never Available).
     async fn create_node(&self) -> Result<(), ClusterError> {
         let node: Node = serde_json::from_value(serde_json::json!({
             "apiVersion": "v1",
@@ -1288,8 +1288,8 @@ impl TestCluster {
             },
             "spec": {},
             "status": {
-                "allocatable": {"cpu": "256", "memory": "1Ti", "pods": "20000"},
-                "capacity": {"cpu": "256", "memory": "1Ti", "pods": "20000"}
+                "allocatable": {"cpu": "1000", "memory": "2Ti", "pods": "20000"},
+                "capacity": {"cpu": "1000", "memory": "2Ti", "pods": "20000"}
             }
         }))
         .map_err(|e| ClusterError::Pki(e.to_string()))?;
