@@ -819,7 +819,7 @@ impl SsaExecutor {
                 };
             }
         };
-        let timeout = predicates.iter().filter_map(|p| p.timeout).min();
+        let timeout = plan.readiness_timeout(&node.id);
         let previous_node = previous.nodes.get(&node.id);
         let (status, terminal) = cuebe_core::plan::judge(&verdict, previous_node, timeout, now);
         crate::spans::record_readiness(&readiness_span, &status);
@@ -888,7 +888,7 @@ impl SsaExecutor {
                 return failed(e.to_string(), true);
             }
         };
-        let timeout = predicates.iter().filter_map(|p| p.timeout).min();
+        let timeout = plan.readiness_timeout(&node.id);
         let (status, terminal) =
             cuebe_core::plan::judge(&verdict, previous.nodes.get(&node.id), timeout, now);
         crate::spans::record_readiness(&readiness_span, &status);
