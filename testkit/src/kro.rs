@@ -422,7 +422,7 @@ pub fn requests_by_method(metrics: &str) -> BTreeMap<String, u64> {
 }
 
 /// GET `http://127.0.0.1:PORT/PATH`; the body when the status is 2xx.
-async fn http_get(port: u16, path: &str) -> Result<String, String> {
+pub(crate) async fn http_get(port: u16, path: &str) -> Result<String, String> {
     use http_body_util::BodyExt as _;
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<http_body_util::Empty<bytes::Bytes>>();

@@ -26,6 +26,8 @@
 //! - [`kro`]: kro's controller (at a pinned version, built from its Go module once and cached)
 //!   run against a [`cluster::TestCluster`], with its request counts and memory, to measure cuebe
 //!   side by side with a peer.
+//! - [`sharder`]: the sharder of kubernetes-controller-sharding (at a pinned version, built from
+//!   its Go module once and cached), which spreads an operator's instances over its replicas.
 pub mod chaos;
 pub mod cluster;
 pub mod cosign;
@@ -41,4 +43,5 @@ pub mod helm;
 pub mod jaeger;
 pub mod kro;
 pub mod oci_registry;
+pub mod sharder;
 pub mod spec;

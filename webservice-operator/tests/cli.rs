@@ -304,3 +304,43 @@ fn aws_names_never_collide_across_namespaces_and_fit_aws_limits() {
     };
     assert!(allowed(&role) && allowed(&policy), "{role} {policy}");
 }
+
+#[test]
+fn a_shard_ring_that_cannot_be_a_label_stops_run_at_start_with_exit_2() {
+    let run = |args: &[&str], pod: &str| {
+        Command::new(env!("CARGO_BIN_EXE_webservice-operator"))
+            .arg("run")
+            .args(args)
+            .env("POD_NAME", pod)
+            // Never reached: the check comes before any connection.
+            .env("KUBECONFIG", "/nonexistent/kubeconfig")
+            .output()
+            .unwrap()
+    };
+    let out = run(&["--shard-ring", "Web_Services"], "replica-a");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("--shard-ring")
+            && text(&out.stderr).contains("\"Web_Services\""),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run(&["--shard-ring", "webservices"], "Replica_A");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("shard identity \"Replica_A\""),
+        "{}",
+        text(&out.stderr)
+    );
+    // A replica leads or is a shard, not both.
+    let out = run(
+        &["--shard-ring", "webservices", "--leader-elect"],
+        "replica-a",
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("cannot be used with"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -30,9 +30,33 @@ use crate::render::{self, Format, RenderFailure};
 use cuebe::abstraction::Abstraction;
 use cuebe::controller::Operator;
 use cuebe::ops::leader::LeaderElection;
+use cuebe::ops::shard::Shard;
 use cuebe::renderer::{Capabilities, CueRenderer, RenderError};
 
 /// Subcommands every operator binary gets.
+/// This replica's identity among several: `$POD_NAME`, else the host name and process id.
+fn replica_identity() -> String {
+    std::env::var("POD_NAME").unwrap_or_else(|_| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "operator".into());
+        format!("{host}-{}", std::process::id())
+    })
+}
+
+/// How a `run` replica takes part among several: every replica reconciles everything, one
+/// leads, or each reconciles its shard.
+enum Membership {
+    Every,
+    Leader {
+        lease_namespace: Option<String>,
+    },
+    Shard {
+        ring: String,
+        lease_namespace: Option<String>,
+    },
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Start a local control plane (etcd, kube-apiserver, kube-controller-manager,
@@ -80,10 +104,17 @@ enum Command {
         metrics_bind: Option<std::net::SocketAddr>,
         /// Reconcile only while holding the Lease `<field manager>-leader`, so several replicas
         /// can run (identity: $POD_NAME, else host name and process id).
-        #[arg(long)]
+        #[arg(long, group = "membership")]
         leader_elect: bool,
+        /// Be one shard of the ControllerRing RING (kubernetes-controller-sharding's sharder
+        /// assigns the instances): reconcile only the instances labelled for this replica,
+        /// while holding the shard Lease named after it (identity: $POD_NAME, else host name
+        /// and process id). Instead of --leader-elect. A ring name or identity that cannot be a
+        /// label stops the operator at start (exit 2).
+        #[arg(long, value_name = "RING", group = "membership")]
+        shard_ring: Option<String>,
         /// The Lease's namespace (default: $POD_NAMESPACE, else the kubeconfig's namespace).
-        #[arg(long, value_name = "NS", requires = "leader_elect")]
+        #[arg(long, value_name = "NS", requires = "membership")]
         lease_namespace: Option<String>,
         /// Which published modules (`platformRef.oci`) are trusted: a YAML file with `sources:`
         /// rules (`pattern`, `deny`, `keys`), e.g. mounted from a ConfigMap. Without it, any
@@ -505,6 +536,7 @@ impl<A: Abstraction> App<A> {
                 namespace,
                 metrics_bind,
                 leader_elect,
+                shard_ring,
                 lease_namespace,
                 module_policy,
                 vendored_modules,
@@ -523,7 +555,14 @@ impl<A: Abstraction> App<A> {
                 Ok((policy, vendored)) => self.run_operator(
                     namespace,
                     metrics_bind,
-                    leader_elect.then_some(lease_namespace),
+                    match (leader_elect, shard_ring) {
+                        (true, _) => Membership::Leader { lease_namespace },
+                        (false, Some(ring)) => Membership::Shard {
+                            ring,
+                            lease_namespace,
+                        },
+                        (false, None) => Membership::Every,
+                    },
                     policy,
                     vendored,
                     &webhook,
@@ -604,12 +643,11 @@ impl<A: Abstraction> App<A> {
         }
     }
 
-    /// `leader_elect` is `Some(lease namespace)` with `--leader-elect`.
     fn run_operator(
         &self,
         namespace: Option<String>,
         metrics_bind: Option<std::net::SocketAddr>,
-        leader_elect: Option<Option<String>>,
+        membership: Membership,
         module_policy: Option<cuebe::trust::ModulePolicy>,
         vendored: Option<Vendored>,
         webhook: &crate::webhook::WebhookArgs,
@@ -617,6 +655,14 @@ impl<A: Abstraction> App<A> {
         if let Err(e) = cuebe::abstraction::check_embedded_modules::<A>() {
             eprintln!("error: {e}");
             return Exit::Failed.into();
+        }
+        let identity = replica_identity();
+        // Before anything connects: a ring or identity the protocol cannot carry is bad input.
+        if let Membership::Shard { ring, .. } = &membership
+            && let Err(e) = Shard::new(ring.as_str(), "", identity.as_str())
+        {
+            eprintln!("error: --shard-ring: {e}");
+            return Exit::BadInput.into();
         }
         let Some(runtime) = runtime() else {
             return Exit::Failed.into();
@@ -655,22 +701,34 @@ impl<A: Abstraction> App<A> {
                     return Exit::BadInput.into();
                 }
             }
-            if let Some(lease_namespace) = leader_elect {
-                let lease_namespace = lease_namespace
+            let lease_namespace = |given: Option<String>| {
+                given
                     .or_else(|| std::env::var("POD_NAMESPACE").ok())
-                    .unwrap_or_else(|| operator.client().default_namespace().to_string());
-                let identity = std::env::var("POD_NAME").unwrap_or_else(|_| {
-                    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-                        .map(|h| h.trim().to_string())
-                        .unwrap_or_else(|_| "operator".into());
-                    format!("{host}-{}", std::process::id())
-                });
-                tracing::info!(%lease_namespace, %identity, "leader election on");
-                operator = operator.leader_election(LeaderElection::new(
-                    format!("{}-leader", A::FIELD_MANAGER),
-                    lease_namespace,
-                    identity,
-                ));
+                    .unwrap_or_else(|| operator.client().default_namespace().to_string())
+            };
+            match membership {
+                Membership::Every => {}
+                Membership::Leader {
+                    lease_namespace: ns,
+                } => {
+                    let lease_namespace = lease_namespace(ns);
+                    tracing::info!(%lease_namespace, %identity, "leader election on");
+                    operator = operator.leader_election(LeaderElection::new(
+                        format!("{}-leader", A::FIELD_MANAGER),
+                        lease_namespace,
+                        identity,
+                    ));
+                }
+                Membership::Shard {
+                    ring,
+                    lease_namespace: ns,
+                } => match Shard::new(ring, lease_namespace(ns), identity) {
+                    Ok(shard) => operator = operator.sharded(shard),
+                    Err(e) => {
+                        eprintln!("error: --shard-ring: {e}");
+                        return Exit::BadInput.into();
+                    }
+                },
             }
             (self.configure)(operator).run().await;
             ExitCode::SUCCESS

@@ -318,6 +318,9 @@ struct Shared {
     /// The `cuebe.dev/kind` label value the watches select.
     instance_kind: String,
     whole_objects: AtomicBool,
+    /// More the watches select (a shard's label): the stores then hold only part of the
+    /// labelled objects.
+    narrowed_by: std::sync::OnceLock<String>,
     state: Mutex<State>,
 }
 
@@ -416,6 +419,7 @@ impl ChildCache {
                 namespace,
                 instance_kind: instance_kind.to_string(),
                 whole_objects: AtomicBool::new(false),
+                narrowed_by: std::sync::OnceLock::new(),
                 state: Mutex::new(State::default()),
             }),
         }
@@ -425,6 +429,17 @@ impl ChildCache {
     /// of your own (they may read any field), at the cost of memory.
     pub fn keep_whole_objects(self, yes: bool) -> Self {
         self.shared.whole_objects.store(yes, Ordering::Relaxed);
+        self
+    }
+
+    /// Narrows every watch to objects matching `selector` as well (a label selector, e.g. a
+    /// shard's: see [`crate::ops::shard`]); `None` leaves them as they are. Set once, before
+    /// the first watch. The stores then hold only part of an instance's labelled objects, so
+    /// [`ChildCache::labelled`] leaves that question to the API server.
+    pub fn within_selector(self, selector: Option<String>) -> Self {
+        if let Some(selector) = selector {
+            let _ = self.shared.narrowed_by.set(selector);
+        }
         self
     }
 
@@ -543,7 +558,10 @@ impl ChildCache {
         let writer = reflector::store::Writer::new(resource.clone());
         let store = writer.as_reader();
         let synced = Arc::new(AtomicBool::new(false));
-        let selector = format!("{KIND_LABEL}={}", self.shared.instance_kind);
+        let mut selector = format!("{KIND_LABEL}={}", self.shared.instance_kind);
+        if let Some(narrower) = self.shared.narrowed_by.get() {
+            selector = format!("{selector},{narrower}");
+        }
         let trim = kept.clone();
         let events = watcher(api, watcher::Config::default().labels(&selector))
             .default_backoff()
@@ -709,7 +727,8 @@ impl ChildCache {
     }
 
     /// The objects of `apiVersion`/`kind` in `namespace` labelled with instance `name`, from
-    /// the store; `None` when the kind's store is not listed (ask the API server).
+    /// the store; `None` when the kind's store is not listed, or holds only some of them
+    /// ([`ChildCache::within_selector`]): ask the API server.
     pub fn labelled(
         &self,
         api_version: &str,
@@ -718,6 +737,10 @@ impl ChildCache {
         namespace: &str,
         field_manager: &str,
     ) -> Option<Vec<LabelledObject>> {
+        // An instance just moved to this shard still has children labelled for the old one.
+        if self.shared.narrowed_by.get().is_some() {
+            return None;
+        }
         let key = (api_version.to_string(), kind.to_string());
         let state = lock(&self.shared.state);
         let watch = state.kinds.get(&key)?.watch.as_ref()?;

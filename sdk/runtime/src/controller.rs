@@ -64,6 +64,9 @@ pub enum ReconcileError {
     /// Deletion is in progress: some managed objects are not gone yet (not a failure).
     #[error("deleting: waiting for managed objects to be deleted")]
     TeardownInProgress,
+    /// Handing a drained instance back to the sharder (removing its shard labels) failed.
+    #[error("handing the instance back to the sharder: {0}")]
+    Handover(#[source] kube::Error),
     /// The finalizer protocol failed (adding or removing the finalizer).
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<ReconcileError>>),
@@ -100,6 +103,7 @@ pub struct Operator<A: Abstraction> {
     rediscover_every: Duration,
     metrics_listener: Option<tokio::net::TcpListener>,
     leader_election: Option<LeaderElection>,
+    shard: Option<crate::ops::shard::Shard>,
     clock: Arc<dyn Clock>,
     fleet_prune_guard: Arc<std::sync::Mutex<crate::executor::FleetPruneGuard>>,
     cluster_scoped_allowed: Vec<String>,
@@ -151,6 +155,7 @@ impl<A: Abstraction> Operator<A> {
             metrics_listener: None,
             admission: None,
             leader_election: None,
+            shard: None,
             clock: Arc::new(SystemClock),
             fleet_prune_guard: Arc::default(),
             cluster_scoped_allowed: Vec::new(),
@@ -312,9 +317,24 @@ impl<A: Abstraction> Operator<A> {
     }
 
     /// Reconciles only while this replica holds the election's Lease (see [`crate::ops::leader`]),
-    /// so several replicas can run. Without it, every replica reconciles.
+    /// so several replicas can run. Without it, every replica reconciles. Replaces
+    /// [`Operator::sharded`]: a replica either leads or is one shard of several.
     pub fn leader_election(mut self, election: LeaderElection) -> Self {
         self.leader_election = Some(election);
+        self.shard = None;
+        self
+    }
+
+    /// Reconciles, while this replica holds its shard Lease, only the instances the sharder
+    /// assigned to it (see [`crate::ops::shard`]): several replicas share the fleet. Replaces
+    /// [`Operator::leader_election`].
+    ///
+    /// The rollout driver (which moves a [`crate::rollout::PlatformChannel`] from wave to
+    /// wave) needs the whole fleet and does not run on a shard: instances still follow their
+    /// channel's status, and a channel moves only under a leader-elected operator.
+    pub fn sharded(mut self, shard: crate::ops::shard::Shard) -> Self {
+        self.shard = Some(shard);
+        self.leader_election = None;
         self
     }
 
@@ -368,7 +388,8 @@ impl<A: Abstraction> Operator<A> {
             instance: std::env::var("POD_NAME").ok(),
         };
         let children = ChildCache::new(client.clone(), self.namespace.clone(), &kind)
-            .keep_whole_objects(self.custom_readiness);
+            .keep_whole_objects(self.custom_readiness)
+            .within_selector(self.shard.as_ref().map(crate::ops::shard::Shard::selector));
         let ctx = Arc::new(Context::<A> {
             recorders: NoteRecorders::new(client.clone(), reporter.clone()),
             reporter,
@@ -380,7 +401,12 @@ impl<A: Abstraction> Operator<A> {
                         .with_discovery(discovery.clone())
                         .with_fleet_prune_guard(self.fleet_prune_guard.clone())
                         .allow_cluster_scoped(self.cluster_scoped_allowed.clone())
-                        .with_child_cache(children.clone()),
+                        .with_child_cache(children.clone())
+                        .carry_instance_label(
+                            self.shard
+                                .as_ref()
+                                .map(crate::ops::shard::Shard::shard_label),
+                        ),
                 )
             }),
             children,
@@ -406,6 +432,7 @@ impl<A: Abstraction> Operator<A> {
             swept: std::sync::Mutex::new(std::collections::HashSet::new()),
             seen: std::sync::Mutex::new(std::collections::HashSet::new()),
             reference_watches: std::sync::Mutex::new(None),
+            shard: self.shard.clone(),
             _kind: std::marker::PhantomData,
         });
         // The admission webhook answers on every replica, leader or not. Dropped (and so
@@ -430,7 +457,14 @@ impl<A: Abstraction> Operator<A> {
                 () = stop.clone() => return,
             }
         }
-        let Some(election) = self.leader_election.clone() else {
+        let election = match (&self.shard, &self.leader_election) {
+            (Some(shard), _) => {
+                tracing::info!(ring = %shard.ring(), identity = %shard.identity(), "sharding: reconciling the instances assigned to this shard");
+                Some(shard.election())
+            }
+            (None, election) => election.clone(),
+        };
+        let Some(election) = election else {
             self.run_controller(
                 &ctx,
                 &metrics,
@@ -537,7 +571,12 @@ impl<A: Abstraction> Operator<A> {
             // The instance store keeps every instance for the life of the process: without
             // what nothing here reads (managedFields, a client-side apply's copy of the object).
             let (instances_reader, instances_writer) = kube::runtime::reflector::store::<A>();
-            let instance_events = watcher(api.clone(), watcher::Config::default())
+            // A shard watches (and so caches and reconciles) only what was assigned to it.
+            let instance_watch = match &ctx.shard {
+                Some(shard) => watcher::Config::default().labels(&shard.selector()),
+                None => watcher::Config::default(),
+            };
+            let instance_events = watcher(api.clone(), instance_watch)
                 .default_backoff()
                 .modify(trim_instance::<A>)
                 .reflect(instances_writer)
@@ -562,6 +601,11 @@ impl<A: Abstraction> Operator<A> {
             };
             let instances = controller.store();
             let mut driver = None;
+            if channels_served && ctx.shard.is_some() {
+                tracing::warn!(
+                    "sharded: this replica does not drive PlatformChannel rollouts (the driver needs the whole fleet); instances still follow their channel's status"
+                );
+            }
             if channels_served {
                 let mapper_ctx = ctx.clone();
                 let mapper_store = instances.clone();
@@ -572,6 +616,8 @@ impl<A: Abstraction> Operator<A> {
                         channel_driver::instances_moved_by(&mapper_ctx, &mapper_store, channel)
                     },
                 );
+            }
+            if channels_served && ctx.shard.is_none() {
                 let state = Arc::new(channel_driver::Driver {
                     ctx: ctx.clone(),
                     instances: instances.clone(),
@@ -895,6 +941,8 @@ struct Context<A: Abstraction> {
     /// What wakes an instance when an object its `Reference` nodes read changes (set while the
     /// controller runs).
     reference_watches: std::sync::Mutex<Option<Arc<reference_watches::ReferenceWatches<A>>>>,
+    /// This replica's place in a controller ring, when sharded.
+    shard: Option<crate::ops::shard::Shard>,
     _kind: std::marker::PhantomData<fn() -> A>,
 }
 
@@ -2255,6 +2303,17 @@ async fn reconcile<A: Abstraction>(
     let ns = object.namespace().unwrap_or_else(|| "default".into());
     let key = format!("{ns}/{}", object.name_any());
     let api: Api<A> = Api::namespaced(ctx.client.clone(), &ns);
+    if let Some(shard) = &ctx.shard {
+        match shard.decide(object.labels()) {
+            crate::ops::shard::ShardDecision::Reconcile => {}
+            crate::ops::shard::ShardDecision::Drain => {
+                return drain(&api, &object, shard, &ctx, &key).await;
+            }
+            // Moved away between the watch event and this pass: the new shard has it.
+            crate::ops::shard::ShardDecision::NotOurs => return Ok(Action::await_change()),
+        }
+    }
+    tracing::debug!(instance = %key, "pass started");
     let span = crate::spans::reconcile(
         &A::kind(&()),
         &ns,
@@ -2287,6 +2346,7 @@ async fn reconcile<A: Abstraction>(
         crate::spans::record_reconcile(&span, status.as_ref(), result.as_ref().map(|_| ()));
     }
     ctx.metrics.reconciled(result.is_ok(), started.elapsed());
+    tracing::debug!(instance = %key, ok = result.is_ok(), "pass ended");
     if result.is_ok() {
         ctx.failures
             .lock()
@@ -2294,6 +2354,49 @@ async fn reconcile<A: Abstraction>(
             .succeeded(&key);
     }
     result
+}
+
+/// Lets an instance go as the sharder asked: no pass, and the shard and drain labels removed
+/// (which is the acknowledgement the sharder waits for before it assigns the instance to its
+/// new shard). What this replica remembered of the instance is forgotten: the next shard to
+/// own it here will read it afresh.
+async fn drain<A: Abstraction>(
+    api: &Api<A>,
+    object: &A,
+    shard: &crate::ops::shard::Shard,
+    ctx: &Context<A>,
+    key: &str,
+) -> Result<Action, ReconcileError> {
+    let patch = serde_json::json!({"metadata": {"labels": {
+        shard.shard_label(): null,
+        shard.drain_label(): null,
+    }}});
+    match api
+        .patch(
+            &object.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(_) => {}
+        // Deleted meanwhile: nothing left to hand over.
+        Err(kube::Error::Api(status)) if status.code == 404 => {}
+        Err(source) => return Err(ReconcileError::Handover(source)),
+    }
+    if let Some(uid) = object.uid() {
+        ctx.written
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&uid);
+        // Whoever owns it next may write objects this replica never hears of.
+        ctx.swept
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&uid);
+    }
+    tracing::info!(instance = %key, ring = %shard.ring(), "drained: handed back to the sharder for another shard");
+    Ok(Action::await_change())
 }
 
 /// Retries a failed reconcile with exponential backoff per instance (a permanent error — RBAC

@@ -170,6 +170,8 @@ pub struct SsaExecutor {
     /// The controller's watch caches of child kinds, read instead of a GET where they can
     /// answer (see [`crate::child_cache`]).
     children: Option<ChildCache>,
+    /// A label of the instance every object it applies carries as well (a shard's assignment).
+    carried_label: Option<String>,
 }
 
 impl std::fmt::Debug for SsaExecutor {
@@ -236,6 +238,7 @@ impl SsaExecutor {
             access: AccessReviews::new(client),
             cluster_scoped_allowed: Arc::from([]),
             children: None,
+            carried_label: None,
         }
     }
 
@@ -252,6 +255,22 @@ impl SsaExecutor {
     /// ```
     pub fn with_child_cache(mut self, cache: ChildCache) -> Self {
         self.children = Some(cache);
+        self
+    }
+
+    /// Copies the instance's label `key` (when it has one) onto every object it applies: a
+    /// sharded operator carries the instance's shard assignment to its children, so the shard
+    /// that owns the instance watches them too (see [`crate::ops::shard`]). `None`: nothing
+    /// carried.
+    ///
+    /// ```no_run
+    /// # fn f(client: kube::Client) {
+    /// let executor = cuebe::executor::SsaExecutor::new(client, "cuebe-webservice")
+    ///     .carry_instance_label(Some("shard.alpha.sharding.timebertt.dev/webservices".into()));
+    /// # }
+    /// ```
+    pub fn carry_instance_label(mut self, key: Option<String>) -> Self {
+        self.carried_label = key;
         self
     }
 
@@ -643,7 +662,12 @@ impl SsaExecutor {
         let (api_version, kind, name) = identity_of(&object);
         let api = match self.resolve(&api_version, &kind, &instance.namespace).await {
             Ok((api, namespaced)) => {
-                stamp_labels(&mut object, instance, namespaced);
+                stamp_labels(
+                    &mut object,
+                    instance,
+                    namespaced,
+                    self.carried_label.as_deref(),
+                );
                 api
             }
             Err(e) => return error(e.to_string()),
@@ -924,7 +948,12 @@ impl SsaExecutor {
         let (api, namespaced) = self
             .resolve(&api_version, &kind, &instance.namespace)
             .await?;
-        stamp_labels(&mut object, instance, namespaced);
+        stamp_labels(
+            &mut object,
+            instance,
+            namespaced,
+            self.carried_label.as_deref(),
+        );
         let live = api
             .get_opt(&name)
             .await
@@ -1162,8 +1191,9 @@ fn identity_of(object: &Value) -> (String, String, String) {
     )
 }
 
-/// Puts the instance labels on an object, as every apply does (they drive the child watches).
-fn stamp_labels(object: &mut Value, instance: &Instance, namespaced: bool) {
+/// Puts the instance labels on an object, as every apply does (they drive the child watches),
+/// and the instance's own `carried` label when it has one.
+fn stamp_labels(object: &mut Value, instance: &Instance, namespaced: bool, carried: Option<&str>) {
     if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
         let labels = meta
             .entry("labels")
@@ -1176,6 +1206,9 @@ fn stamp_labels(object: &mut Value, instance: &Instance, namespaced: bool) {
                     NAMESPACE_LABEL.into(),
                     Value::String(instance.namespace.clone()),
                 );
+            }
+            if let Some((key, value)) = carried.and_then(|key| instance.labels.get_key_value(key)) {
+                labels.insert(key.clone(), Value::String(value.clone()));
             }
         }
     }

@@ -31,7 +31,7 @@
 //!   checked ([`TestCluster::check_alive`]) and in every start-up error.
 pub mod ack;
 mod binaries;
-mod pki;
+pub(crate) mod pki;
 mod ports;
 
 use std::io::{BufRead, BufReader, Seek, SeekFrom};

@@ -9,6 +9,7 @@
 //! candidates racing for it, one write fails and that one stays a follower. A leader that cannot
 //! renew for two thirds of the lease duration stops reconciling before anyone else may take
 //! over; one that stops on a signal releases the Lease so a follower takes over at once.
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -33,6 +34,8 @@ pub struct LeaderElection {
     lease_duration: Duration,
     renew_every: Duration,
     retry_every: Duration,
+    /// Labels the Lease carries (a shard Lease names its ring: see [`crate::ops::shard`]).
+    lease_labels: BTreeMap<String, String>,
 }
 
 /// Why a Lease operation failed.
@@ -65,7 +68,25 @@ impl LeaderElection {
             lease_duration: Duration::from_secs(15),
             renew_every: Duration::from_secs(5),
             retry_every: Duration::from_secs(2),
+            lease_labels: BTreeMap::new(),
         }
+    }
+
+    /// Labels put on the Lease when it is created or renewed.
+    pub(crate) fn with_lease_labels(mut self, labels: BTreeMap<String, String>) -> Self {
+        self.lease_labels = labels;
+        self
+    }
+
+    /// The labels the Lease carries.
+    #[cfg(test)]
+    pub(crate) fn lease_labels(&self) -> &BTreeMap<String, String> {
+        &self.lease_labels
+    }
+
+    /// The Lease's name.
+    pub fn lease_name(&self) -> &str {
+        &self.lease_name
     }
 
     /// How long a Lease that is not renewed stays with its holder (at least 1 s).
@@ -183,12 +204,30 @@ impl LeaderElection {
         Ok(())
     }
 
-    /// One round: `true` when this replica holds the Lease afterwards.
+    /// One round: `true` when this replica holds the Lease afterwards. A write refused for a
+    /// stale resourceVersion is tried again on a fresh read (a few times): someone else wrote
+    /// the Lease meanwhile — maybe another candidate, maybe only a label (the sharder marks a
+    /// shard Lease's state) — and the fresh read tells which.
     async fn try_acquire_or_renew(
         &self,
         client: &Client,
         observed: &mut Observed,
     ) -> Result<bool, LeaseError> {
+        for _ in 0..3 {
+            match self.try_once(client, observed).await? {
+                Round::Held => return Ok(true),
+                Round::NotHeld => return Ok(false),
+                Round::Conflict => {}
+            }
+        }
+        Ok(false)
+    }
+
+    async fn try_once(
+        &self,
+        client: &Client,
+        observed: &mut Observed,
+    ) -> Result<Round, LeaseError> {
         let api = self.api(client);
         let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
         let Some(mut lease) = api
@@ -200,6 +239,7 @@ impl LeaderElection {
                 metadata: ObjectMeta {
                     name: Some(self.lease_name.clone()),
                     namespace: Some(self.namespace.clone()),
+                    labels: (!self.lease_labels.is_empty()).then(|| self.lease_labels.clone()),
                     ..Default::default()
                 },
                 spec: Some(LeaseSpec {
@@ -212,9 +252,9 @@ impl LeaderElection {
                 }),
             };
             return match api.create(&PostParams::default(), &lease).await {
-                Ok(_) => Ok(true),
+                Ok(_) => Ok(Round::Held),
                 // Another replica created it first.
-                Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
+                Err(kube::Error::Api(status)) if status.code == 409 => Ok(Round::Conflict),
                 Err(e) => Err(self.error(e)),
             };
         };
@@ -233,7 +273,7 @@ impl LeaderElection {
                 .map_or(self.lease_duration, Duration::from_secs);
             let unchanged_for = observed.at.map_or(Duration::ZERO, |at| at.elapsed());
             if unchanged_for < duration {
-                return Ok(false);
+                return Ok(Round::NotHeld);
             }
             tracing::info!(lease = %self.lease_name, previous = ?holder, "the lease expired; taking it");
         }
@@ -244,16 +284,31 @@ impl LeaderElection {
         spec.holder_identity = Some(self.identity.clone());
         spec.lease_duration_seconds = Some(self.duration_seconds());
         spec.renew_time = Some(now);
+        if !self.lease_labels.is_empty() {
+            // A Lease made by someone else (or before the labels were set) gets them too.
+            let labels = lease.metadata.labels.get_or_insert_with(BTreeMap::new);
+            for (key, value) in &self.lease_labels {
+                labels.insert(key.clone(), value.clone());
+            }
+        }
         // `replace` sends the resourceVersion we read: a concurrent write makes it fail.
         match api
             .replace(&self.lease_name, &PostParams::default(), &lease)
             .await
         {
-            Ok(_) => Ok(true),
-            Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
+            Ok(_) => Ok(Round::Held),
+            Err(kube::Error::Api(status)) if status.code == 409 => Ok(Round::Conflict),
             Err(e) => Err(self.error(e)),
         }
     }
+}
+
+/// How one read-and-write of the Lease ended.
+enum Round {
+    Held,
+    NotHeld,
+    /// The write met a newer resourceVersion: read again.
+    Conflict,
 }
 
 /// When this replica last saw the Lease's record change.
