@@ -709,3 +709,36 @@ fn readyz(port: u16) -> Option<u16> {
     stream.read_to_string(&mut response).ok()?;
     response.split_whitespace().nth(1)?.parse().ok()
 }
+
+#[test]
+fn a_sharding_ring_runs_every_replica_as_a_shard_instead_of_electing_a_leader() {
+    let rendered = documents(
+        &helm()
+            .template(
+                &chart(),
+                "platform",
+                NAMESPACE,
+                &[
+                    "--set",
+                    "sharding.ring=webservices",
+                    "--set",
+                    "replicaCount=3",
+                ],
+            )
+            .expect("helm template with sharding.ring"),
+    );
+    let args = deployment_args(&rendered, "platform-webservice-operator");
+    let ring = args.iter().position(|a| a == "--shard-ring");
+    assert_eq!(
+        ring.and_then(|i| args.get(i + 1)).map(String::as_str),
+        Some("webservices"),
+        "{args:?}"
+    );
+    assert!(!args.iter().any(|a| a == "--leader-elect"), "{args:?}");
+    // The shard Leases need the same Role as the leader's Lease.
+    find(
+        &rendered,
+        "Role",
+        "platform-webservice-operator-leader-election",
+    );
+}

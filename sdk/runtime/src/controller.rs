@@ -2394,6 +2394,8 @@ async fn drain<A: Abstraction>(
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&uid);
+        // Counted by its new shard from now on.
+        ctx.metrics.instance_gone(&uid);
     }
     tracing::info!(instance = %key, ring = %shard.ring(), "drained: handed back to the sharder for another shard");
     Ok(Action::await_change())
