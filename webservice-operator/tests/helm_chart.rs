@@ -432,6 +432,8 @@ fn bad_values_are_refused_naming_the_field() {
         &["leaderElection.enabled=false"],
         &["leaderElection.enabled", "replicaCount > 1"],
     );
+    // Part of a label key: the operator would refuse it at start; the chart says so first.
+    refused(&["sharding.ring=Web_Services"], &["/sharding/ring"]);
     refused(
         &["moduleCA.pem=not a certificate"],
         &["moduleCA.pem", "PEM"],
