@@ -33,7 +33,6 @@ use cuebe::ops::leader::LeaderElection;
 use cuebe::ops::shard::Shard;
 use cuebe::renderer::{Capabilities, CueRenderer, RenderError};
 
-/// Subcommands every operator binary gets.
 /// This replica's identity among several: `$POD_NAME`, else the host name and process id.
 fn replica_identity() -> String {
     std::env::var("POD_NAME").unwrap_or_else(|_| {
@@ -57,6 +56,7 @@ enum Membership {
     },
 }
 
+/// Subcommands every operator binary gets.
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Start a local control plane (etcd, kube-apiserver, kube-controller-manager,

@@ -331,7 +331,8 @@ impl<A: Abstraction> Operator<A> {
     ///
     /// The rollout driver (which moves a [`crate::rollout::PlatformChannel`] from wave to
     /// wave) needs the whole fleet and does not run on a shard: instances still follow their
-    /// channel's status, and a channel moves only under a leader-elected operator.
+    /// channel's status, but channels do not move from wave to wave while the operator is
+    /// sharded.
     pub fn sharded(mut self, shard: crate::ops::shard::Shard) -> Self {
         self.shard = Some(shard);
         self.leader_election = None;
@@ -2358,8 +2359,10 @@ async fn reconcile<A: Abstraction>(
 
 /// Lets an instance go as the sharder asked: no pass, and the shard and drain labels removed
 /// (which is the acknowledgement the sharder waits for before it assigns the instance to its
-/// new shard). What this replica remembered of the instance is forgotten: the next shard to
-/// own it here will read it afresh.
+/// new shard). The removal carries the resourceVersion this replica saw, as the protocol's
+/// reference shard does: a pass queued before the watch delivered the hand-over must not strip
+/// the label the new shard got meanwhile. What this replica remembered of the instance is
+/// forgotten: whoever owns it next may write what this replica never hears of.
 async fn drain<A: Abstraction>(
     api: &Api<A>,
     object: &A,
@@ -2367,10 +2370,10 @@ async fn drain<A: Abstraction>(
     ctx: &Context<A>,
     key: &str,
 ) -> Result<Action, ReconcileError> {
-    let patch = serde_json::json!({"metadata": {"labels": {
-        shard.shard_label(): null,
-        shard.drain_label(): null,
-    }}});
+    let patch = serde_json::json!({"metadata": {
+        "resourceVersion": object.resource_version(),
+        "labels": {shard.shard_label(): null, shard.drain_label(): null},
+    }});
     match api
         .patch(
             &object.name_any(),
@@ -2380,8 +2383,11 @@ async fn drain<A: Abstraction>(
         .await
     {
         Ok(_) => {}
-        // Deleted meanwhile: nothing left to hand over.
-        Err(kube::Error::Api(status)) if status.code == 404 => {}
+        // Deleted meanwhile: nothing left to hand over. Changed meanwhile (handed over
+        // already, or relabelled): the watch delivers what it is now.
+        Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => {
+            return Ok(Action::await_change());
+        }
         Err(source) => return Err(ReconcileError::Handover(source)),
     }
     if let Some(uid) = object.uid() {
@@ -2389,13 +2395,29 @@ async fn drain<A: Abstraction>(
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&uid);
-        // Whoever owns it next may write objects this replica never hears of.
         ctx.swept
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&uid);
         // Counted by its new shard from now on.
         ctx.metrics.instance_gone(&uid);
+    }
+    ctx.failures
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .forget(key);
+    let reference = ObjectRef::from_obj(object);
+    if let Some(watches) = ctx
+        .reference_watches
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .as_ref()
+    {
+        watches.track(&reference, Vec::new());
+    }
+    #[cfg(feature = "remote-modules")]
+    if let Some(approvals) = &ctx.approvals {
+        approvals.forget(&reference);
     }
     tracing::info!(instance = %key, ring = %shard.ring(), "drained: handed back to the sharder for another shard");
     Ok(Action::await_change())

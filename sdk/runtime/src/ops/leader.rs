@@ -5,8 +5,10 @@
 //! The holder renews the Lease every [`LeaderElection::renew_every`]. A candidate takes the Lease
 //! when it has no holder or when its record (holder and renew time) has not changed for
 //! [`LeaderElection::lease_duration`] as measured by the candidate's own clock, so clock skew
-//! between machines does not matter. Every write carries the Lease's `resourceVersion`: of two
-//! candidates racing for it, one write fails and that one stays a follower. A leader that cannot
+//! between machines does not matter (for leader election: the sharder judges a shard Lease's
+//! renew time by its own clock, see [`crate::ops::shard`]). Every write carries the Lease's
+//! `resourceVersion`: of two candidates racing for it, one write fails and that one stays a
+//! follower. A leader that cannot
 //! renew for two thirds of the lease duration stops reconciling before anyone else may take
 //! over; one that stops on a signal releases the Lease so a follower takes over at once.
 use std::collections::BTreeMap;
@@ -180,8 +182,24 @@ impl LeaderElection {
         }
     }
 
-    /// Gives the Lease up (when this replica holds it) so a follower takes over at once.
+    /// Gives the Lease up (when this replica holds it) so a follower takes over at once. A
+    /// write refused for a stale resourceVersion (the sharder labelled a shard Lease meanwhile)
+    /// is tried again on a fresh read, a few times.
     pub async fn release(&self, client: &Client) -> Result<(), LeaseError> {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self.release_once(client).await {
+                Err(LeaseError::Api {
+                    source: kube::Error::Api(status),
+                    ..
+                }) if status.code == 409 && attempts < 3 => {}
+                other => return other,
+            }
+        }
+    }
+
+    async fn release_once(&self, client: &Client) -> Result<(), LeaseError> {
         let api = self.api(client);
         let Some(mut lease) = api
             .get_opt(&self.lease_name)
