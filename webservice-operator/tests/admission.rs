@@ -2,17 +2,20 @@
 //! `kubectl apply` of a WebService the platform refuses fails with the field, the rule and the
 //! message (also with `--dry-run=server`); a valid one is admitted; with the operator stopped,
 //! the `Ignore` failure policy admits the refused one, and the status reports the violation once
-//! the operator is back.
+//! the operator is back. The same for another abstraction built with the derive (the Worker
+//! example, its own module and policy); and two replicas sharing the CA as the chart runs them.
 #![allow(clippy::unwrap_used)]
 
 use std::process::Output;
 use std::time::{Duration, Instant};
 
+use cuebe::Abstraction;
 use cuebe::admission::{AdmissionWebhook, FailurePolicy};
 use cuebe::controller::Operator;
 use cuebe_testkit::cluster::TestCluster;
 use kube::api::Api;
 use webservice_operator::WebService;
+use worker_operator::Worker;
 
 fn kubectl(cluster: &TestCluster, args: &[&str], manifest: &str) -> Output {
     use std::io::Write;
@@ -42,7 +45,22 @@ fn manifest(ns: &str, name: &str, image: &str) -> String {
     )
 }
 
-async fn webhook_operator(
+/// The shared cluster, a fresh namespace `prefix-…` and `A`'s CRD installed.
+async fn cluster_with<A: Abstraction>(prefix: &str) -> (&'static TestCluster, String) {
+    let cluster = TestCluster::shared().await.unwrap();
+    let ns = cluster.namespace(prefix).await.unwrap();
+    cluster
+        .apply_crds(
+            &[cuebe::abstraction::crd::<A>()],
+            Instant::now() + Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    (cluster, ns)
+}
+
+/// The operator for `A` in `ns`, its webhook on loopback registering the configuration `config`.
+async fn webhook_operator<A: Abstraction>(
     cluster: &TestCluster,
     ns: &str,
     config: &str,
@@ -50,7 +68,7 @@ async fn webhook_operator(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("https://{}", listener.local_addr().unwrap());
     tokio::spawn(
-        Operator::<WebService>::new(cluster.client())
+        Operator::<A>::new(cluster.client())
             .namespace(ns)
             .admission_webhook(
                 AdmissionWebhook::self_signed(listener, vec!["127.0.0.1".into()]).register(
@@ -63,42 +81,43 @@ async fn webhook_operator(
     )
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn kubectl_apply_prints_the_violations_and_an_outage_admits_with_the_status_reporting_them_later()
- {
-    let cluster = TestCluster::shared().await.unwrap();
-    let ns = cluster.namespace("admission").await.unwrap();
-    cluster
-        .apply_crds(
-            &[cuebe::abstraction::crd::<WebService>()],
-            Instant::now() + Duration::from_secs(30),
-        )
-        .await
-        .unwrap();
-    let config = format!("admission-e2e-{ns}");
-    let operator = webhook_operator(cluster, &ns, &config).await;
-
-    // The webhook is registered and answering once a valid object goes through it; until its
-    // configuration exists, an apply is not checked at all.
-    let refused = manifest(&ns, "refused", "docker.io/library/nginx:1.27");
+/// `kubectl apply --dry-run=server` of `manifest` until the refusal names `expected` (until the
+/// webhook answers, nothing is checked); its stderr.
+async fn refusal(cluster: &TestCluster, manifest: &str, expected: &str, what: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(60);
-    let denied = loop {
-        let out = kubectl(cluster, &["apply", "--dry-run=server"], &refused);
+    loop {
+        let out = kubectl(cluster, &["apply", "--dry-run=server"], manifest);
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-        if !out.status.success() {
-            break stderr;
+        if !out.status.success() && stderr.contains(expected) {
+            return stderr;
         }
         assert!(
             Instant::now() < deadline,
-            "the webhook never refused: {stderr}\n{}",
+            "{what}: {stderr}\n{}",
             cluster.log_tails(20)
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kubectl_apply_prints_the_violations_and_an_outage_admits_with_the_status_reporting_them_later()
+ {
+    let (cluster, ns) = cluster_with::<WebService>("admission").await;
+    let config = format!("admission-e2e-{ns}");
+    let operator = webhook_operator::<WebService>(cluster, &ns, &config).await;
+
+    // Until its configuration exists and it answers, an apply is not checked at all.
+    let refused = manifest(&ns, "refused", "docker.io/library/nginx:1.27");
+    let denied = refusal(
+        cluster,
+        &refused,
+        "spec.image [allowed-registries]",
+        "the webhook never refused",
+    )
+    .await;
     assert!(
-        denied.contains("denied the request")
-            && denied.contains("spec.image [allowed-registries]")
-            && denied.contains("is not from an allowed registry"),
+        denied.contains("denied the request") && denied.contains("is not from an allowed registry"),
         "{denied}"
     );
 
@@ -150,7 +169,7 @@ async fn kubectl_apply_prints_the_violations_and_an_outage_admits_with_the_statu
     }
 
     // Back again: the status reports the violation.
-    let _operator = webhook_operator(cluster, &ns, &config).await;
+    let _operator = webhook_operator::<WebService>(cluster, &ns, &config).await;
     cuebe_testkit::eventually::eventually(
         "the admitted instance's status names the violation",
         Duration::from_secs(60),
@@ -184,15 +203,7 @@ async fn replicas_share_the_ca_in_a_secret_and_keep_the_chart_configuration_ca_b
     use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
     use k8s_openapi::api::core::v1::Secret;
     use kube::api::{Patch, PatchParams, PostParams};
-    let cluster = TestCluster::shared().await.unwrap();
-    let ns = cluster.namespace("admission-ha").await.unwrap();
-    cluster
-        .apply_crds(
-            &[cuebe::abstraction::crd::<WebService>()],
-            Instant::now() + Duration::from_secs(30),
-        )
-        .await
-        .unwrap();
+    let (cluster, ns) = cluster_with::<WebService>("admission-ha").await;
     let replica = |listener: tokio::net::TcpListener, config: String, ns: String| {
         Operator::<WebService>::new(cluster.client())
             .namespace(ns.clone())
@@ -238,21 +249,8 @@ async fn replicas_share_the_ca_in_a_secret_and_keep_the_chart_configuration_ca_b
     let _b = tokio::spawn(replica(b, config.clone(), ns.clone()));
     let secrets: Api<Secret> = Api::namespaced(cluster.client(), &ns);
     let refused = manifest(&ns, "refused", "docker.io/library/nginx:1.27");
-    let refused_by = |what: &'static str| {
-        let refused = refused.clone();
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            loop {
-                let out = kubectl(cluster, &["apply", "--dry-run=server"], &refused);
-                let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-                if stderr.contains("spec.image [allowed-registries]") {
-                    return;
-                }
-                assert!(Instant::now() < deadline, "{what}: {stderr}");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        }
-    };
+    let refused_by =
+        |what: &'static str| refusal(cluster, &refused, "spec.image [allowed-registries]", what);
     refused_by("replica a never answered").await;
     // One CA for both, in the Secret, and the bundle the configuration holds is that CA.
     let secret = secrets.get("webhook-tls").await.unwrap();
@@ -280,4 +278,65 @@ async fn replicas_share_the_ca_in_a_secret_and_keep_the_chart_configuration_ca_b
         .unwrap();
     refused_by("replica b never answered with a certificate the bundle trusts").await;
     configs.delete(&config, &Default::default()).await.unwrap();
+}
+
+/// Another abstraction built with the derive, with its own module and policy (the Worker
+/// example): the webhook answers for it too, `kubectl apply` printing each violation of the
+/// Worker's policy with its field, rule and message; a valid Worker is admitted.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_is_refused_with_the_violations_of_its_own_module_and_a_valid_one_admitted() {
+    use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+    let (cluster, ns) = cluster_with::<Worker>("admission-worker").await;
+    let config = format!("admission-worker-{ns}");
+    let _operator = webhook_operator::<Worker>(cluster, &ns, &config).await;
+    let worker = |name: &str, image: &str, replicas: u32| {
+        format!(
+            "apiVersion: example.com/v1alpha1\nkind: Worker\nmetadata: {{name: {name}, namespace: {ns}}}\n\
+             spec:\n  image: {image}\n  queue: https://sqs.eu-west-1.amazonaws.com/111122223333/jobs\n  \
+             replicas: {replicas}\n"
+        )
+    };
+
+    // Two violations of the Worker module's policy, one line each.
+    let refused = worker("refused", "docker.io/library/busybox:1.36", 20);
+    let denied = refusal(
+        cluster,
+        &refused,
+        "spec.image [allowed-registry]",
+        "the webhook never refused a Worker",
+    )
+    .await;
+    for expected in [
+        "admission webhook \"workers.example.com\" denied the request",
+        "the platform policy refuses this Worker (2 violations)",
+        "spec.image [allowed-registry]: image docker.io/library/busybox:1.36 is not from an allowed registry",
+        "spec.replicas [replica-bounds]: replicas must be between 1 and 10",
+    ] {
+        assert!(denied.contains(expected), "{expected:?} not in: {denied}");
+    }
+    let out = kubectl(cluster, &["apply"], &refused);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("spec.replicas [replica-bounds]"),
+        "{stderr}"
+    );
+    let workers: Api<Worker> = Api::namespaced(cluster.client(), &ns);
+    assert!(workers.get_opt("refused").await.unwrap().is_none());
+
+    // A valid one is admitted and stored.
+    let valid = worker("valid", "registry.example.com/thumbnails:2.4.0", 2);
+    let out = kubectl(cluster, &["apply"], &valid);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(workers.get_opt("valid").await.unwrap().is_some());
+
+    // The configuration is cluster-wide: gone with the test, so that no other test's Worker
+    // waits on this operator.
+    Api::<ValidatingWebhookConfiguration>::all(cluster.client())
+        .delete(&config, &Default::default())
+        .await
+        .unwrap();
 }

@@ -95,8 +95,9 @@ enum Certificates {
         hosts: Vec<String>,
         secret: Option<(String, String)>,
     },
-    /// `tls.crt` and `tls.key` in a directory (cert-manager), reloaded when they change.
-    Directory(PathBuf),
+    /// `tls.crt` and `tls.key` in a directory (cert-manager), read every `check_every` and
+    /// served anew when they change.
+    Directory { dir: PathBuf, check_every: Duration },
 }
 
 /// The `ValidatingWebhookConfiguration` the operator keeps current.
@@ -135,12 +136,17 @@ impl AdmissionWebhook {
     }
 
     /// Serves the certificate in `dir` (`tls.crt`, `tls.key`: a cert-manager Certificate's
-    /// Secret mounted there), reloaded when it changes. The `caBundle` is then cert-manager's
-    /// to write (its CA injector).
+    /// Secret mounted there), read again every minute and served from the next connection on
+    /// when it changed; a key that does not match the certificate (a rewrite caught half done)
+    /// is not taken, the previous pair is served until the next look. The `caBundle` is then
+    /// cert-manager's to write (its CA injector).
     pub fn from_cert_dir(listener: tokio::net::TcpListener, dir: impl Into<PathBuf>) -> Self {
         Self {
             listener,
-            certificates: Certificates::Directory(dir.into()),
+            certificates: Certificates::Directory {
+                dir: dir.into(),
+                check_every: DIRECTORY_CHECK_EVERY,
+            },
             configuration: None,
             time_limit: Duration::from_secs(2),
         }
@@ -302,16 +308,19 @@ impl ServingCertificate {
     }
 }
 
-fn certified_key(cert_pem: &str, key_pem: &str) -> Result<Arc<CertifiedKey>, WebhookError> {
+/// The certificate chain and its key, refused when the key is not the certificate's (a pair
+/// read while another tool was rewriting it) or there is no certificate.
+fn certified_key(cert_pem: &str, key_pem: &str) -> Result<Arc<CertifiedKey>, String> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let certs = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
-        .map_err(certificate_error)?;
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(certificate_error)?;
-    let signing =
-        rustls::crypto::ring::sign::any_supported_type(&key).map_err(certificate_error)?;
-    Ok(Arc::new(CertifiedKey::new(certs, signing)))
+        .map_err(|e| format!("the certificate: {e}"))?;
+    let key =
+        PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| format!("the key: {e}"))?;
+    CertifiedKey::from_der(certs, key, &rustls::crypto::ring::default_provider())
+        .map(Arc::new)
+        .map_err(|e| format!("the certificate and its key: {e}"))
 }
 
 /// How long the CA lives, and how much of it must be left to keep using it.
@@ -322,6 +331,10 @@ const SERVING_LIFETIME: time::Duration = time::Duration::days(30);
 const SERVING_RENEW_AFTER: time::Duration = time::Duration::days(10);
 /// How often certificates and the configuration are looked at.
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(600);
+/// How often a certificate directory is read (cert-manager renews well before expiry).
+const DIRECTORY_CHECK_EVERY: Duration = Duration::from_secs(60);
+/// How soon a certificate or configuration that is not ready is tried again.
+const RETRY_EVERY: Duration = Duration::from_secs(5);
 
 /// The operator's CA: its PEM, its key, when it expires, and the previous CA still trusted.
 struct Authority {
@@ -392,6 +405,17 @@ impl Authority {
         hosts: &[String],
         now: time::OffsetDateTime,
     ) -> Result<(Arc<CertifiedKey>, time::OffsetDateTime), WebhookError> {
+        let (cert_pem, key_pem, not_after) = self.issue_pem(hosts, now)?;
+        let served = certified_key(&cert_pem, &key_pem).map_err(WebhookError::Certificate)?;
+        Ok((served, not_after))
+    }
+
+    /// The same as PEM: the certificate, its key and when it expires.
+    fn issue_pem(
+        &self,
+        hosts: &[String],
+        now: time::OffsetDateTime,
+    ) -> Result<(String, String, time::OffsetDateTime), WebhookError> {
         let ca_key = KeyPair::from_pem(&self.key_pem).map_err(certificate_error)?;
         // The issuer is rebuilt from the same name and key: what a leaf chains to.
         let issuer = Issuer::new(ca_params(self.not_after)?, ca_key);
@@ -408,7 +432,7 @@ impl Authority {
         let not_after = (now + SERVING_LIFETIME).min(self.not_after);
         params.not_after = not_after;
         let cert = params.signed_by(&key, &issuer).map_err(certificate_error)?;
-        Ok((certified_key(&cert.pem(), &key.serialize_pem())?, not_after))
+        Ok((cert.pem(), key.serialize_pem(), not_after))
     }
 
     fn to_secret_data(&self) -> BTreeMap<String, ByteString> {
@@ -555,38 +579,46 @@ impl CertificateKeeper {
     }
 }
 
-/// Reads `tls.crt`/`tls.key` from a directory when they change.
+/// Serves `tls.crt`/`tls.key` from a directory, anew whenever their contents change (a mounted
+/// Secret swaps its files; other tools rewrite them in place, possibly keeping their times).
 struct DirectoryKeeper {
     dir: PathBuf,
+    check_every: Duration,
     serving: Arc<ServingCertificate>,
-    seen: Option<(std::time::SystemTime, std::time::SystemTime)>,
+    /// The certificate and key being served, as read.
+    seen: Option<(String, String)>,
 }
 
 impl DirectoryKeeper {
     fn maintain(&mut self) -> Result<(), WebhookError> {
-        let cert = self.dir.join("tls.crt");
-        let key = self.dir.join("tls.key");
-        let modified = |p: &std::path::Path| {
-            std::fs::metadata(p)
-                .and_then(|m| m.modified())
-                .map_err(|e| WebhookError::CertificateFile {
-                    path: p.display().to_string(),
-                    message: e.to_string(),
-                })
-        };
-        let stamp = (modified(&cert)?, modified(&key)?);
-        if self.seen == Some(stamp) {
-            return Ok(());
-        }
-        let read = |p: &std::path::Path| {
-            std::fs::read_to_string(p).map_err(|e| WebhookError::CertificateFile {
-                path: p.display().to_string(),
+        let read = |name: &str| {
+            let path = self.dir.join(name);
+            std::fs::read_to_string(&path).map_err(|e| WebhookError::CertificateFile {
+                path: path.display().to_string(),
                 message: e.to_string(),
             })
         };
-        self.serving
-            .set(certified_key(&read(&cert)?, &read(&key)?)?);
-        self.seen = Some(stamp);
+        let (cert, key) = (read("tls.crt")?, read("tls.key")?);
+        if self
+            .seen
+            .as_ref()
+            .is_some_and(|(c, k)| *c == cert && *k == key)
+        {
+            return Ok(());
+        }
+        // Checked before it is served: a key that is not the certificate's would fail every
+        // handshake, while the previous pair is still good.
+        let served =
+            certified_key(&cert, &key).map_err(|message| WebhookError::CertificateFile {
+                path: self.dir.display().to_string(),
+                message: if self.seen.is_some() {
+                    format!("{message} (the previous certificate is still served)")
+                } else {
+                    message
+                },
+            })?;
+        self.serving.set(served);
+        self.seen = Some((cert, key));
         tracing::info!(dir = %self.dir.display(), "admission webhook: certificate loaded");
         Ok(())
     }
@@ -711,8 +743,9 @@ pub(crate) async fn serve(
                         issued: None,
                     }))
                 }
-                Certificates::Directory(dir) => Keeper::Dir(DirectoryKeeper {
+                Certificates::Directory { dir, check_every } => Keeper::Dir(DirectoryKeeper {
                     dir,
+                    check_every,
                     serving,
                     seen: None,
                 }),
@@ -749,21 +782,23 @@ pub(crate) async fn serve(
                                 }
                             }
                         }
-                        written_bundle.is_none() && configuration.is_some()
+                        // Again soon while the bundle is not written (none to write from a
+                        // directory: cert-manager's injector writes it).
+                        configuration.is_some()
+                            && bundle.is_some()
+                            && written_bundle.as_ref() != bundle.as_ref()
                     }
                     Err(error) => {
                         tracing::warn!(%error, "admission webhook: certificate not ready; retrying");
                         true
                     }
                 };
-                let pause = if retry {
-                    Duration::from_secs(5)
-                } else {
-                    // A directory's certificate is looked at more often (cert-manager renews).
-                    match keeper {
-                        Keeper::Dir(_) => Duration::from_secs(60),
-                        Keeper::Own(_) => MAINTENANCE_EVERY,
-                    }
+                // A directory's certificate is looked at more often (cert-manager renews).
+                let pause = match (&keeper, retry) {
+                    (Keeper::Dir(k), true) => k.check_every.min(RETRY_EVERY),
+                    (Keeper::Dir(k), false) => k.check_every,
+                    (Keeper::Own(_), true) => RETRY_EVERY,
+                    (Keeper::Own(_), false) => MAINTENANCE_EVERY,
                 };
                 tokio::time::sleep(pause).await;
             }
@@ -915,6 +950,258 @@ async fn review(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// An admission review as the API server sends it: the creation of a Greeter.
+    fn review_body(uid: &str) -> serde_json::Value {
+        serde_json::json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {
+                "uid": uid,
+                "kind": {"group": "example.com", "version": "v1", "kind": "Greeter"},
+                "resource": {"group": "example.com", "version": "v1", "resource": "greeters"},
+                "name": "hi", "namespace": "default", "operation": "CREATE",
+                "userInfo": {"username": "developer"},
+                "object": {
+                    "apiVersion": "example.com/v1", "kind": "Greeter",
+                    "metadata": {"name": "hi", "namespace": "default"},
+                    "spec": {"message": "hi"},
+                },
+                "oldObject": null,
+            },
+        })
+    }
+
+    fn request(uid: &str) -> AdmissionRequest<DynamicObject> {
+        let review: AdmissionReview<DynamicObject> =
+            serde_json::from_value(review_body(uid)).unwrap();
+        review.try_into().unwrap()
+    }
+
+    const REFUSAL: &str = "spec.message [polite]: say please";
+
+    /// A validation that refuses every object, after `delay` (a render that takes that long).
+    fn refusing_after(delay: Duration) -> Validate {
+        Arc::new(move |_object| {
+            Box::pin(async move {
+                tokio::time::sleep(delay).await;
+                AdmissionVerdict {
+                    allowed: false,
+                    message: Some(REFUSAL.into()),
+                    warnings: Vec::new(),
+                }
+            })
+        })
+    }
+
+    #[tokio::test]
+    async fn a_render_slower_than_the_time_limit_is_admitted_with_a_warning_that_it_was_not_checked()
+     {
+        let limit = Duration::from_millis(50);
+        // Within the limit, the validation decides.
+        let answered = review(request("fast"), &refusing_after(Duration::ZERO), limit).await;
+        assert!(!answered.allowed);
+        assert_eq!(answered.result.message, REFUSAL);
+        // Slower than the limit: admitted when the limit is reached, not when the render ends,
+        // with the warning kubectl prints.
+        let started = std::time::Instant::now();
+        let answered = tokio::time::timeout(
+            Duration::from_secs(10),
+            review(
+                request("slow"),
+                &refusing_after(Duration::from_secs(30)),
+                limit,
+            ),
+        )
+        .await
+        .expect("the review waited for the render instead of its time limit");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(answered.uid, "slow");
+        assert!(answered.allowed, "{}", answered.result.message);
+        assert_eq!(
+            answered.warnings,
+            Some(vec![
+                "not checked at admission: rendering took longer than 50ms (the status reports \
+                 it after the object is stored)"
+                    .to_string()
+            ])
+        );
+    }
+
+    /// A Secret volume as the kubelet writes it: the files in a folder of their own, `..data`
+    /// pointing at it and `tls.crt`, `tls.key` pointing through `..data`; an update writes a
+    /// new folder and swaps `..data` in one rename.
+    #[cfg(unix)]
+    fn mount_secret(dir: &std::path::Path, generation: u32, cert_pem: &str, key_pem: &str) {
+        let folder = format!("..generation_{generation}");
+        std::fs::create_dir(dir.join(&folder)).unwrap();
+        std::fs::write(dir.join(&folder).join("tls.crt"), cert_pem).unwrap();
+        std::fs::write(dir.join(&folder).join("tls.key"), key_pem).unwrap();
+        std::os::unix::fs::symlink(&folder, dir.join("..data_tmp")).unwrap();
+        std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+        for file in ["tls.crt", "tls.key"] {
+            if std::fs::symlink_metadata(dir.join(file)).is_err() {
+                std::os::unix::fs::symlink(format!("..data/{file}"), dir.join(file)).unwrap();
+            }
+        }
+        if generation > 1 {
+            std::fs::remove_dir_all(dir.join(format!("..generation_{}", generation - 1))).unwrap();
+        }
+    }
+
+    /// What the API server does, trusting only `ca_pem` (its `caBundle`): a TLS connection to
+    /// the webhook and an admission review posted on it; the answer, or why there is none.
+    async fn post_review(
+        addr: std::net::SocketAddr,
+        ca_pem: &str,
+        uid: &str,
+    ) -> Result<serde_json::Value, String> {
+        use rustls::pki_types::pem::PemObject;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let name = rustls::pki_types::ServerName::try_from(addr.ip().to_string()).unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS handshake: {e}"))?;
+        let body = serde_json::to_vec(&review_body(uid)).unwrap();
+        let head = format!(
+            "POST {} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\nconnection: close\r\n\r\n",
+            validate_path("greeters", "example.com"),
+            body.len()
+        );
+        tls.write_all(head.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        tls.write_all(&body).await.map_err(|e| e.to_string())?;
+        let mut answer = Vec::new();
+        // Read until the server closes (an unclean close after the answer changes nothing).
+        let _ = tls.read_to_end(&mut answer).await;
+        let answer = String::from_utf8_lossy(&answer);
+        let (status, body) = answer
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| format!("no answer: {answer:?}"))?;
+        if !status.starts_with("HTTP/1.1 200") {
+            return Err(status.to_string());
+        }
+        serde_json::from_str(body).map_err(|e| format!("{e}: {body}"))
+    }
+
+    /// The answer to a client trusting only `ca`, once the webhook serves a certificate of it.
+    async fn answered_trusting(
+        addr: std::net::SocketAddr,
+        ca: &Authority,
+        uid: &str,
+    ) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match post_review(addr, &ca.cert_pem, uid).await {
+                Ok(answer) => return answer,
+                Err(error) => assert!(
+                    std::time::Instant::now() < deadline,
+                    "no certificate of that CA served: {error}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[cfg(unix)]
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_certificate_of_the_directory_is_served_and_a_replaced_one_without_a_restart() {
+        let now = time::OffsetDateTime::now_utc();
+        let hosts = ["127.0.0.1".to_string()];
+        let first_ca = Authority::generate(now, None).unwrap();
+        let second_ca = Authority::generate(now, None).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key, _) = first_ca.issue_pem(&hosts, now).unwrap();
+        mount_secret(dir.path(), 1, &cert, &key);
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut webhook = AdmissionWebhook::from_cert_dir(listener, dir.path());
+        // Looked at every 50 ms instead of every minute, to keep the test short.
+        webhook.certificates = Certificates::Directory {
+            dir: dir.path().into(),
+            check_every: Duration::from_millis(50),
+        };
+        // Never called: there is no configuration to write, and no CA of the operator's.
+        let client =
+            kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap()))
+                .unwrap();
+        let served = Served {
+            plural: "greeters".into(),
+            group: "example.com".into(),
+            versions: vec!["v1".into()],
+        };
+        let _server = AbortOnDrop(tokio::spawn(serve(
+            webhook,
+            client,
+            served,
+            refusing_after(Duration::ZERO),
+        )));
+
+        // A client trusting only the directory's CA completes a review: the validation's
+        // answer comes back for this request. One trusting another CA (of the same name) is
+        // refused the handshake.
+        let answer = answered_trusting(addr, &first_ca, "first").await;
+        assert_eq!(answer["response"]["uid"], "first", "{answer}");
+        assert_eq!(answer["response"]["allowed"], false, "{answer}");
+        assert_eq!(answer["response"]["status"]["message"], REFUSAL, "{answer}");
+        let other = post_review(addr, &second_ca.cert_pem, "other").await;
+        assert!(
+            other
+                .as_ref()
+                .is_err_and(|e| e.contains("invalid peer certificate")),
+            "{other:?}"
+        );
+
+        // cert-manager renews (here with another CA) and the kubelet swaps the mounted
+        // Secret's files: the new certificate is served by the same server.
+        let (cert, key, _) = second_ca.issue_pem(&hosts, now).unwrap();
+        mount_secret(dir.path(), 2, &cert, &key);
+        let answer = answered_trusting(addr, &second_ca, "second").await;
+        assert_eq!(answer["response"]["uid"], "second", "{answer}");
+        let old = post_review(addr, &first_ca.cert_pem, "old").await;
+        assert!(
+            old.as_ref()
+                .is_err_and(|e| e.contains("invalid peer certificate")),
+            "{old:?}"
+        );
+
+        // A tool that rewrites the files in place, the certificate first: until the key
+        // follows, the two are not a pair, and the previous pair keeps being served.
+        let (cert, key, _) = first_ca.issue_pem(&hosts, now).unwrap();
+        std::fs::write(dir.path().join("tls.crt"), &cert).unwrap();
+        for attempt in 0..10 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let answer = post_review(addr, &second_ca.cert_pem, "torn").await;
+            assert!(
+                answer.is_ok(),
+                "attempt {attempt} while the key lags: {answer:?}"
+            );
+        }
+        std::fs::write(dir.path().join("tls.key"), &key).unwrap();
+        let answer = answered_trusting(addr, &first_ca, "third").await;
+        assert_eq!(answer["response"]["uid"], "third", "{answer}");
+    }
 
     fn day(n: i64) -> time::OffsetDateTime {
         time::OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000 + n)
