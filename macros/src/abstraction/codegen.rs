@@ -93,6 +93,10 @@ pub(super) fn impl_abstraction(abstraction: &Abstraction) -> TokenStream {
                 self.status.as_ref()
             }
 
+            fn take_abstraction_status(&mut self) -> ::core::option::Option<::cuebe::status::AbstractionStatus> {
+                self.status.take()
+            }
+
             #platform_ref
             #deletion_policy
             #adopt

@@ -70,6 +70,12 @@ pub trait Abstraction:
     fn spec_value(&self) -> serde_json::Value;
     /// The status, if written yet.
     fn abstraction_status(&self) -> Option<&AbstractionStatus>;
+    /// Takes the status out of the instance: the instance store keeps statuses apart and
+    /// compactly (see [`crate::instance_store`]). The derive implements it; the default leaves
+    /// the status in the object, which the store then holds whole (more memory per instance).
+    fn take_abstraction_status(&mut self) -> Option<AbstractionStatus> {
+        None
+    }
     /// The module version the instance pins (default: the newest embedded one).
     fn platform_ref(&self) -> Option<PlatformRef> {
         None

@@ -201,7 +201,10 @@ pub(super) async fn drive_channel<A: Abstraction>(
         .collect();
     let members: Vec<_> = on_channel
         .iter()
-        .map(|o| member_of(&name, o.as_ref()))
+        .map(|o| {
+            let status = driver.ctx.statuses.status_of(o.as_ref());
+            member_of(&name, o.as_ref(), status.as_ref())
+        })
         .collect();
     let status = driver
         .written

@@ -24,10 +24,18 @@
 //! delivers that resourceVersion the cache answers with it ([`cuebe_core::plan::remember_own_write`]),
 //! so the pass right after a write does not see the older object and write again.
 //!
+//! How a store keeps an object ([`CachedObject`]): the fields its key and the searches read
+//! (name, namespace, resourceVersion, uid, the instance label) inline, the trimmed object as
+//! compact JSON decoded on each read. Why: a trimmed Deployment held as a `DynamicObject` is
+//! about 5 KB of small maps and strings, as JSON well under 1 KB, and the child stores were the
+//! largest memory per instance (three to eight objects each); a read decodes in microseconds
+//! and a pass reads each object once.
+//!
 //! Lifecycle: the controller starts the kinds of `WATCHES` with each run and a rendered kind at
 //! its first render ([`ChildCache::watch`]), and stops them all when the run ends (an API change,
 //! a lost lease). Each watch feeds the controller's trigger after its store took the event, so
 //! the pass an event triggers finds that event in the store.
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Display;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,10 +48,10 @@ use cuebe_core::plan::{
     CacheView, OWN_WRITE_TTL, ReadSource, WatchDelivery, read_source, remember_own_write,
     settles_own_write,
 };
-use futures::{Stream, StreamExt};
+use futures::{Stream, StreamExt, TryStreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
 use kube::api::{Api, ApiResource, DynamicObject, ObjectMeta};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{self, Lookup, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Map, Value};
 
@@ -255,6 +263,136 @@ pub fn needs_of(graph: &Graph) -> BTreeMap<(String, String), Retained> {
     needs
 }
 
+/// A child object as its kind's store keeps it: what the store's key and the searches read
+/// inline, the rest of the trimmed object as compact JSON (see the module's documentation).
+///
+/// ```
+/// use cuebe::child_cache::CachedObject;
+/// let object: kube::api::DynamicObject = serde_json::from_value(serde_json::json!({
+///     "apiVersion": "v1", "kind": "Service",
+///     "metadata": {"name": "web", "namespace": "apps", "resourceVersion": "7",
+///                  "labels": {"cuebe.dev/instance": "web"}},
+///     "spec": {"type": "ClusterIP"}
+/// })).unwrap();
+/// let cached = CachedObject::new(&object);
+/// assert_eq!(cached.instance(), Some("web"));
+/// assert_eq!(cached.object().map(|o| o.data), Some(object.data));
+/// ```
+#[derive(Debug, Clone)]
+pub struct CachedObject {
+    name: Box<str>,
+    namespace: Option<Box<str>>,
+    resource_version: Option<Box<str>>,
+    uid: Option<Box<str>>,
+    /// The `cuebe.dev/instance` label: which instance's children a sweep looks for.
+    instance: Option<Box<str>>,
+    /// The whole (trimmed) object, `serde_json::to_vec`.
+    json: Box<[u8]>,
+}
+
+impl CachedObject {
+    /// Keeps `object` (trimmed already: this keeps all of it).
+    pub fn new(object: &DynamicObject) -> Self {
+        let meta = &object.metadata;
+        let boxed = |s: &Option<String>| s.as_deref().map(Box::from);
+        let json = match serde_json::to_vec(object) {
+            Ok(json) => json.into_boxed_slice(),
+            // A `DynamicObject` always serializes (string keys only); were it ever not to, the
+            // object reads as absent and is read with a GET.
+            Err(error) => {
+                tracing::warn!(%error, name = ?meta.name, "cannot keep a watched object in its store");
+                Box::default()
+            }
+        };
+        Self {
+            name: meta.name.as_deref().unwrap_or_default().into(),
+            namespace: boxed(&meta.namespace),
+            resource_version: boxed(&meta.resource_version),
+            uid: boxed(&meta.uid),
+            instance: meta
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(crate::executor::INSTANCE_LABEL))
+                .map(|v| Box::from(v.as_str())),
+            json,
+        }
+    }
+
+    /// The object as it was kept; `None` if it cannot be read back (then it counts as absent).
+    pub fn object(&self) -> Option<DynamicObject> {
+        match serde_json::from_slice(&self.json) {
+            Ok(object) => Some(object),
+            Err(error) => {
+                tracing::warn!(%error, name = %self.name, "a watched object's stored copy is unreadable");
+                None
+            }
+        }
+    }
+
+    /// Its `cuebe.dev/instance` label.
+    pub fn instance(&self) -> Option<&str> {
+        self.instance.as_deref()
+    }
+
+    /// Its `metadata.resourceVersion`.
+    pub fn resource_version(&self) -> Option<&str> {
+        self.resource_version.as_deref()
+    }
+}
+
+/// The store's keys carry the kind as one shared `Arc` (a `DynamicObject` key clones the kind's
+/// five strings into every key).
+impl Lookup for CachedObject {
+    type DynamicType = Arc<ApiResource>;
+
+    fn kind(dyntype: &Self::DynamicType) -> Cow<'_, str> {
+        Cow::Borrowed(&dyntype.kind)
+    }
+
+    fn group(dyntype: &Self::DynamicType) -> Cow<'_, str> {
+        Cow::Borrowed(&dyntype.group)
+    }
+
+    fn version(dyntype: &Self::DynamicType) -> Cow<'_, str> {
+        Cow::Borrowed(&dyntype.version)
+    }
+
+    fn api_version(dyntype: &Self::DynamicType) -> Cow<'_, str> {
+        Cow::Borrowed(&dyntype.api_version)
+    }
+
+    fn plural(dyntype: &Self::DynamicType) -> Cow<'_, str> {
+        Cow::Borrowed(&dyntype.plural)
+    }
+
+    fn name(&self) -> Option<Cow<'_, str>> {
+        Some(Cow::Borrowed(&self.name))
+    }
+
+    fn namespace(&self) -> Option<Cow<'_, str>> {
+        self.namespace.as_deref().map(Cow::Borrowed)
+    }
+
+    fn resource_version(&self) -> Option<Cow<'_, str>> {
+        self.resource_version.as_deref().map(Cow::Borrowed)
+    }
+
+    fn uid(&self) -> Option<Cow<'_, str>> {
+        self.uid.as_deref().map(Cow::Borrowed)
+    }
+}
+
+/// A watch event as the store takes it.
+fn cached_event(event: &watcher::Event<DynamicObject>) -> watcher::Event<CachedObject> {
+    match event {
+        watcher::Event::Apply(o) => watcher::Event::Apply(CachedObject::new(o)),
+        watcher::Event::Delete(o) => watcher::Event::Delete(CachedObject::new(o)),
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitApply(o) => watcher::Event::InitApply(CachedObject::new(o)),
+        watcher::Event::InitDone => watcher::Event::InitDone,
+    }
+}
+
 /// What a read needs of a cached object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Need {
@@ -340,7 +478,7 @@ struct KindCache {
 }
 
 struct KindWatch {
-    resource: ApiResource,
+    resource: Arc<ApiResource>,
     namespaced: bool,
     /// The store reads are answered from.
     active: Reflector,
@@ -350,7 +488,7 @@ struct KindWatch {
 
 struct Reflector {
     id: u64,
-    store: Store<DynamicObject>,
+    store: Store<CachedObject>,
     kept: Retained,
     synced: Arc<AtomicBool>,
     /// When its watch started: a pass waits for its first list only so long after that.
@@ -398,7 +536,7 @@ fn object_key(kind: &KindKey, namespaced: bool, namespace: &str, name: &str) -> 
 }
 
 impl KindWatch {
-    fn object_ref(&self, namespace: &str, name: &str) -> ObjectRef<DynamicObject> {
+    fn object_ref(&self, namespace: &str, name: &str) -> ObjectRef<CachedObject> {
         let key = ObjectRef::new_with(name, self.resource.clone());
         if self.namespaced {
             key.within(namespace)
@@ -475,9 +613,10 @@ impl ChildCache {
             );
         }
         let kept = self.kept_for(&state, &key);
-        let active = self.spawn(&mut state, &key, resource, namespaced, kept, false);
+        let resource = Arc::new(resource.clone());
+        let active = self.spawn(&mut state, &key, &resource, namespaced, kept, false);
         state.kinds.entry(key).or_default().watch = Some(KindWatch {
-            resource: resource.clone(),
+            resource,
             namespaced,
             active,
             widening: None,
@@ -543,7 +682,7 @@ impl ChildCache {
         &self,
         state: &mut State,
         key: &KindKey,
-        resource: &ApiResource,
+        resource: &Arc<ApiResource>,
         namespaced: bool,
         kept: Retained,
         widening: bool,
@@ -552,10 +691,10 @@ impl ChildCache {
         let id = state.next_id;
         let client = self.shared.client.clone();
         let api: Api<DynamicObject> = match (&self.shared.namespace, namespaced) {
-            (Some(ns), true) => Api::namespaced_with(client, ns, resource),
-            _ => Api::all_with(client, resource),
+            (Some(ns), true) => Api::namespaced_with(client, ns, resource.as_ref()),
+            _ => Api::all_with(client, resource.as_ref()),
         };
-        let writer = reflector::store::Writer::new(resource.clone());
+        let mut writer = reflector::store::Writer::<CachedObject>::new(resource.clone());
         let store = writer.as_reader();
         let synced = Arc::new(AtomicBool::new(false));
         let mut selector = format!("{KIND_LABEL}={}", self.shared.instance_kind);
@@ -566,7 +705,12 @@ impl ChildCache {
         let events = watcher(api, watcher::Config::default().labels(&selector))
             .default_backoff()
             .modify(move |object| trim.trim(object))
-            .reflect(writer);
+            // What `reflect` does, with the store keeping each object compactly; the handler
+            // below still sees the event as delivered, after the store took it.
+            .map_ok(move |event| {
+                writer.apply_watcher_event(&cached_event(&event));
+                event
+            });
         let handler = EventHandler {
             shared: Arc::downgrade(&self.shared),
             key: key.clone(),
@@ -607,7 +751,7 @@ impl ChildCache {
     /// moment later (an operator restart over thousands of instances, all at once). Returns at
     /// once when everything is listed, or once the wait is over.
     pub async fn wait_first_lists(&self) {
-        let listing: Vec<(Store<DynamicObject>, Instant)> = {
+        let listing: Vec<(Store<CachedObject>, Instant)> = {
             let state = lock(&self.shared.state);
             state
                 .kinds
@@ -645,7 +789,9 @@ impl ChildCache {
         };
         let cached = active
             .store
-            .get(&watch.object_ref(child.namespace, child.name));
+            .get(&watch.object_ref(child.namespace, child.name))
+            .and_then(|kept| kept.object())
+            .map(Arc::new);
         let synced = active.synced.load(Ordering::Relaxed);
         let object = object_key(&key, watch.namespaced, child.namespace, child.name);
         let expired = state
@@ -683,7 +829,7 @@ impl ChildCache {
                 .active
                 .store
                 .get(&watch.object_ref(child.namespace, child.name))
-                .and_then(|o| o.metadata.resource_version.clone()),
+                .and_then(|o| o.resource_version().map(String::from)),
         )
     }
 
@@ -709,7 +855,7 @@ impl ChildCache {
             .active
             .store
             .get(&watch.object_ref(child.namespace, child.name))
-            .and_then(|o| o.metadata.resource_version.clone());
+            .and_then(|o| o.resource_version().map(String::from));
         if !remember_own_write(before.as_deref(), now.as_deref(), written) {
             return;
         }
@@ -748,17 +894,13 @@ impl ChildCache {
             return None;
         }
         let found = watch.active.store.state_filter(|o| {
-            o.metadata.namespace.as_deref() == Some(namespace)
-                && o.metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(crate::executor::INSTANCE_LABEL))
-                    .map(String::as_str)
-                    == Some(name)
+            o.namespace.as_deref() == Some(namespace) && o.instance() == Some(name)
         });
+        // Read back whole or not at all: a sweep that missed an object would leave it behind.
+        let objects: Option<Vec<DynamicObject>> = found.iter().map(|o| o.object()).collect();
         Some(
-            found
-                .iter()
+            objects?
+                .into_iter()
                 .map(|o| LabelledObject {
                     api_version: api_version.to_string(),
                     kind: kind.to_string(),

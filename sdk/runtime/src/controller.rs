@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{FutureExt, StreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
@@ -428,6 +428,7 @@ impl<A: Abstraction> Operator<A> {
             discovery,
             clock: self.clock.clone(),
             written: std::sync::Mutex::new(std::collections::HashMap::new()),
+            statuses: crate::instance_store::InstanceStatuses::default(),
             failures: std::sync::Mutex::new(RetryBook::default()),
             watched: std::sync::RwLock::new(Vec::new()),
             swept: std::sync::Mutex::new(std::collections::HashSet::new()),
@@ -570,16 +571,23 @@ impl<A: Abstraction> Operator<A> {
                 changed_tx,
             )));
             // The instance store keeps every instance for the life of the process: without
-            // what nothing here reads (managedFields, a client-side apply's copy of the object).
+            // what nothing here reads (managedFields, a client-side apply's copy of the object)
+            // and without its status, kept apart (`ctx.statuses`).
             let (instances_reader, instances_writer) = kube::runtime::reflector::store::<A>();
             // A shard watches (and so caches and reconciles) only what was assigned to it.
             let instance_watch = match &ctx.shard {
                 Some(shard) => watcher::Config::default().labels(&shard.selector()),
                 None => watcher::Config::default(),
             };
+            // Statuses are kept apart, compactly (`instance_store`): listed again with the watch.
+            ctx.statuses.clear();
+            let status_ctx = ctx.clone();
             let instance_events = watcher(api.clone(), instance_watch)
                 .default_backoff()
-                .modify(trim_instance::<A>)
+                .map_ok(move |mut event| {
+                    status_ctx.statuses.take_from(&mut event);
+                    event
+                })
                 .reflect(instances_writer)
                 .applied_objects();
             let mut controller = Controller::for_stream(instance_events, instances_reader)
@@ -736,17 +744,6 @@ impl<A: Abstraction> Operator<A> {
             metrics.restarted();
             tracing::info!(%kind, "the cluster's APIs changed: restarting the controller");
         }
-    }
-}
-
-/// What the instance store drops of an instance: fields no pass reads, which would otherwise
-/// stay in memory for every instance (managedFields alone is about a third of a WebService with
-/// its status; `kubectl apply` without `--server-side` adds a whole copy in an annotation).
-fn trim_instance<A: Abstraction>(object: &mut A) {
-    let meta = object.meta_mut();
-    meta.managed_fields = None;
-    if let Some(annotations) = meta.annotations.as_mut() {
-        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
     }
 }
 
@@ -929,6 +926,8 @@ struct Context<A: Abstraction> {
     /// The status last written per instance (by UID). The watch cache can lag behind our own
     /// writes; starting from what we wrote avoids repeating writes and events.
     written: std::sync::Mutex<std::collections::HashMap<String, AbstractionStatus>>,
+    /// The statuses of the instances in the instance store (which keeps none).
+    statuses: crate::instance_store::InstanceStatuses,
     /// Child kinds the controller watches (`apiVersion`, `kind`), as last discovered: where a
     /// sweep for unrecorded objects looks.
     watched: std::sync::RwLock<Vec<(String, String)>>,
@@ -1129,19 +1128,23 @@ fn known_status<A: Abstraction>(ctx: &Context<A>, object: &A) -> AbstractionStat
         .written
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let cached = object.abstraction_status();
+    let cached = ctx.statuses.status_of(object);
     match written.get(&uid) {
-        Some(ours) if cached.is_some_and(|c| c.observed_generation > ours.observed_generation) => {
-            cached.cloned().unwrap_or_default()
+        Some(ours)
+            if cached
+                .as_ref()
+                .is_some_and(|c| c.observed_generation > ours.observed_generation) =>
+        {
+            cached.unwrap_or_default()
         }
         // The watch delivered our write: the cache answers from now on, and the copy goes (a
         // copy of every instance's status would double the memory the instance store holds).
-        Some(ours) if cached == Some(ours) => {
+        Some(ours) if cached.as_ref() == Some(ours) => {
             written.remove(&uid);
-            cached.cloned().unwrap_or_default()
+            cached.unwrap_or_default()
         }
         Some(ours) => ours.clone(),
-        None => cached.cloned().unwrap_or_default(),
+        None => cached.unwrap_or_default(),
     }
 }
 
@@ -2246,7 +2249,7 @@ async fn cleanup<A: Abstraction>(
     ctx: Arc<Context<A>>,
 ) -> Result<Action, ReconcileError> {
     let instance = instance_of(object.as_ref());
-    let status = object.abstraction_status().cloned().unwrap_or_default();
+    let status = known_status(&ctx, &object);
     let mut inventory = ctx.inventory.load(&instance, &status).await?;
     // Deleting an instance removes what it wrote, recorded or not: an object applied just
     // before the operator stopped, and never stored in the inventory, goes too.

@@ -27,6 +27,7 @@ pub mod child_cache;
 pub mod controller;
 pub mod discovery;
 pub mod executor;
+pub mod instance_store;
 pub mod inventory;
 pub mod lifecycle;
 pub mod ops;

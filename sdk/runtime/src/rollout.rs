@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 pub use cuebe_core::rollout::*;
 
 use crate::abstraction::Abstraction;
-use crate::status::ConditionType;
+use crate::status::{AbstractionStatus, ConditionType};
 
 /// The spec of a [`PlatformChannel`]: a [`ChannelSpec`].
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -61,12 +61,15 @@ impl PlatformChannel {
     }
 }
 
-/// How an instance looks to its channel's driver.
-pub fn member_of<A: Abstraction>(channel: &str, object: &A) -> Member {
+/// How an instance with `status` looks to its channel's driver.
+pub fn member_of<A: Abstraction>(
+    channel: &str,
+    object: &A,
+    status: Option<&AbstractionStatus>,
+) -> Member {
     use kube::ResourceExt as _;
     let namespace = object.namespace().unwrap_or_default();
     let name = object.name_any();
-    let status = object.abstraction_status();
     let condition = |t: ConditionType| status.and_then(|s| s.condition(t));
     let generation = object.meta().generation;
     let current = |t: ConditionType| {
