@@ -393,6 +393,75 @@ fn cached_event(event: &watcher::Event<DynamicObject>) -> watcher::Event<CachedO
     }
 }
 
+/// Which objects of one kind's store carry each instance's label: kept from the same watch
+/// events as the store, so a sweep ([`ChildCache::labelled`]) finds an instance's objects
+/// without scanning every object of the kind. Why: one scan per instance made an operator's
+/// start quadratic in the fleet (every instance is swept once after a start): at 3,000
+/// instances the scans were 15 % of the restart's CPU, holding the cache's lock meanwhile.
+///
+/// Keyed by a hash of (namespace, instance label) rather than the strings, to keep it small
+/// (about 100 bytes per instance and kind): a reader checks each object's own fields in the
+/// store, so a collision costs one lookup, never a wrong answer. A name stays listed under an
+/// instance whose label the object later loses until the next list; the same check drops it.
+#[derive(Debug, Default)]
+struct InstanceIndex {
+    names: HashMap<u64, Vec<Box<str>>>,
+    /// What the watch lists again; it replaces `names` when the list is complete, at the same
+    /// event as the store swaps in its own.
+    relisting: HashMap<u64, Vec<Box<str>>>,
+}
+
+impl InstanceIndex {
+    fn key(namespace: &str, instance: &str) -> u64 {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        BuildHasherDefault::<DefaultHasher>::default().hash_one((namespace, instance))
+    }
+
+    fn key_of(object: &CachedObject) -> Option<u64> {
+        Some(Self::key(object.namespace.as_deref()?, object.instance()?))
+    }
+
+    fn insert(into: &mut HashMap<u64, Vec<Box<str>>>, object: &CachedObject) {
+        let Some(key) = Self::key_of(object) else {
+            return;
+        };
+        let names = into.entry(key).or_default();
+        if !names.contains(&object.name) {
+            names.push(object.name.clone());
+        }
+    }
+
+    /// Takes one watch event, as the store does.
+    fn apply(&mut self, event: &watcher::Event<CachedObject>) {
+        match event {
+            watcher::Event::Apply(object) => Self::insert(&mut self.names, object),
+            watcher::Event::Delete(object) => {
+                let Some(key) = Self::key_of(object) else {
+                    return;
+                };
+                if let Some(names) = self.names.get_mut(&key) {
+                    names.retain(|n| *n != object.name);
+                    if names.is_empty() {
+                        self.names.remove(&key);
+                    }
+                }
+            }
+            watcher::Event::Init => self.relisting = HashMap::new(),
+            watcher::Event::InitApply(object) => Self::insert(&mut self.relisting, object),
+            watcher::Event::InitDone => self.names = std::mem::take(&mut self.relisting),
+        }
+    }
+
+    /// The names of the objects labelled with `instance` in `namespace` (and maybe a few
+    /// others: see the type's documentation).
+    fn names_of(&self, namespace: &str, instance: &str) -> Vec<Box<str>> {
+        self.names
+            .get(&Self::key(namespace, instance))
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
 /// What a read needs of a cached object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Need {
@@ -489,6 +558,8 @@ struct KindWatch {
 struct Reflector {
     id: u64,
     store: Store<CachedObject>,
+    /// The store's objects by instance.
+    by_instance: Arc<Mutex<InstanceIndex>>,
     kept: Retained,
     synced: Arc<AtomicBool>,
     /// When its watch started: a pass waits for its first list only so long after that.
@@ -518,8 +589,8 @@ impl Drop for WatchTask {
     }
 }
 
-fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
-    state.lock().unwrap_or_else(PoisonError::into_inner)
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn object_key(kind: &KindKey, namespaced: bool, namespace: &str, name: &str) -> ObjectKey {
@@ -696,6 +767,8 @@ impl ChildCache {
         };
         let mut writer = reflector::store::Writer::<CachedObject>::new(resource.clone());
         let store = writer.as_reader();
+        let by_instance = Arc::new(Mutex::new(InstanceIndex::default()));
+        let index = by_instance.clone();
         let synced = Arc::new(AtomicBool::new(false));
         let mut selector = format!("{KIND_LABEL}={}", self.shared.instance_kind);
         if let Some(narrower) = self.shared.narrowed_by.get() {
@@ -708,7 +781,9 @@ impl ChildCache {
             // What `reflect` does, with the store keeping each object compactly; the handler
             // below still sees the event as delivered, after the store took it.
             .map_ok(move |event| {
-                writer.apply_watcher_event(&cached_event(&event));
+                let cached = cached_event(&event);
+                writer.apply_watcher_event(&cached);
+                lock(&index).apply(&cached);
                 event
             });
         let handler = EventHandler {
@@ -738,6 +813,7 @@ impl ChildCache {
         Reflector {
             id,
             store,
+            by_instance,
             kept,
             synced,
             started: Instant::now(),
@@ -893,9 +969,12 @@ impl ChildCache {
         if !watch.active.synced.load(Ordering::Relaxed) {
             return None;
         }
-        let found = watch.active.store.state_filter(|o| {
-            o.namespace.as_deref() == Some(namespace) && o.instance() == Some(name)
-        });
+        let names = lock(&watch.active.by_instance).names_of(namespace, name);
+        let found: Vec<Arc<CachedObject>> = names
+            .iter()
+            .filter_map(|n| watch.active.store.get(&watch.object_ref(namespace, n)))
+            .filter(|o| o.namespace.as_deref() == Some(namespace) && o.instance() == Some(name))
+            .collect();
         // Read back whole or not at all: a sweep that missed an object would leave it behind.
         let objects: Option<Vec<DynamicObject>> = found.iter().map(|o| o.object()).collect();
         Some(
@@ -1082,6 +1161,68 @@ mod tests {
 
     fn object(value: Value) -> DynamicObject {
         serde_json::from_value(value).unwrap_or_else(|e| panic!("not an object: {e}"))
+    }
+
+    fn labelled(namespace: Option<&str>, name: &str, instance: Option<&str>) -> CachedObject {
+        let mut labels = serde_json::Map::new();
+        if let Some(instance) = instance {
+            labels.insert(crate::executor::INSTANCE_LABEL.into(), instance.into());
+        }
+        let mut metadata = json!({"name": name, "labels": labels});
+        if let Some(namespace) = namespace {
+            metadata["namespace"] = namespace.into();
+        }
+        CachedObject::new(&object(
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": metadata}),
+        ))
+    }
+
+    fn names(index: &InstanceIndex, namespace: &str, instance: &str) -> Vec<String> {
+        let mut names: Vec<String> = index
+            .names_of(namespace, instance)
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn the_instance_index_follows_the_watch_events_as_the_store_does() {
+        use watcher::Event::{Apply, Delete, Init, InitApply, InitDone};
+        let web = |name: &str| labelled(Some("apps"), name, Some("web"));
+        let mut index = InstanceIndex::default();
+        for event in [
+            Apply(web("web")),
+            Apply(web("web-sa")),
+            Apply(web("web")),
+            Apply(labelled(Some("apps"), "api", Some("api"))),
+            Apply(labelled(Some("other"), "web", Some("web"))),
+            Apply(labelled(Some("apps"), "stray", None)),
+            Apply(labelled(None, "cluster-wide", Some("web"))),
+        ] {
+            index.apply(&event);
+        }
+        // Each instance's own objects, once each; the same instance name in another namespace,
+        // an object without the label and a cluster-scoped one are not among them.
+        assert_eq!(names(&index, "apps", "web"), ["web", "web-sa"]);
+        assert_eq!(names(&index, "apps", "api"), ["api"]);
+        assert_eq!(names(&index, "other", "web"), ["web"]);
+        assert!(names(&index, "apps", "nobody").is_empty());
+
+        index.apply(&Delete(web("web-sa")));
+        assert_eq!(names(&index, "apps", "web"), ["web"]);
+        index.apply(&Delete(labelled(Some("apps"), "api", Some("api"))));
+        assert!(names(&index, "apps", "api").is_empty());
+
+        // A list again: the old answers stand until it is complete, then only what it listed.
+        index.apply(&Init);
+        index.apply(&InitApply(web("web-pdb")));
+        assert_eq!(names(&index, "apps", "web"), ["web"]);
+        index.apply(&InitApply(web("web")));
+        index.apply(&InitDone);
+        assert_eq!(names(&index, "apps", "web"), ["web", "web-pdb"]);
+        assert!(names(&index, "other", "web").is_empty());
     }
 
     #[test]
