@@ -863,11 +863,11 @@ impl ChildCache {
             Need::Metadata => true,
             Need::Fields => active.kept.covers(&kind.wanted),
         };
-        let cached = active
+        // Decoded below, only if it is the answer, and after the lock: every pass reads
+        // through this one lock.
+        let kept = active
             .store
-            .get(&watch.object_ref(child.namespace, child.name))
-            .and_then(|kept| kept.object())
-            .map(Arc::new);
+            .get(&watch.object_ref(child.namespace, child.name));
         let synced = active.synced.load(Ordering::Relaxed);
         let object = object_key(&key, watch.namespaced, child.namespace, child.name);
         let expired = state
@@ -882,11 +882,17 @@ impl ChildCache {
             synced,
             keeps_needed_fields,
             own_write_pending: own.is_some(),
-            in_store: cached.is_some(),
+            in_store: kept.is_some(),
         };
-        match read_source(view) {
+        let source = read_source(view);
+        drop(state);
+        match source {
             ReadSource::OwnWrite => (ReadSource::OwnWrite, own),
-            ReadSource::Cache => (ReadSource::Cache, cached),
+            // A stored copy that cannot be read back counts as absent: read with a GET.
+            ReadSource::Cache => match kept.and_then(|k| k.object()) {
+                Some(object) => (ReadSource::Cache, Some(Arc::new(object))),
+                None => (ReadSource::Api, None),
+            },
             ReadSource::Api => (ReadSource::Api, None),
         }
     }
@@ -975,6 +981,7 @@ impl ChildCache {
             .filter_map(|n| watch.active.store.get(&watch.object_ref(namespace, n)))
             .filter(|o| o.namespace.as_deref() == Some(namespace) && o.instance() == Some(name))
             .collect();
+        drop(state);
         // Read back whole or not at all: a sweep that missed an object would leave it behind.
         let objects: Option<Vec<DynamicObject>> = found.iter().map(|o| o.object()).collect();
         Some(
