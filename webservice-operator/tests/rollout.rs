@@ -298,6 +298,12 @@ async fn a_good_module_advances_step_by_step_and_survives_an_operator_killed_mid
             continue;
         };
         let statuses = e.statuses().await;
+        // The channel and the instances are two reads: the driver may start the next step
+        // between them, and its instances move. The instances were read under `rollout.step`
+        // only if the channel still says so afterwards (steps never go back while the rollout
+        // progresses, so a step seen twice held in between).
+        let after = e.channel().await.status.unwrap_or_default().rollout;
+        let held = after.is_some_and(|a| a.step == rollout.step && a.phase == rollout.phase);
         let on_v2 = statuses.values().filter(|s| s.module_ref == v2).count();
         let ready_on_v2 = statuses
             .values()
@@ -322,7 +328,7 @@ async fn a_good_module_advances_step_by_step_and_survives_an_operator_killed_mid
                 }
                 let allowed = [1, 5, FLEET][step as usize];
                 assert!(
-                    on_v2 <= allowed,
+                    !held || on_v2 <= allowed,
                     "step {}: {on_v2} instances on the new module, at most {allowed}",
                     step + 1
                 );
@@ -337,7 +343,10 @@ async fn a_good_module_advances_step_by_step_and_survives_an_operator_killed_mid
             }
             Phase::Complete => break,
             Phase::Previewing => {
-                assert_eq!(on_v2, 0, "nothing moves before the preview passed");
+                assert!(
+                    !held || on_v2 == 0,
+                    "nothing moves before the preview passed: {on_v2} moved"
+                );
             }
             other => panic!("the rollout ended {other:?}: {}", rollout.message),
         }
