@@ -236,7 +236,9 @@ async fn a_simple_service_becomes_ready_and_a_resync_writes_nothing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn irsa_creates_the_role_first_and_annotates_the_service_account_after_the_arn() {
     let e = env("irsa").await;
-    let _ack = e.ack_stand_in(Duration::from_secs(2), &[]);
+    // ACK plays its part only once the state before the ARN is checked: a stand-in started with
+    // the instance would race those checks with its own timer (its watch lists the Role that is
+    // already there when it starts).
     let spec = with_iam(json!({"policyARNs": ["arn:aws:iam::aws:policy/AmazonS3ReadOnlyAccess"]}));
     e.apply("reports", spec).await;
     // Before ACK reports the ARN: the Role exists, the ServiceAccount and Deployment do not.
@@ -278,6 +280,7 @@ async fn irsa_creates_the_role_first_and_annotates_the_service_account_after_the
         "no Deployment before its ServiceAccount"
     );
 
+    let _ack = e.ack_stand_in(Duration::from_millis(300), &[]);
     e.ready("reports").await;
     let sa = sas.get("reports").await.unwrap();
     let role = e.ack("Role").get("reports-iam").await.unwrap();
@@ -1016,7 +1019,8 @@ async fn the_shipped_rbac_is_enough_to_reconcile_a_public_service() {
 #[tokio::test(flavor = "multi_thread")]
 async fn explain_shows_the_graph_phases_and_what_a_node_waits_for() {
     let e = env("explain").await;
-    let _ack = e.ack_stand_in(Duration::from_secs(30), &[]);
+    // No ACK: the Role never reports an ARN, so the ServiceAccount waits for it however long
+    // the checks below take.
     let spec = with_iam(json!({"policyARNs": []}));
     e.apply("waiting", spec).await;
     e.eventually(
@@ -1352,8 +1356,10 @@ async fn with_leader_election_one_replica_reconciles_and_a_follower_takes_over_w
             .namespace(e.ns.clone())
             .leader_election(
                 LeaderElection::new(lease_name.clone(), e.ns.clone(), identity)
-                    .lease_duration(Duration::from_secs(3))
-                    .renew_every(Duration::from_millis(500))
+                    // A lease long enough that a renewal slowed by CI's load never hands the
+                    // lead to the follower while the test counts who reconciled.
+                    .lease_duration(Duration::from_secs(15))
+                    .renew_every(Duration::from_secs(1))
                     .retry_every(Duration::from_millis(250)),
             )
             .serve_metrics(listener)
@@ -1409,7 +1415,7 @@ async fn with_leader_election_one_replica_reconciles_and_a_follower_takes_over_w
     let deployments: Api<Deployment> = Api::namespaced(e.client.clone(), &e.ns);
     e.eventually(
         "the follower to apply replicas 3",
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         || async { deployments.get("web").await.unwrap().spec.replicas == Some(3) },
     )
     .await;

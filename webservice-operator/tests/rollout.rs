@@ -353,8 +353,28 @@ async fn a_good_module_advances_step_by_step_and_survives_an_operator_killed_mid
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     assert!(killed, "the operator was killed mid-rollout");
+    // Steps seen in order, never one back. The last one (no pause after it) may pass between
+    // two looks under load: its event says it ran.
     let steps_seen: Vec<u32> = seen.iter().map(|(s, _)| *s).collect();
-    assert_eq!(steps_seen, [0, 1, 2], "every step, in order: {seen:?}");
+    assert!(
+        steps_seen == [0, 1, 2] || steps_seen == [0, 1],
+        "every step, in order: {seen:?}"
+    );
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::all(e.client.clone());
+    let last_step = format!("step 3: {FLEET} of {FLEET} instances on the new module");
+    e.eventually("the last step's event", Duration::from_secs(30), || async {
+        events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .any(|ev| {
+                ev.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(e.channel.as_str())
+                    && ev.note.as_deref() == Some(last_step.as_str())
+            })
+    })
+    .await;
     e.all_ready_on(&v2, Duration::from_secs(120)).await;
     let status = e.channel().await.status.unwrap();
     assert_eq!(status.current.and_then(|c| c.oci), Some(v2.clone()));

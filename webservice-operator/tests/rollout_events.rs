@@ -168,8 +168,7 @@ async fn every_step_and_every_rollout_has_an_event_of_its_own() {
     )
     .await;
 
-    let notes = notes(&client, &name).await;
-    for wanted in [
+    let wanted = [
         "the channel starts on embedded:1.0.0".to_string(),
         format!("rolling out {next}: previewing every instance first"),
         "step 1: 1 of 3 instances on the new module".to_string(),
@@ -177,9 +176,23 @@ async fn every_step_and_every_rollout_has_an_event_of_its_own() {
         format!("every instance is on {next}"),
         "rolling out embedded:1.0.0: previewing every instance first".to_string(),
         "every instance is on embedded:1.0.0".to_string(),
-    ] {
-        assert!(notes.contains(&wanted), "{wanted:?} in {notes:#?}");
-    }
+    ];
+    // The driver writes a pass's status before it publishes that pass's events: the last
+    // event may still be on its way when the status says Complete.
+    let seen = std::sync::Mutex::new(Vec::new());
+    cuebe_testkit::eventually::eventually(
+        "an event for every transition",
+        Duration::from_secs(30),
+        || async {
+            let notes = notes(&client, &name).await;
+            let all = wanted.iter().all(|w| notes.contains(w));
+            *seen.lock().unwrap() = notes;
+            all
+        },
+        || async { format!("wanted {wanted:#?}\nseen {:#?}", seen.lock().unwrap()) },
+    )
+    .await;
+    let notes = seen.into_inner().unwrap();
     assert_eq!(
         notes.iter().filter(|n| n.starts_with("step 1:")).count(),
         2,
