@@ -12,6 +12,8 @@
 //! Answers are cached: a permission granted cluster-wide (a ClusterRole binding, the usual
 //! install) is asked once per kind and verb, not once per namespace, and kept for
 //! [`ALLOWED_TTL`]; a refusal is kept for [`DENIED_TTL`], so a fixed RBAC takes effect soon.
+//! Passes that need the same answer at once wait for one review rather than each asking: right
+//! after a start, every pass of a fleet asks the same few questions together.
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -55,6 +57,8 @@ type Key = (String, String, String, String);
 pub struct AccessReviews {
     client: Client,
     answers: Arc<Mutex<HashMap<Key, (bool, Instant)>>>,
+    /// One gate per question: whoever holds it asks, the others wait and read the answer.
+    asking: Arc<Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 impl std::fmt::Debug for AccessReviews {
@@ -69,6 +73,7 @@ impl AccessReviews {
         Self {
             client,
             answers: Arc::default(),
+            asking: Arc::default(),
         }
     }
 
@@ -128,16 +133,20 @@ impl AccessReviews {
             resource.into(),
             namespace.unwrap_or_default().into(),
         );
-        if let Some(&(allowed, at)) = self
-            .answers
+        if let Some(allowed) = self.fresh_answer(&key) {
+            return allowed;
+        }
+        let gate = self
+            .asking
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(&key)
-        {
-            let ttl = if allowed { ALLOWED_TTL } else { DENIED_TTL };
-            if at.elapsed() < ttl {
-                return allowed;
-            }
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let _asking = gate.lock().await;
+        // Asked and answered while this pass waited for the gate.
+        if let Some(allowed) = self.fresh_answer(&key) {
+            return allowed;
         }
         let review = SelfSubjectAccessReview {
             spec: SelfSubjectAccessReviewSpec {
@@ -166,5 +175,13 @@ impl AccessReviews {
             .unwrap_or_else(PoisonError::into_inner)
             .insert(key, (allowed, Instant::now()));
         allowed
+    }
+
+    /// The cached answer to `key`, unless it is older than its time to live.
+    fn fresh_answer(&self, key: &Key) -> Option<bool> {
+        let answers = self.answers.lock().unwrap_or_else(PoisonError::into_inner);
+        let &(allowed, at) = answers.get(key)?;
+        let ttl = if allowed { ALLOWED_TTL } else { DENIED_TTL };
+        (at.elapsed() < ttl).then_some(allowed)
     }
 }
