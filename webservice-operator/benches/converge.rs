@@ -8,13 +8,19 @@
 //! cargo bench -p webservice-operator --bench converge -- 10000 --no-baseline --steady-secs=120
 //! ```
 //!
+//! Each timed run (the operator's, the baseline's, the gating bursts) starts once the control
+//! plane is quiet (under 30 requests a second to the API server over 4 s), so that no run pays
+//! for the controllers still working through the one before it; the wait and the watches open
+//! at that moment are printed.
+//!
 //! Printed per N:
 //! - time to all Ready, and the baseline's time with the ratio (unless `--no-baseline`);
 //! - API requests by verb made by the operator while converging (a counting layer on its client);
 //! - the operator's memory: the bench process's RSS (the operator runs in-process) before it
 //!   started and once all are Ready, with the render cache's entries and estimated bytes;
 //! - restart: a new operator over the converged instances: the time until each has been
-//!   reconciled once (re-verified), and its requests (target: 0 writes, 0 GETs of children);
+//!   reconciled once (re-verified), and its requests (target: 0 writes, 0 GETs of children),
+//!   beside its floor: N × one render alone (nothing cached) / the cores;
 //! - steady state: requests per minute over `--steady-secs` (default 60) with nothing changing
 //!   (a Ready instance is resynced every 5 minutes);
 //! - watch-driven gating: for 30 extra WebServices with 2 replicas (a PodDisruptionBudget gated
@@ -110,6 +116,59 @@ fn sample(text: &str, name: &str, labels: &[&str]) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The API server's own metrics: the sum of the samples of `series` whose labels contain
+/// every one of `labels`.
+async fn apiserver_metric(cluster: &TestCluster, series: &str, labels: &[&str]) -> f64 {
+    let request = http::Request::get("/metrics").body(Vec::new()).unwrap();
+    let text = cluster
+        .client()
+        .request_text(request)
+        .await
+        .unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with(series) && labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Requests the API server has answered so far.
+async fn apiserver_requests(cluster: &TestCluster) -> f64 {
+    apiserver_metric(cluster, "apiserver_request_total{", &[]).await
+}
+
+/// Waits until the control plane is quiet: fewer than 30 requests a second reach the API
+/// server over 4 s (kwok's heartbeats and the controllers' leases are a few). A timed run that
+/// starts while the controllers still work through the run before it (its pods, endpoint
+/// slices, Deployment statuses) pays for that run; each run starts from the same quiet. Gives
+/// up after two minutes and says so. Returns how long it waited.
+async fn settle(cluster: &TestCluster) -> Duration {
+    let started = Instant::now();
+    let mut before = apiserver_requests(cluster).await;
+    loop {
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let now = apiserver_requests(cluster).await;
+        let rate = (now - before) / 4.0;
+        if rate < 30.0 {
+            // Watches left open by a run before would cost every later write: none should be.
+            let watches = apiserver_metric(
+                cluster,
+                "apiserver_longrunning_requests{",
+                &["verb=\"WATCH\""],
+            )
+            .await;
+            println!("  (control plane quiet: {rate:.0} requests/s, {watches} watches open)");
+            return started.elapsed();
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            println!(
+                "  (the control plane still served {rate:.0} requests/s after 2 min; starting anyway)"
+            );
+            return started.elapsed();
+        }
+        before = now;
+    }
+}
+
 struct Running {
     task: tokio::task::JoinHandle<()>,
     metrics: SocketAddr,
@@ -186,6 +245,11 @@ async fn operator_run(cluster: &TestCluster, n: usize, steady: Duration) -> Oper
     let ns = cluster.namespace(&format!("op{n}")).await.unwrap();
     let counts: Counts = Arc::default();
     let rss_before = rss_mib();
+    let settled = settle(cluster).await;
+    println!(
+        "  (operator run starts after {:.0}s of settling)",
+        settled.as_secs_f64()
+    );
     let op = start_operator(cluster, &ns, counts.clone()).await;
     let started = Instant::now();
     create_instances(cluster, &ns, n, spec()).await;
@@ -213,7 +277,9 @@ async fn operator_run(cluster: &TestCluster, n: usize, steady: Duration) -> Oper
         ));
     }
 
-    // Restart: a new operator re-verifies every converged instance.
+    // Restart: a new operator re-verifies every converged instance. (Said as it begins, for a
+    // profiler to attach to this part alone.)
+    println!("  (restart begins)");
     op.task.abort();
     let _ = op.task.await;
     counts.lock().unwrap().clear();
@@ -380,6 +446,28 @@ fn kubectl_apply(cluster: &TestCluster, docs: &[serde_json::Value]) {
     assert!(child.wait().unwrap().success(), "kubectl apply failed");
 }
 
+/// One render of the bench's WebService with nothing cached, in ms: the mean over `samples`
+/// distinct instances rendered one after another on a renderer of their own (its first render,
+/// which loads the module, not counted). A restart renders every instance once with an empty
+/// cache, so it cannot take less than N × this / the cores.
+fn render_alone_ms(samples: usize) -> f64 {
+    let renderer = cuebe::CueRenderer::new(webservice_operator::platform_modules());
+    let input = |i: usize| {
+        let ws: WebService = serde_json::from_value(serde_json::json!({
+            "apiVersion": "platform.example.com/v1alpha1", "kind": "WebService",
+            "metadata": {"name": format!("alone-{i}"), "namespace": "render-alone"}, "spec": spec()
+        }))
+        .unwrap();
+        cuebe::abstraction::render_input(&ws, Capabilities::default(), BTreeMap::new())
+    };
+    renderer.render_blocking(&input(samples)).unwrap();
+    let started = Instant::now();
+    for i in 0..samples {
+        renderer.render_blocking(&input(i)).unwrap();
+    }
+    started.elapsed().as_secs_f64() * 1000.0 / samples as f64
+}
+
 async fn baseline_run(cluster: &TestCluster, n: usize) -> Duration {
     let ns = cluster.namespace(&format!("kubectl{n}")).await.unwrap();
     // The same objects the operator applies, rendered offline by the same renderer.
@@ -402,6 +490,11 @@ async fn baseline_run(cluster: &TestCluster, n: usize) -> Duration {
             }
         }
     }
+    let settled = settle(cluster).await;
+    println!(
+        "  (baseline run starts after {:.0}s of settling)",
+        settled.as_secs_f64()
+    );
     let started = Instant::now();
     let deployments: Api<Deployment> = Api::namespaced(cluster.client(), &ns);
     for wave in &waves {
@@ -486,8 +579,8 @@ fn main() {
             .unwrap();
         println!("converge bench: {} (start-up {:.1}s)", cluster.server(), cluster.startup_time().as_secs_f64());
         for n in sizes {
-            let f = operator_run(&cluster, n, steady).await;
             println!("N = {n}");
+            let f = operator_run(&cluster, n, steady).await;
             println!("  operator: all Ready in {:.1}s", f.converge.as_secs_f64());
             println!(
                 "  operator API requests while converging: {:?} (writes {}, GETs of children {} = {:.2} per instance)",
@@ -511,6 +604,13 @@ fn main() {
                 writes(&f.restart_counts),
                 gets_of_children(&f.restart_counts)
             );
+            let render_ms = render_alone_ms(200);
+            let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+            println!(
+                "  restart against its floor: one render alone {render_ms:.2} ms; N x render / cores = {:.1}s on {cores} cores; restart / floor = {:.2}",
+                n as f64 * render_ms / 1000.0 / cores as f64,
+                f.restart.as_secs_f64() / (n as f64 * render_ms / 1000.0 / cores as f64)
+            );
             println!("  after the restart (the first operator dropped): {}", f.memory_after_restart);
             println!(
                 "  steady state over {}s, requests per minute: {:?}",
@@ -526,6 +626,7 @@ fn main() {
         // Few instances at once (the operator idle otherwise), then a burst of 30 on two cores
         // shared with the control plane: what is the executor's own delay, what is load.
         for n in [3, 30] {
+            settle(&cluster).await;
             let (p50, p95, max) = gating_latency(&cluster, n).await;
             println!("watch-driven gating (Deployment Available -> PDB created, {n} instances): p50 {p50} ms, p95 {p95} ms, max {max} ms");
         }
