@@ -1,8 +1,10 @@
 //! Beyond one replica: the operator as shards of a `ControllerRing`, with the real sharder of
 //! kubernetes-controller-sharding assigning the instances, end to end on the real control plane.
 //! Three replicas are real processes (`run --shard-ring`); one joins late (the sharder drains
-//! instances off the others to it) and one is killed with SIGKILL (its instances move to the
-//! others once its shard Lease is given up for dead).
+//! instances off the others to it), one is killed with SIGKILL (its instances move to the
+//! others once the sharder gives its shard Lease up for dead: two lease durations after the last
+//! renewal, the sharder's protocol) and one is stopped with SIGTERM (it releases its Lease, and
+//! its instances move at once).
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -63,6 +65,24 @@ impl Replica {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
         Instant::now()
+    }
+
+    /// Stops the replica as Kubernetes does a Pod (SIGTERM), waits until it has exited, and
+    /// returns when the signal was sent.
+    fn terminate(&mut self) -> Instant {
+        let signalled = Instant::now();
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "SIGTERM sent to {}", self.name);
+        let exit = self.child.wait().unwrap();
+        assert!(
+            exit.success(),
+            "{} stopped cleanly on SIGTERM: {exit}",
+            self.name
+        );
+        signalled
     }
 }
 
@@ -146,7 +166,7 @@ fn strip_ansi(text: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn instances_are_spread_over_three_shards_and_a_killed_shard_loses_none() {
+async fn instances_are_spread_over_three_shards_and_a_killed_or_stopped_shard_loses_none() {
     let cluster = TestCluster::shared().await.unwrap();
     let client = cluster.client();
     cluster
@@ -377,6 +397,41 @@ async fn instances_are_spread_over_three_shards_and_a_killed_shard_loses_none() 
             }
         }
     }
+
+    // shard-b stops as a Pod is stopped (SIGTERM): it releases its shard Lease on the way out,
+    // and the sharder moves its instances at once. A replica that dies silently waits for the
+    // sharder to call its Lease expired (one lease duration after the last renewal) and then
+    // uncertain (a second one): 25 s or more with the 15 s lease, as above.
+    let on_b = by_shard().await.get("shard-b").cloned().unwrap_or_default();
+    assert!(!on_b.is_empty(), "shard-b holds instances");
+    let signalled = replicas[1].terminate();
+    cuebe_testkit::eventually::eventually(
+        "shard-b's instances moved to shard-c",
+        Duration::from_secs(60),
+        || async { by_shard().await.keys().all(|s| s == "shard-c") },
+        context,
+    )
+    .await;
+    let moved_in = signalled.elapsed();
+    assert!(
+        moved_in < Duration::from_secs(15),
+        "{} instances of the stopped shard moved {moved_in:?} after SIGTERM: no sooner than a dead shard's would",
+        on_b.len()
+    );
+    eprintln!(
+        "{} instances of the shard stopped by SIGTERM moved within {moved_in:?}",
+        on_b.len()
+    );
+    for i in 0..INSTANCES {
+        apply(i, "3").await;
+    }
+    cuebe_testkit::eventually::eventually(
+        "every instance reconciled to web:3 by shard-c",
+        Duration::from_secs(240),
+        converged("web:3", &["shard-c"]),
+        context,
+    )
+    .await;
     drop(replicas);
     cluster.delete_namespace(&ns).await.unwrap();
 }
