@@ -29,6 +29,10 @@ pub const ALLOWED_TTL: Duration = Duration::from_secs(600);
 /// How long a refusal is trusted: short, so granting the permission unblocks instances soon.
 pub const DENIED_TTL: Duration = Duration::from_secs(30);
 
+/// How long a failed review's outcome (allowed: the write that follows reports the real error)
+/// stands for the passes that waited for it, before one of them asks again.
+const FAILED_REVIEW_SHARED: Duration = Duration::from_secs(2);
+
 /// The verbs a pass and its teardown need on every kind it renders: read the live object,
 /// Server-Side Apply it (`patch`, and `create` when the apply creates it: the API server
 /// checks both), find what it wrote by label, and delete or release it.
@@ -41,6 +45,9 @@ pub const REFERENCE_VERBS: [&str; 3] = ["get", "list", "watch"];
 
 /// (verb, group, resource, namespace; "" for cluster-wide).
 type Key = (String, String, String, String);
+
+/// The gate of one question: held while it is asked; when its last review failed, if it did.
+type Gate = Arc<tokio::sync::Mutex<Option<Instant>>>;
 
 /// Cached `SelfSubjectAccessReview` answers for the operator's own identity. Cheap to clone.
 ///
@@ -57,8 +64,10 @@ type Key = (String, String, String, String);
 pub struct AccessReviews {
     client: Client,
     answers: Arc<Mutex<HashMap<Key, (bool, Instant)>>>,
-    /// One gate per question: whoever holds it asks, the others wait and read the answer.
-    asking: Arc<Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>>,
+    /// One gate per question: whoever holds it asks, the others wait and read the answer. It
+    /// keeps when the last review of that question failed, so that the passes waiting behind a
+    /// failed review take its outcome rather than each asking again in turn.
+    asking: Arc<Mutex<HashMap<Key, Gate>>>,
 }
 
 impl std::fmt::Debug for AccessReviews {
@@ -143,10 +152,15 @@ impl AccessReviews {
             .entry(key.clone())
             .or_default()
             .clone();
-        let _asking = gate.lock().await;
+        let mut last_failure = gate.lock().await;
         // Asked and answered while this pass waited for the gate.
         if let Some(allowed) = self.fresh_answer(&key) {
             return allowed;
+        }
+        // Asked and failed just now: the API server is busy or unreachable, and asking again
+        // at once would only queue every waiting pass behind one more failure.
+        if last_failure.is_some_and(|at| at.elapsed() < FAILED_REVIEW_SHARED) {
+            return true;
         }
         let review = SelfSubjectAccessReview {
             spec: SelfSubjectAccessReviewSpec {
@@ -167,6 +181,7 @@ impl AccessReviews {
             Err(e) => {
                 tracing::debug!(%verb, %group, %resource, error = %e,
                     "access review failed; the write will tell");
+                *last_failure = Some(Instant::now());
                 return true;
             }
         };

@@ -73,3 +73,41 @@ async fn passes_asking_the_same_question_at_once_send_one_review() {
     );
     assert_eq!(sent.load(Ordering::SeqCst), 2 * NEEDED_VERBS.len());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn passes_waiting_behind_a_failed_review_take_its_outcome_instead_of_each_asking_again() {
+    // Nothing listens on port 1: every review fails at once with a refused connection.
+    let sent = Arc::new(AtomicUsize::new(0));
+    let counted = sent.clone();
+    let layer = tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        req
+    });
+    let config = kube::Config::new("https://127.0.0.1:1".parse().unwrap());
+    let client = ClientBuilder::try_from(config)
+        .unwrap()
+        .with_layer(&layer)
+        .build();
+    let reviews = AccessReviews::new(client);
+
+    let passes: Vec<_> = (0..20)
+        .map(|_| {
+            let reviews = reviews.clone();
+            tokio::spawn(async move {
+                reviews
+                    .allowed("get", "apps", "deployments", Some("shop"))
+                    .await
+            })
+        })
+        .collect();
+    for pass in passes {
+        // A review that cannot be asked counts as allowed: the write that follows reports the
+        // real error.
+        assert!(pass.await.unwrap());
+    }
+    assert_eq!(
+        sent.load(Ordering::SeqCst),
+        1,
+        "the passes behind the failed review asked again"
+    );
+}
