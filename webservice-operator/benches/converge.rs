@@ -117,22 +117,20 @@ fn sample(text: &str, name: &str, labels: &[&str]) -> f64 {
 }
 
 /// The API server's own metrics: the sum of the samples of `series` whose labels contain
-/// every one of `labels`.
-async fn apiserver_metric(cluster: &TestCluster, series: &str, labels: &[&str]) -> f64 {
+/// every one of `labels`; `None` when the scrape failed or has no such sample.
+async fn apiserver_metric(cluster: &TestCluster, series: &str, labels: &[&str]) -> Option<f64> {
     let request = http::Request::get("/metrics").body(Vec::new()).unwrap();
-    let text = cluster
-        .client()
-        .request_text(request)
-        .await
-        .unwrap_or_default();
-    text.lines()
+    let text = cluster.client().request_text(request).await.ok()?;
+    let samples: Vec<f64> = text
+        .lines()
         .filter(|l| l.starts_with(series) && labels.iter().all(|want| l.contains(want)))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .collect();
+    (!samples.is_empty()).then(|| samples.iter().sum())
 }
 
 /// Requests the API server has answered so far.
-async fn apiserver_requests(cluster: &TestCluster) -> f64 {
+async fn apiserver_requests(cluster: &TestCluster) -> Option<f64> {
     apiserver_metric(cluster, "apiserver_request_total{", &[]).await
 }
 
@@ -147,7 +145,11 @@ async fn settle(cluster: &TestCluster) -> Duration {
     loop {
         tokio::time::sleep(Duration::from_secs(4)).await;
         let now = apiserver_requests(cluster).await;
-        let rate = (now - before) / 4.0;
+        // A failed scrape (or counters that went back) says nothing: look again.
+        let rate = match (before, now) {
+            (Some(b), Some(n)) if n >= b => (n - b) / 4.0,
+            _ => f64::INFINITY,
+        };
         if rate < 30.0 {
             // Watches left open by a run before would cost every later write: none should be.
             let watches = apiserver_metric(
@@ -155,7 +157,8 @@ async fn settle(cluster: &TestCluster) -> Duration {
                 "apiserver_longrunning_requests{",
                 &["verb=\"WATCH\""],
             )
-            .await;
+            .await
+            .unwrap_or_default();
             println!("  (control plane quiet: {rate:.0} requests/s, {watches} watches open)");
             return started.elapsed();
         }

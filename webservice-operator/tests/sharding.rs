@@ -76,7 +76,17 @@ impl Replica {
             .status()
             .unwrap();
         assert!(sent.success(), "SIGTERM sent to {}", self.name);
-        let exit = self.child.wait().unwrap();
+        // A stop that never ends fails the test rather than hanging it.
+        let exit = loop {
+            if let Some(exit) = self.child.try_wait().unwrap() {
+                break exit;
+            }
+            if signalled.elapsed() > Duration::from_secs(60) {
+                let _ = self.child.kill();
+                panic!("{} still running 60 s after SIGTERM", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
         assert!(
             exit.success(),
             "{} stopped cleanly on SIGTERM: {exit}",
