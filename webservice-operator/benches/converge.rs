@@ -107,13 +107,16 @@ async fn scrape(addr: SocketAddr) -> String {
     text
 }
 
+/// The values of the samples of `name` whose labels contain every one of `labels`.
+fn samples<'a>(text: &'a str, name: &'a str, labels: &'a [&str]) -> impl Iterator<Item = f64> + 'a {
+    text.lines()
+        .filter(move |l| l.starts_with(name) && labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+}
+
 /// The value of the first sample of `name` whose labels contain every one of `labels`.
 fn sample(text: &str, name: &str, labels: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && labels.iter().all(|want| l.contains(want)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .next()
-        .unwrap_or(0.0)
+    samples(text, name, labels).next().unwrap_or(0.0)
 }
 
 /// The API server's own metrics: the sum of the samples of `series` whose labels contain
@@ -121,12 +124,8 @@ fn sample(text: &str, name: &str, labels: &[&str]) -> f64 {
 async fn apiserver_metric(cluster: &TestCluster, series: &str, labels: &[&str]) -> Option<f64> {
     let request = http::Request::get("/metrics").body(Vec::new()).unwrap();
     let text = cluster.client().request_text(request).await.ok()?;
-    let samples: Vec<f64> = text
-        .lines()
-        .filter(|l| l.starts_with(series) && labels.iter().all(|want| l.contains(want)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .collect();
-    (!samples.is_empty()).then(|| samples.iter().sum())
+    let found: Vec<f64> = samples(&text, series, labels).collect();
+    (!found.is_empty()).then(|| found.iter().sum())
 }
 
 /// Requests the API server has answered so far.
@@ -455,14 +454,7 @@ fn kubectl_apply(cluster: &TestCluster, docs: &[serde_json::Value]) {
 /// cache, so it cannot take less than N × this / the cores.
 fn render_alone_ms(samples: usize) -> f64 {
     let renderer = cuebe::CueRenderer::new(webservice_operator::platform_modules());
-    let input = |i: usize| {
-        let ws: WebService = serde_json::from_value(serde_json::json!({
-            "apiVersion": "platform.example.com/v1alpha1", "kind": "WebService",
-            "metadata": {"name": format!("alone-{i}"), "namespace": "render-alone"}, "spec": spec()
-        }))
-        .unwrap();
-        cuebe::abstraction::render_input(&ws, Capabilities::default(), BTreeMap::new())
-    };
+    let input = |i: usize| render_input(&format!("alone-{i}"), "render-alone");
     renderer.render_blocking(&input(samples)).unwrap();
     let started = Instant::now();
     for i in 0..samples {
@@ -471,19 +463,25 @@ fn render_alone_ms(samples: usize) -> f64 {
     started.elapsed().as_secs_f64() * 1000.0 / samples as f64
 }
 
+/// What the renderer gets for the bench's WebService `name` in `namespace`.
+fn render_input(name: &str, namespace: &str) -> cuebe::renderer::RenderInput {
+    let ws: WebService = serde_json::from_value(serde_json::json!({
+        "apiVersion": "platform.example.com/v1alpha1", "kind": "WebService",
+        "metadata": {"name": name, "namespace": namespace}, "spec": spec()
+    }))
+    .unwrap();
+    cuebe::abstraction::render_input(&ws, Capabilities::default(), BTreeMap::new())
+}
+
 async fn baseline_run(cluster: &TestCluster, n: usize) -> Duration {
     let ns = cluster.namespace(&format!("kubectl{n}")).await.unwrap();
     // The same objects the operator applies, rendered offline by the same renderer.
     let renderer = cuebe::CueRenderer::new(webservice_operator::platform_modules());
     let mut waves: Vec<Vec<serde_json::Value>> = Vec::new();
     for i in 0..n {
-        let ws: WebService = serde_json::from_value(serde_json::json!({
-            "apiVersion": "platform.example.com/v1alpha1", "kind": "WebService",
-            "metadata": {"name": format!("svc-{i}"), "namespace": ns}, "spec": spec()
-        }))
-        .unwrap();
-        let input = cuebe::abstraction::render_input(&ws, Capabilities::default(), BTreeMap::new());
-        let graph = renderer.render_blocking(&input).unwrap();
+        let graph = renderer
+            .render_blocking(&render_input(&format!("svc-{i}"), &ns))
+            .unwrap();
         for (w, ids) in graph.waves().iter().enumerate() {
             if waves.len() <= w {
                 waves.push(Vec::new());
@@ -609,10 +607,10 @@ fn main() {
             );
             let render_ms = render_alone_ms(200);
             let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+            let floor = n as f64 * render_ms / 1000.0 / cores as f64;
             println!(
-                "  restart against its floor: one render alone {render_ms:.2} ms; N x render / cores = {:.1}s on {cores} cores; restart / floor = {:.2}",
-                n as f64 * render_ms / 1000.0 / cores as f64,
-                f.restart.as_secs_f64() / (n as f64 * render_ms / 1000.0 / cores as f64)
+                "  restart against its floor: one render alone {render_ms:.2} ms; N x render / cores = {floor:.1}s on {cores} cores; restart / floor = {:.2}",
+                f.restart.as_secs_f64() / floor
             );
             println!("  after the restart (the first operator dropped): {}", f.memory_after_restart);
             println!(

@@ -152,6 +152,21 @@ impl Env {
         self.channels().get(&self.channel).await.unwrap()
     }
 
+    /// The events published on the channel.
+    async fn channel_events(&self) -> Vec<k8s_openapi::api::events::v1::Event> {
+        let events: Api<k8s_openapi::api::events::v1::Event> = Api::all(self.client.clone());
+        events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|ev| {
+                ev.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(self.channel.as_str())
+            })
+            .collect()
+    }
+
     async fn phase(&self) -> Option<Phase> {
         self.channel()
             .await
@@ -360,19 +375,12 @@ async fn a_good_module_advances_step_by_step_and_survives_an_operator_killed_mid
         steps_seen == [0, 1, 2] || steps_seen == [0, 1],
         "every step, in order: {seen:?}"
     );
-    let events: Api<k8s_openapi::api::events::v1::Event> = Api::all(e.client.clone());
     let last_step = format!("step 3: {FLEET} of {FLEET} instances on the new module");
     e.eventually("the last step's event", Duration::from_secs(30), || async {
-        events
-            .list(&ListParams::default())
+        e.channel_events()
             .await
-            .unwrap()
-            .items
             .iter()
-            .any(|ev| {
-                ev.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(e.channel.as_str())
-                    && ev.note.as_deref() == Some(last_step.as_str())
-            })
+            .any(|ev| ev.note.as_deref() == Some(last_step.as_str()))
     })
     .await;
     e.all_ready_on(&v2, Duration::from_secs(120)).await;
@@ -497,16 +505,10 @@ async fn a_canary_that_never_becomes_ready_halts_and_rolls_back_with_every_other
         }
     }
     // Events on the channel say what happened.
-    let events: Api<k8s_openapi::api::events::v1::Event> = Api::all(e.client.clone());
-    let reasons: Vec<String> = events
-        .list(&ListParams::default())
+    let reasons: Vec<String> = e
+        .channel_events()
         .await
-        .unwrap()
-        .items
         .into_iter()
-        .filter(|ev| {
-            ev.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(e.channel.as_str())
-        })
         .filter_map(|ev| ev.reason)
         .collect();
     for wanted in [
