@@ -557,6 +557,13 @@ fn main() {
     {
         *PROFILER.lock().unwrap() = Some(dhat::Profiler::new_heap());
     }
+    // The operator's logs on stderr when asked for (`RUST_LOG=cuebe_runtime=debug`).
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut sizes: Vec<usize> = args.iter().filter_map(|a| a.parse().ok()).collect();
     if sizes.is_empty() {

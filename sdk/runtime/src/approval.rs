@@ -306,7 +306,7 @@ impl<K: Clone + Eq + Hash + Send + 'static> Approvals<K> {
 
     /// Waits until the approvals have been listed once.
     pub async fn ready(&self) {
-        if self.store.wait_until_ready().await.is_err() {
+        if crate::store_ready::store_ready(&self.store).await.is_err() {
             // The watch was dropped: nothing will ever be listed.
             futures::future::pending::<()>().await;
         }

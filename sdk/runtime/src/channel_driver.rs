@@ -190,7 +190,10 @@ pub(super) async fn drive_channel<A: Abstraction>(
     let name = channel.name_any();
     // An empty cache (just after a start, a change of leader or of the cluster's APIs) would
     // look like a channel with no instances: every gate open, nothing to preview.
-    if driver.instances.wait_until_ready().await.is_err() {
+    if crate::store_ready::store_ready(&driver.instances)
+        .await
+        .is_err()
+    {
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
     let on_channel: Vec<Arc<A>> = driver

@@ -56,6 +56,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Map, Value};
 
 use crate::executor::KIND_LABEL;
+use crate::store_ready::store_ready;
 
 /// Fields every cached object keeps besides `apiVersion`, `kind` and the metadata the executor
 /// reads: what [`cuebe_core::readiness::DefaultReadiness`] judges by.
@@ -839,7 +840,7 @@ impl ChildCache {
         };
         for (store, until) in listing {
             // A store that lists again after a failure was ready before: this returns at once.
-            let _ = tokio::time::timeout_at(until.into(), store.wait_until_ready()).await;
+            let _ = tokio::time::timeout_at(until.into(), store_ready(&store)).await;
         }
     }
 

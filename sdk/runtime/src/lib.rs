@@ -36,6 +36,7 @@ pub mod remote;
 pub mod renderer;
 pub mod rollout;
 pub mod spans;
+mod store_ready;
 
 pub use cuebe_core::{clock, cue, graph, instance, module, plan, readiness, status, stdlib, trust};
 
