@@ -15,6 +15,8 @@
 //!
 //! Printed per N:
 //! - time to all Ready, and the baseline's time with the ratio (unless `--no-baseline`);
+//! - what each convergence cost the API server: its CPU seconds and where its request time went
+//!   (by verb and resource, every client's requests);
 //! - API requests by verb made by the operator while converging (a counting layer on its client);
 //! - the operator's memory: the bench process's RSS (the operator runs in-process) before it
 //!   started and once all are Ready, with the render cache's entries and estimated bytes;
@@ -128,6 +130,75 @@ async fn apiserver_metric(cluster: &TestCluster, series: &str, labels: &[&str]) 
     (!found.is_empty()).then(|| found.iter().sum())
 }
 
+/// What the API server has spent so far: its CPU seconds, and the time it took over the
+/// requests it answered by verb and resource (`apiserver_request_duration_seconds_sum`), for
+/// every client. Two snapshots around a run give what that run cost the API server.
+#[derive(Default)]
+struct ApiserverSpent {
+    cpu_seconds: f64,
+    by_request: BTreeMap<String, f64>,
+}
+
+async fn apiserver_spent(cluster: &TestCluster) -> ApiserverSpent {
+    let request = http::Request::get("/metrics").body(Vec::new()).unwrap();
+    let Ok(text) = cluster.client().request_text(request).await else {
+        return ApiserverSpent::default();
+    };
+    let mut by_request = BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("apiserver_request_duration_seconds_sum{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once(' ') else {
+            continue;
+        };
+        let label = |name: &str| {
+            labels
+                .split(',')
+                .find_map(|l| l.strip_prefix(&format!("{name}=\""))?.strip_suffix('"'))
+                .unwrap_or_default()
+                .to_string()
+        };
+        let (verb, resource, sub) = (label("verb"), label("resource"), label("subresource"));
+        let key = if sub.is_empty() {
+            format!("{verb} {resource}")
+        } else {
+            format!("{verb} {resource}/{sub}")
+        };
+        *by_request.entry(key).or_insert(0.0) += value.parse::<f64>().unwrap_or(0.0);
+    }
+    ApiserverSpent {
+        cpu_seconds: sample(&text, "process_cpu_seconds_total", &[]),
+        by_request,
+    }
+}
+
+impl ApiserverSpent {
+    /// What was spent between `before` and `self`: CPU seconds, and the requests that took
+    /// most of the API server's time (watches left out: they stay open for the whole run).
+    fn since(&self, before: &ApiserverSpent) -> String {
+        let mut spent: Vec<(&String, f64)> = self
+            .by_request
+            .iter()
+            .filter(|(k, _)| !k.starts_with("WATCH"))
+            .map(|(k, v)| (k, v - before.by_request.get(k).copied().unwrap_or(0.0)))
+            .filter(|(_, v)| *v > 0.0)
+            .collect();
+        spent.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let total: f64 = spent.iter().map(|(_, v)| v).sum();
+        let top: Vec<String> = spent
+            .iter()
+            .take(10)
+            .map(|(k, v)| format!("{k} {v:.1}"))
+            .collect();
+        format!(
+            "{:.1} CPU-seconds; request time {total:.1} s, most in: {}",
+            self.cpu_seconds - before.cpu_seconds,
+            top.join(", ")
+        )
+    }
+}
+
 /// Requests the API server has answered so far.
 async fn apiserver_requests(cluster: &TestCluster) -> Option<f64> {
     apiserver_metric(cluster, "apiserver_request_total{", &[]).await
@@ -232,6 +303,7 @@ async fn create_instances(cluster: &TestCluster, ns: &str, n: usize, spec: serde
 struct OperatorFigures {
     converge: Duration,
     converge_counts: BTreeMap<String, u64>,
+    converge_apiserver: String,
     rss_before: u64,
     rss_ready: u64,
     cache: String,
@@ -253,10 +325,12 @@ async fn operator_run(cluster: &TestCluster, n: usize, steady: Duration) -> Oper
         settled.as_secs_f64()
     );
     let op = start_operator(cluster, &ns, counts.clone()).await;
+    let spent_before = apiserver_spent(cluster).await;
     let started = Instant::now();
     create_instances(cluster, &ns, n, spec()).await;
     wait_all_ready(&op, n).await;
     let converge = started.elapsed();
+    let converge_apiserver = apiserver_spent(cluster).await.since(&spent_before);
     let converge_counts = std::mem::take(&mut *counts.lock().unwrap());
     let rss_ready = rss_mib();
     let text = scrape(op.metrics).await;
@@ -312,6 +386,7 @@ async fn operator_run(cluster: &TestCluster, n: usize, steady: Duration) -> Oper
     OperatorFigures {
         converge,
         converge_counts,
+        converge_apiserver,
         rss_before,
         rss_ready,
         memory,
@@ -473,7 +548,7 @@ fn render_input(name: &str, namespace: &str) -> cuebe::renderer::RenderInput {
     cuebe::abstraction::render_input(&ws, Capabilities::default(), BTreeMap::new())
 }
 
-async fn baseline_run(cluster: &TestCluster, n: usize) -> Duration {
+async fn baseline_run(cluster: &TestCluster, n: usize) -> (Duration, String) {
     let ns = cluster.namespace(&format!("kubectl{n}")).await.unwrap();
     // The same objects the operator applies, rendered offline by the same renderer.
     let renderer = cuebe::CueRenderer::new(webservice_operator::platform_modules());
@@ -496,6 +571,7 @@ async fn baseline_run(cluster: &TestCluster, n: usize) -> Duration {
         "  (baseline run starts after {:.0}s of settling)",
         settled.as_secs_f64()
     );
+    let spent_before = apiserver_spent(cluster).await;
     let started = Instant::now();
     let deployments: Api<Deployment> = Api::namespaced(cluster.client(), &ns);
     for wave in &waves {
@@ -525,7 +601,8 @@ async fn baseline_run(cluster: &TestCluster, n: usize) -> Duration {
             }
         }
     }
-    started.elapsed()
+    let took = started.elapsed();
+    (took, apiserver_spent(cluster).await.since(&spent_before))
 }
 
 /// With `--features dhat-heap`, every allocation is recorded; the profile is written when the
@@ -597,6 +674,7 @@ fn main() {
                 gets_of_children(&f.converge_counts),
                 gets_of_children(&f.converge_counts) as f64 / n as f64
             );
+            println!("  API server while the operator converged: {}", f.converge_apiserver);
             println!(
                 "  bench process RSS (operator in-process): {} MiB before the operator, {} MiB with all Ready (+{} MiB); render cache {}",
                 f.rss_before,
@@ -626,8 +704,9 @@ fn main() {
                 per_minute(&f.steady_counts, f.steady)
             );
             if baseline {
-                let base = baseline_run(&cluster, n).await;
+                let (base, base_apiserver) = baseline_run(&cluster, n).await;
                 println!("  baseline (kubectl apply --server-side, waves gated on Available): {:.1}s", base.as_secs_f64());
+                println!("  API server while the baseline converged: {base_apiserver}");
                 println!("  ratio operator/baseline: {:.2}", f.converge.as_secs_f64() / base.as_secs_f64());
             }
         }
