@@ -10,7 +10,8 @@ fn misuse_is_a_compile_error_that_says_what_to_write() {
     let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("the macros crate is inside the workspace");
-    // SAFETY: set before trybuild starts a thread or a process; this binary has one test.
+    // SAFETY: no other thread reads or writes the environment meanwhile: this binary has one
+    // test, and trybuild starts its cargo processes after this line.
     unsafe { std::env::set_var("CARGO_TARGET_DIR", workspace.join("target")) };
     let t = trybuild::TestCases::new();
     t.compile_fail("tests/ui/*.rs");

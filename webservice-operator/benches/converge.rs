@@ -133,23 +133,20 @@ async fn apiserver_metric(cluster: &TestCluster, series: &str, labels: &[&str]) 
 /// What the API server has spent so far: its CPU seconds, and the time it took over the
 /// requests it answered by verb and resource (`apiserver_request_duration_seconds_sum`), for
 /// every client. Two snapshots around a run give what that run cost the API server.
-#[derive(Default)]
 struct ApiserverSpent {
     cpu_seconds: f64,
     by_request: BTreeMap<String, f64>,
 }
 
-async fn apiserver_spent(cluster: &TestCluster) -> ApiserverSpent {
+async fn apiserver_spent(cluster: &TestCluster) -> Option<ApiserverSpent> {
     let request = http::Request::get("/metrics").body(Vec::new()).unwrap();
-    let Ok(text) = cluster.client().request_text(request).await else {
-        return ApiserverSpent::default();
-    };
+    let text = cluster.client().request_text(request).await.ok()?;
     let mut by_request = BTreeMap::new();
     for line in text.lines() {
         let Some(rest) = line.strip_prefix("apiserver_request_duration_seconds_sum{") else {
             continue;
         };
-        let Some((labels, value)) = rest.rsplit_once(' ') else {
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
             continue;
         };
         let label = |name: &str| {
@@ -167,9 +164,17 @@ async fn apiserver_spent(cluster: &TestCluster) -> ApiserverSpent {
         };
         *by_request.entry(key).or_insert(0.0) += value.parse::<f64>().unwrap_or(0.0);
     }
-    ApiserverSpent {
+    Some(ApiserverSpent {
         cpu_seconds: sample(&text, "process_cpu_seconds_total", &[]),
         by_request,
+    })
+}
+
+/// What the API server spent between two snapshots, or why it cannot be said.
+fn spent_between(before: Option<ApiserverSpent>, after: Option<ApiserverSpent>) -> String {
+    match (before, after) {
+        (Some(before), Some(after)) => after.since(&before),
+        _ => "unavailable (a scrape of the API server's metrics failed)".to_string(),
     }
 }
 
@@ -330,7 +335,7 @@ async fn operator_run(cluster: &TestCluster, n: usize, steady: Duration) -> Oper
     create_instances(cluster, &ns, n, spec()).await;
     wait_all_ready(&op, n).await;
     let converge = started.elapsed();
-    let converge_apiserver = apiserver_spent(cluster).await.since(&spent_before);
+    let converge_apiserver = spent_between(spent_before, apiserver_spent(cluster).await);
     let converge_counts = std::mem::take(&mut *counts.lock().unwrap());
     let rss_ready = rss_mib();
     let text = scrape(op.metrics).await;
@@ -602,7 +607,10 @@ async fn baseline_run(cluster: &TestCluster, n: usize) -> (Duration, String) {
         }
     }
     let took = started.elapsed();
-    (took, apiserver_spent(cluster).await.since(&spent_before))
+    (
+        took,
+        spent_between(spent_before, apiserver_spent(cluster).await),
+    )
 }
 
 /// With `--features dhat-heap`, every allocation is recorded; the profile is written when the

@@ -172,6 +172,8 @@ pub(super) enum DriveError {
 pub(super) struct Driver<A: Abstraction> {
     pub ctx: Arc<Context<A>>,
     pub instances: Store<A>,
+    /// Becomes true once `instances` has had its first list (after the store has it).
+    pub instances_listed: tokio::sync::watch::Receiver<bool>,
     /// The status this driver last wrote per channel. Only the leader's driver writes a
     /// channel's status, so it is newer than a watch cache that has not seen the write yet: a
     /// pass never starts from a status older than its own last decision.
@@ -190,10 +192,11 @@ pub(super) async fn drive_channel<A: Abstraction>(
     let name = channel.name_any();
     // An empty cache (just after a start, a change of leader or of the cluster's APIs) would
     // look like a channel with no instances: every gate open, nothing to preview.
-    if crate::store_ready::store_ready(&driver.instances)
-        .await
-        .is_err()
-    {
+    // Not `Store::wait_until_ready`: kube's applier waits on that store's readiness too, and
+    // it wakes only the last of its waiters (see `store_ready`); this channel wakes them all.
+    let mut listed = driver.instances_listed.clone();
+    if listed.wait_for(|listed| *listed).await.is_err() {
+        // The instance watch is gone (the controller is stopping).
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
     let on_channel: Vec<Arc<A>> = driver

@@ -582,6 +582,10 @@ impl<A: Abstraction> Operator<A> {
             // Statuses are kept apart, compactly (`instance_store`): listed again with the watch.
             ctx.statuses.clear();
             let status_ctx = ctx.clone();
+            // Whether the instance store has had its first list, for the channel driver: it
+            // must not wait on the store's own readiness, which kube's applier waits on too
+            // and which wakes only the last of its waiters (see `store_ready`).
+            let (instances_listed_tx, instances_listed) = tokio::sync::watch::channel(false);
             let instance_events = watcher(api.clone(), instance_watch)
                 .default_backoff()
                 .map_ok(move |mut event| {
@@ -589,6 +593,12 @@ impl<A: Abstraction> Operator<A> {
                     event
                 })
                 .reflect(instances_writer)
+                .map_ok(move |event| {
+                    if matches!(event, watcher::Event::InitDone) {
+                        instances_listed_tx.send_replace(true);
+                    }
+                    event
+                })
                 .applied_objects();
             let mut controller = Controller::for_stream(instance_events, instances_reader)
                 .with_config(
@@ -630,6 +640,7 @@ impl<A: Abstraction> Operator<A> {
                 let state = Arc::new(channel_driver::Driver {
                     ctx: ctx.clone(),
                     instances: instances.clone(),
+                    instances_listed: instances_listed.clone(),
                     written: std::sync::Mutex::new(std::collections::HashMap::new()),
                 });
                 // One driver per channel: an operator limited to a namespace drives only the

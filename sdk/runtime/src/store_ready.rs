@@ -1,5 +1,9 @@
 //! Waiting for a reflector store's first list when several tasks wait for it at once.
 //!
+//! Only for stores no one else waits on: a waiter here takes the store's one waker every 50 ms
+//! from any other task waiting on it (kube's own applier waits on the instance store, so the
+//! channel driver waits on a signal of its own).
+//!
 //! Why not `Store::wait_until_ready` alone: in kube-runtime 5.0.0 every clone of a store shares
 //! one `DelayedInit`, which polls one `futures` oneshot receiver, and that receiver keeps one
 //! waker, the last poller's. Of several tasks waiting together only the last to poll is woken
