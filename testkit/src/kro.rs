@@ -400,22 +400,9 @@ pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
 /// ```
 pub fn requests_by_method(metrics: &str) -> BTreeMap<String, u64> {
     let mut counts = BTreeMap::new();
-    for line in metrics.lines() {
-        let Some(rest) = line.strip_prefix("rest_client_requests_total{") else {
-            continue;
-        };
-        let Some((labels, value)) = rest.rsplit_once('}') else {
-            continue;
-        };
-        let method = labels.split(',').find_map(|l| {
-            l.trim()
-                .strip_prefix("method=\"")
-                .and_then(|m| m.strip_suffix('"'))
-        });
-        // Counters are exposed as floats ("12" or "1.2e+06").
-        let value = value.trim().parse::<f64>().ok();
-        if let (Some(method), Some(value)) = (method, value) {
-            *counts.entry(method.to_string()).or_insert(0) += value as u64;
+    for s in crate::metrics::samples(metrics, "rest_client_requests_total") {
+        if let Some(method) = s.label("method") {
+            *counts.entry(method.to_string()).or_insert(0) += s.value as u64;
         }
     }
     counts

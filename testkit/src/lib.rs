@@ -26,6 +26,7 @@
 //! - [`kro`]: kro's controller (at a pinned version, built from its Go module once and cached)
 //!   run against a [`cluster::TestCluster`], with its request counts and memory, to measure cuebe
 //!   side by side with a peer.
+//! - [`metrics`]: the samples of one series in a `/metrics` page, to count requests.
 //! - [`sharder`]: the sharder of kubernetes-controller-sharding (at a pinned version, built from
 //!   its Go module once and cached), which spreads an operator's instances over its replicas.
 pub mod chaos;
@@ -42,6 +43,7 @@ pub mod golden;
 pub mod helm;
 pub mod jaeger;
 pub mod kro;
+pub mod metrics;
 pub mod oci_registry;
 pub mod sharder;
 pub mod spec;

@@ -142,27 +142,15 @@ async fn apiserver_spent(cluster: &TestCluster) -> Option<ApiserverSpent> {
     let request = http::Request::get("/metrics").body(Vec::new()).unwrap();
     let text = cluster.client().request_text(request).await.ok()?;
     let mut by_request = BTreeMap::new();
-    for line in text.lines() {
-        let Some(rest) = line.strip_prefix("apiserver_request_duration_seconds_sum{") else {
-            continue;
-        };
-        let Some((labels, value)) = rest.rsplit_once("} ") else {
-            continue;
-        };
-        let label = |name: &str| {
-            labels
-                .split(',')
-                .find_map(|l| l.strip_prefix(&format!("{name}=\""))?.strip_suffix('"'))
-                .unwrap_or_default()
-                .to_string()
-        };
+    for s in cuebe_testkit::metrics::samples(&text, "apiserver_request_duration_seconds_sum") {
+        let label = |name: &str| s.label(name).unwrap_or_default();
         let (verb, resource, sub) = (label("verb"), label("resource"), label("subresource"));
         let key = if sub.is_empty() {
             format!("{verb} {resource}")
         } else {
             format!("{verb} {resource}/{sub}")
         };
-        *by_request.entry(key).or_insert(0.0) += value.parse::<f64>().unwrap_or(0.0);
+        *by_request.entry(key).or_insert(0.0) += s.value;
     }
     Some(ApiserverSpent {
         cpu_seconds: sample(&text, "process_cpu_seconds_total", &[]),

@@ -66,22 +66,9 @@ async fn requests(client: &Client) -> BTreeMap<(String, String), u64> {
     let request = http::Request::get("/metrics").body(Vec::new()).unwrap();
     let text = client.request_text(request).await.unwrap();
     let mut gets = BTreeMap::new();
-    for line in text.lines() {
-        let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
-            continue;
-        };
-        let Some((labels, value)) = rest.rsplit_once("} ") else {
-            continue;
-        };
-        let label = |name: &str| {
-            labels
-                .split(',')
-                .find_map(|l| l.strip_prefix(&format!("{name}=\"")))
-                .map(|r| r.trim_end_matches('"').to_string())
-                .unwrap_or_default()
-        };
-        let value: f64 = value.trim().parse().unwrap_or(0.0);
-        *gets.entry((label("verb"), label("resource"))).or_default() += value as u64;
+    for s in cuebe_testkit::metrics::samples(&text, "apiserver_request_total") {
+        let label = |name: &str| s.label(name).unwrap_or_default().to_string();
+        *gets.entry((label("verb"), label("resource"))).or_default() += s.value as u64;
     }
     gets
 }

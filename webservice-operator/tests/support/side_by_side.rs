@@ -210,28 +210,12 @@ pub async fn apiserver_requests(client: &Client) -> BTreeMap<String, u64> {
         .await
         .unwrap_or_else(|e| panic!("the API server's /metrics: {e}"));
     let mut counts = BTreeMap::new();
-    for line in text.lines() {
-        let Some((labels, value)) = line
-            .strip_prefix("apiserver_request_total{")
-            .and_then(|rest| rest.rsplit_once('}'))
-        else {
+    for s in cuebe_testkit::metrics::samples(&text, "apiserver_request_total") {
+        let (Some(verb), Some(resource)) = (s.label("verb"), s.label("resource")) else {
             continue;
         };
-        let label = |name: &str| {
-            labels.split(',').find_map(|l| {
-                l.strip_prefix(name)
-                    .and_then(|v| v.strip_prefix("=\""))
-                    .and_then(|v| v.strip_suffix('"'))
-            })
-        };
-        let (Some(verb), Some(resource), Ok(value)) = (
-            label("verb"),
-            label("resource"),
-            value.trim().parse::<f64>(),
-        ) else {
-            continue;
-        };
-        let key = match label("subresource").filter(|s| !s.is_empty()) {
+        let value = s.value;
+        let key = match s.label("subresource").filter(|sub| !sub.is_empty()) {
             Some(sub) => format!("{verb} {resource}/{sub}"),
             None => format!("{verb} {resource}"),
         };
