@@ -6,6 +6,7 @@
 //! cargo bench -p webservice-operator --bench converge                  # N = 100 and 500
 //! cargo bench -p webservice-operator --bench converge -- 1000          # other sizes
 //! cargo bench -p webservice-operator --bench converge -- 10000 --no-baseline --steady-secs=120
+//! cargo bench -p webservice-operator --bench converge -- 1000 --concurrent-reconciles=16
 //! ```
 //!
 //! Each timed run (the operator's, the baseline's, the gating bursts) starts once the control
@@ -244,9 +245,12 @@ async fn start_operator(cluster: &TestCluster, ns: &str, counts: Counts) -> Runn
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let metrics = listener.local_addr().unwrap();
     let client = counting_client(cluster, counts);
-    let operator = cuebe::controller::Operator::<WebService>::new(client)
+    let mut operator = cuebe::controller::Operator::<WebService>::new(client)
         .namespace(ns.to_string())
         .serve_metrics(listener);
+    if let Some(n) = concurrent_reconciles() {
+        operator = operator.concurrent_reconciles(n);
+    }
     let task = tokio::spawn(async move {
         let _ = operator.run().await;
     });
@@ -619,6 +623,12 @@ fn heap_profile_now() {
     }
 }
 
+/// `--concurrent-reconciles=N`: how many instances the operator reconciles at once, when not
+/// its default.
+fn concurrent_reconciles() -> Option<u16> {
+    std::env::args().find_map(|a| a.strip_prefix("--concurrent-reconciles=")?.parse().ok())
+}
+
 /// `--go-heap-profile=DIR`: where to write a pprof heap profile of the CUE evaluators' Go
 /// runtime at each size, once every instance is Ready.
 fn go_heap_profile_dir() -> Option<std::path::PathBuf> {
@@ -658,7 +668,12 @@ fn main() {
             .apply_crds(&[cuebe::abstraction::crd::<WebService>()], Instant::now() + Duration::from_secs(30))
             .await
             .unwrap();
-        println!("converge bench: {} (start-up {:.1}s)", cluster.server(), cluster.startup_time().as_secs_f64());
+        println!(
+            "converge bench: {} (start-up {:.1}s), operator reconciles {} at once",
+            cluster.server(),
+            cluster.startup_time().as_secs_f64(),
+            concurrent_reconciles().unwrap_or(cuebe::controller::DEFAULT_CONCURRENT_RECONCILES)
+        );
         for n in sizes {
             println!("N = {n}");
             let f = operator_run(&cluster, n, steady).await;

@@ -9,9 +9,10 @@
 //!
 //! Workflow of a pass (the executor's loop):
 //! 1. [`Pass::start`]: nodes pending on an export are `Pending` and never applied;
-//! 2. [`Pass::frontier`]: nodes whose dependencies are all Ready; the executor applies them and
-//!    [`Pass::record`]s each result; repeat while the frontier is not empty (a chain of
-//!    quickly-ready nodes does not wait for a requeue per wave);
+//! 2. [`Pass::take_startable`]: nodes whose dependencies are all Ready and not yet started; the
+//!    executor starts applying them and [`Pass::record`]s each result as it comes, then takes
+//!    again — a node starts once its own dependencies are Ready, not when a whole wave is done,
+//!    and a chain of quickly-ready nodes does not wait for a requeue per wave;
 //! 3. [`Pass::finish`]: unreached nodes are `Pending` on the dependencies that are not Ready;
 //! 4. [`prune_plan`]: what may be pruned — nothing unless the pass was complete and healthy.
 //!
@@ -330,6 +331,8 @@ impl NodeResult {
 pub struct Pass<'p> {
     plan: &'p Plan,
     done: HashSet<String>,
+    /// Handed out by [`Pass::take_startable`] and not recorded yet: being applied.
+    started: HashSet<String>,
     ready: HashSet<String>,
     inventory: BTreeMap<String, InventoryEntry>,
     out: Outcome,
@@ -342,6 +345,7 @@ impl<'p> Pass<'p> {
         let mut pass = Self {
             plan,
             done: HashSet::new(),
+            started: HashSet::new(),
             ready: HashSet::new(),
             inventory: inventory
                 .iter()
@@ -374,6 +378,44 @@ impl<'p> Pass<'p> {
             .collect()
     }
 
+    /// The nodes of the [`Pass::frontier`] not handed out yet, marked as being applied: what the
+    /// executor starts now, while other nodes may still be in flight. A node starts as soon as
+    /// its own dependencies are Ready, never waiting for a sibling it does not depend on (a
+    /// Deployment that needs only its ServiceAccount is applied while the Service beside it
+    /// still waits for its ClusterIP). Empty, with nothing in flight, ends the walk.
+    ///
+    /// ```
+    /// # use cuebe_core::graph::Graph;
+    /// # use cuebe_core::plan::{NodeResult, Pass, Plan};
+    /// # use cuebe_core::status::NodeStatus;
+    /// # let graph: Graph = serde_json::from_value(serde_json::json!({
+    /// #     "graphVersion": "cuebe.dev/v1alpha1",
+    /// #     "metadata": {"platformRefResolved": "sha256:0", "renderHash": "sha256:0"},
+    /// #     "nodes": [
+    /// #         {"id": "sa", "object": {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "a"}}},
+    /// #         {"id": "svc", "object": {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "a"}}},
+    /// #         {"id": "deploy", "dependsOn": ["sa"], "object": {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "a"}}}
+    /// #     ]
+    /// # })).unwrap();
+    /// let plan = Plan::new(graph, "apps").unwrap();
+    /// let mut pass = Pass::start(&plan, &[]);
+    /// let ids = |nodes: Vec<&cuebe_core::graph::Node>| nodes.iter().map(|n| n.id.clone()).collect::<Vec<_>>();
+    /// assert_eq!(ids(pass.take_startable()), ["sa", "svc"]);
+    /// pass.record("sa", NodeResult::unwritten(NodeStatus::ready("exists"), None));
+    /// // The Service is still being applied: the Deployment starts anyway.
+    /// assert_eq!(ids(pass.take_startable()), ["deploy"]);
+    /// assert!(pass.take_startable().is_empty());
+    /// ```
+    pub fn take_startable(&mut self) -> Vec<&'p Node> {
+        let startable: Vec<&'p Node> = self
+            .frontier()
+            .into_iter()
+            .filter(|n| !self.started.contains(&n.id))
+            .collect();
+        self.started.extend(startable.iter().map(|n| n.id.clone()));
+        startable
+    }
+
     /// The inventory entry of a node as the pass knows it now.
     pub fn entry(&self, node_id: &str) -> Option<&InventoryEntry> {
         self.inventory.get(node_id)
@@ -382,6 +424,7 @@ impl<'p> Pass<'p> {
     /// Records what applying `node_id` gave. A `Reference` node's object never enters the
     /// inventory, whatever the result carries.
     pub fn record(&mut self, node_id: &str, result: NodeResult) {
+        self.started.remove(node_id);
         self.done.insert(node_id.to_string());
         self.out.writes += result.writes;
         let reference = self.plan.node(node_id).is_some_and(Node::is_reference);

@@ -63,6 +63,57 @@ fn the_frontier_advances_only_past_ready_nodes() {
     assert_eq!(out.stalled, None, "a retried API error is not terminal");
 }
 
+/// What the executor starts after each result, with other nodes still in flight: a node starts
+/// once its own dependencies are Ready, never waiting for a sibling it does not depend on.
+#[test]
+fn a_node_starts_when_its_own_dependencies_are_ready() {
+    // sa → deploy → pdb; svc → route; cm independent.
+    let p = plan(vec![
+        node("sa", &[]),
+        node("svc", &[]),
+        node("deploy", &["sa"]),
+        node("pdb", &["deploy"]),
+        node("route", &["svc"]),
+        node("cm", &[]),
+    ]);
+    let waiting = || NodeResult::unwritten(NodeStatus::applied("waiting", "t"), None);
+    let failed = || NodeResult::unwritten(NodeStatus::error("boom"), None);
+    // (the result recorded, what starts next)
+    let steps: Vec<(&str, NodeResult, Vec<&str>)> = vec![
+        ("sa", ready(), vec!["deploy"]),  // svc and cm still in flight
+        ("deploy", ready(), vec!["pdb"]), // svc still in flight
+        ("cm", waiting(), vec![]),        // nothing depends on cm
+        ("svc", ready(), vec!["route"]),  // the slow sibling, last
+        ("pdb", failed(), vec![]),        // a failure ends its branch only
+        ("route", waiting(), vec![]),
+    ];
+    let mut pass = Pass::start(&p, &[]);
+    assert_eq!(ids(&pass.take_startable()), ["sa", "svc", "cm"]);
+    for (recorded, result, starts) in steps {
+        pass.record(recorded, result);
+        assert_eq!(ids(&pass.take_startable()), starts, "after {recorded}");
+    }
+    assert!(pass.take_startable().is_empty());
+    let out = pass.finish();
+    assert_eq!(out.nodes["pdb"].phase, NodePhase::Error);
+    assert!(!out.ready);
+}
+
+#[test]
+fn a_started_node_is_not_started_again_before_its_result() {
+    let p = plan(vec![node("a", &[]), node("b", &["a"])]);
+    let mut pass = Pass::start(&p, &[]);
+    assert_eq!(ids(&pass.take_startable()), ["a"]);
+    assert!(pass.take_startable().is_empty(), "a is in flight");
+    assert_eq!(
+        ids(&pass.frontier()),
+        ["a"],
+        "the frontier still names it: not decided"
+    );
+    pass.record("a", ready());
+    assert_eq!(ids(&pass.take_startable()), ["b"]);
+}
+
 #[test]
 fn pending_nodes_are_decided_at_start_and_never_applied() {
     let mut waiting = node("sa", &[]);

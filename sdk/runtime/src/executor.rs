@@ -7,9 +7,9 @@
 //! clock, what may be pruned) is a pure function of [`cuebe_core::plan`], table-tested there. It
 //! never evaluates CUE.
 //!
-//! Workflow of [`Executor::execute`] (one reconcile pass): [`Pass::start`], then while
-//! [`Pass::frontier`] is not empty apply it concurrently and [`Pass::record`] each result; then
-//! [`prune_plan`] says what leaves (only from a complete, healthy pass), last applied first.
+//! Workflow of [`Executor::execute`] (one reconcile pass): [`Pass::start`]; start applying what
+//! [`Pass::take_startable`] gives, [`Pass::record`] each result as it comes and take again, until
+//! nothing is startable or in flight; then [`prune_plan`] says what leaves (only from a complete, healthy pass), last applied first.
 //! Deletion and pruning use the stored inventory only, so a module that no longer renders can
 //! never block cleanup.
 use std::collections::BTreeMap;
@@ -539,12 +539,13 @@ impl SsaExecutor {
         }
         // The reconcile's span: each node's apply and readiness spans are its children.
         let reconcile_span = tracing::Span::current();
+        // Each node starts as soon as its own dependencies are Ready, while others are still
+        // in flight: a Deployment that needs only its ServiceAccount is not held back by the
+        // Service beside it, whose create the API server serializes (ClusterIP allocation) and
+        // which takes seconds when many are created at once.
+        let mut in_flight = futures::stream::FuturesUnordered::new();
         loop {
-            let frontier = pass.frontier();
-            if frontier.is_empty() {
-                break;
-            }
-            let results = futures::future::join_all(frontier.iter().map(|node| {
+            for node in pass.take_startable() {
                 let span = crate::spans::apply(node);
                 let applied = tracing::Instrument::instrument(
                     self.apply_node(
@@ -558,16 +559,16 @@ impl SsaExecutor {
                     ),
                     span.clone(),
                 );
-                async move {
+                in_flight.push(async move {
                     let result = applied.await;
                     crate::spans::record_apply(&span, node, &result);
-                    result
-                }
-            }))
-            .await;
-            for (node, result) in frontier.iter().zip(results) {
-                pass.record(&node.id, result);
+                    (node, result)
+                });
             }
+            let Some((node, result)) = futures::StreamExt::next(&mut in_flight).await else {
+                break;
+            };
+            pass.record(&node.id, result);
         }
         pass.close();
         let ids: Vec<&str> = plan.graph().nodes.iter().map(|n| n.id.as_str()).collect();
