@@ -333,6 +333,8 @@ pub struct Pass<'p> {
     done: HashSet<String>,
     /// Handed out by [`Pass::take_startable`] and not recorded yet: being applied.
     started: HashSet<String>,
+    /// Handed out by [`Pass::take_rejudgeable`]: judged a second time in this pass.
+    rejudged: HashSet<String>,
     ready: HashSet<String>,
     inventory: BTreeMap<String, InventoryEntry>,
     out: Outcome,
@@ -346,6 +348,7 @@ impl<'p> Pass<'p> {
             plan,
             done: HashSet::new(),
             started: HashSet::new(),
+            rejudged: HashSet::new(),
             ready: HashSet::new(),
             inventory: inventory
                 .iter()
@@ -414,6 +417,71 @@ impl<'p> Pass<'p> {
             .collect();
         self.started.extend(startable.iter().map(|n| n.id.clone()));
         startable
+    }
+
+    /// Nodes this pass applied or kept whose readiness gate had not passed when they were
+    /// judged, for which `has_news(entry, judged_version)` says the watch has delivered a newer
+    /// object since (see [`judge_again`]); each is handed out once per pass. When nothing is
+    /// left to start the executor judges these again from the watch cache before the pass
+    /// ends: a Deployment applied early in a pass that turned Available while a slower sibling
+    /// was still being applied is Ready in this pass — one status write instead of a
+    /// `Progressing` one followed by a `Ready` one a moment later, and its dependents applied
+    /// now.
+    ///
+    /// ```
+    /// # use cuebe_core::graph::Graph;
+    /// # use cuebe_core::plan::{NodeResult, Pass, Plan};
+    /// # use cuebe_core::status::NodeStatus;
+    /// # let graph: Graph = serde_json::from_value(serde_json::json!({
+    /// #     "graphVersion": "cuebe.dev/v1alpha1",
+    /// #     "metadata": {"platformRefResolved": "sha256:0", "renderHash": "sha256:0"},
+    /// #     "nodes": [{"id": "deploy", "object": {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "a"}}}]
+    /// # })).unwrap();
+    /// # let plan = Plan::new(graph, "apps").unwrap();
+    /// # let entry: cuebe_core::inventory::InventoryEntry = serde_json::from_value(serde_json::json!({
+    /// #     "nodeId": "deploy", "apiVersion": "apps/v1", "kind": "Deployment", "namespace": "apps", "name": "a", "mode": "Managed"})).unwrap();
+    /// let mut pass = Pass::start(&plan, &[]);
+    /// pass.take_startable();
+    /// pass.record("deploy", NodeResult {
+    ///     entry: Some(entry),
+    ///     live: Some(serde_json::json!({"metadata": {"resourceVersion": "7"}})),
+    ///     ..NodeResult::unwritten(NodeStatus::applied("0/1 replicas available", "2026-01-01T00:00:00Z"), None)
+    /// });
+    /// // The watch cache shows resourceVersion 9 now: judge it again, once.
+    /// let news = |_: &cuebe_core::inventory::InventoryEntry, judged: Option<&str>| judged != Some("9");
+    /// assert_eq!(pass.take_rejudgeable(news).len(), 1);
+    /// assert!(pass.take_rejudgeable(news).is_empty());
+    /// ```
+    pub fn take_rejudgeable(
+        &mut self,
+        has_news: impl Fn(&InventoryEntry, Option<&str>) -> bool,
+    ) -> Vec<&'p Node> {
+        let again: Vec<&'p Node> = self
+            .plan
+            .apply_order()
+            .filter(|n| {
+                !self.rejudged.contains(&n.id)
+                    && !self.started.contains(&n.id)
+                    && !n.is_reference()
+                    && self.out.nodes.get(&n.id).map(|s| s.phase) == Some(NodePhase::Applied)
+            })
+            .filter(|n| {
+                let judged = self
+                    .out
+                    .live
+                    .get(&n.id)
+                    .and_then(|live| live.pointer("/metadata/resourceVersion"))
+                    .and_then(Value::as_str);
+                self.inventory
+                    .get(&n.id)
+                    .is_some_and(|entry| has_news(entry, judged))
+            })
+            .collect();
+        for node in &again {
+            self.rejudged.insert(node.id.clone());
+            self.started.insert(node.id.clone());
+        }
+        again
     }
 
     /// The inventory entry of a node as the pass knows it now.
@@ -961,6 +1029,26 @@ pub fn read_source(view: CacheView) -> ReadSource {
         } => ReadSource::OwnWrite,
         CacheView { in_store: true, .. } => ReadSource::Cache,
         CacheView { .. } => ReadSource::Api,
+    }
+}
+
+/// Whether a node judged not Ready on the object at `judged` (its resourceVersion) is worth
+/// judging again before the pass ends ([`Pass::take_rejudgeable`]): only when the kind's watch
+/// cache is listed (`cached` is `Some`) and holds the object at another resourceVersion — the
+/// watch delivered a change since (a Deployment's status turning Available). Absent from the
+/// cache, not listed, or the same version: nothing new to judge, no read is made.
+/// resourceVersions are compared for equality only, never ordered.
+///
+/// ```
+/// use cuebe_core::plan::judge_again;
+/// assert!(judge_again(Some("7"), Some(Some("9"))));
+/// assert!(!judge_again(Some("7"), Some(Some("7"))));
+/// assert!(!judge_again(Some("7"), None)); // the store is not listed
+/// ```
+pub fn judge_again(judged: Option<&str>, cached: Option<Option<&str>>) -> bool {
+    match cached {
+        Some(Some(now)) => judged != Some(now),
+        Some(None) | None => false,
     }
 }
 

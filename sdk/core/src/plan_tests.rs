@@ -114,6 +114,83 @@ fn a_started_node_is_not_started_again_before_its_result() {
     assert_eq!(ids(&pass.take_startable()), ["b"]);
 }
 
+/// Which nodes get a second look before the pass ends, when the watch cache has news.
+#[test]
+fn only_waiting_nodes_with_news_are_judged_again_once() {
+    let p = plan(vec![
+        node("deploy", &[]),
+        node("svc", &[]),
+        node("cm", &[]),
+        node("pdb", &["deploy"]),
+    ]);
+    let entry = |id: &str| InventoryEntry {
+        node_id: id.into(),
+        api_version: "v1".into(),
+        kind: "ConfigMap".into(),
+        namespace: "apps".into(),
+        name: id.into(),
+        uid: String::new(),
+        mode: InventoryMode::Managed,
+        last_applied_hash: String::new(),
+        last_applied_resource_version: String::new(),
+        last_applied_generation: None,
+        last_ready_transition: None,
+        deletion_policy: None,
+    };
+    let judged_on = |status: NodeStatus, id: &str, rv: &str| NodeResult {
+        entry: Some(entry(id)),
+        live: Some(serde_json::json!({"metadata": {"resourceVersion": rv}})),
+        ..NodeResult::unwritten(status, None)
+    };
+    let mut pass = Pass::start(&p, &[]);
+    assert_eq!(ids(&pass.take_startable()), ["deploy", "svc", "cm"]);
+    pass.record(
+        "deploy",
+        judged_on(NodeStatus::applied("0/1 available", "t"), "deploy", "7"),
+    );
+    pass.record("svc", judged_on(NodeStatus::ready("exists"), "svc", "8"));
+    pass.record(
+        "cm",
+        judged_on(NodeStatus::applied("waiting", "t"), "cm", "5"),
+    );
+    // The cache: the Deployment moved on to 9, the ConfigMap is still at 5.
+    let cache = |e: &InventoryEntry| match e.node_id.as_str() {
+        "deploy" => Some(Some("9")),
+        "cm" => Some(Some("5")),
+        _ => Some(Some("8")),
+    };
+    let news = |e: &InventoryEntry, judged: Option<&str>| judge_again(judged, cache(e));
+    assert_eq!(
+        ids(&pass.take_rejudgeable(news)),
+        ["deploy"],
+        "Ready and unchanged nodes are not looked at"
+    );
+    assert!(
+        pass.take_startable().is_empty(),
+        "being judged again: not startable"
+    );
+    pass.record(
+        "deploy",
+        judged_on(NodeStatus::ready("1/1 available"), "deploy", "9"),
+    );
+    assert_eq!(
+        ids(&pass.take_startable()),
+        ["pdb"],
+        "its dependent starts in the same pass"
+    );
+    pass.record(
+        "pdb",
+        judged_on(NodeStatus::applied("waiting", "t"), "pdb", "10"),
+    );
+    let always = |_: &InventoryEntry, _: Option<&str>| true;
+    assert_eq!(
+        ids(&pass.take_rejudgeable(always)),
+        ["cm", "pdb"],
+        "deploy was judged again already"
+    );
+    assert!(pass.take_rejudgeable(always).is_empty());
+}
+
 #[test]
 fn pending_nodes_are_decided_at_start_and_never_applied() {
     let mut waiting = node("sa", &[]);

@@ -19,8 +19,8 @@ pub use cuebe_core::plan::{Change, ChangeAction, FleetPruneGuard, Outcome};
 use cuebe_core::plan::{
     EntryUpdate, LiveMeta, NodeResult, Pass, Plan, ReadSource, WriteDecision,
     cluster_scope_refusal, confirm_before_adopting, entry_policy, is_recorded_object, is_unchanged,
-    missing_reference, needs_read, prune_plan, reference_scope_refusal, starting_inventory,
-    write_decision,
+    judge_again, missing_reference, needs_read, prune_plan, reference_scope_refusal,
+    starting_inventory, write_decision,
 };
 pub use cuebe_core::{INSTANCE_LABEL, KIND_LABEL, NAMESPACE_LABEL};
 use kube::Client;
@@ -514,10 +514,10 @@ impl SsaExecutor {
         ))
     }
 
-    async fn pass(
+    async fn pass<'p>(
         &self,
         instance: &Instance,
-        plan: &Plan,
+        plan: &'p Plan,
         previous: &AbstractionStatus,
         now: Timestamp,
     ) -> Outcome {
@@ -543,27 +543,43 @@ impl SsaExecutor {
         // in flight: a Deployment that needs only its ServiceAccount is not held back by the
         // Service beside it, whose create the API server serializes (ClusterIP allocation) and
         // which takes seconds when many are created at once.
+        let apply = |node: &'p Node, entry: Option<InventoryEntry>| {
+            let span = crate::spans::apply(node);
+            let applied = tracing::Instrument::instrument(
+                self.apply_node(instance, plan, node, previous, entry, now, &reconcile_span),
+                span.clone(),
+            );
+            async move {
+                let result = applied.await;
+                crate::spans::record_apply(&span, node, &result);
+                (node, result)
+            }
+        };
         let mut in_flight = futures::stream::FuturesUnordered::new();
         loop {
             for node in pass.take_startable() {
-                let span = crate::spans::apply(node);
-                let applied = tracing::Instrument::instrument(
-                    self.apply_node(
-                        instance,
-                        plan,
-                        node,
-                        previous,
-                        pass.entry(&node.id).cloned(),
-                        now,
-                        &reconcile_span,
-                    ),
-                    span.clone(),
-                );
-                in_flight.push(async move {
-                    let result = applied.await;
-                    crate::spans::record_apply(&span, node, &result);
-                    (node, result)
-                });
+                in_flight.push(apply(node, pass.entry(&node.id).cloned()));
+            }
+            if in_flight.is_empty() {
+                // Nothing left to start: look once more, from the watch cache, at the nodes
+                // still waiting whose objects changed since they were judged (a Deployment
+                // that turned Available while a slower sibling was being applied), so the
+                // instance is not written Progressing now and Ready a moment later.
+                let news = |entry: &InventoryEntry, judged: Option<&str>| {
+                    self.children.as_ref().is_some_and(|cache| {
+                        let child = ChildRef {
+                            api_version: &entry.api_version,
+                            kind: &entry.kind,
+                            namespace: &entry.namespace,
+                            name: &entry.name,
+                        };
+                        let cached = cache.version_of(child);
+                        judge_again(judged, cached.as_ref().map(Option::as_deref))
+                    })
+                };
+                for node in pass.take_rejudgeable(news) {
+                    in_flight.push(apply(node, pass.entry(&node.id).cloned()));
+                }
             }
             let Some((node, result)) = futures::StreamExt::next(&mut in_flight).await else {
                 break;
