@@ -12,7 +12,9 @@
 //! 2. [`Pass::take_startable`]: nodes whose dependencies are all Ready and not yet started; the
 //!    executor starts applying them and [`Pass::record`]s each result as it comes, then takes
 //!    again — a node starts once its own dependencies are Ready, not when a whole wave is done,
-//!    and a chain of quickly-ready nodes does not wait for a requeue per wave;
+//!    and a chain of quickly-ready nodes does not wait for a requeue per wave; when nothing is
+//!    left to start, [`Pass::take_rejudgeable`]: waiting nodes whose watch delivered a change,
+//!    looked at once more from the cache ([`second_look_applies`]), a Ready verdict recorded;
 //! 3. [`Pass::finish`]: unreached nodes are `Pending` on the dependencies that are not Ready;
 //! 4. [`prune_plan`]: what may be pruned — nothing unless the pass was complete and healthy.
 //!
@@ -333,7 +335,7 @@ pub struct Pass<'p> {
     done: HashSet<String>,
     /// Handed out by [`Pass::take_startable`] and not recorded yet: being applied.
     started: HashSet<String>,
-    /// Handed out by [`Pass::take_rejudgeable`]: judged a second time in this pass.
+    /// Handed out by [`Pass::take_rejudgeable`]: looked at a second time in this pass.
     rejudged: HashSet<String>,
     ready: HashSet<String>,
     inventory: BTreeMap<String, InventoryEntry>,
@@ -420,13 +422,13 @@ impl<'p> Pass<'p> {
     }
 
     /// Nodes this pass applied or kept whose readiness gate had not passed when they were
-    /// judged, for which `has_news(entry, judged_version)` says the watch has delivered a newer
-    /// object since (see [`judge_again`]); each is handed out once per pass. When nothing is
-    /// left to start the executor judges these again from the watch cache before the pass
-    /// ends: a Deployment applied early in a pass that turned Available while a slower sibling
-    /// was still being applied is Ready in this pass — one status write instead of a
-    /// `Progressing` one followed by a `Ready` one a moment later, and its dependents applied
-    /// now.
+    /// judged, for which `has_news(entry, judged_version)` says the watch has delivered another
+    /// version of the object since (see [`judge_again`]); each is handed out once per pass.
+    /// When nothing is left to start, the executor takes a second look at these from the watch
+    /// cache ([`second_look_applies`]) and records only a Ready verdict: a Deployment applied
+    /// early in a pass that turned Available while a slower sibling was still being applied is
+    /// Ready in this pass — one status write instead of a `Progressing` one followed by a
+    /// `Ready` one a moment later, and its dependents applied now.
     ///
     /// ```
     /// # use cuebe_core::graph::Graph;
@@ -440,17 +442,19 @@ impl<'p> Pass<'p> {
     /// # let plan = Plan::new(graph, "apps").unwrap();
     /// # let entry: cuebe_core::inventory::InventoryEntry = serde_json::from_value(serde_json::json!({
     /// #     "nodeId": "deploy", "apiVersion": "apps/v1", "kind": "Deployment", "namespace": "apps", "name": "a", "mode": "Managed"})).unwrap();
+    /// let waiting = |rv: &str| NodeResult {
+    ///     entry: Some(entry.clone()),
+    ///     live: Some(serde_json::json!({"metadata": {"resourceVersion": rv}})),
+    ///     ..NodeResult::unwritten(NodeStatus::applied("0/1 replicas available", "2026-01-01T00:00:00Z"), None)
+    /// };
     /// let mut pass = Pass::start(&plan, &[]);
     /// pass.take_startable();
-    /// pass.record("deploy", NodeResult {
-    ///     entry: Some(entry),
-    ///     live: Some(serde_json::json!({"metadata": {"resourceVersion": "7"}})),
-    ///     ..NodeResult::unwritten(NodeStatus::applied("0/1 replicas available", "2026-01-01T00:00:00Z"), None)
-    /// });
-    /// // The watch cache shows resourceVersion 9 now: judge it again, once.
+    /// pass.record("deploy", waiting("7"));
+    /// // The watch cache shows resourceVersion 9 now: one second look.
     /// let news = |_: &cuebe_core::inventory::InventoryEntry, judged: Option<&str>| judged != Some("9");
     /// assert_eq!(pass.take_rejudgeable(news).len(), 1);
-    /// assert!(pass.take_rejudgeable(news).is_empty());
+    /// pass.record("deploy", waiting("8")); // still not Ready, and the cache moved on again
+    /// assert!(pass.take_rejudgeable(news).is_empty(), "once per pass");
     /// ```
     pub fn take_rejudgeable(
         &mut self,
@@ -461,8 +465,6 @@ impl<'p> Pass<'p> {
             .apply_order()
             .filter(|n| {
                 !self.rejudged.contains(&n.id)
-                    && !self.started.contains(&n.id)
-                    && !n.is_reference()
                     && self.out.nodes.get(&n.id).map(|s| s.phase) == Some(NodePhase::Applied)
             })
             .filter(|n| {
@@ -472,15 +474,13 @@ impl<'p> Pass<'p> {
                     .get(&n.id)
                     .and_then(|live| live.pointer("/metadata/resourceVersion"))
                     .and_then(Value::as_str);
+                // A Reference node has no inventory entry: never looked at again.
                 self.inventory
                     .get(&n.id)
                     .is_some_and(|entry| has_news(entry, judged))
             })
             .collect();
-        for node in &again {
-            self.rejudged.insert(node.id.clone());
-            self.started.insert(node.id.clone());
-        }
+        self.rejudged.extend(again.iter().map(|n| n.id.clone()));
         again
     }
 
@@ -1032,24 +1032,42 @@ pub fn read_source(view: CacheView) -> ReadSource {
     }
 }
 
-/// Whether a node judged not Ready on the object at `judged` (its resourceVersion) is worth
-/// judging again before the pass ends ([`Pass::take_rejudgeable`]): only when the kind's watch
-/// cache is listed (`cached` is `Some`) and holds the object at another resourceVersion — the
-/// watch delivered a change since (a Deployment's status turning Available). Absent from the
-/// cache, not listed, or the same version: nothing new to judge, no read is made.
-/// resourceVersions are compared for equality only, never ordered.
+/// Whether a node judged not Ready on the object at `judged` (its resourceVersion) is worth a
+/// second look before the pass ends ([`Pass::take_rejudgeable`]): only when `delivered` — the
+/// version the kind's watch delivered last, `None` while the store is not listed or while the
+/// answer of our own write still waits for the watch — is another version: the watch
+/// delivered a change since (a Deployment's status turning Available). resourceVersions are
+/// compared for equality only, never ordered; [`second_look_applies`] then says whether the
+/// cached object may be judged at all.
 ///
 /// ```
 /// use cuebe_core::plan::judge_again;
 /// assert!(judge_again(Some("7"), Some(Some("9"))));
 /// assert!(!judge_again(Some("7"), Some(Some("7"))));
-/// assert!(!judge_again(Some("7"), None)); // the store is not listed
+/// assert!(!judge_again(Some("7"), None)); // not listed, or our write not delivered yet
 /// ```
-pub fn judge_again(judged: Option<&str>, cached: Option<Option<&str>>) -> bool {
-    match cached {
+pub fn judge_again(judged: Option<&str>, delivered: Option<Option<&str>>) -> bool {
+    match delivered {
         Some(Some(now)) => judged != Some(now),
         Some(None) | None => false,
     }
+}
+
+/// Whether the executor's second look at a waiting node may judge the object the watch cache
+/// gives (`source`): only the watch's own copy ([`ReadSource::Cache`]: no request made, not
+/// our write's answer), of the object the inventory records (`recorded`: same UID), unchanged
+/// since our apply (`unchanged`: [`is_unchanged`], so nothing would be written). Anything else
+/// keeps the first judgement for the next pass, which reads and writes as usual; and only a
+/// Ready verdict replaces the first one, so a second look never makes a pass's result worse.
+///
+/// ```
+/// use cuebe_core::plan::{ReadSource, second_look_applies};
+/// assert!(second_look_applies(ReadSource::Cache, true, true));
+/// assert!(!second_look_applies(ReadSource::Cache, true, false)); // changed: the next pass applies it
+/// assert!(!second_look_applies(ReadSource::Api, true, true)); // would be a GET
+/// ```
+pub fn second_look_applies(source: ReadSource, recorded: bool, unchanged: bool) -> bool {
+    source == ReadSource::Cache && recorded && unchanged
 }
 
 /// How long our own write's answer stands in for the watch at most (a watch that stalls

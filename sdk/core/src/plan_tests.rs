@@ -142,33 +142,21 @@ fn only_waiting_nodes_with_news_are_judged_again_once() {
         live: Some(serde_json::json!({"metadata": {"resourceVersion": rv}})),
         ..NodeResult::unwritten(status, None)
     };
+    let waiting = || NodeStatus::applied("waiting", "t");
     let mut pass = Pass::start(&p, &[]);
     assert_eq!(ids(&pass.take_startable()), ["deploy", "svc", "cm"]);
-    pass.record(
-        "deploy",
-        judged_on(NodeStatus::applied("0/1 available", "t"), "deploy", "7"),
-    );
+    pass.record("deploy", judged_on(waiting(), "deploy", "7"));
     pass.record("svc", judged_on(NodeStatus::ready("exists"), "svc", "8"));
-    pass.record(
-        "cm",
-        judged_on(NodeStatus::applied("waiting", "t"), "cm", "5"),
-    );
-    // The cache: the Deployment moved on to 9, the ConfigMap is still at 5.
-    let cache = |e: &InventoryEntry| match e.node_id.as_str() {
+    pass.record("cm", judged_on(waiting(), "cm", "5"));
+    // What the watch delivered last: the Deployment moved on to 9, the ConfigMap is still at 5,
+    // the Service at 12 (it is Ready: never looked at again).
+    let delivered = |e: &InventoryEntry| match e.node_id.as_str() {
         "deploy" => Some(Some("9")),
         "cm" => Some(Some("5")),
-        _ => Some(Some("8")),
+        _ => Some(Some("12")),
     };
-    let news = |e: &InventoryEntry, judged: Option<&str>| judge_again(judged, cache(e));
-    assert_eq!(
-        ids(&pass.take_rejudgeable(news)),
-        ["deploy"],
-        "Ready and unchanged nodes are not looked at"
-    );
-    assert!(
-        pass.take_startable().is_empty(),
-        "being judged again: not startable"
-    );
+    let news = |e: &InventoryEntry, judged: Option<&str>| judge_again(judged, delivered(e));
+    assert_eq!(ids(&pass.take_rejudgeable(news)), ["deploy"]);
     pass.record(
         "deploy",
         judged_on(NodeStatus::ready("1/1 available"), "deploy", "9"),
@@ -178,17 +166,39 @@ fn only_waiting_nodes_with_news_are_judged_again_once() {
         ["pdb"],
         "its dependent starts in the same pass"
     );
-    pass.record(
-        "pdb",
-        judged_on(NodeStatus::applied("waiting", "t"), "pdb", "10"),
-    );
+    pass.record("pdb", judged_on(waiting(), "pdb", "10"));
     let always = |_: &InventoryEntry, _: Option<&str>| true;
-    assert_eq!(
-        ids(&pass.take_rejudgeable(always)),
-        ["cm", "pdb"],
-        "deploy was judged again already"
+    assert_eq!(ids(&pass.take_rejudgeable(always)), ["cm", "pdb"]);
+    // A second look that did not make them Ready: the first judgement stands (or, recorded
+    // again as waiting, they are still not looked at a third time).
+    pass.record("cm", judged_on(waiting(), "cm", "6"));
+    assert!(
+        pass.take_rejudgeable(always).is_empty(),
+        "once per node per pass"
     );
-    assert!(pass.take_rejudgeable(always).is_empty());
+    let out = pass.finish();
+    assert_eq!(out.nodes["deploy"].phase, NodePhase::Ready);
+    assert_eq!(out.nodes["pdb"].phase, NodePhase::Applied);
+}
+
+#[test]
+fn a_second_look_judges_only_the_watched_unchanged_recorded_object() {
+    use ReadSource::*;
+    // (source, recorded, unchanged, may judge)
+    let cases = [
+        (Cache, true, true, true),
+        (Cache, true, false, false), // changed since our apply: the next pass writes it
+        (Cache, false, true, false), // another object (UID): the adoption policy decides
+        (OwnWrite, true, true, false), // our write's answer: nothing new to judge
+        (Api, true, true, false),    // would be a GET
+    ];
+    for (source, recorded, unchanged, expected) in cases {
+        assert_eq!(
+            second_look_applies(source, recorded, unchanged),
+            expected,
+            "{source:?} recorded={recorded} unchanged={unchanged}"
+        );
+    }
 }
 
 #[test]

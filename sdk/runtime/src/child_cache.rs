@@ -916,6 +916,24 @@ impl ChildCache {
         )
     }
 
+    /// The resourceVersion the watch delivered last for `child` (`Some(None)`: absent), or
+    /// `None` while the kind's store is not listed or while the answer of our own write of it
+    /// still waits for the watch: what a second look at a waiting node compares with
+    /// ([`cuebe_core::plan::judge_again`]). Until the watch passes our write the store shows an
+    /// older object, which is no news.
+    pub fn delivered_version(&self, child: ChildRef<'_>) -> Option<Option<String>> {
+        let key = (child.api_version.to_string(), child.kind.to_string());
+        {
+            let state = lock(&self.shared.state);
+            let watch = state.kinds.get(&key)?.watch.as_ref()?;
+            let object = object_key(&key, watch.namespaced, child.namespace, child.name);
+            if state.own_writes.contains_key(&object) {
+                return None;
+            }
+        }
+        self.version_of(child)
+    }
+
     /// Our write of `child` answered `applied`; `before` is [`ChildCache::version_of`] just
     /// before the write. Remembers the answer until the watch delivers it (see
     /// [`cuebe_core::plan::remember_own_write`]).

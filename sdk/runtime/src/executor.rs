@@ -8,8 +8,11 @@
 //! never evaluates CUE.
 //!
 //! Workflow of [`Executor::execute`] (one reconcile pass): [`Pass::start`]; start applying what
-//! [`Pass::take_startable`] gives, [`Pass::record`] each result as it comes and take again, until
-//! nothing is startable or in flight; then [`prune_plan`] says what leaves (only from a complete, healthy pass), last applied first.
+//! [`Pass::take_startable`] gives, [`Pass::record`] each result as it comes and take again; when
+//! nothing is startable or in flight, a second look from the watch cache at what
+//! [`Pass::take_rejudgeable`] gives (a Ready verdict is recorded, and its dependents start);
+//! then [`prune_plan`] says what leaves (only from a complete, healthy pass), last applied
+//! first.
 //! Deletion and pruning use the stored inventory only, so a module that no longer renders can
 //! never block cleanup.
 use std::collections::BTreeMap;
@@ -20,7 +23,7 @@ use cuebe_core::plan::{
     EntryUpdate, LiveMeta, NodeResult, Pass, Plan, ReadSource, WriteDecision,
     cluster_scope_refusal, confirm_before_adopting, entry_policy, is_recorded_object, is_unchanged,
     judge_again, missing_reference, needs_read, prune_plan, reference_scope_refusal,
-    starting_inventory, write_decision,
+    second_look_applies, starting_inventory, write_decision,
 };
 pub use cuebe_core::{INSTANCE_LABEL, KIND_LABEL, NAMESPACE_LABEL};
 use kube::Client;
@@ -561,24 +564,30 @@ impl SsaExecutor {
                 in_flight.push(apply(node, pass.entry(&node.id).cloned()));
             }
             if in_flight.is_empty() {
-                // Nothing left to start: look once more, from the watch cache, at the nodes
-                // still waiting whose objects changed since they were judged (a Deployment
-                // that turned Available while a slower sibling was being applied), so the
-                // instance is not written Progressing now and Ready a moment later.
+                // Nothing left to start: a second look, from the watch cache and without a
+                // request, at the nodes still waiting whose objects the watch changed since
+                // they were judged (a Deployment that turned Available while a slower sibling
+                // was being applied), so the instance is not written Progressing now and
+                // Ready a moment later. Only a Ready verdict is recorded.
                 let news = |entry: &InventoryEntry, judged: Option<&str>| {
                     self.children.as_ref().is_some_and(|cache| {
-                        let child = ChildRef {
-                            api_version: &entry.api_version,
-                            kind: &entry.kind,
-                            namespace: &entry.namespace,
-                            name: &entry.name,
-                        };
-                        let cached = cache.version_of(child);
-                        judge_again(judged, cached.as_ref().map(Option::as_deref))
+                        let delivered = cache.delivered_version(child_of(entry));
+                        judge_again(judged, delivered.as_ref().map(Option::as_deref))
                     })
                 };
+                let mut promoted = false;
                 for node in pass.take_rejudgeable(news) {
-                    in_flight.push(apply(node, pass.entry(&node.id).cloned()));
+                    let entry = pass.entry(&node.id).cloned();
+                    if let Some(ready) =
+                        self.second_look(plan, node, previous, entry, now, &reconcile_span)
+                    {
+                        pass.record(&node.id, ready);
+                        promoted = true;
+                    }
+                }
+                if promoted {
+                    // Their dependents may start now.
+                    continue;
                 }
             }
             let Some((node, result)) = futures::StreamExt::next(&mut in_flight).await else {
@@ -828,7 +837,7 @@ impl SsaExecutor {
             }
         };
         let live_meta = LiveMeta::of(&live);
-        let mut new_entry = EntryUpdate {
+        let new_entry = EntryUpdate {
             node,
             previous: entry.as_ref(),
             identity: (&api_version, &kind, &name),
@@ -843,6 +852,33 @@ impl SsaExecutor {
             wrote: writes > 0,
         }
         .entry();
+        self.judge_live(
+            plan,
+            node,
+            previous,
+            new_entry,
+            live,
+            now,
+            reconcile_span,
+            writes,
+        )
+    }
+
+    /// Judges `live`, the object of `node` as this pass left or found it, by its readiness
+    /// predicates against the clock.
+    // The reconcile span parents the readiness span (a sibling of this node's apply span).
+    #[allow(clippy::too_many_arguments)]
+    fn judge_live(
+        &self,
+        plan: &Plan,
+        node: &Node,
+        previous: &AbstractionStatus,
+        mut new_entry: InventoryEntry,
+        live: Value,
+        now: Timestamp,
+        reconcile_span: &tracing::Span,
+        writes: usize,
+    ) -> NodeResult {
         let predicates = plan.predicates(&node.id);
         let readiness_span = crate::spans::readiness(reconcile_span, node);
         let _judging = readiness_span.enter();
@@ -875,6 +911,33 @@ impl SsaExecutor {
             live: Some(live),
             writes,
         }
+    }
+
+    /// A second look at `node`, judged not Ready earlier in this pass, from the watch cache:
+    /// `Some` only when the cache holds the watch's own copy of the object the inventory
+    /// records, unchanged since our apply ([`second_look_applies`]), and its readiness gate
+    /// passes now. Makes no request.
+    // The reconcile span parents the readiness span, as for a node's first judgement.
+    fn second_look(
+        &self,
+        plan: &Plan,
+        node: &Node,
+        previous: &AbstractionStatus,
+        entry: Option<InventoryEntry>,
+        now: Timestamp,
+        reconcile_span: &tracing::Span,
+    ) -> Option<NodeResult> {
+        let (cache, entry) = (self.children.as_ref()?, entry?);
+        let (source, cached) = cache.lookup(child_of(&entry), Need::Fields);
+        let live = serde_json::to_value(&*cached?).ok()?;
+        let meta = LiveMeta::of(&live);
+        let recorded = is_recorded_object(Some(&entry), Some(&meta));
+        let unchanged = is_unchanged(Some(&entry), Some(&meta), &entry.last_applied_hash);
+        if !second_look_applies(source, recorded, unchanged) {
+            return None;
+        }
+        let judged = self.judge_live(plan, node, previous, entry, live, now, reconcile_span, 0);
+        (judged.status.phase == crate::status::NodePhase::Ready).then_some(judged)
     }
 
     /// A `Reference` node: read the object, nothing else — no labels, no adoption, no tenancy
@@ -1195,6 +1258,16 @@ pub struct Preview {
     /// The object as it would be after the apply (API server defaults and other managers'
     /// fields included).
     pub applied: Value,
+}
+
+/// The watch cache's key for the object an inventory entry records.
+fn child_of(entry: &InventoryEntry) -> ChildRef<'_> {
+    ChildRef {
+        api_version: &entry.api_version,
+        kind: &entry.kind,
+        namespace: &entry.namespace,
+        name: &entry.name,
+    }
 }
 
 /// apiVersion, kind and metadata.name of a rendered object (empty when missing: the Graph was

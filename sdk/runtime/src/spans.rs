@@ -12,12 +12,13 @@
 //! reconcile                    one per reconcile of an instance
 //! ├── render                   the CUE evaluation (cache hit or not), once per render round
 //! ├── apply <node id>          one per node of the Graph: read, adopt, Server-Side Apply
-//! ├── readiness <node id>      the node's readiness verdict after its apply
+//! ├── readiness <node id>      the node's readiness verdict after its apply (a second one when
+//! │                            the pass looks again from the watch cache before it ends)
 //! └── status write             the status patch (also when nothing changed: written = false)
 //! ```
 //!
-//! `apply` and `readiness` of one node follow each other; nodes of one dependency level run
-//! concurrently, so their spans overlap.
+//! `apply` and `readiness` of one node follow each other; a node starts once its own
+//! dependencies are Ready, concurrently with others, so spans of several nodes overlap.
 //!
 //! Attributes (names are stable; OpenTelemetry semantic conventions where one exists):
 //!
