@@ -246,21 +246,39 @@ fn check_plan(plan: &Plan, graph: &Graph) {
     reversed.reverse();
     assert_eq!(teardown, reversed, "teardown is apply order reversed");
 
-    // A pass where every applied node is Ready at once: the frontier offers each node at most
-    // once, and the loop ends.
+    // A pass as the executor walks it: nodes start once their own dependencies are Ready, and
+    // results come back in another order than the starts (the latest started first). Each
+    // node is started at most once and only after its dependencies are Ready, some stay
+    // waiting (their dependents never start), and the walk ends with a state for every node.
     let mut pass = Pass::start(plan, &[]);
-    let mut offered = BTreeSet::new();
-    for _ in 0..=graph.nodes.len() {
-        let frontier: Vec<String> = pass.frontier().iter().map(|n| n.id.clone()).collect();
-        if frontier.is_empty() {
+    let mut started = BTreeSet::new();
+    let mut ready = BTreeSet::new();
+    let mut in_flight: Vec<String> = Vec::new();
+    for _ in 0..=2 * graph.nodes.len() {
+        for node in pass.take_startable() {
+            assert!(started.insert(node.id.clone()), "{} started twice", node.id);
+            for d in &node.depends_on {
+                assert!(
+                    ready.contains(d),
+                    "{} started before {d} was Ready",
+                    node.id
+                );
+            }
+            in_flight.push(node.id.clone());
+        }
+        let Some(id) = in_flight.pop() else {
             break;
-        }
-        for id in frontier {
-            assert!(offered.insert(id.clone()), "{id} offered twice");
-            pass.record(&id, NodeResult::unwritten(NodeStatus::ready("ok"), None));
-        }
+        };
+        let status = if id.len() % 3 == 0 {
+            NodeStatus::applied("waiting", "2026-01-01T00:00:00Z")
+        } else {
+            ready.insert(id.clone());
+            NodeStatus::ready("ok")
+        };
+        pass.record(&id, NodeResult::unwritten(status, None));
     }
-    assert!(pass.frontier().is_empty(), "a pass must end");
+    assert!(in_flight.is_empty(), "a pass must end");
+    assert!(pass.take_startable().is_empty(), "a pass must end");
     let outcome = pass.finish();
     assert_eq!(
         outcome.nodes.len(),
