@@ -12,9 +12,9 @@
 //! 2. [`Pass::take_startable`]: nodes whose dependencies are all Ready and not yet started; the
 //!    executor starts applying them and [`Pass::record`]s each result as it comes, then takes
 //!    again — a node starts once its own dependencies are Ready, not when a whole wave is done,
-//!    and a chain of quickly-ready nodes does not wait for a requeue per wave; when nothing is
-//!    left to start, [`Pass::take_rejudgeable`]: waiting nodes whose watch delivered a change,
-//!    looked at once more from the cache ([`second_look_applies`]), a Ready verdict recorded;
+//!    and a chain of quickly-ready nodes does not wait for a requeue per wave; meanwhile
+//!    [`Pass::take_rejudgeable`]: waiting nodes whose watch delivered a change, looked at
+//!    again from the cache ([`second_look_applies`]), a Ready verdict recorded;
 //! 3. [`Pass::finish`]: unreached nodes are `Pending` on the dependencies that are not Ready;
 //! 4. [`prune_plan`]: what may be pruned — nothing unless the pass was complete and healthy.
 //!
@@ -335,8 +335,9 @@ pub struct Pass<'p> {
     done: HashSet<String>,
     /// Handed out by [`Pass::take_startable`] and not recorded yet: being applied.
     started: HashSet<String>,
-    /// Handed out by [`Pass::take_rejudgeable`]: looked at a second time in this pass.
-    rejudged: HashSet<String>,
+    /// For each node [`Pass::take_rejudgeable`] handed out: the version the watch had
+    /// delivered then (a node is looked at again only when the watch delivers another).
+    looked_at: HashMap<String, String>,
     ready: HashSet<String>,
     inventory: BTreeMap<String, InventoryEntry>,
     out: Outcome,
@@ -350,7 +351,7 @@ impl<'p> Pass<'p> {
             plan,
             done: HashSet::new(),
             started: HashSet::new(),
-            rejudged: HashSet::new(),
+            looked_at: HashMap::new(),
             ready: HashSet::new(),
             inventory: inventory
                 .iter()
@@ -422,13 +423,15 @@ impl<'p> Pass<'p> {
     }
 
     /// Nodes this pass applied or kept whose readiness gate had not passed when they were
-    /// judged, for which `has_news(entry, judged_version)` says the watch has delivered another
-    /// version of the object since (see [`judge_again`]); each is handed out once per pass.
-    /// When nothing is left to start, the executor takes a second look at these from the watch
-    /// cache ([`second_look_applies`]) and records only a Ready verdict: a Deployment applied
-    /// early in a pass that turned Available while a slower sibling was still being applied is
-    /// Ready in this pass — one status write instead of a `Progressing` one followed by a
-    /// `Ready` one a moment later, and its dependents applied now.
+    /// judged, and whose object the watch has delivered in another version since
+    /// (`delivered(entry)`: the version the watch delivered last, see [`judge_again`]) — each
+    /// handed out once per delivered version. While other nodes are still being applied and
+    /// when nothing is left to start, the executor takes a second look at these from the watch
+    /// cache ([`second_look_applies`]) and records only a Ready verdict: a Deployment that
+    /// turns Available while a slower sibling (a Service waiting for its ClusterIP) is still
+    /// being applied is Ready at once — its dependents are applied without waiting for the
+    /// sibling, and the instance is written Ready in this pass instead of `Progressing` now
+    /// and `Ready` a moment later.
     ///
     /// ```
     /// # use cuebe_core::graph::Graph;
@@ -442,45 +445,46 @@ impl<'p> Pass<'p> {
     /// # let plan = Plan::new(graph, "apps").unwrap();
     /// # let entry: cuebe_core::inventory::InventoryEntry = serde_json::from_value(serde_json::json!({
     /// #     "nodeId": "deploy", "apiVersion": "apps/v1", "kind": "Deployment", "namespace": "apps", "name": "a", "mode": "Managed"})).unwrap();
-    /// let waiting = |rv: &str| NodeResult {
-    ///     entry: Some(entry.clone()),
-    ///     live: Some(serde_json::json!({"metadata": {"resourceVersion": rv}})),
-    ///     ..NodeResult::unwritten(NodeStatus::applied("0/1 replicas available", "2026-01-01T00:00:00Z"), None)
-    /// };
     /// let mut pass = Pass::start(&plan, &[]);
     /// pass.take_startable();
-    /// pass.record("deploy", waiting("7"));
-    /// // The watch cache shows resourceVersion 9 now: one second look.
-    /// let news = |_: &cuebe_core::inventory::InventoryEntry, judged: Option<&str>| judged != Some("9");
-    /// assert_eq!(pass.take_rejudgeable(news).len(), 1);
-    /// pass.record("deploy", waiting("8")); // still not Ready, and the cache moved on again
-    /// assert!(pass.take_rejudgeable(news).is_empty(), "once per pass");
+    /// pass.record("deploy", NodeResult {
+    ///     entry: Some(entry),
+    ///     live: Some(serde_json::json!({"metadata": {"resourceVersion": "7"}})),
+    ///     ..NodeResult::unwritten(NodeStatus::applied("0/1 replicas available", "2026-01-01T00:00:00Z"), None)
+    /// });
+    /// // The watch delivered version 9: one look, and no other until it delivers another.
+    /// assert_eq!(pass.take_rejudgeable(|_| Some(Some("9".into()))).len(), 1);
+    /// assert!(pass.take_rejudgeable(|_| Some(Some("9".into()))).is_empty());
+    /// assert_eq!(pass.take_rejudgeable(|_| Some(Some("10".into()))).len(), 1);
     /// ```
     pub fn take_rejudgeable(
         &mut self,
-        has_news: impl Fn(&InventoryEntry, Option<&str>) -> bool,
+        delivered: impl Fn(&InventoryEntry) -> Option<Option<String>>,
     ) -> Vec<&'p Node> {
-        let again: Vec<&'p Node> = self
-            .plan
-            .apply_order()
-            .filter(|n| {
-                !self.rejudged.contains(&n.id)
-                    && self.out.nodes.get(&n.id).map(|s| s.phase) == Some(NodePhase::Applied)
-            })
-            .filter(|n| {
-                let judged = self
-                    .out
-                    .live
-                    .get(&n.id)
-                    .and_then(|live| live.pointer("/metadata/resourceVersion"))
-                    .and_then(Value::as_str);
-                // A Reference node has no inventory entry: never looked at again.
-                self.inventory
-                    .get(&n.id)
-                    .is_some_and(|entry| has_news(entry, judged))
-            })
-            .collect();
-        self.rejudged.extend(again.iter().map(|n| n.id.clone()));
+        let mut again = Vec::new();
+        for node in self.plan.apply_order() {
+            if self.out.nodes.get(&node.id).map(|s| s.phase) != Some(NodePhase::Applied) {
+                continue;
+            }
+            // A Reference node has no inventory entry: never looked at again.
+            let Some(entry) = self.inventory.get(&node.id) else {
+                continue;
+            };
+            let judged = self
+                .out
+                .live
+                .get(&node.id)
+                .and_then(|live| live.pointer("/metadata/resourceVersion"))
+                .and_then(Value::as_str);
+            let Some(Some(version)) = delivered(entry) else {
+                continue;
+            };
+            let looked = self.looked_at.get(&node.id).map(String::as_str);
+            if judge_again(judged, Some(Some(&version))) && looked != Some(version.as_str()) {
+                self.looked_at.insert(node.id.clone(), version);
+                again.push(node);
+            }
+        }
         again
     }
 

@@ -116,7 +116,7 @@ fn a_started_node_is_not_started_again_before_its_result() {
 
 /// Which nodes get a second look before the pass ends, when the watch cache has news.
 #[test]
-fn only_waiting_nodes_with_news_are_judged_again_once() {
+fn only_waiting_nodes_with_news_are_looked_at_again_once_per_version() {
     let p = plan(vec![
         node("deploy", &[]),
         node("svc", &[]),
@@ -155,8 +155,12 @@ fn only_waiting_nodes_with_news_are_judged_again_once() {
         "cm" => Some(Some("5")),
         _ => Some(Some("12")),
     };
-    let news = |e: &InventoryEntry, judged: Option<&str>| judge_again(judged, delivered(e));
-    assert_eq!(ids(&pass.take_rejudgeable(news)), ["deploy"]);
+    let delivered = |e: &InventoryEntry| delivered(e).map(|v| v.map(String::from));
+    assert_eq!(ids(&pass.take_rejudgeable(delivered)), ["deploy"]);
+    assert!(
+        pass.take_rejudgeable(delivered).is_empty(),
+        "once per delivered version"
+    );
     pass.record(
         "deploy",
         judged_on(NodeStatus::ready("1/1 available"), "deploy", "9"),
@@ -167,15 +171,19 @@ fn only_waiting_nodes_with_news_are_judged_again_once() {
         "its dependent starts in the same pass"
     );
     pass.record("pdb", judged_on(waiting(), "pdb", "10"));
-    let always = |_: &InventoryEntry, _: Option<&str>| true;
-    assert_eq!(ids(&pass.take_rejudgeable(always)), ["cm", "pdb"]);
-    // A second look that did not make them Ready: the first judgement stands (or, recorded
-    // again as waiting, they are still not looked at a third time).
-    pass.record("cm", judged_on(waiting(), "cm", "6"));
+    // The watch moves every object on to 20: each waiting node once more, the Ready one never.
+    let moved_on = |_: &InventoryEntry| Some(Some("20".to_string()));
+    assert_eq!(ids(&pass.take_rejudgeable(moved_on)), ["cm", "pdb"]);
+    // A look that did not make them Ready: the first judgement stands, and they are not
+    // looked at again until the watch delivers another version.
     assert!(
-        pass.take_rejudgeable(always).is_empty(),
-        "once per node per pass"
+        pass.take_rejudgeable(moved_on).is_empty(),
+        "once per delivered version"
     );
+    let not_listed = |_: &InventoryEntry| None;
+    let absent = |_: &InventoryEntry| Some(None);
+    assert!(pass.take_rejudgeable(not_listed).is_empty());
+    assert!(pass.take_rejudgeable(absent).is_empty());
     let out = pass.finish();
     assert_eq!(out.nodes["deploy"].phase, NodePhase::Ready);
     assert_eq!(out.nodes["pdb"].phase, NodePhase::Applied);

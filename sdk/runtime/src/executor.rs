@@ -8,11 +8,11 @@
 //! never evaluates CUE.
 //!
 //! Workflow of [`Executor::execute`] (one reconcile pass): [`Pass::start`]; start applying what
-//! [`Pass::take_startable`] gives, [`Pass::record`] each result as it comes and take again; when
-//! nothing is startable or in flight, a second look from the watch cache at what
-//! [`Pass::take_rejudgeable`] gives (a Ready verdict is recorded, and its dependents start);
-//! then [`prune_plan`] says what leaves (only from a complete, healthy pass), last applied
-//! first.
+//! [`Pass::take_startable`] gives, [`Pass::record`] each result as it comes and take again;
+//! meanwhile (every 50 ms while applies are in flight) another look from the watch cache at
+//! what [`Pass::take_rejudgeable`] gives (a Ready verdict is recorded, and its dependents
+//! start); once nothing is startable or in flight, [`prune_plan`] says what leaves (only from a
+//! complete, healthy pass), last applied first.
 //! Deletion and pruning use the stored inventory only, so a module that no longer renders can
 //! never block cleanup.
 use std::collections::BTreeMap;
@@ -22,8 +22,8 @@ pub use cuebe_core::plan::{Change, ChangeAction, FleetPruneGuard, Outcome};
 use cuebe_core::plan::{
     EntryUpdate, LiveMeta, NodeResult, Pass, Plan, ReadSource, WriteDecision,
     cluster_scope_refusal, confirm_before_adopting, entry_policy, is_recorded_object, is_unchanged,
-    judge_again, missing_reference, needs_read, prune_plan, reference_scope_refusal,
-    second_look_applies, starting_inventory, write_decision,
+    missing_reference, needs_read, prune_plan, reference_scope_refusal, second_look_applies,
+    starting_inventory, write_decision,
 };
 pub use cuebe_core::{INSTANCE_LABEL, KIND_LABEL, NAMESPACE_LABEL};
 use kube::Client;
@@ -558,39 +558,47 @@ impl SsaExecutor {
                 (node, result)
             }
         };
+        let delivered = |entry: &InventoryEntry| {
+            self.children
+                .as_ref()
+                .and_then(|cache| cache.delivered_version(child_of(entry)))
+        };
         let mut in_flight = futures::stream::FuturesUnordered::new();
         loop {
             for node in pass.take_startable() {
                 in_flight.push(apply(node, pass.entry(&node.id).cloned()));
             }
-            if in_flight.is_empty() {
-                // Nothing left to start: a second look, from the watch cache and without a
-                // request, at the nodes still waiting whose objects the watch changed since
-                // they were judged (a Deployment that turned Available while a slower sibling
-                // was being applied), so the instance is not written Progressing now and
-                // Ready a moment later. Only a Ready verdict is recorded.
-                let news = |entry: &InventoryEntry, judged: Option<&str>| {
-                    self.children.as_ref().is_some_and(|cache| {
-                        let delivered = cache.delivered_version(child_of(entry));
-                        judge_again(judged, delivered.as_ref().map(Option::as_deref))
-                    })
-                };
-                let mut promoted = false;
-                for node in pass.take_rejudgeable(news) {
-                    let entry = pass.entry(&node.id).cloned();
-                    if let Some(ready) =
-                        self.second_look(plan, node, previous, entry, now, &reconcile_span)
-                    {
-                        pass.record(&node.id, ready);
-                        promoted = true;
-                    }
-                }
-                if promoted {
-                    // Their dependents may start now.
-                    continue;
+            // A look, from the watch cache and without a request, at the nodes still waiting
+            // whose objects the watch changed since they were judged: a Deployment that
+            // turned Available while the Service beside it still waits for its ClusterIP is
+            // Ready now, so what depends on it starts without waiting for the Service, and
+            // the instance is not written Progressing now and Ready a moment later. Only a
+            // Ready verdict is recorded.
+            let mut promoted = false;
+            for node in pass.take_rejudgeable(delivered) {
+                let entry = pass.entry(&node.id).cloned();
+                if let Some(ready) =
+                    self.second_look(plan, node, previous, entry, now, &reconcile_span)
+                {
+                    pass.record(&node.id, ready);
+                    promoted = true;
                 }
             }
-            let Some((node, result)) = futures::StreamExt::next(&mut in_flight).await else {
+            if promoted {
+                // Their dependents may start now.
+                continue;
+            }
+            let busy = !in_flight.is_empty();
+            let next = if self.children.is_some() && busy {
+                // While applies are in flight, look again every LOOK_AGAIN_EVERY.
+                tokio::select! {
+                    next = futures::StreamExt::next(&mut in_flight) => next,
+                    () = tokio::time::sleep(LOOK_AGAIN_EVERY) => continue,
+                }
+            } else {
+                futures::StreamExt::next(&mut in_flight).await
+            };
+            let Some((node, result)) = next else {
                 break;
             };
             pass.record(&node.id, result);
@@ -1259,6 +1267,12 @@ pub struct Preview {
     /// fields included).
     pub applied: Value,
 }
+
+/// How often a pass with applies still in flight looks at its waiting nodes again in the watch
+/// cache (a few map lookups, no request): a dependent starts at most this long after the watch
+/// shows its dependency Ready, instead of after the slowest apply of the pass (a Service
+/// waits seconds for its ClusterIP when hundreds are created at once).
+const LOOK_AGAIN_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// The watch cache's key for the object an inventory entry records.
 fn child_of(entry: &InventoryEntry) -> ChildRef<'_> {

@@ -12,8 +12,8 @@
 //! reconcile                    one per reconcile of an instance
 //! ├── render                   the CUE evaluation (cache hit or not), once per render round
 //! ├── apply <node id>          one per node of the Graph: read, adopt, Server-Side Apply
-//! ├── readiness <node id>      the node's readiness verdict after its apply (a second one when
-//! │                            the pass looks again from the watch cache before it ends)
+//! ├── readiness <node id>      the node's readiness verdict after its apply (another one each
+//! │                            time the pass looks again at it in the watch cache)
 //! └── status write             the status patch (also when nothing changed: written = false)
 //! ```
 //!
