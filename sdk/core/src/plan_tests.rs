@@ -123,20 +123,6 @@ fn only_waiting_nodes_with_news_are_looked_at_again_once_per_version() {
         node("cm", &[]),
         node("pdb", &["deploy"]),
     ]);
-    let entry = |id: &str| InventoryEntry {
-        node_id: id.into(),
-        api_version: "v1".into(),
-        kind: "ConfigMap".into(),
-        namespace: "apps".into(),
-        name: id.into(),
-        uid: String::new(),
-        mode: InventoryMode::Managed,
-        last_applied_hash: String::new(),
-        last_applied_resource_version: String::new(),
-        last_applied_generation: None,
-        last_ready_transition: None,
-        deletion_policy: None,
-    };
     let judged_on = |status: NodeStatus, id: &str, rv: &str| NodeResult {
         entry: Some(entry(id)),
         live: Some(serde_json::json!({"metadata": {"resourceVersion": rv}})),

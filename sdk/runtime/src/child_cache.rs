@@ -901,19 +901,7 @@ impl ChildCache {
     /// The resourceVersion the store shows for `child` (`Some(None)`: absent), or `None` when
     /// the kind's store is not listed: what [`ChildCache::wrote`] compares with after a write.
     pub fn version_of(&self, child: ChildRef<'_>) -> Option<Option<String>> {
-        let key = (child.api_version.to_string(), child.kind.to_string());
-        let state = lock(&self.shared.state);
-        let watch = state.kinds.get(&key)?.watch.as_ref()?;
-        if !watch.active.synced.load(Ordering::Relaxed) {
-            return None;
-        }
-        Some(
-            watch
-                .active
-                .store
-                .get(&watch.object_ref(child.namespace, child.name))
-                .and_then(|o| o.resource_version().map(String::from)),
-        )
+        self.stored_version(child, false)
     }
 
     /// The resourceVersion the watch delivered last for `child` (`Some(None)`: absent), or
@@ -922,16 +910,35 @@ impl ChildCache {
     /// ([`cuebe_core::plan::judge_again`]). Until the watch passes our write the store shows an
     /// older object, which is no news.
     pub fn delivered_version(&self, child: ChildRef<'_>) -> Option<Option<String>> {
+        self.stored_version(child, true)
+    }
+
+    /// What the listed store shows for `child`, under one look at the lock; `None` when it is
+    /// not listed, or (`unless_own_write`) while our own write's answer is pending.
+    fn stored_version(
+        &self,
+        child: ChildRef<'_>,
+        unless_own_write: bool,
+    ) -> Option<Option<String>> {
         let key = (child.api_version.to_string(), child.kind.to_string());
-        {
-            let state = lock(&self.shared.state);
-            let watch = state.kinds.get(&key)?.watch.as_ref()?;
+        let state = lock(&self.shared.state);
+        let watch = state.kinds.get(&key)?.watch.as_ref()?;
+        if !watch.active.synced.load(Ordering::Relaxed) {
+            return None;
+        }
+        if unless_own_write {
             let object = object_key(&key, watch.namespaced, child.namespace, child.name);
             if state.own_writes.contains_key(&object) {
                 return None;
             }
         }
-        self.version_of(child)
+        Some(
+            watch
+                .active
+                .store
+                .get(&watch.object_ref(child.namespace, child.name))
+                .and_then(|o| o.resource_version().map(String::from)),
+        )
     }
 
     /// Our write of `child` answered `applied`; `before` is [`ChildCache::version_of`] just

@@ -479,19 +479,13 @@ impl SsaExecutor {
         let api = self
             .api_for(&entry.api_version, &entry.kind, &entry.namespace)
             .await?;
-        let child = ChildRef {
-            api_version: &entry.api_version,
-            kind: &entry.kind,
-            namespace: &entry.namespace,
-            name: &entry.name,
-        };
-        let (live, _) =
-            self.read_child(&api, child, need)
-                .await
-                .map_err(|source| ExecuteError::Api {
-                    what: format!("reading {} {}", entry.kind, entry.name),
-                    source,
-                })?;
+        let (live, _) = self
+            .read_child(&api, child_of(entry), need)
+            .await
+            .map_err(|source| ExecuteError::Api {
+                what: format!("reading {} {}", entry.kind, entry.name),
+                source,
+            })?;
         Ok(live)
     }
 
